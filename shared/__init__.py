@@ -1,0 +1,40 @@
+"""The number-store library: the retention rule, the released list, release and repurchase."""
+
+from shared.errors import (
+    ApiError,
+    InternalError,
+    ProviderError,
+    UnauthorizedError,
+    UsageLimitError,
+    ValidationError,
+)
+from shared.lifecycle import (
+    assign_campaign,
+    open_account,
+    register_number,
+    release_number,
+    repurchase_number,
+    set_purge_hold,
+)
+from shared.listing import released_numbers_body
+from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
+
+__all__ = [
+    "RETENTION",
+    "ApiError",
+    "InternalError",
+    "ProviderError",
+    "UnauthorizedError",
+    "UsageLimitError",
+    "ValidationError",
+    "assign_campaign",
+    "is_purgeable",
+    "is_repurchasable",
+    "open_account",
+    "register_number",
+    "release_number",
+    "released_numbers_body",
+    "repurchase_deadline",
+    "repurchase_number",
+    "set_purge_hold",
+]

@@ -1,0 +1,78 @@
+"""The API's error envelope: `{trackingId, error: {code, message, fix?, provider?, providerCode?}}`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+
+class ApiError(Exception):
+    """An error the API answers with the seed's envelope; subclasses fix the HTTP status."""
+
+    status: ClassVar[int] = 500
+    default_code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        fix: str | None = None,
+        provider: str | None = None,
+        provider_code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code or self.default_code
+        self.message = message
+        self.fix = fix
+        self.provider = provider
+        self.provider_code = provider_code
+
+    def body(self, tracking_id: str | None = None) -> dict[str, Any]:
+        """The error envelope, with a fresh tracking id unless one is given."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.fix:
+            error["fix"] = self.fix
+        if self.provider:
+            error["provider"] = self.provider
+        if self.provider_code:
+            error["providerCode"] = self.provider_code
+        return {"trackingId": tracking_id or f"trk_{uuid.uuid4().hex}", "error": error}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r})"
+
+
+class ValidationError(ApiError):
+    """400: the request is invalid and nothing was changed."""
+
+    status = 400
+    default_code = "validation_error"
+
+
+class UnauthorizedError(ApiError):
+    """401: the caller is not allowed to act on this account."""
+
+    status = 401
+    default_code = "unauthorized"
+
+
+class UsageLimitError(ApiError):
+    """402: the account's plan does not allow this."""
+
+    status = 402
+    default_code = "usage_limit_exceeded"
+
+
+class InternalError(ApiError):
+    """500: something on our side failed."""
+
+    status = 500
+    default_code = "internal_error"
+
+
+class ProviderError(ApiError):
+    """502: the telecom provider refused or failed the call."""
+
+    status = 502
+    default_code = "provider_error"

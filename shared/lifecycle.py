@@ -1,0 +1,249 @@
+"""Accounts and numbers through their life: open, register, assign, release, repurchase, hold."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared import validation
+from shared.errors import UsageLimitError, ValidationError
+from shared.listing import iso_timestamp, number_body, require_account
+from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
+from shared.retention import is_repurchasable, repurchase_deadline, resolve_now
+
+
+def _not_found(phone_number: str) -> ValidationError:
+    # One error for "unknown" and "another account's": the answer must not leak existence.
+    return ValidationError(
+        f"Number {phone_number} was not found on this account.",
+        code="number_not_found",
+        fix="Check the number (E.164) and that it belongs to the account you act for.",
+    )
+
+
+def _next_billing(now: datetime) -> date:
+    return (now + relativedelta(months=1)).date()
+
+
+def _lock_number(session: Session, account_id: str, phone_number: object) -> PhoneNumber:
+    """The account's number, locked for the rest of the transaction."""
+    number = validation.phone_number(phone_number)
+    row = session.scalars(
+        select(PhoneNumber).where(PhoneNumber.phone_number == number).with_for_update()
+    ).one_or_none()
+    if row is None or row.account_id != account_id:
+        raise _not_found(number)
+    return row
+
+
+def _campaign_status(session: Session, number: PhoneNumber) -> str | None:
+    return session.scalar(
+        select(CampaignAssignment.status).where(CampaignAssignment.number_id == number.id)
+    )
+
+
+def _check_cap(session: Session, account: Account) -> None:
+    active = session.scalar(
+        select(func.count())
+        .select_from(PhoneNumber)
+        .where(PhoneNumber.account_id == account.id, PhoneNumber.billing_status == "active")
+    )
+    cap = PLANS[account.plan]
+    if (active or 0) >= cap:
+        raise UsageLimitError(
+            f"The {account.plan} plan allows {cap} active number{'s' if cap > 1 else ''}; "
+            f"this account has {active}.",
+            code="plan_limit_reached",
+            fix="Release a number first, or upgrade the account to the paid plan (49 numbers).",
+        )
+
+
+def open_account(session: Session, *, account_id: str, plan: str) -> dict[str, Any]:
+    """Create an account on the free (1 active number) or paid (49) plan."""
+    account = Account(
+        id=validation.account_id(account_id), plan=validation.plan(plan), created_at=resolve_now(None)
+    )
+    if session.get(Account, account.id) is not None:
+        raise ValidationError(
+            f"Account {account.id} already exists.",
+            code="account_exists",
+            fix="Use the existing account, or choose another id.",
+        )
+    session.add(account)
+    session.flush()
+    return {"accountId": account.id, "plan": account.plan}
+
+
+def register_number(
+    session: Session,
+    *,
+    account_id: str,
+    phone_number: str,
+    country_code: str,
+    number_type: str,
+    monthly_price: object,
+    label: str | None = None,
+    provider_number_id: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Record a purchase: active, created now, billed a month on; 402 past the plan's cap.
+
+    Ordering a number the account itself released, within its window, reactivates it and
+    keeps its original createdAt (the platform's documented behaviour).
+    """
+    now = resolve_now(now)
+    fields = {
+        "phone_number": validation.phone_number(phone_number),
+        "country_code": validation.country_code(country_code),
+        "number_type": validation.number_type(number_type),
+        "monthly_price": validation.monthly_price(monthly_price),
+        "label": validation.label(label),
+        "provider_number_id": validation.short_id(
+            provider_number_id, name="provider_number_id", optional=True
+        ),
+    }
+    account = require_account(session, account_id, lock=True)
+    existing = session.scalars(
+        select(PhoneNumber).where(PhoneNumber.phone_number == fields["phone_number"])
+    ).one_or_none()
+    if existing is not None:
+        if (
+            existing.account_id == account.id
+            and existing.released_at is not None
+            and is_repurchasable(existing.released_at, now)
+        ):
+            return repurchase_number(
+                session, account_id=account.id, phone_number=existing.phone_number, now=now
+            )
+        raise ValidationError(
+            f"Number {fields['phone_number']} is not available.",
+            code="number_unavailable",
+            fix="Search for another available number.",
+        )
+    _check_cap(session, account)
+    number = PhoneNumber(
+        account_id=account.id,
+        created_at=now,
+        billing_status="active",
+        next_billing_date=_next_billing(now),
+        purge_hold=False,
+        **fields,
+    )
+    try:
+        # A savepoint: a concurrent order of the same number must not break the caller's
+        # transaction, only this call.
+        with session.begin_nested():
+            session.add(number)
+    except IntegrityError:
+        raise ValidationError(
+            f"Number {fields['phone_number']} is not available.",
+            code="number_unavailable",
+            fix="Search for another available number.",
+        ) from None
+    return number_body(number, None)
+
+
+def assign_campaign(
+    session: Session, *, phone_number: str, campaign_id: str, status: str
+) -> dict[str, Any]:
+    """Store the number's 10DLC campaign assignment (US numbers only); returns the number."""
+    number_e164 = validation.phone_number(phone_number)
+    campaign = validation.short_id(campaign_id, name="campaign_id")
+    a2p = validation.a2p_status(status)
+    number = session.scalars(
+        select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
+    ).one_or_none()
+    if number is None:
+        raise _not_found(number_e164)
+    if number.country_code != "US":
+        raise ValidationError(
+            "10DLC campaigns apply to US numbers only.",
+            code="a2p_us_only",
+            fix="Assign campaigns to US (+1) numbers; other countries have no 10DLC status.",
+        )
+    assignment = session.get(CampaignAssignment, number.id)
+    if assignment is None:
+        session.add(
+            CampaignAssignment(
+                number_id=number.id, campaign_id=campaign, status=a2p, assigned_at=resolve_now(None)
+            )
+        )
+    else:
+        assignment.campaign_id, assignment.status = campaign or "", a2p
+    session.flush()
+    return number_body(number, a2p)
+
+
+def release_number(
+    session: Session, *, account_id: str, phone_number: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """DELETE /numbers/{phoneNumber}: the number joins the released list for the window."""
+    now = resolve_now(now)
+    account = require_account(session, account_id)
+    number = _lock_number(session, account.id, phone_number)
+    if number.billing_status != "active":
+        raise ValidationError(
+            f"Number {number.phone_number} is already released.",
+            code="number_already_released",
+            fix="Nothing to do: it stays in the released list until its repurchase deadline.",
+        )
+    if now < number.created_at:
+        raise ValidationError(
+            "The release time is before the number was registered.",
+            code="release_before_created",
+            fix="Release with the current time (leave now unset).",
+        )
+    number.billing_status, number.released_at = "released", now
+    session.flush()
+    return {"phoneNumber": number.phone_number, "released": True, "releasedAt": iso_timestamp(now)}
+
+
+def repurchase_number(
+    session: Session, *, account_id: str, phone_number: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """Buy a released number back within its window; keeps createdAt, bills a month on."""
+    now = resolve_now(now)
+    account = require_account(session, account_id, lock=True)
+    number = _lock_number(session, account.id, phone_number)
+    if number.billing_status != "released" or number.released_at is None:
+        raise ValidationError(
+            f"Number {number.phone_number} is active, not released.",
+            code="number_not_released",
+            fix="Only numbers in the released list can be repurchased.",
+        )
+    if now < number.released_at:
+        raise ValidationError(
+            "The repurchase time is before the number was released.",
+            code="repurchase_before_release",
+            fix="Repurchase with the current time (leave now unset).",
+        )
+    if number.purge_state is not None or not is_repurchasable(number.released_at, now):
+        raise ValidationError(
+            f"The repurchase window for {number.phone_number} closed at "
+            f"{iso_timestamp(repurchase_deadline(number.released_at))}.",
+            code="repurchase_window_closed",
+            fix="Released numbers can be bought back for 14 days; order a new number instead.",
+        )
+    _check_cap(session, account)
+    number.billing_status, number.released_at = "active", None
+    number.next_billing_date = _next_billing(now)
+    session.flush()
+    return number_body(number, _campaign_status(session, number))
+
+
+def set_purge_hold(session: Session, *, phone_number: str, held: bool) -> dict[str, Any]:
+    """Put a number on hold (never purged while held) or lift the hold."""
+    number_e164 = validation.phone_number(phone_number)
+    number = session.scalars(
+        select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
+    ).one_or_none()
+    if number is None:
+        raise _not_found(number_e164)
+    number.purge_hold = bool(held)
+    session.flush()
+    return {"phoneNumber": number.phone_number, "held": number.purge_hold}

@@ -1,0 +1,211 @@
+"""The number store: accounts, phone numbers, 10DLC campaign assignments, tombstones, purge runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import JSON, TypeDecorator
+
+PLANS = {"free": 1, "paid": 49}
+A2P_STATUSES = ("pending", "testing", "approved")
+E164_PATTERN = r"^\+[1-9][0-9]{1,14}$"
+LABEL_MAX = 255
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores them naive; we re-attach UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the store; pass aware UTC datetimes")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (CheckConstraint("plan IN ('free', 'paid')", name="plan_known"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return f"Account(id={self.id!r}, plan={self.plan!r})"
+
+
+class PhoneNumber(Base):
+    __tablename__ = "phone_numbers"
+    __table_args__ = (
+        CheckConstraint("billing_status IN ('active', 'released')", name="billing_status_known"),
+        CheckConstraint(
+            "(billing_status = 'released') = (released_at IS NOT NULL)",
+            name="released_at_iff_released",
+        ),
+        CheckConstraint("monthly_price >= 0", name="price_not_negative"),
+        CheckConstraint(f"length(label) <= {LABEL_MAX}", name="label_length"),
+        CheckConstraint(
+            "purge_state IS NULL OR purge_state = 'purging'", name="purge_state_known"
+        ),
+        CheckConstraint(
+            "purge_state IS NULL OR billing_status = 'released'", name="purging_only_released"
+        ),
+        # Pattern checks differ per dialect; the migration creates them (regex or GLOB).
+        # The list query: one account's released numbers, newest release first.
+        Index(
+            "ix_phone_numbers_account_released",
+            "account_id",
+            "released_at",
+            postgresql_where=text("released_at IS NOT NULL"),
+            sqlite_where=text("released_at IS NOT NULL"),
+        ),
+        # The purge and the releasable set: released numbers by release time.
+        Index(
+            "ix_phone_numbers_released_at",
+            "released_at",
+            "id",
+            postgresql_where=text("released_at IS NOT NULL AND NOT purge_hold"),
+            sqlite_where=text("released_at IS NOT NULL AND NOT purge_hold"),
+        ),
+        # The plan cap: active numbers per account.
+        Index(
+            "ix_phone_numbers_account_active",
+            "account_id",
+            postgresql_where=text("billing_status = 'active'"),
+            sqlite_where=text("billing_status = 'active'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    phone_number: Mapped[str] = mapped_column(String(16), unique=True)
+    label: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    country_code: Mapped[str] = mapped_column(String(2))
+    number_type: Mapped[str] = mapped_column(String(32))
+    billing_status: Mapped[str] = mapped_column(String(8))
+    next_billing_date: Mapped[date] = mapped_column(Date)
+    monthly_price: Mapped[Decimal] = mapped_column(Numeric(12, 4))
+    released_at: Mapped[datetime | None]
+    purge_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    provider_number_id: Mapped[str | None] = mapped_column(String(128))
+    # 'purging' once a purge batch has claimed the row (two-phase purge); repurchase is refused.
+    purge_state: Mapped[str | None] = mapped_column(String(8))
+
+    campaign: Mapped[CampaignAssignment | None] = relationship(
+        back_populates="number", passive_deletes=True, lazy="raise"
+    )
+
+    def __repr__(self) -> str:
+        return (
+            f"PhoneNumber(id={self.id!r}, phone_number={self.phone_number!r}, "
+            f"account_id={self.account_id!r}, billing_status={self.billing_status!r})"
+        )
+
+
+class CampaignAssignment(Base):
+    """The stored 10DLC campaign assignment of a US number; a2pStatus is derived from it."""
+
+    __tablename__ = "campaign_assignments"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'testing', 'approved')", name="a2p_status_known"),
+    )
+
+    number_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("phone_numbers.id", ondelete="CASCADE"), primary_key=True
+    )
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(8))
+    assigned_at: Mapped[datetime]
+
+    number: Mapped[PhoneNumber] = relationship(back_populates="campaign", lazy="raise")
+
+    def __repr__(self) -> str:
+        return f"CampaignAssignment(number_id={self.number_id!r}, status={self.status!r})"
+
+
+class PurgedNumber(Base):
+    """Tombstone of a purged number: its fields as they were, when, and by which run."""
+
+    __tablename__ = "purged_numbers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Unique: a number is tombstoned exactly once, whatever retries or concurrent runs do.
+    number_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    phone_number: Mapped[str] = mapped_column(String(16), index=True)
+    label: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    country_code: Mapped[str] = mapped_column(String(2))
+    number_type: Mapped[str] = mapped_column(String(32))
+    next_billing_date: Mapped[date] = mapped_column(Date)
+    monthly_price: Mapped[Decimal] = mapped_column(Numeric(12, 4))
+    released_at: Mapped[datetime]
+    provider_number_id: Mapped[str | None] = mapped_column(String(128))
+    campaign_id: Mapped[str | None] = mapped_column(String(64))
+    a2p_status: Mapped[str | None] = mapped_column(String(8))
+    purged_at: Mapped[datetime]
+    run_id: Mapped[str] = mapped_column(String(36), index=True)
+
+    def __repr__(self) -> str:
+        return f"PurgedNumber(number_id={self.number_id!r}, phone_number={self.phone_number!r})"
+
+
+class PurgeRun(Base):
+    """One purge run, recorded for `status` and dashboards."""
+
+    __tablename__ = "purge_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('running', 'completed', 'limit_reached', 'skipped', 'paused', "
+            "'dry_run', 'failed', 'provider_unavailable')",
+            name="run_status_known",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None]
+    cutoff: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(24))
+    purged: Mapped[int] = mapped_column(Integer, default=0)
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    remaining: Mapped[int | None] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any] | None]
+
+    def __repr__(self) -> str:
+        return f"PurgeRun(id={self.id!r}, status={self.status!r}, purged={self.purged!r})"

@@ -1,0 +1,71 @@
+"""The retention rule, written once: a released number is repurchasable until its deadline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, false
+
+from shared.errors import ValidationError
+from shared.settings import get_settings
+
+RETENTION: timedelta = timedelta(days=get_settings().retention_days)
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC, from Python (never the database server's clock)."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime, *, name: str = "now") -> datetime:
+    """`value` converted to UTC; a naive datetime is refused, never guessed."""
+    if not isinstance(value, datetime):
+        raise ValidationError(
+            f"{name} must be a datetime, got {type(value).__name__}.",
+            code="invalid_datetime",
+            fix=f"Pass {name} as a timezone-aware datetime, e.g. 2026-01-31T12:00:00Z.",
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            f"{name} is a naive datetime ({value.isoformat()}); its timezone is unknown.",
+            code="naive_datetime",
+            fix=f"Pass {name} with a timezone, e.g. datetime.now(UTC) or '...T12:00:00Z'.",
+        )
+    return value.astimezone(UTC)
+
+
+def resolve_now(now: datetime | None) -> datetime:
+    """The decision instant: `now` in UTC, or the current time when none is given."""
+    return utcnow() if now is None else as_utc(now)
+
+
+def repurchase_deadline(released_at: datetime) -> datetime:
+    """The first instant at which a number released at `released_at` is no longer repurchasable."""
+    return as_utc(released_at, name="released_at") + RETENTION
+
+
+def cutoff(now: datetime) -> datetime:
+    """Numbers released at or before this instant are past their deadline at `now`."""
+    return as_utc(now) - RETENTION
+
+
+def is_repurchasable(released_at: datetime, now: datetime) -> bool:
+    """True while `now < deadline`: the number can still be bought back."""
+    return as_utc(released_at, name="released_at") > cutoff(now)
+
+
+def is_purgeable(released_at: datetime, now: datetime, *, held: bool = False) -> bool:
+    """True once `now >= deadline` and the number is not on hold."""
+    return not held and not is_repurchasable(released_at, now)
+
+
+def repurchasable_clause(released_at: ColumnElement[datetime], now: datetime) -> ColumnElement[bool]:
+    """SQL twin of `is_repurchasable`, for the list, repurchase and the releasable set."""
+    return released_at > cutoff(now)
+
+
+def purgeable_clause(
+    released_at: ColumnElement[datetime], held: ColumnElement[bool], now: datetime
+) -> ColumnElement[bool]:
+    """SQL twin of `is_purgeable`, for the purge (and its re-check under the lock)."""
+    return and_(released_at <= cutoff(now), held == false())

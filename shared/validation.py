@@ -1,0 +1,145 @@
+"""Input checks shared by the public functions; each failure is a 400 with a fix hint."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+import pycountry
+
+from shared.errors import ValidationError
+from shared.models import A2P_STATUSES, E164_PATTERN, LABEL_MAX, PLANS
+
+_E164 = re.compile(E164_PATTERN)
+_NUMBER_TYPE = re.compile(r"^[a-z][a-z_]{0,31}$")
+MAX_PRICE = Decimal("99999999")
+
+
+def account_id(value: object) -> str:
+    """A non-empty account id of at most 64 printable characters."""
+    if not isinstance(value, str) or not value or len(value) > 64 or not value.isprintable():
+        raise ValidationError(
+            "account_id must be a non-empty string of at most 64 printable characters.",
+            code="invalid_account_id",
+            fix="Pass the account's id as it was given by open_account, e.g. 'acc_123'.",
+        )
+    return value
+
+
+def phone_number(value: object) -> str:
+    """An E.164 number: '+', a non-zero digit, at most 15 digits in all."""
+    if not isinstance(value, str) or not _E164.fullmatch(value):
+        shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+        raise ValidationError(
+            f"phone_number {shown!r} is not in E.164 format.",
+            code="invalid_phone_number",
+            fix="Write the number as '+' then country code and digits only, e.g. +14155550123.",
+        )
+    return value
+
+
+def country_code(value: object) -> str:
+    """An ISO 3166-1 alpha-2 code in upper case, e.g. US."""
+    if (
+        not isinstance(value, str)
+        or not re.fullmatch(r"[A-Z]{2}", value)
+        or pycountry.countries.get(alpha_2=value) is None
+    ):
+        shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+        raise ValidationError(
+            f"country_code {shown!r} is not an ISO 3166-1 alpha-2 code.",
+            code="invalid_country_code",
+            fix="Use two upper-case letters of an existing country, e.g. US, GB, DE.",
+        )
+    return value
+
+
+def number_type(value: object) -> str:
+    """A number type such as local, toll_free, mobile."""
+    if not isinstance(value, str) or not _NUMBER_TYPE.fullmatch(value):
+        raise ValidationError(
+            "number_type must be lower-case letters and underscores, at most 32.",
+            code="invalid_number_type",
+            fix="Use the provider's type name, e.g. local, toll_free, mobile.",
+        )
+    return value
+
+
+def monthly_price(value: object) -> Decimal:
+    """A price in USD: a finite, non-negative amount with at most 4 decimal places."""
+    fix = "Pass the monthly price in USD as a decimal string or number, e.g. '1.00'."
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
+        raise ValidationError(
+            f"monthly_price must be a number, got {type(value).__name__}.",
+            code="invalid_price",
+            fix=fix,
+        )
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        raise ValidationError(
+            "monthly_price is not a number.", code="invalid_price", fix=fix
+        ) from None
+    if not price.is_finite() or price < 0 or price > MAX_PRICE:
+        raise ValidationError(
+            "monthly_price must be a finite amount from 0 to 99,999,999 USD.",
+            code="invalid_price",
+            fix=fix,
+        )
+    exponent = price.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -4:
+        raise ValidationError(
+            "monthly_price has more than 4 decimal places.", code="invalid_price", fix=fix
+        )
+    return price
+
+
+def label(value: object) -> str | None:
+    """An optional label of at most 255 characters; empty means none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > LABEL_MAX:
+        raise ValidationError(
+            f"label must be a string of at most {LABEL_MAX} characters.",
+            code="invalid_label",
+            fix=f"Shorten the label to {LABEL_MAX} characters or fewer.",
+        )
+    return value
+
+
+def plan(value: object) -> str:
+    """One of the known plans: free or paid."""
+    if value not in PLANS:
+        raise ValidationError(
+            f"plan must be one of {', '.join(sorted(PLANS))}.",
+            code="invalid_plan",
+            fix="Open the account with plan='free' or plan='paid'.",
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def a2p_status(value: object) -> str:
+    """A 10DLC campaign status: pending, testing or approved."""
+    if value not in A2P_STATUSES:
+        raise ValidationError(
+            f"status must be one of {', '.join(A2P_STATUSES)}.",
+            code="invalid_a2p_status",
+            fix="Pass the campaign's 10DLC status: pending, testing or approved.",
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def short_id(value: object, *, name: str, optional: bool = False) -> str | None:
+    """A provider or campaign id: printable, at most 64 characters."""
+    if optional and value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 64 or not value.isprintable():
+        raise ValidationError(
+            f"{name} must be a non-empty string of at most 64 printable characters.",
+            code=f"invalid_{name}",
+            fix=f"Pass {name} as the provider gave it.",
+        )
+    return value
+
