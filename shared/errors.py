@@ -1,4 +1,4 @@
-"""The API's error envelope: `{trackingId, error: {code, message, fix?, provider?, providerCode?}}`."""
+"""The error envelope: {trackingId, error: {code, message, fix?, provider?, providerCode?}}."""
 
 from __future__ import annotations
 

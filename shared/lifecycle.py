@@ -66,7 +66,9 @@ def _check_cap(session: Session, account: Account) -> None:
 def open_account(session: Session, *, account_id: str, plan: str) -> dict[str, Any]:
     """Create an account on the free (1 active number) or paid (49) plan."""
     account = Account(
-        id=validation.account_id(account_id), plan=validation.plan(plan), created_at=resolve_now(None)
+        id=validation.account_id(account_id),
+        plan=validation.plan(plan),
+        created_at=resolve_now(None),
     )
     if session.get(Account, account.id) is not None:
         raise ValidationError(

@@ -78,9 +78,7 @@ class PhoneNumber(Base):
         ),
         CheckConstraint("monthly_price >= 0", name="price_not_negative"),
         CheckConstraint(f"length(label) <= {LABEL_MAX}", name="label_length"),
-        CheckConstraint(
-            "purge_state IS NULL OR purge_state = 'purging'", name="purge_state_known"
-        ),
+        CheckConstraint("purge_state IS NULL OR purge_state = 'purging'", name="purge_state_known"),
         CheckConstraint(
             "purge_state IS NULL OR billing_status = 'released'", name="purging_only_released"
         ),

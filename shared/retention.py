@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false
+from sqlalchemy import ColumnElement, SQLColumnExpression, and_, false
 
 from shared.errors import ValidationError
 from shared.settings import get_settings
@@ -59,13 +60,15 @@ def is_purgeable(released_at: datetime, now: datetime, *, held: bool = False) ->
     return not held and not is_repurchasable(released_at, now)
 
 
-def repurchasable_clause(released_at: ColumnElement[datetime], now: datetime) -> ColumnElement[bool]:
+def repurchasable_clause(
+    released_at: SQLColumnExpression[Any], now: datetime
+) -> ColumnElement[bool]:
     """SQL twin of `is_repurchasable`, for the list, repurchase and the releasable set."""
     return released_at > cutoff(now)
 
 
 def purgeable_clause(
-    released_at: ColumnElement[datetime], held: ColumnElement[bool], now: datetime
+    released_at: SQLColumnExpression[Any], held: SQLColumnExpression[bool], now: datetime
 ) -> ColumnElement[bool]:
     """SQL twin of `is_purgeable`, for the purge (and its re-check under the lock)."""
     return and_(released_at <= cutoff(now), held == false())

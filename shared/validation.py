@@ -142,4 +142,3 @@ def short_id(value: object, *, name: str, optional: bool = False) -> str | None:
             fix=f"Pass {name} as the provider gave it.",
         )
     return value
-

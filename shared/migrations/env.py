@@ -20,9 +20,7 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
     with engine.connect() as conn:
-        context.configure(
-            connection=conn, target_metadata=target_metadata, render_as_batch=True
-        )
+        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

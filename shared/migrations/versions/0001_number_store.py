@@ -69,7 +69,9 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("monthly_price >= 0", name="price_not_negative"),
         sa.CheckConstraint("length(label) <= 255", name="label_length"),
-        sa.CheckConstraint("purge_state IS NULL OR purge_state = 'purging'", name="purge_state_known"),
+        sa.CheckConstraint(
+            "purge_state IS NULL OR purge_state = 'purging'", name="purge_state_known"
+        ),
         sa.CheckConstraint(
             "purge_state IS NULL OR billing_status = 'released'", name="purging_only_released"
         ),

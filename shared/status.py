@@ -1,0 +1,60 @@
+"""The store's retention health: backlog, oldest overdue number, holds, last runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.listing import iso_timestamp
+from shared.models import PhoneNumber, PurgeRun
+from shared.purge import overdue_filter
+from shared.retention import RETENTION, repurchasable_clause, resolve_now
+
+
+def store_status(session: Session, *, now: datetime | None = None, runs: int = 5) -> dict[str, Any]:
+    """Counts and the last `runs` purge runs, as JSON-ready values."""
+    now = resolve_now(now)
+    overdue, oldest = session.execute(
+        select(func.count(), func.min(PhoneNumber.released_at)).where(overdue_filter(now))
+    ).one()
+    held = session.scalar(
+        select(func.count()).where(
+            PhoneNumber.billing_status == "released", PhoneNumber.purge_hold.is_(True)
+        )
+    )
+    releasable = session.scalar(
+        select(func.count()).where(
+            PhoneNumber.billing_status == "released",
+            repurchasable_clause(PhoneNumber.released_at, now),
+        )
+    )
+    last_runs = session.scalars(
+        select(PurgeRun).order_by(PurgeRun.started_at.desc()).limit(runs)
+    ).all()
+    # An overdue number's lag is how long it has been past its deadline.
+    oldest_seconds = (now - (oldest + RETENTION)).total_seconds() if oldest is not None else 0.0
+    return {
+        "now": iso_timestamp(now),
+        "overdue": overdue,
+        "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
+        "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
+        "held": held or 0,
+        "releasable": releasable or 0,
+        "upstream_failed": 0,
+        "last_runs": [
+            {
+                "run_id": run.id,
+                "status": run.status,
+                "started_at": iso_timestamp(run.started_at),
+                "finished_at": iso_timestamp(run.finished_at) if run.finished_at else None,
+                "cutoff": iso_timestamp(run.cutoff),
+                "purged": run.purged,
+                "batches": run.batches,
+                "remaining": run.remaining,
+            }
+            for run in last_runs
+        ],
+    }

@@ -1,0 +1,216 @@
+"""Fixtures on real services: PostgreSQL and SQLite stores, Redis, a frozen `now`, contract checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import psycopg
+import pytest
+import redis
+from jsonschema import Draft202012Validator, FormatChecker
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+import shared
+from shared import migrate
+from shared.db import make_engine, make_session_factory
+
+# Fixed seed and no example database: the same examples on every run, nothing written to disk.
+hypothesis.settings.register_profile(
+    "numbers-retention", database=None, derandomize=True, deadline=None
+)
+hypothesis.settings.load_profile("numbers-retention")
+
+# Child tables first, so a plain DELETE respects the foreign keys.
+TABLES = ("purged_numbers", "purge_runs", "campaign_assignments", "phone_numbers", "accounts")
+SCHEMA_PATH = Path(shared.__file__).parent / "contract" / "released-numbers.schema.json"
+BACKENDS = [
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    pytest.param("sqlite", id="sqlite"),
+]
+
+
+def _service_missing(what: str, error: BaseException) -> None:
+    """A missing service skips on a laptop and fails under CI=true."""
+    message = f"{what} is unreachable: {error}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def now() -> datetime:
+    return datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.OperationalError as error:
+        _service_missing("PostgreSQL", error)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
+            client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        _service_missing("Redis", error)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('db')}/store.db")
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_savepoint_engine(sqlite_engine: Engine) -> Iterator[Engine]:
+    """The same SQLite file, with pysqlite's transaction handling fixed for savepoints.
+
+    pysqlite (Python < 3.12) emits no BEGIN before a SAVEPOINT, so a released savepoint would
+    commit for good and the per-test rollback would not undo it. This engine emits BEGIN
+    itself (SQLAlchemy's documented recipe). It is kept apart from `sqlite_engine` so that
+    code which commits (the purge) runs on the store's configuration as shipped.
+    """
+    engine = make_engine(sqlite_engine.url.render_as_string(hide_password=False))
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _emit_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The migrated store on each backend; tests using it run on PostgreSQL and SQLite."""
+    name = "pg_engine" if request.param == "postgresql" else "sqlite_engine"
+    result: Engine = request.getfixturevalue(name)
+    return result
+
+
+@pytest.fixture
+def session(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Session]:
+    """A session inside an outer transaction that is rolled back after the test.
+
+    The library's own savepoints and flushes happen inside it; nothing reaches the store.
+    On SQLite do not mix it with `session_factory` in one test: this transaction holds the
+    file's write lock until the test ends.
+    """
+    bind = (
+        request.getfixturevalue("sqlite_engine")
+        if engine.dialect.name == "sqlite"
+        else engine
+    )
+    with bind.connect() as connection:
+        outer = connection.begin()
+        db = Session(bind=connection, join_transaction_mode="create_savepoint")
+        try:
+            yield db
+        finally:
+            db.close()
+            outer.rollback()
+
+
+def delete_all_rows(engine: Engine) -> None:
+    """Empty every table of the store (schema and migrations stay)."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        else:
+            for table in TABLES:
+                connection.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """Sessions that really commit (the purge commits per batch); every table emptied after."""
+    try:
+        yield make_session_factory(engine)
+    finally:
+        delete_all_rows(engine)
+
+
+# --- the contract: the project's copy of the seed's JSON Schema -------------------------------
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+contract_formats = FormatChecker()
+
+
+# jsonschema checks "date-time" only when rfc3339-validator is installed; check it ourselves.
+@contract_formats.checks("date-time", raises=ValueError)
+def _is_rfc3339(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339.fullmatch(value):
+        raise ValueError(f"{value!r} is not an RFC 3339 date-time")
+    datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    return True
+
+
+@pytest.fixture(scope="session")
+def contract_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _validator(schema: dict[str, Any], definition: str) -> Draft202012Validator:
+    return Draft202012Validator(
+        {**schema, "$ref": f"#/$defs/{definition}"}, format_checker=contract_formats
+    )
+
+
+@pytest.fixture(scope="session")
+def released_numbers_validator(contract_schema: dict[str, Any]) -> Draft202012Validator:
+    """Validates a 200 body of GET /numbers/released."""
+    return _validator(contract_schema, "ReleasedNumbersResponse")
+
+
+@pytest.fixture(scope="session")
+def phone_number_validator(contract_schema: dict[str, Any]) -> Draft202012Validator:
+    """Validates one PhoneNumber object (register, repurchase, assign answers)."""
+    return _validator(contract_schema, "PhoneNumber")
+
+
+@pytest.fixture(scope="session")
+def error_validator(contract_schema: dict[str, Any]) -> Draft202012Validator:
+    """Validates an error envelope (ApiError.body())."""
+    return _validator(contract_schema, "ErrorResponse")

@@ -1,0 +1,75 @@
+"""Test data through the public functions only, and a snapshot of every table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+import shared
+from shared.models import Base
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+REGISTERED_BEFORE = timedelta(days=30)
+
+
+def ensure_account(session: Session, account_id: str, *, plan: str = "paid") -> None:
+    """Open the account unless it exists already."""
+    try:
+        shared.open_account(session, account_id=account_id, plan=plan)
+    except shared.ValidationError as error:
+        if error.code != "account_exists":
+            raise
+
+
+def make_number(
+    session: Session,
+    *,
+    account_id: str,
+    phone_number: str,
+    released_at: datetime | None = None,
+    country_code: str = "US",
+    now: datetime = NOW,
+    plan: str = "paid",
+    number_type: str = "local",
+    monthly_price: object = "1.00",
+    label: str | None = None,
+    a2p_status: str | None = None,
+) -> dict[str, Any]:
+    """A number registered 30 days before `now`, released at `released_at` if given.
+
+    Returns the number's body as the API would show it after these steps.
+    """
+    ensure_account(session, account_id, plan=plan)
+    body = shared.register_number(
+        session,
+        account_id=account_id,
+        phone_number=phone_number,
+        country_code=country_code,
+        number_type=number_type,
+        monthly_price=monthly_price,
+        label=label,
+        now=now - REGISTERED_BEFORE,
+    )
+    if a2p_status is not None:
+        body = shared.assign_campaign(
+            session, phone_number=phone_number, campaign_id=f"cmp_{account_id}", status=a2p_status
+        )
+    if released_at is not None:
+        answer = shared.release_number(
+            session, account_id=account_id, phone_number=phone_number, now=released_at
+        )
+        body = {**body, "billingStatus": "released", "releasedAt": answer["releasedAt"]}
+    return body
+
+
+def snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in primary-key order (flushes pending changes first)."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for table in Base.metadata.sorted_tables:
+        order = ", ".join(column.name for column in table.primary_key.columns)
+        result = session.execute(text(f"SELECT * FROM {table.name} ORDER BY {order}"))
+        rows[table.name] = [tuple(row) for row in result]
+    return rows

@@ -1,0 +1,118 @@
+"""The Celery app, configured from the one settings object."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from shared.settings import Settings, get_settings
+from worker.logs import configure_logging
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Broker, result backend and beat scheduler: Redis when configured, else the filesystem."""
+    if settings.broker_url:
+        redis = redis_url(settings)
+        result = settings.result_backend or redis or settings.broker_url
+        options: dict[str, Any] = {"broker_url": settings.broker_url, "result_backend": result}
+        if redis:
+            # RedBeat's Redis lock makes a second beat process safe: only one schedules.
+            options |= {
+                "beat_scheduler": "redbeat.RedBeatScheduler",
+                "redbeat_redis_url": redis,
+                "redbeat_lock_timeout": 5 * 60,
+            }
+        return options
+    data = settings.data_dir.resolve()
+    queue = data / "broker" / "queue"
+    processed = data / "broker" / "processed"
+    for folder in (queue, processed, data / "results"):
+        folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "broker_url": "filesystem://",
+        "broker_transport_options": {
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "processed_folder": str(processed),
+            "store_processed": False,
+        },
+        "result_backend": f"file://{data / 'results'}",
+        "beat_schedule_filename": str(data / "celerybeat-schedule"),
+    }
+
+
+def redis_url(settings: Settings) -> str:
+    """Redis for the releasable set (and RedBeat): REDIS_URL, or a Redis broker's URL."""
+    if settings.redis_url:
+        return settings.redis_url
+    return settings.broker_url if settings.broker_url.startswith(("redis", "unix")) else ""
+
+
+def _every(minutes: int, task: str) -> dict[str, Any]:
+    # `expires` drops a run that waited past its slot instead of piling runs up.
+    return {
+        "task": task,
+        "schedule": crontab(minute=f"*/{minutes}"),
+        "options": {"expires": minutes * 60 * 0.9},
+    }
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """Purge and publish on crontabs in UTC; publish only where a Redis is configured."""
+    schedule = {"purge-expired": _every(settings.purge_every_minutes, "numbers.purge_expired")}
+    if redis_url(settings):
+        schedule["publish-releasable"] = _every(
+            settings.publish_every_minutes, "numbers.publish_releasable"
+        )
+    return schedule
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app for `settings` (default: from the environment)."""
+    settings = settings or get_settings()
+    celery = Celery("numbers_retention", include=["worker.tasks"])
+    celery.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        enable_utc=True,
+        timezone="UTC",
+        result_expires=timedelta(days=1),
+        result_extended=True,
+        broker_connection_retry_on_startup=True,
+        worker_redirect_stdouts=False,
+        worker_hijack_root_logger=False,
+        beat_schedule=beat_schedule(settings),
+        **broker_options(settings),
+    )
+    return celery
+
+
+app = create_app()
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_kwargs: Any) -> None:
+    configure_logging(get_settings())
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_kwargs: Any) -> None:
+    structlog.contextvars.bind_contextvars(task_id=task_id, task_name=getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _clear_task(**_kwargs: Any) -> None:
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,69 @@
+"""structlog setup: JSON lines off a terminal, console on one; secrets in URLs never logged."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from shared.settings import Settings
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Replace the password of every URL in `text` by ***."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)
+
+
+def _redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(v, secrets) for v in value)
+    return value
+
+
+def secret_redactor(settings: Settings) -> structlog.types.Processor:
+    """A processor that masks URL passwords and the configured API keys in every field."""
+    secrets = tuple(s for s in (settings.telnyx_api_key.get_secret_value(),) if s)
+
+    def processor(
+        _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        return {key: _redact_value(value, secrets) for key, value in event.items()}
+
+    return processor
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure structlog for this process from the settings."""
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stderr.isatty()
+    )
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            secret_redactor(settings),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.log_level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
