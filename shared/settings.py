@@ -28,8 +28,10 @@ class Settings(BaseSettings):
     purge_batch_size: int = Field(default=5000, ge=1)
     purge_max_rows: int = Field(default=1_000_000, ge=1)
     purge_max_seconds: float = Field(default=600.0, gt=0)
-    purge_every_minutes: int = Field(default=15, ge=1)
-    publish_every_minutes: int = Field(default=1, ge=1)
+    # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an
+    # interval.
+    purge_every_seconds: int = Field(default=15 * 60, ge=1)
+    publish_every_seconds: int = Field(default=60, ge=1)
 
     provider: Literal["none", "telnyx"] = "none"
     telnyx_api_key: SecretStr = SecretStr("")

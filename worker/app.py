@@ -52,21 +52,23 @@ def redis_url(settings: Settings) -> str:
     return settings.broker_url if settings.broker_url.startswith(("redis", "unix")) else ""
 
 
-def _every(minutes: int, task: str) -> dict[str, Any]:
-    # `expires` drops a run that waited past its slot instead of piling runs up.
+def _every(seconds: int, task: str) -> dict[str, Any]:
+    minutes, rest = divmod(seconds, 60)
+    on_clock = minutes > 0 and rest == 0 and 60 % minutes == 0
     return {
         "task": task,
-        "schedule": crontab(minute=f"*/{minutes}"),
-        "options": {"expires": minutes * 60 * 0.9},
+        "schedule": crontab(minute=f"*/{minutes}") if on_clock else timedelta(seconds=seconds),
+        # A run that waited past its slot is dropped instead of piling up behind the next.
+        "options": {"expires": seconds * 0.9},
     }
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
     """Purge and publish on crontabs in UTC; publish only where a Redis is configured."""
-    schedule = {"purge-expired": _every(settings.purge_every_minutes, "numbers.purge_expired")}
+    schedule = {"purge-expired": _every(settings.purge_every_seconds, "numbers.purge_expired")}
     if redis_url(settings):
         schedule["publish-releasable"] = _every(
-            settings.publish_every_minutes, "numbers.publish_releasable"
+            settings.publish_every_seconds, "numbers.publish_releasable"
         )
     return schedule
 

@@ -1,0 +1,99 @@
+"""Real `celery worker`, `celery beat` and Flower processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def service_env(
+    *, database_url: str, redis_url: str, data_dir: Path, **extra: str
+) -> dict[str, str]:
+    """Environment for a worker process on the given store and Redis (broker, results, set)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_"))
+    }
+    env |= {
+        "DATABASE_URL": database_url,
+        "BROKER_URL": redis_url,
+        "REDIS_URL": redis_url,
+        "NUMBERS_RETENTION_DATA": str(data_dir),
+        "LOG_FORMAT": "json",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env | extra
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped on `stop()`."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._file = log.open("ab")
+        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            args, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the whole process group (pool children included)."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        self.kill(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            self.popen.wait(5)
+        self._file.close()
+
+
+def celery(args: list[str], env: dict[str, str], log: Path) -> Process:
+    """`celery -A worker <args>` with this interpreter."""
+    return Process([sys.executable, "-m", "celery", "-A", "worker", *args], env, log)
+
+
+def start_worker(
+    env: dict[str, str], log: Path, *, name: str = "w1", concurrency: int = 1
+) -> Process:
+    return celery(
+        ["worker", "--loglevel=INFO", f"--concurrency={concurrency}", "-n", f"{name}@%h"],
+        env,
+        log,
+    )
+
+
+def start_beat(env: dict[str, str], log: Path, schedule: Path) -> Process:
+    return celery(["beat", "--loglevel=INFO", "-s", str(schedule)], env, log)
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.25,
+    what: str = "condition",
+) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

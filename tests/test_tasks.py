@@ -1,0 +1,159 @@
+"""The Celery tasks and app configuration, run in-process with frozen time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+from freezegun import freeze_time
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+import worker.tasks as tasks
+from shared.errors import ValidationError
+from shared.settings import Settings
+from tests.factories import make_number, snapshot
+from worker.app import app, beat_schedule, broker_options
+
+Factory = sessionmaker[Session]
+
+
+@pytest.fixture
+def task_store(session_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> Factory:
+    """Point the tasks at the test store (the real task code, the test's database)."""
+    monkeypatch.setattr(tasks, "session_factory", lambda: session_factory)
+    return session_factory
+
+
+def test_celery_accepts_json_only_and_acks_late() -> None:
+    conf = app.conf
+    assert conf.accept_content == ["json"]
+    assert conf.result_accept_content == ["json"]
+    assert (conf.task_serializer, conf.result_serializer) == ("json", "json")
+    assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.enable_utc and conf.timezone == "UTC"
+    purge = app.tasks["numbers.purge_expired"]
+    assert purge.soft_time_limit < purge.time_limit
+    assert purge.retry_jitter and purge.retry_backoff
+
+
+def test_beat_schedule_uses_crontab_with_expiry() -> None:
+    schedule = beat_schedule(Settings(redis_url="redis://localhost:6379/0"))
+    assert str(schedule["purge-expired"]["schedule"]).startswith("<crontab: */15 ")
+    assert str(schedule["publish-releasable"]["schedule"]).startswith("<crontab: */1 ")
+    assert schedule["purge-expired"]["options"]["expires"] < 15 * 60
+    # No Redis configured (the embedded default): nothing to publish to, no publish entry.
+    assert set(beat_schedule(Settings())) == {"purge-expired"}
+    short = beat_schedule(Settings(purge_every_seconds=2))
+    assert short["purge-expired"]["schedule"] == timedelta(seconds=2)
+
+
+def test_embedded_default_uses_a_filesystem_broker(tmp_path) -> None:
+    options = broker_options(Settings(NUMBERS_RETENTION_DATA=tmp_path))
+    assert options["broker_url"] == "filesystem://"
+    assert options["result_backend"].startswith("file://")
+    assert (tmp_path / "broker" / "queue").is_dir()
+    redis_options = broker_options(Settings(broker_url="redis://h:6379/0"))
+    assert redis_options["beat_scheduler"] == "redbeat.RedBeatScheduler"
+
+
+def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> None:
+    with task_store.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550301",
+            released_at=now - timedelta(days=14),
+        )
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550302",
+            released_at=now - timedelta(days=13, hours=23),
+        )
+    with freeze_time(now), capture_logs() as logs:
+        result = tasks.purge_expired_task.apply().get()
+    assert (result["status"], result["purged"], result["remaining"]) == ("completed", 1, 0)
+    assert result["now"] == "2026-11-27T12:00:00Z"
+    finished = [e for e in logs if e["event"] == "purge.finished"]
+    assert finished and finished[0]["purged"] == 1
+    # An hour later the second number's deadline has passed too.
+    with freeze_time(now + timedelta(hours=1)):
+        assert tasks.purge_expired_task.apply().get()["purged"] == 1
+
+
+def test_purge_task_binds_task_id_and_name_and_clears_them(task_store: Factory) -> None:
+    from structlog.contextvars import get_contextvars
+
+    with capture_logs(processors=[__import__("structlog").contextvars.merge_contextvars]) as logs:
+        result = tasks.purge_expired_task.apply(task_id="t-123")
+    assert result.successful()
+    started = next(e for e in logs if e["event"] == "purge.started")
+    assert (started["task_id"], started["task_name"]) == ("t-123", "numbers.purge_expired")
+    assert "task_id" not in get_contextvars()
+
+
+def test_purge_task_takes_now_and_dry_run(task_store: Factory, now: datetime) -> None:
+    with task_store.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550303",
+            released_at=now - timedelta(days=20),
+        )
+    result = tasks.purge_expired_task.apply(
+        kwargs={"now": "2026-11-27T12:00:00Z", "dry_run": True}
+    ).get()
+    assert (result["status"], result["would_purge"]) == ("dry_run", 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"now": 12345},
+        {"now": "yesterday"},
+        {"now": "2026-11-27T12:00:00"},  # naive: refused, never guessed
+        {"dry_run": "yes"},
+    ],
+)
+def test_purge_task_refuses_bad_arguments_and_changes_nothing(
+    task_store: Factory, now: datetime, kwargs: dict[str, object]
+) -> None:
+    with task_store.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550304",
+            released_at=now - timedelta(days=20),
+        )
+    with task_store() as session:
+        before = snapshot(session)
+    result = tasks.purge_expired_task.apply(kwargs=kwargs)
+    assert result.failed()
+    assert isinstance(result.result, ValidationError)
+    with task_store() as session:
+        assert snapshot(session) == before
+
+
+@pytest.mark.redis
+def test_publish_task(
+    task_store: Factory, redis_url: str, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    monkeypatch.setattr(tasks, "redis_client", lambda: client)
+    with task_store.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550305",
+            released_at=now - timedelta(days=1),
+        )
+    with freeze_time(now):
+        result = tasks.publish_releasable_task.apply().get()
+    assert result["published"] == 1
+    assert client.zcard("releasable:all") == 1
+    client.flushdb()
+    client.close()

@@ -1,0 +1,121 @@
+"""Real `celery worker` and `celery beat` processes against PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_session_factory
+from shared.models import PhoneNumber, PurgedNumber
+from shared.releasable import read_releasable
+from tests.conftest import delete_all_rows
+from tests.factories import make_number
+from tests.processes import service_env, start_beat, start_worker, wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
+
+
+@pytest.fixture
+def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    delete_all_rows(pg_engine)
+    yield make_session_factory(pg_engine)
+    delete_all_rows(pg_engine)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def json_events(text: str) -> list[dict[str, object]]:
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def test_worker_and_beat_purge_overdue_and_publish_fresh(
+    pg_factory: sessionmaker[Session],
+    pg_url: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)
+    overdue = [f"+1415321{i:04d}" for i in range(30)]
+    fresh = [f"+1415322{i:04d}" for i in range(10)]
+    with pg_factory.begin() as session:
+        for number in overdue:
+            make_number(
+                session,
+                account_id="acc_old",
+                phone_number=number,
+                released_at=now - timedelta(days=15),
+                now=now,
+            )
+        for number in fresh:
+            make_number(
+                session,
+                account_id="acc_new",
+                phone_number=number,
+                released_at=now - timedelta(days=2),
+                now=now,
+            )
+        make_number(session, account_id="acc_new", phone_number="+14153230000", now=now)
+
+    env = service_env(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        PURGE_EVERY_SECONDS="2",
+        PUBLISH_EVERY_SECONDS="2",
+        PURGE_BATCH_SIZE="7",
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
+    beat = start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    try:
+
+        def purged() -> bool:
+            with pg_factory() as session:
+                left = set(session.scalars(select(PhoneNumber.phone_number)))
+                stones = list(session.scalars(select(PurgedNumber.phone_number)))
+            return left == {*fresh, "+14153230000"} and sorted(stones) == overdue
+
+        wait_for(purged, timeout=60, what="the overdue numbers to be purged")
+        published = wait_for(
+            lambda: [n for n, _ in read_releasable(redis_client, account_id="acc_new")],
+            timeout=30,
+            what="the releasable set",
+        )
+        assert sorted(published) == fresh
+        assert read_releasable(redis_client, account_id="acc_old") == []
+        events = json_events(worker.output())
+        wait_for(
+            lambda: any(e["event"] == "purge.finished" for e in json_events(worker.output())),
+            timeout=10,
+            what="purge.finished in the worker's log",
+        )
+        events = json_events(worker.output())
+        batches = [e for e in events if e["event"] == "purge.batch"]
+        assert sum(int(e["purged"]) for e in batches) == 30  # type: ignore[call-overload]
+        assert all(e["task_name"] == "numbers.purge_expired" and e["task_id"] for e in batches)
+        assert any(e["event"] == "releasable.published" for e in events)
+    finally:
+        beat.stop()
+        worker.stop()
+    assert "Traceback" not in worker.output(), worker.output()[-3000:]
