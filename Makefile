@@ -14,7 +14,7 @@ $(BIN)/numbers-retention: pyproject.toml
 install: $(BIN)/numbers-retention
 
 run: install
-	$(BIN)/numbers-retention seed-demo --numbers 1000 --accounts 10
+	$(BIN)/numbers-retention seed-demo --numbers 1000 --accounts 10 --if-empty
 	$(BIN)/numbers-retention run
 
 lint: install

@@ -106,6 +106,8 @@ class PhoneNumber(Base):
             postgresql_where=text("billing_status = 'active'"),
             sqlite_where=text("billing_status = 'active'"),
         ),
+        # Never reuse an id on SQLite: tombstones are unique per number id.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -315,3 +315,12 @@ def test_repurchase_after_purge_claimed_row_finds_nothing(pg_engine, now: dateti
         assert phone_numbers(factory) == set()
     finally:
         delete_all_rows(pg_engine)
+
+
+def test_a_purged_number_id_is_never_reused(session_factory: Factory, now: datetime) -> None:
+    """SQLite reuses the highest rowid unless AUTOINCREMENT; tombstones are unique per id."""
+    seed(session_factory, now, {"+14155550120": None, "+14155550121": timedelta(days=20)})
+    assert purge_expired(session_factory, now=now).purged == 1
+    seed(session_factory, now, {"+14155550122": timedelta(days=20)})
+    assert purge_expired(session_factory, now=now).purged == 1
+    assert tombstones(session_factory) == ["+14155550121", "+14155550122"]

@@ -10,13 +10,14 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
+from shared.models import PhoneNumber
 from shared.purge import purge_expired
 from shared.releasable import publish_releasable
 from shared.settings import get_settings
@@ -136,12 +137,18 @@ def list_released(account_id: str, now: datetime | None) -> None:
 @main.command("seed-demo")
 @click.option("--numbers", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--accounts", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--if-empty", is_flag=True, help="Do nothing when the store already has numbers.")
 @now_option
 @api_errors
-def seed_demo(numbers: int, accounts: int, now: datetime | None) -> None:
+def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None) -> None:
     """Bulk-load realistic demo data (some of it overdue) into the migrated store."""
     engine = _engine()
     upgrade(engine)
+    if if_empty:
+        with engine.connect() as conn:
+            if conn.scalar(select(PhoneNumber.id).limit(1)) is not None:
+                click.echo("store has numbers already; no demo data added")
+                return
     _print_json(load_demo(engine, numbers=numbers, accounts=accounts, now=now).as_dict())
 
 

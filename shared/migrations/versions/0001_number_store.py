@@ -76,6 +76,8 @@ def upgrade() -> None:
             "purge_state IS NULL OR billing_status = 'released'", name="purging_only_released"
         ),
         *_pattern_checks(dialect),
+        # Never reuse an id on SQLite: tombstones are unique per number id.
+        sqlite_autoincrement=True,
     )
     released = sa.text("released_at IS NOT NULL")
     purgeable = sa.text("released_at IS NOT NULL AND NOT purge_hold")
