@@ -241,11 +241,12 @@ def repurchase_number(
 def set_purge_hold(session: Session, *, phone_number: str, held: bool) -> dict[str, Any]:
     """Put a number on hold (never purged while held) or lift the hold."""
     number_e164 = validation.phone_number(phone_number)
+    hold = validation.flag(held, name="held")
     number = session.scalars(
         select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
     ).one_or_none()
     if number is None:
         raise _not_found(number_e164)
-    number.purge_hold = bool(held)
+    number.purge_hold = hold
     session.flush()
     return {"phoneNumber": number.phone_number, "held": number.purge_hold}

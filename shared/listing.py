@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from shared import validation
@@ -45,6 +45,15 @@ def number_body(number: PhoneNumber, campaign_status: str | None) -> dict[str, A
     return body
 
 
+def offered(now: datetime) -> ColumnElement[bool]:
+    """Numbers the account can buy back at `now`: released, in their window, not claimed."""
+    return and_(
+        PhoneNumber.billing_status == "released",
+        PhoneNumber.purge_state.is_(None),
+        repurchasable_clause(PhoneNumber.released_at, now),
+    )
+
+
 def require_account(session: Session, account_id: object, *, lock: bool = False) -> Account:
     """The account, or a 401: the API only acts for an account it knows."""
     query = select(Account).where(Account.id == validation.account_id(account_id))
@@ -67,11 +76,7 @@ def released_numbers_body(
     rows = session.execute(
         select(PhoneNumber, CampaignAssignment.status)
         .outerjoin(CampaignAssignment, CampaignAssignment.number_id == PhoneNumber.id)
-        .where(
-            PhoneNumber.account_id == account.id,
-            PhoneNumber.billing_status == "released",
-            repurchasable_clause(PhoneNumber.released_at, now),
-        )
+        .where(PhoneNumber.account_id == account.id, offered(now))
         .order_by(PhoneNumber.released_at.desc(), PhoneNumber.id.desc())
     ).all()
     return {"numbers": [number_body(number, status) for number, status in rows]}

@@ -12,9 +12,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.listing import iso_timestamp
+from shared.listing import iso_timestamp, offered
 from shared.models import PhoneNumber
-from shared.retention import repurchasable_clause, repurchase_deadline, resolve_now
+from shared.retention import repurchase_deadline, resolve_now
 
 log = structlog.get_logger("shared.releasable")
 
@@ -50,10 +50,7 @@ def publish_releasable(
     staging = f"{prefix}:staging:{uuid.uuid4().hex}"
     rows = session.execute(
         select(PhoneNumber.phone_number, PhoneNumber.account_id, PhoneNumber.released_at)
-        .where(
-            PhoneNumber.billing_status == "released",
-            repurchasable_clause(PhoneNumber.released_at, now),
-        )
+        .where(offered(now))
         .execution_options(yield_per=CHUNK)
     )
     per_account: defaultdict[str, int] = defaultdict(int)

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.listing import iso_timestamp
+from shared.listing import iso_timestamp, offered
 from shared.models import PhoneNumber, PurgeRun
 from shared.purge import overdue_filter
-from shared.retention import RETENTION, repurchasable_clause, resolve_now
+from shared.retention import RETENTION, resolve_now
 
 
 def store_status(session: Session, *, now: datetime | None = None, runs: int = 5) -> dict[str, Any]:
@@ -25,12 +25,7 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
             PhoneNumber.billing_status == "released", PhoneNumber.purge_hold.is_(True)
         )
     )
-    releasable = session.scalar(
-        select(func.count()).where(
-            PhoneNumber.billing_status == "released",
-            repurchasable_clause(PhoneNumber.released_at, now),
-        )
-    )
+    releasable = session.scalar(select(func.count()).where(offered(now)))
     last_runs = session.scalars(
         select(PurgeRun).order_by(PurgeRun.started_at.desc()).limit(runs)
     ).all()

@@ -11,6 +11,7 @@ from shared.errors import ValidationError
 from shared.models import A2P_STATUSES, E164_PATTERN, LABEL_MAX, PLANS
 
 _E164 = re.compile(E164_PATTERN)
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,8}(\.[0-9]{1,4})?")
 _NUMBER_TYPE = re.compile(r"^[a-z][a-z_]{0,31}$")
 MAX_PRICE = Decimal("99999999")
 
@@ -74,6 +75,12 @@ def monthly_price(value: object) -> Decimal:
             code="invalid_price",
             fix=fix,
         )
+    if isinstance(value, str) and not _PLAIN_DECIMAL.fullmatch(value):
+        raise ValidationError(
+            f"monthly_price {value[:40]!r} is not a plain decimal amount.",
+            code="invalid_price",
+            fix=fix,
+        )
     try:
         price = Decimal(str(value))
     except InvalidOperation:
@@ -98,9 +105,9 @@ def label(value: object) -> str | None:
     """An optional label of at most 255 characters; empty means none."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > LABEL_MAX:
+    if not isinstance(value, str) or len(value) > LABEL_MAX or "\x00" in value:
         raise ValidationError(
-            f"label must be a string of at most {LABEL_MAX} characters.",
+            f"label must be a string of at most {LABEL_MAX} characters, without NUL.",
             code="invalid_label",
             fix=f"Shorten the label to {LABEL_MAX} characters or fewer.",
         )
@@ -140,5 +147,16 @@ def short_id(value: object, *, name: str, optional: bool = False) -> str | None:
             f"{name} must be a non-empty string of at most 64 printable characters.",
             code=f"invalid_{name}",
             fix=f"Pass {name} as the provider gave it.",
+        )
+    return value
+
+
+def flag(value: object, *, name: str) -> bool:
+    """A real boolean; strings like 'false' are refused, not guessed."""
+    if not isinstance(value, bool):
+        raise ValidationError(
+            f"{name} must be true or false, got {type(value).__name__}.",
+            code=f"invalid_{name}",
+            fix=f"Pass {name} as a boolean.",
         )
     return value

@@ -1,4 +1,4 @@
-"""Fixtures on real services: PostgreSQL and SQLite stores, Redis, a frozen `now`, contract checks."""
+"""Fixtures on real services: PostgreSQL and SQLite stores, Redis, a fixed `now`, the contract."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def session(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Session]
     file's write lock until the test ends.
     """
     bind = (
-        request.getfixturevalue("sqlite_engine")
+        request.getfixturevalue("sqlite_savepoint_engine")
         if engine.dialect.name == "sqlite"
         else engine
     )
@@ -168,9 +168,7 @@ def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
 
 # --- the contract: the project's copy of the seed's JSON Schema -------------------------------
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 contract_formats = FormatChecker()
 
 

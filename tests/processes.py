@@ -40,7 +40,7 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._file = log.open("ab")
-        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        self.popen = subprocess.Popen(
             args, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
         )
 

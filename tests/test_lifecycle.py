@@ -1,4 +1,4 @@
-"""Accounts and numbers through their life, on PostgreSQL and SQLite; every refusal changes nothing."""
+"""Accounts and numbers through their life, on both backends; a refusal changes nothing."""
 
 from __future__ import annotations
 
@@ -85,11 +85,17 @@ def test_register_number(session: Session, phone_number_validator: Draft202012Va
         (NOW, "2026-11-27T12:00:00Z", "2026-12-27"),
         (datetime(2026, 1, 31, 8, 0, tzinfo=UTC), "2026-01-31T08:00:00Z", "2026-02-28"),
         (datetime(2028, 1, 31, 8, 0, tzinfo=UTC), "2028-01-31T08:00:00Z", "2028-02-29"),
-        (datetime(2026, 12, 15, 0, 0, 0, 250_000, tzinfo=UTC), "2026-12-15T00:00:00.250000Z",
-         "2027-01-15"),
+        (
+            datetime(2026, 12, 15, 0, 0, 0, 250_000, tzinfo=UTC),
+            "2026-12-15T00:00:00.250000Z",
+            "2027-01-15",
+        ),
         # 23:30 in New York is already the next day in UTC: the date follows UTC.
-        (datetime(2026, 12, 31, 23, 30, tzinfo=NEW_YORK_WINTER), "2027-01-01T04:30:00Z",
-         "2027-02-01"),
+        (
+            datetime(2026, 12, 31, 23, 30, tzinfo=NEW_YORK_WINTER),
+            "2027-01-01T04:30:00Z",
+            "2027-02-01",
+        ),
         (datetime(2026, 11, 28, 1, 0, tzinfo=TOKYO), "2026-11-27T16:00:00Z", "2026-12-27"),
     ],
 )
@@ -135,9 +141,8 @@ def test_plan_caps_active_numbers(session: Session, plan: str, cap: int) -> None
     assert snapshot(session) == before
     # A released number no longer counts against the cap.
     shared.release_number(session, account_id="acc_cap", phone_number="+14155550000", now=NOW)
-    assert register(session, account_id="acc_cap", phone_number="+14155559999")["billingStatus"] == (
-        "active"
-    )
+    body = register(session, account_id="acc_cap", phone_number="+14155559999")
+    assert body["billingStatus"] == "active"
 
 
 def test_other_accounts_do_not_count_against_the_cap(session: Session) -> None:
@@ -344,12 +349,15 @@ def world(session: Session) -> Session:
     make_number(session, account_id=A, phone_number=A_GB, country_code="GB")
     make_number(session, account_id=B, phone_number=B_ACTIVE)
     make_number(session, account_id=B, phone_number=B_RELEASED, released_at=yesterday)
-    make_number(session, account_id=FREE, phone_number=FREE_RELEASED, plan="free",
-                released_at=yesterday)
+    make_number(
+        session, account_id=FREE, phone_number=FREE_RELEASED, plan="free", released_at=yesterday
+    )
     make_number(session, account_id=FREE, phone_number=FREE_ACTIVE)
     # As a purge batch leaves a claimed row (two-phase purge).
     session.execute(
-        update(PhoneNumber).where(PhoneNumber.phone_number == A_PURGING).values(purge_state="purging")
+        update(PhoneNumber)
+        .where(PhoneNumber.phone_number == A_PURGING)
+        .values(purge_state="purging")
     )
     session.flush()
     return session
@@ -364,13 +372,19 @@ def reg(**overrides: Any) -> Call:
 
 def release(phone_number: str, account_id: str = A, now: object = NOW) -> Call:
     return lambda s: shared.release_number(
-        s, account_id=account_id, phone_number=phone_number, now=now  # type: ignore[arg-type]
+        s,
+        account_id=account_id,
+        phone_number=phone_number,
+        now=now,
     )
 
 
 def repurchase(phone_number: str, account_id: str = A, now: object = NOW) -> Call:
     return lambda s: shared.repurchase_number(
-        s, account_id=account_id, phone_number=phone_number, now=now  # type: ignore[arg-type]
+        s,
+        account_id=account_id,
+        phone_number=phone_number,
+        now=now,
     )
 
 
@@ -380,8 +394,8 @@ def assign(phone_number: str, campaign_id: str = "cmp_9", status: str = "approve
     )
 
 
-def refusal(call: Call, error: type[shared.ApiError], code: str, id: str) -> Any:  # noqa: A002
-    return pytest.param(call, error, code, id=id)
+def refusal(call: Call, error: type[shared.ApiError], code: str, test_id: str) -> Any:
+    return pytest.param(call, error, code, id=test_id)
 
 
 V, U, L = shared.ValidationError, shared.UnauthorizedError, shared.UsageLimitError
@@ -390,8 +404,19 @@ REFUSALS = [
     *(
         refusal(reg(phone_number=value), V, "invalid_phone_number", f"register-e164-{i}")
         for i, value in enumerate(
-            ["4155550999", "+04155550999", "+1 415 555 0999", "+1415555099a", "+1234567890123456",
-             "+", "", "+14155550999\n", "\uff0b14155550999", None, 14155550999]
+            [
+                "4155550999",
+                "+04155550999",
+                "+1 415 555 0999",
+                "+1415555099a",
+                "+1234567890123456",
+                "+",
+                "",
+                "+14155550999\n",
+                "\uff0b14155550999",
+                None,
+                14155550999,
+            ]
         )
     ),
     *(
@@ -400,12 +425,36 @@ REFUSALS = [
     ),
     *(
         refusal(reg(monthly_price=value), V, "invalid_price", f"register-price-{value!r}")
-        for value in [-1, "-0.01", Decimal("-1"), float("nan"), "NaN", Decimal("NaN"),
-                      float("inf"), "-Infinity", "abc", "", True, False, None, [1], "1.00001",
-                      "100000000"]
+        for value in [
+            -1,
+            "-0.01",
+            Decimal("-1"),
+            float("nan"),
+            "NaN",
+            Decimal("NaN"),
+            float("inf"),
+            "-Infinity",
+            "abc",
+            "",
+            True,
+            False,
+            None,
+            [1],
+            "1.00001",
+            "100000000",
+            "1_000",
+            " 1.00",
+            "1e2",
+        ]
     ),
     refusal(reg(label="x" * 256), V, "invalid_label", "register-label-256"),
     refusal(reg(label=42), V, "invalid_label", "register-label-not-str"),
+    pytest.param(
+        reg(label="front\x00desk"),
+        V,
+        "invalid_label",
+        id="register-label-nul",
+    ),
     refusal(reg(number_type="Local"), V, "invalid_number_type", "register-type"),
     refusal(reg(provider_number_id=""), V, "invalid_provider_number_id", "register-provider-id"),
     refusal(reg(now=NAIVE), V, "naive_datetime", "register-naive-now"),
@@ -418,32 +467,53 @@ REFUSALS = [
     refusal(reg(phone_number=A_EXPIRED), V, "number_unavailable", "register-own-expired"),
     refusal(reg(phone_number=A_PURGING), V, "repurchase_window_closed", "register-own-purging"),
     refusal(reg(account_id=FREE), L, "plan_limit_reached", "register-over-free-cap"),
-    refusal(reg(account_id=FREE, phone_number=FREE_RELEASED), L, "plan_limit_reached",
-            "register-reactivate-over-cap"),
+    refusal(
+        reg(account_id=FREE, phone_number=FREE_RELEASED),
+        L,
+        "plan_limit_reached",
+        "register-reactivate-over-cap",
+    ),
     # release_number
     refusal(release(UNKNOWN), V, "number_not_found", "release-unknown-number"),
     refusal(release(B_ACTIVE), V, "number_not_found", "release-other-accounts-number"),
     refusal(release("4155550100"), V, "invalid_phone_number", "release-e164"),
     refusal(release(A_ACTIVE, now=NAIVE), V, "naive_datetime", "release-naive-now"),
-    refusal(release(A_ACTIVE, now=NOW - REGISTERED_BEFORE - MICROSECOND), V,
-            "release_before_created", "release-before-created"),
+    refusal(
+        release(A_ACTIVE, now=NOW - REGISTERED_BEFORE - MICROSECOND),
+        V,
+        "release_before_created",
+        "release-before-created",
+    ),
     refusal(release(A_RELEASED), V, "number_already_released", "release-twice"),
-    refusal(release(A_ACTIVE, account_id="acc_nobody"), U, "account_not_found",
-            "release-unknown-account"),
+    refusal(
+        release(A_ACTIVE, account_id="acc_nobody"),
+        U,
+        "account_not_found",
+        "release-unknown-account",
+    ),
     # repurchase_number
     refusal(repurchase(UNKNOWN), V, "number_not_found", "repurchase-unknown-number"),
     refusal(repurchase(B_RELEASED), V, "number_not_found", "repurchase-other-accounts-number"),
     refusal(repurchase("+1-415-555-0101"), V, "invalid_phone_number", "repurchase-e164"),
     refusal(repurchase(A_ACTIVE), V, "number_not_released", "repurchase-active"),
     refusal(repurchase(A_RELEASED, now=NAIVE), V, "naive_datetime", "repurchase-naive-now"),
-    refusal(repurchase(A_RELEASED, now=NOW - timedelta(days=2)), V, "repurchase_before_release",
-            "repurchase-before-release"),
+    refusal(
+        repurchase(A_RELEASED, now=NOW - timedelta(days=2)),
+        V,
+        "repurchase_before_release",
+        "repurchase-before-release",
+    ),
     refusal(repurchase(A_EXPIRED), V, "repurchase_window_closed", "repurchase-expired"),
     refusal(repurchase(A_PURGING), V, "repurchase_window_closed", "repurchase-purging"),
-    refusal(repurchase(FREE_RELEASED, account_id=FREE), L, "plan_limit_reached",
-            "repurchase-over-cap"),
-    refusal(repurchase(A_RELEASED, account_id="acc_nobody"), U, "account_not_found",
-            "repurchase-unknown-account"),
+    refusal(
+        repurchase(FREE_RELEASED, account_id=FREE), L, "plan_limit_reached", "repurchase-over-cap"
+    ),
+    refusal(
+        repurchase(A_RELEASED, account_id="acc_nobody"),
+        U,
+        "account_not_found",
+        "repurchase-unknown-account",
+    ),
     # assign_campaign
     refusal(assign(A_GB), V, "a2p_us_only", "assign-non-us"),
     refusal(assign(UNKNOWN), V, "number_not_found", "assign-unknown-number"),
@@ -453,24 +523,62 @@ REFUSALS = [
     refusal(assign(A_ACTIVE, status=""), V, "invalid_a2p_status", "assign-empty-status"),
     refusal(assign(A_ACTIVE, campaign_id=""), V, "invalid_campaign_id", "assign-campaign-id"),
     # set_purge_hold
-    refusal(lambda s: shared.set_purge_hold(s, phone_number=UNKNOWN, held=True), V,
-            "number_not_found", "hold-unknown-number"),
-    refusal(lambda s: shared.set_purge_hold(s, phone_number="+1 415", held=True), V,
-            "invalid_phone_number", "hold-e164"),
+    refusal(
+        lambda s: shared.set_purge_hold(s, phone_number=UNKNOWN, held=True),
+        V,
+        "number_not_found",
+        "hold-unknown-number",
+    ),
+    pytest.param(
+        lambda s: shared.set_purge_hold(s, phone_number=A_RELEASED, held="false"),
+        V,
+        "invalid_held",
+        id="hold-not-a-bool",
+    ),
+    refusal(
+        lambda s: shared.set_purge_hold(s, phone_number="+1 415", held=True),
+        V,
+        "invalid_phone_number",
+        "hold-e164",
+    ),
     # open_account
-    refusal(lambda s: shared.open_account(s, account_id=A, plan="paid"), V, "account_exists",
-            "open-existing"),
-    refusal(lambda s: shared.open_account(s, account_id="acc_new", plan="gold"), V,
-            "invalid_plan", "open-unknown-plan"),
-    refusal(lambda s: shared.open_account(s, account_id="", plan="free"), V,
-            "invalid_account_id", "open-empty-id"),
-    refusal(lambda s: shared.open_account(s, account_id="a" * 65, plan="free"), V,
-            "invalid_account_id", "open-long-id"),
+    refusal(
+        lambda s: shared.open_account(s, account_id=A, plan="paid"),
+        V,
+        "account_exists",
+        "open-existing",
+    ),
+    refusal(
+        lambda s: shared.open_account(s, account_id="acc_new", plan="gold"),
+        V,
+        "invalid_plan",
+        "open-unknown-plan",
+    ),
+    refusal(
+        lambda s: shared.open_account(s, account_id="", plan="free"),
+        V,
+        "invalid_account_id",
+        "open-empty-id",
+    ),
+    refusal(
+        lambda s: shared.open_account(s, account_id="a" * 65, plan="free"),
+        V,
+        "invalid_account_id",
+        "open-long-id",
+    ),
     # released_numbers_body
-    refusal(lambda s: shared.released_numbers_body(s, account_id="acc_nobody", now=NOW), U,
-            "account_not_found", "list-unknown-account"),
-    refusal(lambda s: shared.released_numbers_body(s, account_id=A, now=NAIVE), V,
-            "naive_datetime", "list-naive-now"),
+    refusal(
+        lambda s: shared.released_numbers_body(s, account_id="acc_nobody", now=NOW),
+        U,
+        "account_not_found",
+        "list-unknown-account",
+    ),
+    refusal(
+        lambda s: shared.released_numbers_body(s, account_id=A, now=NAIVE),
+        V,
+        "naive_datetime",
+        "list-naive-now",
+    ),
 ]
 
 

@@ -235,7 +235,8 @@ def test_purge_logs_one_event_per_batch_and_a_summary(
         "purge.finished",
     ]
     assert [e["purged"] for e in logs if e["event"] == "purge.batch"] == [2, 2, 1]
-    assert logs[-1]["purged"] == 5 and logs[-1]["run_id"] == report.run_id
+    assert logs[-1]["purged"] == 5
+    assert logs[-1]["run_id"] == report.run_id
 
 
 @pytest.mark.postgres

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 from shared.releasable import (

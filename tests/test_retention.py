@@ -31,8 +31,9 @@ TOKYO = timezone(timedelta(hours=9))
 
 
 def test_retention_is_exactly_fourteen_days() -> None:
-    assert shared.RETENTION == timedelta(days=14)
-    assert shared.RETENTION.total_seconds() == 14 * 24 * 3600
+    retention = shared.RETENTION
+    assert retention == timedelta(days=14)
+    assert retention.total_seconds() == 14 * 24 * 3600
 
 
 @pytest.mark.parametrize(
@@ -85,7 +86,8 @@ def test_boundaries(now: datetime, repurchasable: bool, purgeable: bool) -> None
 
 
 @pytest.mark.parametrize(
-    "now", [RELEASED, DEADLINE - SECOND, DEADLINE, DEADLINE + SECOND, DEADLINE + timedelta(days=900)]
+    "now",
+    [RELEASED, DEADLINE - SECOND, DEADLINE, DEADLINE + SECOND, DEADLINE + timedelta(days=900)],
 )
 def test_held_number_is_never_purgeable(now: datetime) -> None:
     assert is_purgeable(RELEASED, now, held=True) is False
@@ -175,9 +177,7 @@ def test_exactly_one_of_repurchasable_or_purgeable(pair: tuple[datetime, datetim
 
 def test_sql_clauses_agree_with_python(session: Session) -> None:
     """The SQL twins give the Python answer on a stored row, boundaries included."""
-    make_number(
-        session, account_id="acc_prop", phone_number="+14155550199", released_at=NOW
-    )
+    make_number(session, account_id="acc_prop", phone_number="+14155550199", released_at=NOW)
     table = PhoneNumber.__table__
 
     @settings(max_examples=30, deadline=None)

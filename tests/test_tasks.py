@@ -31,12 +31,16 @@ def test_celery_accepts_json_only_and_acks_late() -> None:
     assert conf.accept_content == ["json"]
     assert conf.result_accept_content == ["json"]
     assert (conf.task_serializer, conf.result_serializer) == ("json", "json")
-    assert conf.task_acks_late and conf.worker_prefetch_multiplier == 1
-    assert conf.worker_send_task_events and conf.task_send_sent_event
-    assert conf.enable_utc and conf.timezone == "UTC"
+    assert conf.task_acks_late
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events
+    assert conf.task_send_sent_event
+    assert conf.enable_utc
+    assert conf.timezone == "UTC"
     purge = app.tasks["numbers.purge_expired"]
     assert purge.soft_time_limit < purge.time_limit
-    assert purge.retry_jitter and purge.retry_backoff
+    assert purge.retry_jitter
+    assert purge.retry_backoff
 
 
 def test_beat_schedule_uses_crontab_with_expiry() -> None:
@@ -78,7 +82,8 @@ def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> N
     assert (result["status"], result["purged"], result["remaining"]) == ("completed", 1, 0)
     assert result["now"] == "2026-11-27T12:00:00Z"
     finished = [e for e in logs if e["event"] == "purge.finished"]
-    assert finished and finished[0]["purged"] == 1
+    assert finished
+    assert finished[0]["purged"] == 1
     # An hour later the second number's deadline has passed too.
     with freeze_time(now + timedelta(hours=1)):
         assert tasks.purge_expired_task.apply().get()["purged"] == 1

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import validation
 from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
 from shared.purge import purge_expired
@@ -84,16 +85,6 @@ def parse_now(now: object) -> datetime | None:
     return as_utc(parsed)
 
 
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValidationError(
-            f"{name} must be true or false, got {type(value).__name__}.",
-            code=f"invalid_{name}",
-            fix=f"Pass {name} as a JSON boolean.",
-        )
-    return value
-
-
 settings = get_settings()
 
 
@@ -105,7 +96,9 @@ settings = get_settings()
 )
 def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
     """Purge released numbers past their deadline; returns the run's summary."""
-    report = purge_expired(session_factory(), now=parse_now(now), dry_run=_flag(dry_run, "dry_run"))
+    report = purge_expired(
+        session_factory(), now=parse_now(now), dry_run=validation.flag(dry_run, name="dry_run")
+    )
     return report.as_dict()
 
 
