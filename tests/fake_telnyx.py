@@ -1,0 +1,107 @@
+"""A real HTTP server on loopback that answers like Telnyx's `DELETE /v2/phone_numbers/{id}`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+API_KEY = "KEY_test_0123456789abcdef"
+
+
+@dataclass
+class Reply:
+    """One scripted answer."""
+
+    status: int = 200
+    body: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def telnyx_error(status: int, code: str, title: str = "Error", detail: str = "") -> Reply:
+    body = json.dumps({"errors": [{"code": code, "title": title, "detail": detail or title}]})
+    return Reply(status, body)
+
+
+OK = Reply(200, json.dumps({"data": {"id": "x", "status": "deleted"}}))
+
+
+class FakeTelnyx:
+    """Scripted answers per number id (consumed in order, the last one repeats); records calls."""
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[Reply]] = {}
+        self.default: Reply = OK
+        self.calls: defaultdict[str, int] = defaultdict(int)
+        self.unauthorized = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self.url = ""
+
+    def answer(self, number_id: str) -> Reply:
+        with self._lock:
+            self.calls[number_id] += 1
+            replies = self.script.get(number_id)
+            if not replies:
+                return self.default
+            return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    @contextmanager
+    def running(self) -> Iterator[FakeTelnyx]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_DELETE(self) -> None:
+                if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+                    fake.unauthorized += 1
+                    self._send(telnyx_error(401, "10009", "Authentication failed"))
+                    return
+                prefix = "/v2/phone_numbers/"
+                if not self.path.startswith(prefix):
+                    self._send(Reply(404, "{}"))
+                    return
+                with fake._lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    reply = fake.answer(self.path[len(prefix) :])
+                    time.sleep(reply.delay)
+                    self._send(reply)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _send(self, reply: Reply) -> None:
+                payload = (reply.body if reply.body is not None else "").encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for key, value in reply.headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.block_on_close = False  # a slow scripted reply must not hold up the test
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()

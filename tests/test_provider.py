@@ -1,0 +1,130 @@
+"""The Telnyx adapter against a real HTTP server on loopback that answers like Telnyx."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from shared.provider import NoProvider, TelnyxProvider, make_provider
+from shared.settings import Settings
+from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, telnyx_error
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelnyx]:
+    with FakeTelnyx().running() as server:
+        yield server
+
+
+@pytest.fixture
+def telnyx(fake: FakeTelnyx) -> Iterator[TelnyxProvider]:
+    provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=0.5)
+    yield provider
+    provider.close()
+
+
+def test_200_releases(fake: FakeTelnyx, telnyx: TelnyxProvider) -> None:
+    assert telnyx.release("111").outcome == "released"
+    assert fake.calls == {"111": 1}
+
+
+def test_404_counts_as_released_so_the_call_is_safe_to_repeat(
+    fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    fake.script["222"] = [Reply(200, "{}"), telnyx_error(404, "10005", "Resource not found")]
+    assert telnyx.release("222").outcome == "released"
+    assert telnyx.release("222").outcome == "released"
+    assert fake.calls["222"] == 2
+
+
+def test_429_honours_retry_after(fake: FakeTelnyx, telnyx: TelnyxProvider) -> None:
+    fake.script["333"] = [
+        Reply(
+            429,
+            '{"errors": [{"code": "10011", "title": "Too many requests"}]}',
+            {"Retry-After": "42"},
+        )
+    ]
+    result = telnyx.release("333")
+    assert (result.outcome, result.retry_after) == ("transient", 42.0)
+    assert result.error is not None
+    assert (result.error.provider, result.error.provider_code) == ("telnyx", "10011")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_is_transient(fake: FakeTelnyx, telnyx: TelnyxProvider, status: int) -> None:
+    fake.script["444"] = [telnyx_error(status, "90000", "Internal error")]
+    result = telnyx.release("444")
+    assert result.outcome == "transient"
+    assert result.error is not None
+    assert result.error.status == 502
+    body = result.error.body("trk_1")
+    assert body["error"]["provider"] == "telnyx"
+    assert body["error"]["providerCode"] == "90000"
+    assert "Internal error" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "10015"), (403, "10010"), (422, "10007")])
+def test_other_4xx_is_permanent_and_keeps_the_telnyx_code(
+    fake: FakeTelnyx, telnyx: TelnyxProvider, status: int, code: str
+) -> None:
+    fake.script["555"] = [telnyx_error(status, code, "Cannot delete", "Number has an active order")]
+    result = telnyx.release("555")
+    assert result.outcome == "permanent"
+    assert result.error is not None
+    assert result.error.provider_code == code
+    assert "Number has an active order" in result.error.message
+
+
+def test_slow_response_past_the_timeout_is_transient(
+    fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    fake.script["666"] = [Reply(200, "{}", delay=2.0)]
+    result = telnyx.release("666")
+    assert result.outcome == "transient"
+    assert result.error is not None
+    assert result.error.code == "provider_unreachable"
+
+
+@pytest.mark.parametrize("body", ["<html>bad gateway</html>", "", '{"errors": "nope"}', "[1,2]"])
+def test_malformed_error_bodies_still_give_a_clear_error(
+    fake: FakeTelnyx, telnyx: TelnyxProvider, body: str
+) -> None:
+    fake.script["777"] = [Reply(500, body)]
+    result = telnyx.release("777")
+    assert result.outcome == "transient"
+    assert result.error is not None
+    assert result.error.provider_code is None
+    assert "HTTP 500" in result.error.message
+
+
+def test_connection_refused_is_transient() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    provider = TelnyxProvider(base_url=f"http://127.0.0.1:{port}", api_key=API_KEY, timeout=0.5)
+    try:
+        assert provider.release("888").outcome == "transient"
+    finally:
+        provider.close()
+
+
+def test_the_key_is_sent_as_a_bearer_token(fake: FakeTelnyx) -> None:
+    wrong = TelnyxProvider(base_url=fake.url, api_key="wrong", timeout=0.5)
+    try:
+        result = wrong.release("999")
+    finally:
+        wrong.close()
+    assert result.outcome == "permanent"
+    assert fake.unauthorized == 1
+    assert result.error is not None
+    assert "wrong" not in result.error.message
+
+
+def test_settings_choose_the_provider() -> None:
+    assert isinstance(make_provider(Settings()), NoProvider)
+    telnyx = make_provider(Settings(provider="telnyx", telnyx_api_key="k"))
+    assert isinstance(telnyx, TelnyxProvider)
+    telnyx.close()
