@@ -99,6 +99,13 @@ class PhoneNumber(Base):
             postgresql_where=text("released_at IS NOT NULL AND NOT purge_hold"),
             sqlite_where=text("released_at IS NOT NULL AND NOT purge_hold"),
         ),
+        # Claimed rows waiting for their upstream release, by next attempt.
+        Index(
+            "ix_phone_numbers_claimed",
+            "provider_next_attempt_at",
+            postgresql_where=text("purge_state = 'purging'"),
+            sqlite_where=text("purge_state = 'purging'"),
+        ),
         # The plan cap: active numbers per account.
         Index(
             "ix_phone_numbers_account_active",
@@ -125,6 +132,16 @@ class PhoneNumber(Base):
     provider_number_id: Mapped[str | None] = mapped_column(String(128))
     # 'purging' once a purge batch has claimed the row (two-phase purge); repurchase is refused.
     purge_state: Mapped[str | None] = mapped_column(String(8))
+    claimed_at: Mapped[datetime | None]
+    # The upstream release of a claimed number: attempts, the last error, when to try again.
+    provider_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    provider_next_attempt_at: Mapped[datetime | None]
+    provider_error_code: Mapped[str | None] = mapped_column(String(64))
+    provider_error_message: Mapped[str | None] = mapped_column(Text)
+    provider_code: Mapped[str | None] = mapped_column(String(32))
+    provider_failed_permanently: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
 
     campaign: Mapped[CampaignAssignment | None] = relationship(
         back_populates="number", passive_deletes=True, lazy="raise"
@@ -180,6 +197,8 @@ class PurgedNumber(Base):
     a2p_status: Mapped[str | None] = mapped_column(String(8))
     purged_at: Mapped[datetime]
     run_id: Mapped[str] = mapped_column(String(36), index=True)
+    provider: Mapped[str | None] = mapped_column(String(16))
+    upstream_released_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"PurgedNumber(number_id={self.number_id!r}, phone_number={self.phone_number!r})"
