@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -13,11 +16,26 @@ from pathlib import Path
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, Engine, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Engine,
+    Executable,
+    Select,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.listing import iso_timestamp
-from shared.models import CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
+from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
 from shared.retention import cutoff as retention_cutoff
 from shared.retention import purgeable_clause, resolve_now
 from shared.settings import get_settings
@@ -100,46 +118,222 @@ def run_lock(engine: Engine) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _purge_batch(session: Session, *, now: datetime, run_id: str, limit: int) -> int:
-    """One batch in the caller's transaction: lock, tombstone, delete. Returns rows purged."""
-    ids = list(
-        session.scalars(
+def _tombstone_columns(number: Any, now: datetime, run_id: str) -> list[Any]:
+    """The tombstone's values in TOMBSTONE_COLUMNS order, from the number's columns `number`
+    (the table's or a CTE's) and its campaign assignment (outer-joined by the caller)."""
+    values = {
+        "number_id": number.id,
+        "campaign_id": CampaignAssignment.campaign_id,
+        "a2p_status": CampaignAssignment.status,
+        "purged_at": literal(now, PurgedNumber.purged_at.type),
+        "run_id": literal(run_id),
+    }
+    return [values[name] if name in values else number[name] for name in TOMBSTONE_COLUMNS]
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """The statements of one run's batches, built once; each batch binds its own ids."""
+
+    pick_statement: Select[int]
+    # Tombstone and delete; the row count of the last one is the number of rows purged.
+    purge_statements: tuple[Executable, ...]
+
+    @classmethod
+    def build(cls, dialect: str, now: datetime, run_id: str) -> _Batches:
+        overdue = overdue_filter(now)
+        # Core tables, not the ORM entities: the session runs these as plain statements with
+        # their parameters (for an entity, parameters would mean an ORM bulk INSERT).
+        numbers = Base.metadata.tables[PhoneNumber.__tablename__]
+        tombstones = Base.metadata.tables[PurgedNumber.__tablename__]
+        # A keyset on the primary key: each batch starts where the previous one stopped
+        # instead of re-reading the rows already purged, and rows come in heap order (ids grow
+        # with inserts), so a run visits each table page about once. With a large backlog the
+        # planner walks the primary key; with a few overdue rows it reads the partial index on
+        # released_at and sorts. SKIP LOCKED passes by rows another transaction holds (a
+        # repurchase in progress, a concurrent batch); they wait for the next run.
+        pick = (
             select(PhoneNumber.id)
-            .where(overdue_filter(now))
-            .limit(limit)
+            .where(overdue, PhoneNumber.id > bindparam("after"))
+            .order_by(PhoneNumber.id)
+            .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
-    )
-    if not ids:
-        return 0
-    # Re-check the rule under the lock: a number repurchased between our snapshot and the lock
-    # no longer matches and is left alone.
-    locked = PhoneNumber.id.in_(ids) & overdue_filter(now)
-    snapshot = (
-        select(
-            PhoneNumber.id,
-            PhoneNumber.account_id,
-            PhoneNumber.phone_number,
-            PhoneNumber.label,
-            PhoneNumber.created_at,
-            PhoneNumber.country_code,
-            PhoneNumber.number_type,
-            PhoneNumber.next_billing_date,
-            PhoneNumber.monthly_price,
-            PhoneNumber.released_at,
-            PhoneNumber.provider_number_id,
-            CampaignAssignment.campaign_id,
-            CampaignAssignment.status,
-            literal(now, PurgedNumber.purged_at.type),
-            literal(run_id),
+        # `overdue` again in the purge: the re-check under the lock (see `purge`).
+        if dialect == "postgresql":
+            # One statement: the DELETE returns the rows it removed and the INSERT tombstones
+            # exactly those, with their campaign (the cascade runs at the statement's end). The
+            # ids travel as one array parameter and are looked up through the primary key.
+            ids = bindparam("ids", type_=postgresql.ARRAY(BigInteger))
+            kept = [name for name in TOMBSTONE_COLUMNS if name in numbers.c]
+            gone = (
+                delete(numbers)
+                .where(numbers.c.id == any_(ids), overdue)
+                .returning(numbers.c.id, *(numbers.c[name] for name in kept))
+                .cte("gone")
+            )
+            stones = select(*_tombstone_columns(gone.c, now, run_id)).select_from(
+                gone.outerjoin(CampaignAssignment, CampaignAssignment.number_id == gone.c.id)
+            )
+            return cls(
+                pick,
+                # SQLAlchemy keeps an INSERT's row count only when asked to.
+                (
+                    insert(tombstones)
+                    .from_select(TOMBSTONE_COLUMNS, stones)
+                    .execution_options(preserve_rowcount=True),
+                ),
+            )
+        locked = numbers.c.id.in_(bindparam("ids", expanding=True)) & overdue
+        stones = (
+            select(*_tombstone_columns(numbers.c, now, run_id))
+            .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
+            .where(locked)
         )
-        .outerjoin(CampaignAssignment, CampaignAssignment.number_id == PhoneNumber.id)
-        .where(locked)
-    )
-    session.execute(insert(PurgedNumber).from_select(TOMBSTONE_COLUMNS, snapshot))
-    # ON DELETE CASCADE removes the campaign assignment with its number.
-    deleted = session.execute(delete(PhoneNumber).where(locked))
-    return int(cast(CursorResult[Any], deleted).rowcount)
+        return cls(
+            pick,
+            (
+                insert(tombstones).from_select(TOMBSTONE_COLUMNS, stones),
+                delete(numbers).where(locked),
+            ),
+        )
+
+    def pick(self, session: Session, *, after: int, limit: int) -> list[int]:
+        """Lock up to `limit` overdue numbers with ids above `after`; their ids, ascending."""
+        return list(session.scalars(self.pick_statement, {"after": after, "limit": limit}))
+
+    def purge(self, session: Session, ids: list[int]) -> int:
+        """Tombstone and delete the locked numbers `ids` that are still overdue; rows purged.
+
+        Runs after the pick, in the same transaction, so its snapshot is taken once the rows
+        are locked: the rule is checked again on what is committed now, and a number
+        repurchased between the pick's snapshot and its lock is left alone. ON DELETE CASCADE
+        removes the campaign assignment with its number.
+        """
+        purged = 0
+        for statement in self.purge_statements:
+            result = session.execute(statement, {"ids": ids})
+            purged = int(cast(CursorResult[Any], result).rowcount)
+        return purged
+
+
+def _purge_batch(
+    session: Session, *, now: datetime, run_id: str, limit: int, after: int = 0
+) -> int:
+    """One batch in the caller's transaction: lock, tombstone, delete. Returns rows purged."""
+    batches = _Batches.build(session.get_bind().dialect.name, now, run_id)
+    ids = batches.pick(session, after=after, limit=limit)
+    return batches.purge(session, ids) if ids else 0
+
+
+@dataclass
+class _Sweep:
+    """One run's walk through the overdue numbers in id order, shared by its batches.
+
+    Picks are serialised by `lock` (a few milliseconds each); the tombstone and delete of
+    several batches then run at once, each in its own transaction on its own connection.
+    Batches are numbered in pick order and reported (logged, counted) in that order, whatever
+    order they commit in.
+    """
+
+    report: PurgeReport
+    batches: _Batches
+    batch_size: int
+    max_rows: int
+    max_seconds: float
+    clock: float
+    after: int = 0  # keyset: every overdue id up to here is picked or was skipped as locked
+    reserved: int = 0  # rows of the max_rows budget taken by picked batches
+    picked: int = 0
+    stop: str | None = None  # why no further batch starts: completed, limit_reached, failed
+    finished: dict[int, tuple[int, float]] = field(default_factory=dict)
+    reported: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_limit(self) -> int | None:
+        """Rows the next batch may pick, or None when the run must start no further batch."""
+        if self.stop is not None:
+            return None
+        if self.reserved >= self.max_rows or time.monotonic() - self.clock >= self.max_seconds:
+            self.stop = "limit_reached"
+            return None
+        return min(self.batch_size, self.max_rows - self.reserved)
+
+    def halt(self, reason: str) -> None:
+        with self.lock:
+            self.stop = self.stop or reason
+
+    def finish(self, number: int, picked: int, purged: int, ms: float) -> None:
+        """Record a committed batch and report every batch that is next in pick order."""
+        with self.lock:
+            self.reserved -= picked - purged  # rows that failed the re-check free their budget
+            self.finished[number] = (purged, ms)
+            while self.reported + 1 in self.finished:
+                self.reported += 1
+                self._account(self.reported)
+
+    def account_all(self) -> None:
+        """Report the committed batches still waiting for an earlier one (that failed)."""
+        with self.lock:
+            for number in sorted(self.finished):
+                self._account(number)
+
+    def _account(self, number: int) -> None:
+        purged, ms = self.finished.pop(number)
+        report = self.report
+        report.purged += purged
+        report.batches += 1
+        report.worst_batch_ms = max(report.worst_batch_ms, ms)
+        log.info(
+            "purge.batch",
+            run_id=report.run_id,
+            batch=report.batches,
+            purged=purged,
+            total=report.purged,
+            ms=ms,
+        )
+
+
+def _sweep(factory: sessionmaker[Session], sweep: _Sweep) -> None:
+    """Run batches, one transaction each, until the sweep is done, bounded or failed."""
+    try:
+        while True:
+            started = time.monotonic()
+            with factory.begin() as session:
+                with sweep.lock:
+                    limit = sweep.next_limit()
+                    if limit is None:
+                        return
+                    ids = sweep.batches.pick(session, after=sweep.after, limit=limit)
+                    if not ids:
+                        sweep.stop = sweep.stop or "completed"
+                        return
+                    sweep.after = max(ids)
+                    sweep.reserved += len(ids)
+                    sweep.picked += 1
+                    number = sweep.picked
+                purged = sweep.batches.purge(session, ids)
+            sweep.finish(number, len(ids), purged, round((time.monotonic() - started) * 1000, 1))
+    except BaseException:
+        sweep.halt("failed")
+        raise
+
+
+def _sweep_in_parallel(factory: sessionmaker[Session], sweep: _Sweep, workers: int) -> None:
+    """`_sweep` on `workers` threads, each with its own sessions; the first error is raised."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="purge") as pool:
+        # Each thread gets a copy of the caller's context: task_id stays bound in batch logs.
+        futures = [
+            pool.submit(contextvars.copy_context().run, _sweep, factory, sweep)
+            for _ in range(workers)
+        ]
+        try:
+            for future in futures:
+                future.result()
+        finally:
+            # An error here (or a time limit in the caller): no further batch starts; the
+            # threads finish the batch they are in and the pool waits for them.
+            sweep.halt("failed")
 
 
 def _record_start(factory: sessionmaker[Session], report: PurgeReport, started: datetime) -> None:
@@ -252,33 +446,25 @@ def _run(
             )
         report.status = "dry_run"
         return
-    report.status = "completed"
-    while True:
-        if report.purged >= max_rows or time.monotonic() - clock >= max_seconds:
-            report.status = "limit_reached"
-            break
-        started = time.monotonic()
-        with factory.begin() as session:
-            purged = _purge_batch(
-                session,
-                now=now,
-                run_id=report.run_id,
-                limit=min(batch_size, max_rows - report.purged),
-            )
-        if purged == 0:
-            break
-        batch_ms = round((time.monotonic() - started) * 1000, 1)
-        report.purged += purged
-        report.batches += 1
-        report.worst_batch_ms = max(report.worst_batch_ms, batch_ms)
-        log.info(
-            "purge.batch",
-            run_id=report.run_id,
-            batch=report.batches,
-            purged=purged,
-            total=report.purged,
-            ms=batch_ms,
-        )
+    dialect = factory.kw["bind"].dialect.name
+    sweep = _Sweep(
+        report=report,
+        batches=_Batches.build(dialect, now, report.run_id),
+        batch_size=batch_size,
+        max_rows=max_rows,
+        max_seconds=max_seconds,
+        clock=clock,
+    )
+    workers = get_settings().purge_parallel_batches if dialect == "postgresql" else 1
+    try:
+        if workers == 1:
+            _sweep(factory, sweep)
+        else:
+            _sweep_in_parallel(factory, sweep, workers)
+    finally:
+        # Every committed batch counts, even when another one failed.
+        sweep.account_all()
+    report.status = "limit_reached" if sweep.stop == "limit_reached" else "completed"
     with factory() as session:
         report.remaining = count_overdue(session, now)
     if report.status == "limit_reached" and report.remaining == 0:

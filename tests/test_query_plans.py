@@ -1,0 +1,131 @@
+"""Query plans on PostgreSQL: the list and the purge read through indexes, not whole tables.
+
+Not timed (bench/ measures speed). The statements are the ones the functions really send,
+captured as they run, then explained on a store of 20,000 numbers with fresh statistics, all
+inside one transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.orm import Session
+
+import shared
+from shared.purge import _purge_batch
+
+pytestmark = pytest.mark.postgres
+
+ACCOUNTS = 200
+NUMBERS = 20_000
+
+
+@pytest.fixture
+def store(pg_engine: Engine, now: datetime) -> Iterator[Connection]:
+    """20,000 numbers over 200 accounts, with ids apart from other tests' data: a third active,
+    the rest released over the last 13 days, and every 1000th 20 days ago (overdue, as between
+    two purge runs); analyzed; rolled back after the test."""
+    with pg_engine.connect() as connection:
+        outer = connection.begin()
+        try:
+            connection.execute(
+                text(
+                    "INSERT INTO accounts (id, plan, created_at) "
+                    "SELECT 'plans_' || lpad(g::text, 5, '0'), 'paid', :now - interval '400 days' "
+                    "FROM generate_series(1, :accounts) g"
+                ),
+                {"now": now, "accounts": ACCOUNTS},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO phone_numbers (account_id, phone_number, created_at, "
+                    "country_code, number_type, billing_status, next_billing_date, "
+                    "monthly_price, released_at) "
+                    "SELECT 'plans_' || lpad((g % :accounts + 1)::text, 5, '0'), "
+                    "'+1999' || (2000000 + g), :now - interval '100 days', 'US', 'local', "
+                    "CASE WHEN g % 3 = 0 AND g % 1000 <> 1 THEN 'active' ELSE 'released' END, "
+                    "(:now)::date + 10, 1.00, "
+                    "CASE WHEN g % 1000 = 1 THEN :now - interval '20 days' "
+                    "WHEN g % 3 = 0 THEN NULL "
+                    "ELSE :now - (g % 13 + 1) * interval '1 day' - interval '1 hour' END "
+                    "FROM generate_series(1, :numbers) g"
+                ),
+                {"now": now, "accounts": ACCOUNTS, "numbers": NUMBERS},
+            )
+            connection.execute(text("ANALYZE accounts, phone_numbers, campaign_assignments"))
+            yield connection
+        finally:
+            outer.rollback()
+
+
+def captured(connection: Connection) -> list[tuple[str, Any]]:
+    """Collects (statement, parameters) of everything `connection` sends from now on."""
+    statements: list[tuple[str, Any]] = []
+
+    @event.listens_for(connection, "before_cursor_execute")
+    def _capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    return statements
+
+
+def plan_nodes(connection: Connection, statement: str, parameters: Any) -> list[dict[str, Any]]:
+    """Every node of the statement's plan (EXPLAIN, not executed), flattened."""
+    plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters).scalar()
+    nodes, todo = [], [plan[0]["Plan"]]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        todo.extend(node.get("Plans", []))
+    return nodes
+
+
+NUMBER_INDEXES = {
+    "phone_numbers_pkey",
+    "phone_numbers_phone_number_key",
+    "ix_phone_numbers_account_released",
+    "ix_phone_numbers_released_at",
+    "ix_phone_numbers_account_active",
+    "ix_phone_numbers_claimed",
+}
+
+
+def reads_of_numbers(nodes: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """The node types that read phone_numbers, and the indexes of phone_numbers used."""
+    kinds = {node["Node Type"] for node in nodes if node.get("Relation Name") == "phone_numbers"}
+    indexes = {node["Index Name"] for node in nodes if node.get("Index Name") in NUMBER_INDEXES}
+    return kinds, indexes
+
+
+def test_released_list_reads_the_accounts_index(store: Connection, now: datetime) -> None:
+    statements = captured(store)
+    with Session(bind=store, join_transaction_mode="create_savepoint") as session:
+        body = shared.released_numbers_body(session, account_id="plans_00007", now=now)
+    assert len(body["numbers"]) > 20
+    (query,) = [s for s in statements if "FROM phone_numbers" in s[0]]
+    kinds, indexes = reads_of_numbers(plan_nodes(store, *query))
+    assert "Seq Scan" not in kinds
+    assert indexes == {"ix_phone_numbers_account_released"}
+
+
+def test_purge_batch_reads_indexes_between_runs(store: Connection, now: datetime) -> None:
+    """A few overdue numbers among many, as between two runs: the pick reads the partial index
+    on released_at instead of walking the primary key, and the tombstone-and-delete reaches
+    the picked rows through an index too."""
+    statements = captured(store)
+    with Session(bind=store, join_transaction_mode="create_savepoint") as session:
+        purged = _purge_batch(session, now=now, run_id="plan", limit=5000)
+    assert purged == NUMBERS // 1000
+    pick, purge = [s for s in statements if "phone_numbers" in s[0]]
+    assert "FOR UPDATE SKIP LOCKED" in pick[0]
+    kinds, indexes = reads_of_numbers(plan_nodes(store, *pick))
+    assert "Seq Scan" not in kinds
+    assert indexes == {"ix_phone_numbers_released_at"}
+    kinds, indexes = reads_of_numbers(plan_nodes(store, *purge))
+    assert "Seq Scan" not in kinds
+    # By id, or (with so few overdue rows) by the same partial index: both read only them.
+    assert indexes in ({"phone_numbers_pkey"}, {"ix_phone_numbers_released_at"})
