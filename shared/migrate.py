@@ -15,7 +15,9 @@ def alembic_config(engine: Engine) -> Config:
     """An Alembic config for the packaged scripts, bound to `engine`."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # configparser reads % as interpolation: a percent-encoded password must stay literal.
+    url = engine.url.render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

@@ -11,6 +11,10 @@ from shared.errors import ValidationError
 from shared.settings import get_settings
 
 RETENTION: timedelta = timedelta(days=get_settings().retention_days)
+# Instants the rule accepts: far enough from datetime's limits that a deadline or cutoff
+# computed from them still exists (outside, Python raises a bare OverflowError).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -32,7 +36,17 @@ def as_utc(value: datetime, *, name: str = "now") -> datetime:
             code="naive_datetime",
             fix=f"Pass {name} with a timezone, e.g. datetime.now(UTC) or '...T12:00:00Z'.",
         )
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValidationError(
+            f"{name} ({value.isoformat()}) is out of range.",
+            code="datetime_out_of_range",
+            fix=f"Pass {name} between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z.",
+        )
+    return utc
 
 
 def resolve_now(now: datetime | None) -> datetime:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,21 +24,56 @@ class Settings(BaseSettings):
 
     retention_days: int = Field(default=14, ge=1)
 
+    # Transient database or Redis errors retry a task after min(max, base * 2**retries) seconds,
+    # with full jitter.
+    task_retry_backoff: int = Field(default=2, ge=1)
+    task_retry_backoff_max: int = Field(default=120, ge=1)
+
     purge_paused: bool = False
-    purge_batch_size: int = Field(default=5000, ge=1)
+    # Rows per purge batch (one transaction). 2,500 purges as fast as 5,000 with two batches
+    # in flight and keeps each transaction near 100 ms on 2 cores (bench/RESULTS.md).
+    purge_batch_size: int = Field(default=2500, ge=1)
+    # PostgreSQL: batches in flight at once, each its own transaction on its own connection.
+    # The tombstone's index inserts keep one backend busy; two use both cores of a small
+    # database host (bench/RESULTS.md); 1 leaves a core to the API during a large backlog.
+    purge_parallel_batches: int = Field(default=2, ge=1, le=8)
     purge_max_rows: int = Field(default=1_000_000, ge=1)
     purge_max_seconds: float = Field(default=600.0, gt=0)
     # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an
     # interval.
     purge_every_seconds: int = Field(default=15 * 60, ge=1)
     publish_every_seconds: int = Field(default=60, ge=1)
+    # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.
+    beat_max_loop_seconds: int = Field(default=60, ge=1)
+    # RedBeat's lock expires this long after the last tick of the beat holding it: a killed
+    # beat is replaced by a standby after at most this plus beat_max_loop_seconds.
+    beat_lock_timeout_seconds: int = Field(default=300, ge=2)
 
     provider: Literal["none", "telnyx"] = "none"
     telnyx_api_key: SecretStr = SecretStr("")
     telnyx_base_url: str = "https://api.telnyx.com"
+    provider_timeout_seconds: float = Field(default=10.0, gt=0)
+    # At most this many upstream calls at once, so a large batch cannot flood the provider.
+    provider_concurrency: int = Field(default=8, ge=1)
+    # A failed upstream release is retried after min(max, base * 2**(attempts-1)) seconds.
+    provider_backoff_seconds: float = Field(default=60.0, gt=0)
+    provider_backoff_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    # This many failures in a row end the run early (status provider_unavailable).
+    provider_failure_streak: int = Field(default=20, ge=1)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _lock_outlives_a_loop(self) -> Settings:
+        # The holder extends the lock once per loop; a lock shorter than two loops can lapse
+        # between ticks and let a standby beat send the same run again.
+        if self.beat_lock_timeout_seconds < 2 * self.beat_max_loop_seconds:
+            raise ValueError(
+                f"BEAT_LOCK_TIMEOUT_SECONDS ({self.beat_lock_timeout_seconds}) must be at least "
+                f"twice BEAT_MAX_LOOP_SECONDS ({self.beat_max_loop_seconds})."
+            )
+        return self
 
     def resolved_database_url(self) -> str:
         """The store's URL: DATABASE_URL, or the embedded SQLite file."""

@@ -46,9 +46,11 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
                 "started_at": iso_timestamp(run.started_at),
                 "finished_at": iso_timestamp(run.finished_at) if run.finished_at else None,
                 "cutoff": iso_timestamp(run.cutoff),
+                "seconds": (run.summary or {}).get("seconds"),
                 "purged": run.purged,
                 "batches": run.batches,
                 "remaining": run.remaining,
+                "reason": (run.summary or {}).get("reason"),
             }
             for run in last_runs
         ],

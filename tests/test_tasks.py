@@ -60,7 +60,7 @@ def test_embedded_default_uses_a_filesystem_broker(tmp_path) -> None:
     assert options["result_backend"].startswith("file://")
     assert (tmp_path / "broker" / "queue").is_dir()
     redis_options = broker_options(Settings(broker_url="redis://h:6379/0"))
-    assert redis_options["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert redis_options["beat_scheduler"] == "worker.beat:ResilientRedBeatScheduler"
 
 
 def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> None:

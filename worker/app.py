@@ -22,15 +22,17 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         if redis:
             # RedBeat's Redis lock makes a second beat process safe: only one schedules.
             options |= {
-                "beat_scheduler": "redbeat.RedBeatScheduler",
+                # RedBeat, riding out Redis outages instead of exiting (worker/beat.py).
+                "beat_scheduler": "worker.beat:ResilientRedBeatScheduler",
                 "redbeat_redis_url": redis,
-                "redbeat_lock_timeout": 5 * 60,
+                "redbeat_lock_timeout": settings.beat_lock_timeout_seconds,
             }
         return options
     data = settings.data_dir.resolve()
     queue = data / "broker" / "queue"
     processed = data / "broker" / "processed"
-    for folder in (queue, processed, data / "results"):
+    control = data / "broker" / "control"
+    for folder in (queue, processed, control, data / "results"):
         folder.mkdir(parents=True, exist_ok=True)
     return {
         "broker_url": "filesystem://",
@@ -39,6 +41,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "data_folder_out": str(queue),
             "processed_folder": str(processed),
             "store_processed": False,
+            # Broadcasts (remote control, events); the default is ./control in the cwd.
+            "control_folder": str(control),
         },
         "result_backend": f"file://{data / 'results'}",
         "beat_schedule_filename": str(data / "celerybeat-schedule"),
@@ -97,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_redirect_stdouts=False,
         worker_hijack_root_logger=False,
         beat_schedule=beat_schedule(settings),
+        beat_max_loop_interval=settings.beat_max_loop_seconds,
         **broker_options(settings),
     )
     return celery

@@ -1,13 +1,12 @@
-"""`numbers-retention`: run the worker, migrate, purge or publish now, list, status, demo data."""
+"""`numbers-retention`: run the worker, migrate, purge or publish now, list, status, holds, demo."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Callable
-from datetime import datetime
-from functools import wraps
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any
 
 import click
 from sqlalchemy import Engine, select
@@ -15,6 +14,7 @@ from sqlalchemy import Engine, select
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError
+from shared.lifecycle import set_purge_hold
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
@@ -26,25 +26,20 @@ from worker.app import app
 from worker.logs import configure_logging, redact
 from worker.tasks import parse_now, redis_client, session_factory
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
-def api_errors(func: F) -> F:
-    """Print an ApiError as the seed's envelope on stderr and exit 2 (1 for 5xx)."""
+class Commands(click.Group):
+    """Commands whose ApiErrors print the seed's envelope on stderr and exit 2 (1 for 5xx)."""
 
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
         except ApiError as error:
             click.echo(json.dumps(error.body()), err=True)
-            sys.exit(1 if error.status >= 500 else 2)
-
-    return wrapper  # type: ignore[return-value]
+            ctx.exit(1 if error.status >= 500 else 2)
 
 
 def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -58,7 +53,7 @@ now_option = click.option(
 )
 
 
-@click.group()
+@click.group(cls=Commands)
 def main() -> None:
     """Retention worker for released phone numbers."""
     configure_logging(get_settings())
@@ -95,7 +90,6 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per transaction.")
 @click.option("--max-rows", type=click.IntRange(min=1), help="Stop after this many rows.")
 @click.option("--max-seconds", type=click.FloatRange(min=0.001), help="Stop after this long.")
-@api_errors
 def purge(
     dry_run: bool,
     now: datetime | None,
@@ -117,7 +111,6 @@ def purge(
 
 @main.command()
 @now_option
-@api_errors
 def publish(now: datetime | None) -> None:
     """Publish the repurchasable set to Redis now; prints what was published."""
     with session_factory()() as session:
@@ -127,7 +120,6 @@ def publish(now: datetime | None) -> None:
 @main.command("list")
 @click.option("--account", "account_id", required=True, help="The account's id.")
 @now_option
-@api_errors
 def list_released(account_id: str, now: datetime | None) -> None:
     """Print GET /numbers/released's 200 body for an account."""
     with make_session_factory(_engine())() as session:
@@ -139,7 +131,6 @@ def list_released(account_id: str, now: datetime | None) -> None:
 @click.option("--accounts", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--if-empty", is_flag=True, help="Do nothing when the store already has numbers.")
 @now_option
-@api_errors
 def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None) -> None:
     """Bulk-load realistic demo data (some of it overdue) into the migrated store."""
     engine = _engine()
@@ -152,40 +143,155 @@ def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None)
     _print_json(load_demo(engine, numbers=numbers, accounts=accounts, now=now).as_dict())
 
 
+# `status --max-lag` exits with this when purging has fallen behind (1 and 2 are errors).
+LAG_EXIT_CODE = 3
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90` (seconds), `90s`, `30m`, `2h`, `1d`, or a sum such as `1h30m`, as a timedelta."""
+    value = text.strip().lower()
+    if _SECONDS.fullmatch(value):
+        seconds = float(value)
+    elif _DURATION.fullmatch(value):
+        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 30m, 2h, 1d or 1h30m.")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration.") from None
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: its two largest units, e.g. `1d 2h`, `12m 5s`, `40s`."""
+    rest = round(seconds)
+    parts = []
+    for unit, size in _UNIT_SECONDS.items():
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return " ".join(parts[:2]) or "0s"
+
+
+def _parse_max_lag(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--max-lag",
-    type=float,
-    help="Exit 3 when the oldest overdue number is older than this many seconds past deadline.",
+    callback=_parse_max_lag,
+    metavar="DURATION",
+    help=(
+        f"Exit {LAG_EXIT_CODE} when the oldest overdue number is further past its deadline than"
+        " this: 90s, 30m, 2h, 1d, 1h30m (a plain number is seconds)."
+    ),
+)
+@click.option(
+    "--runs", default=5, show_default=True, type=click.IntRange(min=0), help="Purge runs to show."
 )
 @now_option
-@api_errors
-def status(as_json: bool, max_lag: float | None, now: datetime | None) -> None:
-    """Backlog, oldest overdue number, holds and the last purge runs."""
+def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | None) -> None:
+    """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
     with make_session_factory(_engine())() as session:
-        report = store_status(session, now=now)
+        report = store_status(session, now=now, runs=runs)
+    if max_lag is not None:
+        limit = max_lag.total_seconds()
+        report |= {"max_lag_seconds": limit, "lagging": report["oldest_overdue_seconds"] > limit}
     if as_json:
         _print_json(report)
     else:
         click.echo(_status_table(report))
-    if max_lag is not None and report["oldest_overdue_seconds"] > max_lag:
-        sys.exit(3)
+    if report.get("lagging"):
+        click.echo(
+            f"purging lags: the oldest overdue number is "
+            f"{format_duration(report['oldest_overdue_seconds'])} past its deadline, "
+            f"over the {format_duration(report['max_lag_seconds'])} limit (--max-lag).",
+            err=True,
+        )
+        sys.exit(LAG_EXIT_CODE)
+
+
+def _when(iso: str | None) -> str:
+    if iso is None:
+        return "-"
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _status_table(report: dict[str, Any]) -> str:
-    lines = [
-        f"overdue                 {report['overdue']}",
-        f"oldest overdue (s)      {report['oldest_overdue_seconds']}",
-        f"held                    {report['held']}",
-        f"releasable              {report['releasable']}",
-        f"upstream failed         {report['upstream_failed']}",
-        "",
-        f"{'started':<28}{'status':<16}{'purged':>8}{'batches':>9}{'remaining':>11}",
-    ]
-    for run in report["last_runs"]:
-        lines.append(
-            f"{run['started_at']:<28}{run['status']:<16}{run['purged']:>8}"
-            f"{run['batches']:>9}{run['remaining'] if run['remaining'] is not None else '-':>11}"
+    if report["overdue"]:
+        oldest = (
+            f"{format_duration(report['oldest_overdue_seconds'])} past its deadline"
+            f" (released {_when(report['oldest_overdue_released_at'])})"
         )
+    else:
+        oldest = "-"
+    facts = [
+        ("Overdue (purgeable now)", f"{report['overdue']:,}"),
+        ("Oldest overdue", oldest),
+        ("On hold", f"{report['held']:,}"),
+        ("Releasable", f"{report['releasable']:,}"),
+        ("Upstream failed", f"{report['upstream_failed']:,}"),
+    ]
+    if "lagging" in report:
+        verdict = "LAGGING" if report["lagging"] else "ok"
+        facts.append(("Lag limit", f"{format_duration(report['max_lag_seconds'])}: {verdict}"))
+    lines = [f"Retention status at {_when(report['now'])}", ""]
+    lines += [f"  {label:<25}{value}" for label, value in facts]
+    lines += ["", "Last purge runs"]
+    if not report["last_runs"]:
+        lines.append("  (none recorded yet)")
+        return "\n".join(lines)
+    header = ("STARTED", "STATUS", "PURGED", "BATCHES", "REMAINING", "TOOK", "NOTE")
+    rows = [
+        (
+            _when(run["started_at"]),
+            run["status"],
+            f"{run['purged']:,}",
+            f"{run['batches']:,}",
+            "-" if run["remaining"] is None else f"{run['remaining']:,}",
+            "-" if run["seconds"] is None else f"{run['seconds']:.1f}s",
+            run["reason"] or "",
+        )
+        for run in report["last_runs"]
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if 2 <= i <= 5 else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("phone_number", metavar="PHONE")
+def hold(phone_number: str) -> None:
+    """Put a number on hold: the purge never removes it until `unhold`."""
+    with make_session_factory(_engine()).begin() as session:
+        _print_json(set_purge_hold(session, phone_number=phone_number, held=True))
+
+
+@main.command()
+@click.argument("phone_number", metavar="PHONE")
+def unhold(phone_number: str) -> None:
+    """Lift a number's hold: once past its deadline, the next purge removes it."""
+    with make_session_factory(_engine()).begin() as session:
+        _print_json(set_purge_hold(session, phone_number=phone_number, held=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -76,6 +76,9 @@ def configure_logging(settings: Settings) -> None:
             foreign_pre_chain=shared_processors,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # Celery's error records carry exc_info: render the traceback as text, so
+                # that it is kept in JSON lines and passes the redactor like any field.
+                structlog.processors.format_exc_info,
                 secret_redactor(settings),
                 renderer,
             ],

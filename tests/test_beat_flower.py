@@ -1,0 +1,275 @@
+"""Deployed behaviour with real processes: two beats send each run once; Flower shows the runs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import signal
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_session_factory
+from shared.models import PhoneNumber, PurgeRun
+from tests.conftest import delete_all_rows
+from tests.factories import make_number
+from tests.processes import Process, celery, service_env, start_beat, start_worker, wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
+
+PUBLISH = "numbers.publish_releasable"
+PURGE = "numbers.purge_expired"
+SENDING_PUBLISH = "Sending due task publish-releasable"
+
+
+def took_lock(output: str) -> bool:
+    """RedBeat's start-up acquisition, or our scheduler's own once the lock was free again."""
+    return "beat: Acquired lock" in output or '"beat.lock_acquired"' in output
+
+
+# Beat sends a run every second; a second send of the same slot would come within milliseconds.
+SLOT_SECONDS = 1.0
+
+
+@pytest.fixture
+def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    delete_all_rows(pg_engine)
+    yield make_session_factory(pg_engine)
+    delete_all_rows(pg_engine)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    # Flushed before and after: a RedBeat lock or schedule left behind would skew the count.
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def queued(client: redis.Redis, task: str) -> list[datetime]:
+    """When each queued `task` message was sent, oldest first, read from the broker itself.
+
+    No worker consumes the queue, so every message beat sent is still there; its `expires`
+    header is the send time plus the schedule entry's fixed expiry.
+    """
+    sent = []
+    for raw in client.lrange("celery", 0, -1):
+        headers = json.loads(raw)["headers"]
+        if headers["task"] == task:
+            sent.append(datetime.fromisoformat(headers["expires"]))
+    return sorted(sent)
+
+
+def gaps(times: list[datetime]) -> list[float]:
+    return [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
+
+
+def test_a_second_beat_waits_on_the_lock_and_takes_over_when_the_first_dies(
+    pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = service_env(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        PUBLISH_EVERY_SECONDS="1",
+        PURGE_EVERY_SECONDS="3600",
+        # A short lock and loop, so that the standby notices a dead holder within seconds.
+        BEAT_MAX_LOOP_SECONDS="1",
+        BEAT_LOCK_TIMEOUT_SECONDS="4",
+    )
+    beats = [
+        start_beat(env, tmp_path / f"beat-{name}.log", tmp_path / f"schedule-{name}")
+        for name in ("a", "b")
+    ]
+    try:
+        wait_for(
+            lambda: len(queued(redis_client, PUBLISH)) >= 5,
+            timeout=30,
+            what="five scheduled publish runs on the broker",
+        )
+        holders = [beat for beat in beats if took_lock(beat.output())]
+        assert len(holders) == 1, [beat.output()[-2000:] for beat in beats]
+        [holder] = holders
+        [standby] = [beat for beat in beats if beat is not holder]
+
+        def sent_once() -> bool:
+            # Every run a beat logged reached the broker once (a send in flight can lag its log
+            # line by a moment, hence the wait); a duplicate would leave more messages than lines.
+            logged = [beat.output().count(SENDING_PUBLISH) for beat in beats]
+            return len(queued(redis_client, PUBLISH)) == sum(logged)
+
+        wait_for(sent_once, timeout=5, what="one message per logged send")
+        assert standby.output().count(SENDING_PUBLISH) == 0
+        assert min(gaps(queued(redis_client, PUBLISH))) >= SLOT_SECONDS * 0.9
+
+        # Kill the holder just after a send, far from the next one: the lock is not released
+        # and must expire by itself.
+        count = len(queued(redis_client, PUBLISH))
+        wait_for(lambda: len(queued(redis_client, PUBLISH)) > count, timeout=5, interval=0.02)
+        holder.kill(signal.SIGKILL)
+        holder.popen.wait(5)
+
+        wait_for(
+            lambda: standby.output().count(SENDING_PUBLISH) >= 3,
+            timeout=20,
+            what="the standby beat to take over and send",
+        )
+        assert took_lock(standby.output())
+        wait_for(sent_once, timeout=5, what="one message per logged send after the takeover")
+        sent = queued(redis_client, PUBLISH)
+        # Across the takeover, still never two sends for one slot ...
+        assert min(gaps(sent)) >= SLOT_SECONDS * 0.9
+        # ... and the standby waited for the dead holder's lock (4 s) to expire.
+        assert max(gaps(sent)) >= 2.5
+    finally:
+        for beat in beats:
+            beat.stop()
+    for beat in beats:
+        assert "Traceback" not in beat.output(), beat.output()[-3000:]
+
+
+class Flower:
+    """Flower's HTTP API on a local port, with and without the basic-auth credentials."""
+
+    def __init__(self, port: int, user: str, password: str) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.auth = (user, password)
+
+    def get(self, path: str, *, auth: tuple[str, str] | None = None) -> httpx.Response:
+        return httpx.get(f"{self.base}{path}", auth=auth, timeout=5)
+
+    def api(self, path: str, **params: str) -> Any:
+        response = httpx.get(f"{self.base}{path}", params=params, auth=self.auth, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def succeeded(self, task_id: str) -> dict[str, Any] | None:
+        """The task's info once Flower has seen it succeed, else None."""
+        response = self.get(f"/api/task/info/{task_id}", auth=self.auth)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        info: dict[str, Any] = response.json()
+        return info if info["state"] == "SUCCESS" else None
+
+    def up(self) -> bool:
+        try:
+            return self.get("/healthcheck").status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+def summary(task: dict[str, Any]) -> dict[str, Any]:
+    """The task's return value: Flower shows the repr the worker put in its event."""
+    result: dict[str, Any] = ast.literal_eval(task["result"])
+    return result
+
+
+def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
+    pg_factory: sessionmaker[Session],
+    pg_url: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)
+    overdue = [f"+1415555{i:04d}" for i in range(6)]
+    with pg_factory.begin() as session:
+        for number in overdue:
+            make_number(
+                session,
+                account_id="acc_ops",
+                phone_number=number,
+                released_at=now - timedelta(days=15),
+                now=now,
+            )
+    env = service_env(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        PURGE_EVERY_SECONDS="2",
+        PUBLISH_EVERY_SECONDS="3600",
+    )
+    port, user, password = free_port(), "ops", "flower-test-secret"
+    flower = Flower(port, user, password)
+    processes: list[Process] = []
+    try:
+        # Flower first: it only shows the tasks whose events it saw.
+        processes.append(
+            celery(
+                [
+                    "flower",
+                    f"--port={port}",
+                    "--address=127.0.0.1",
+                    f"--basic-auth={user}:{password}",
+                ],
+                env,
+                tmp_path / "flower.log",
+            )
+        )
+        wait_for(flower.up, timeout=30, what="Flower to answer")
+        processes.append(start_worker(env, tmp_path / "worker.log"))
+        processes.append(start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule"))
+
+        def purge_that_purged() -> str | None:
+            tasks = flower.api("/api/tasks", taskname=PURGE, state="SUCCESS")
+            for task_id, task in tasks.items():
+                if summary(task)["purged"]:
+                    return str(task_id)
+            return None
+
+        task_id = wait_for(purge_that_purged, timeout=45, what="Flower to show a purge run")
+        task = flower.api(f"/api/task/info/{task_id}")
+        assert (task["name"], task["state"]) == (PURGE, "SUCCESS")
+        result = summary(task)
+        assert (result["status"], result["purged"], result["remaining"]) == ("completed", 6, 0)
+        assert {"run_id", "cutoff", "batches", "seconds"} <= result.keys()
+        with pg_factory() as session:
+            run = session.get(PurgeRun, result["run_id"])
+            assert run is not None
+            assert (run.status, run.purged) == ("completed", 6)
+            assert session.scalars(select(PhoneNumber.phone_number)).all() == []
+
+        # Without credentials, or with wrong ones, Flower refuses: its pages and its API.
+        for auth in (None, (user, "wrong")):
+            for path in ("/", "/api/tasks", f"/api/task/info/{task_id}", "/api/workers"):
+                assert flower.get(path, auth=auth).status_code == 401, (path, auth)
+        refused = httpx.post(
+            f"{flower.base}/api/task/async-apply/{PURGE}", json={"kwargs": {"dry_run": True}}
+        )
+        assert refused.status_code == 401
+
+        # An operator's dry run on demand through Flower's API, as the runbook shows.
+        applied = httpx.post(
+            f"{flower.base}/api/task/async-apply/{PURGE}",
+            json={"kwargs": {"dry_run": True}},
+            auth=flower.auth,
+            timeout=5,
+        )
+        assert applied.status_code == 200, applied.text
+        dry_id = applied.json()["task-id"]
+        dry = wait_for(lambda: flower.succeeded(dry_id), timeout=20, what="the dry run")
+        assert (summary(dry)["status"], summary(dry)["would_purge"]) == ("dry_run", 0)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    for process in processes:
+        assert "Traceback" not in process.output(), process.output()[-3000:]

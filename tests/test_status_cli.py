@@ -1,0 +1,283 @@
+"""`numbers-retention status`, `hold` and `unhold`, run as an operator or a cron job would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from shared import migrate
+from shared.db import make_engine, make_session_factory
+from tests.conftest import delete_all_rows
+from tests.factories import NOW, make_number
+from worker.cli import LAG_EXIT_CODE, _status_table, format_duration, parse_duration
+
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+DAY = timedelta(days=1)
+OVERDUE = ["+14155550101", "+14155550102", "+14155550103"]
+FRESH = "+14155550201"
+
+
+@dataclass
+class Store:
+    """The environment under which the CLI uses a migrated store."""
+
+    env: dict[str, str]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, *args], env=self.env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    def status(self, *args: str, exit_code: int = 0) -> dict[str, Any]:
+        done = self.cli("status", "--json", "--now", NOW.isoformat(), *args)
+        assert done.returncode == exit_code, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
+        )
+    }
+    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
+
+
+@contextmanager
+def _store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    engine: Engine
+    if backend == "postgresql":
+        engine = request.getfixturevalue("pg_engine")
+        env = _env(tmp_path, DATABASE_URL=request.getfixturevalue("pg_url"))
+        delete_all_rows(engine)
+    else:
+        # No DATABASE_URL: the CLI falls back to the SQLite file under NUMBERS_RETENTION_DATA.
+        env = _env(tmp_path)
+        engine = make_engine(f"sqlite:///{tmp_path / 'numbers.db'}")
+        migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    with factory.begin() as session:
+        for number in OVERDUE:
+            # Released 15 days before NOW: one day past the deadline.
+            make_number(
+                session, account_id="acc_1", phone_number=number, released_at=NOW - 15 * DAY
+            )
+        make_number(session, account_id="acc_1", phone_number=FRESH, released_at=NOW - 2 * DAY)
+    try:
+        yield Store(env)
+    finally:
+        if backend == "postgresql":
+            delete_all_rows(engine)
+        else:
+            engine.dispose()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("sqlite-default"),
+    ]
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """PostgreSQL through DATABASE_URL, or the embedded default with no configuration at all."""
+    with _store(request.param, request, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def pg_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with _store("postgresql", request, tmp_path) as opened:
+        yield opened
+
+
+@pytest.fixture
+def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with _store("sqlite-default", request, tmp_path) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("0", 0),
+        ("2.5", 2.5),
+        ("90s", 90),
+        ("30m", 30 * 60),
+        ("2h", 2 * 3600),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("1d12h", 129600),
+        ("1.5h", 5400),
+        (" 2H ", 7200),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "h", "abc", "-5m", "5x", "1h-", "1 h", "inf", "nan", "1e3", "5m 3s", "9" * 20 + "d"],
+)
+def test_parse_duration_refuses_what_is_not_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.4, "0s"), (40, "40s"), (725, "12m 5s"), (3600, "1h"), (93784, "1d 2h")],
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_max_lag_exits_non_zero_on_a_lagging_backlog_and_zero_after_a_purge(store: Store) -> None:
+    # The oldest overdue number is exactly one day past its deadline.
+    lagging = store.status("--max-lag", "86399", exit_code=LAG_EXIT_CODE)
+    assert {key: lagging[key] for key in ("overdue", "held", "releasable", "upstream_failed")} == {
+        "overdue": 3,
+        "held": 0,
+        "releasable": 1,
+        "upstream_failed": 0,
+    }
+    assert lagging["oldest_overdue_seconds"] == 86400
+    assert (lagging["max_lag_seconds"], lagging["lagging"]) == (86399, True)
+    assert lagging["last_runs"] == []
+
+    # At the limit is not over it; the table is what a person on a terminal reads.
+    table = store.cli("status", "--now", NOW.isoformat(), "--max-lag", "1d")
+    assert table.returncode == 0, table.stderr
+    assert "Overdue (purgeable now)  3\n" in table.stdout
+    assert "1d past its deadline (released 2026-11-12 12:00:00Z)" in table.stdout
+    assert "Lag limit                1d: ok" in table.stdout
+
+    purged = store.cli("purge", "--now", NOW.isoformat())
+    assert purged.returncode == 0, purged.stderr
+    run_id = json.loads(purged.stdout)["run_id"]
+
+    caught_up = store.status("--max-lag", "2h")
+    assert (caught_up["overdue"], caught_up["oldest_overdue_seconds"]) == (0, 0)
+    assert (caught_up["lagging"], caught_up["releasable"]) == (False, 1)
+    [run] = caught_up["last_runs"]
+    assert (run["run_id"], run["status"], run["purged"], run["remaining"]) == (
+        run_id,
+        "completed",
+        3,
+        0,
+    )
+
+
+def test_lagging_status_tells_why_on_stderr(sqlite_store: Store) -> None:
+    over = sqlite_store.cli("status", "--now", NOW.isoformat(), "--max-lag", "2h")
+    assert over.returncode == LAG_EXIT_CODE
+    assert "Lag limit                2h: LAGGING" in over.stdout
+    assert over.stderr.strip() == (
+        "purging lags: the oldest overdue number is 1d past its deadline,"
+        " over the 2h limit (--max-lag)."
+    )
+
+
+@pytest.mark.postgres
+def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> None:
+    held = pg_store.cli("hold", OVERDUE[0])
+    assert held.returncode == 0, held.stderr
+    assert json.loads(held.stdout) == {"phoneNumber": OVERDUE[0], "held": True}
+
+    purged = pg_store.cli("purge", "--now", NOW.isoformat())
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout)["purged"] == 2
+    report = pg_store.status()
+    assert (report["overdue"], report["held"]) == (0, 1)
+
+    lifted = pg_store.cli("unhold", OVERDUE[0])
+    assert lifted.returncode == 0, lifted.stderr
+    assert json.loads(lifted.stdout) == {"phoneNumber": OVERDUE[0], "held": False}
+    report = pg_store.status("--max-lag", "1h", exit_code=LAG_EXIT_CODE)
+    assert (report["overdue"], report["held"], report["oldest_overdue_seconds"]) == (1, 0, 86400)
+
+
+def test_hold_of_an_unknown_or_malformed_number_prints_the_error_envelope(
+    sqlite_store: Store,
+) -> None:
+    for number, code in [
+        ("+14155559999", "number_not_found"),
+        ("4155550101", "invalid_phone_number"),
+    ]:
+        done = sqlite_store.cli("hold", number)
+        assert done.returncode == 2
+        assert json.loads(done.stderr.strip().splitlines()[-1])["error"]["code"] == code
+
+
+def test_a_bad_max_lag_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [CLI, "status", "--max-lag", "soon"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "'soon' is not a duration" in done.stderr
+
+
+def test_status_table_lists_runs_with_their_notes() -> None:
+    report = {
+        "now": "2026-11-27T12:00:00.5Z",
+        "overdue": 0,
+        "oldest_overdue_seconds": 0.0,
+        "oldest_overdue_released_at": None,
+        "held": 2,
+        "releasable": 12345,
+        "upstream_failed": 0,
+        "last_runs": [
+            {
+                "started_at": "2026-11-27T11:45:00.123Z",
+                "status": "paused",
+                "purged": 0,
+                "batches": 0,
+                "remaining": 7,
+                "seconds": 0.01,
+                "reason": "PURGE_PAUSED is set",
+            },
+            {
+                "started_at": "2026-11-27T11:30:00Z",
+                "status": "running",
+                "purged": 5000,
+                "batches": 1,
+                "remaining": None,
+                "seconds": None,
+                "reason": None,
+            },
+        ],
+    }
+    assert _status_table(report).splitlines() == [
+        "Retention status at 2026-11-27 12:00:00Z",
+        "",
+        "  Overdue (purgeable now)  0",
+        "  Oldest overdue           -",
+        "  On hold                  2",
+        "  Releasable               12,345",
+        "  Upstream failed          0",
+        "",
+        "Last purge runs",
+        "  STARTED               STATUS   PURGED  BATCHES  REMAINING  TOOK  NOTE",
+        "  2026-11-27 11:45:00Z  paused        0        0          7  0.0s  PURGE_PAUSED is set",
+        "  2026-11-27 11:30:00Z  running   5,000        1          -     -",
+    ]

@@ -1,0 +1,66 @@
+"""Beat's scheduler: RedBeat, made to ride out a Redis outage instead of exiting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+from celery.beat import Scheduler
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
+from redis.exceptions import LockError
+
+log = structlog.get_logger("worker.beat")
+
+# While Redis is away, try again this often (capped by beat's own loop interval).
+RETRY_SECONDS = 2.0
+
+
+class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
+    """RedBeat whose tick survives Redis going away and re-arms itself when Redis returns.
+
+    Stock RedBeat lets a connection error, or its lock vanishing with a Redis restarted empty,
+    escape `tick()`, which ends the beat process; an embedded beat (`numbers-retention run`)
+    then dies silently while its worker goes on. Here such a tick logs and waits. Once Redis
+    answers again the lock is taken back, unless a standby beat holds it by then (this one
+    then stands by), and the static schedule is installed again (it keeps `last_run_at`
+    where Redis still has it, and is due at once where Redis lost it).
+    """
+
+    lock: Any = None  # redis-py's Lock while this beat holds it
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        retry = min(RETRY_SECONDS, float(self.max_interval))
+        try:
+            if self.lock_key and self.lock is None and not self._acquire_lock():
+                return float(self.max_interval)
+            return float(super().tick(*args, **kwargs))
+        except LockError:
+            # Expired while Redis was away, or gone with a Redis restarted empty.
+            log.warning("beat.lock_lost", lock=self.lock_key)
+            self.lock = None
+            return retry
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.warning("beat.redis_unavailable", error=str(error), retry_in=retry)
+            return retry
+
+    def _acquire_lock(self) -> bool:
+        """Take the beat lock without waiting; reinstall the schedule when we get it."""
+        client = get_redis(self.app)
+        lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+        # RedBeat's extend sets the timeout instead of adding to it (as at start-up).
+        lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+        if not lock.acquire(blocking=False):
+            return False
+        self.lock = lock
+        self.setup_schedule()
+        log.info("beat.lock_acquired", lock=self.lock_key)
+        return True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (redis.ConnectionError, redis.TimeoutError, LockError):
+            # Redis is away at shutdown: the lock expires by itself.
+            self.lock = None
+            Scheduler.close(self)
