@@ -101,15 +101,30 @@ def monthly_price(value: object) -> Decimal:
     return price
 
 
+def _is_text(value: str) -> bool:
+    """False for a string that no UTF-8 store can hold: a lone surrogate (JSON allows
+    '\\ud800'), which the database driver would reject with a raw encoding error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def label(value: object) -> str | None:
     """An optional label of at most 255 characters; empty means none."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > LABEL_MAX or "\x00" in value:
+    if (
+        not isinstance(value, str)
+        or len(value) > LABEL_MAX
+        or "\x00" in value
+        or not _is_text(value)
+    ):
         raise ValidationError(
-            f"label must be a string of at most {LABEL_MAX} characters, without NUL.",
+            f"label must be text of at most {LABEL_MAX} characters, without NUL.",
             code="invalid_label",
-            fix=f"Shorten the label to {LABEL_MAX} characters or fewer.",
+            fix=f"Send at most {LABEL_MAX} characters of text, without NUL or lone surrogates.",
         )
     return value
 
