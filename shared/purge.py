@@ -32,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.listing import iso_timestamp
@@ -338,6 +339,13 @@ def _sweep_in_parallel(factory: sessionmaker[Session], sweep: _Sweep, workers: i
 
 def _record_start(factory: sessionmaker[Session], report: PurgeReport, started: datetime) -> None:
     with factory.begin() as session:
+        # We hold the run lock: a record still 'running' is a run that died (killed worker,
+        # lost database) before it could record its end.
+        session.execute(
+            update(PurgeRun)
+            .where(PurgeRun.status == "running")
+            .values(status="failed", finished_at=started)
+        )
         session.add(
             PurgeRun(
                 id=report.run_id,
@@ -406,11 +414,15 @@ def purge_expired(
         log.info("purge.started", run_id=report.run_id, cutoff=report.cutoff, dry_run=dry_run)
         try:
             _run(session_factory, report, now, batch_size, max_rows, max_seconds, clock, paused)
-        except BaseException:
-            report.status = "failed"
+        except BaseException as error:
+            report.status, report.reason = "failed", type(error).__name__
             report.seconds = round(time.monotonic() - clock, 3)
-            _record_end(session_factory, report)
             log.error("purge.failed", **report.as_dict())
+            try:
+                _record_end(session_factory, report)
+            except SQLAlchemyError:
+                # The database is what failed: the next run marks this record failed.
+                log.warning("purge.record_failed", run_id=report.run_id)
             raise
         report.seconds = round(time.monotonic() - clock, 3)
         _record_end(session_factory, report)

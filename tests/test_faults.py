@@ -324,13 +324,6 @@ def test_postgres_restart_mid_run_fails_cleanly_and_the_retry_finishes(
         engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared/purge.py: when the database goes away mid-run, purge_expired's except branch "
-    "calls _record_end first, which fails too, so purge.failed is never logged; and the run "
-    "stays 'running' in purge_runs for good (the next run, which holds the run lock, could "
-    "mark every 'running' record as failed)",
-)
 def test_a_run_cut_by_a_database_restart_is_logged_and_not_left_running(
     fault_pg: PostgresServer,
 ) -> None:
