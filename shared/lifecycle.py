@@ -14,7 +14,7 @@ from shared import validation
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import iso_timestamp, number_body, require_account
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
-from shared.retention import is_repurchasable, repurchase_deadline, resolve_now
+from shared.retention import RETENTION, is_repurchasable, repurchase_deadline, resolve_now
 
 
 def _not_found(phone_number: str) -> ValidationError:
@@ -224,12 +224,19 @@ def repurchase_number(
             code="repurchase_before_release",
             fix="Repurchase with the current time (leave now unset).",
         )
-    if number.purge_state is not None or not is_repurchasable(number.released_at, now):
+    if number.purge_state is not None:
+        raise ValidationError(
+            f"Number {number.phone_number} is being purged and can no longer be repurchased.",
+            code="number_being_purged",
+            fix="Its repurchase window has closed; order a new number instead.",
+        )
+    if not is_repurchasable(number.released_at, now):
         raise ValidationError(
             f"The repurchase window for {number.phone_number} closed at "
             f"{iso_timestamp(repurchase_deadline(number.released_at))}.",
             code="repurchase_window_closed",
-            fix="Released numbers can be bought back for 14 days; order a new number instead.",
+            fix=f"Released numbers can be bought back for {RETENTION.days} days; "
+            "order a new number instead.",
         )
     _check_cap(session, account)
     number.billing_status, number.released_at = "active", None

@@ -37,9 +37,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.listing import iso_timestamp
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
+from shared.provider import Provider, make_provider
 from shared.retention import cutoff as retention_cutoff
 from shared.retention import purgeable_clause, resolve_now
 from shared.settings import get_settings
+from shared.upstream import claim_batch, record_failures, release_upstream
 
 log = structlog.get_logger("shared.purge")
 
@@ -49,7 +51,7 @@ SAMPLE_SIZE = 10
 TOMBSTONE_COLUMNS = (
     "number_id", "account_id", "phone_number", "label", "created_at", "country_code",
     "number_type", "next_billing_date", "monthly_price", "released_at", "provider_number_id",
-    "campaign_id", "a2p_status", "purged_at", "run_id",
+    "campaign_id", "a2p_status", "purged_at", "run_id", "provider", "upstream_released_at",
 )  # fmt: skip
 
 
@@ -70,6 +72,10 @@ class PurgeReport:
     would_purge: int | None = None
     sample: list[str] = field(default_factory=list)
     reason: str | None = None
+    provider: str = "none"
+    provider_released: int = 0
+    provider_failed: int = 0
+    provider_skipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""
@@ -119,15 +125,20 @@ def run_lock(engine: Engine) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _tombstone_columns(number: Any, now: datetime, run_id: str) -> list[Any]:
+def _tombstone_columns(number: Any, now: datetime, run_id: str, provider: str | None) -> list[Any]:
     """The tombstone's values in TOMBSTONE_COLUMNS order, from the number's columns `number`
-    (the table's or a CTE's) and its campaign assignment (outer-joined by the caller)."""
+    (the table's or a CTE's) and its campaign assignment (outer-joined by the caller).
+    `provider`: who released the number upstream in this run (None: nothing upstream)."""
     values = {
         "number_id": number.id,
         "campaign_id": CampaignAssignment.campaign_id,
         "a2p_status": CampaignAssignment.status,
         "purged_at": literal(now, PurgedNumber.purged_at.type),
         "run_id": literal(run_id),
+        "provider": literal(provider, PurgedNumber.provider.type),
+        "upstream_released_at": literal(
+            now if provider else None, PurgedNumber.upstream_released_at.type
+        ),
     }
     return [values[name] if name in values else number[name] for name in TOMBSTONE_COLUMNS]
 
@@ -141,7 +152,9 @@ class _Batches:
     purge_statements: tuple[Executable, ...]
 
     @classmethod
-    def build(cls, dialect: str, now: datetime, run_id: str) -> _Batches:
+    def build(
+        cls, dialect: str, now: datetime, run_id: str, provider: str | None = None
+    ) -> _Batches:
         overdue = overdue_filter(now)
         # Core tables, not the ORM entities: the session runs these as plain statements with
         # their parameters (for an entity, parameters would mean an ORM bulk INSERT).
@@ -173,7 +186,7 @@ class _Batches:
                 .returning(numbers.c.id, *(numbers.c[name] for name in kept))
                 .cte("gone")
             )
-            stones = select(*_tombstone_columns(gone.c, now, run_id)).select_from(
+            stones = select(*_tombstone_columns(gone.c, now, run_id, provider)).select_from(
                 gone.outerjoin(CampaignAssignment, CampaignAssignment.number_id == gone.c.id)
             )
             return cls(
@@ -187,7 +200,7 @@ class _Batches:
             )
         locked = numbers.c.id.in_(bindparam("ids", expanding=True)) & overdue
         stones = (
-            select(*_tombstone_columns(numbers.c, now, run_id))
+            select(*_tombstone_columns(numbers.c, now, run_id, provider))
             .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
             .where(locked)
         )
@@ -383,11 +396,13 @@ def purge_expired(
     max_seconds: float | None = None,
     dry_run: bool = False,
     paused: bool | None = None,
+    provider: Provider | None = None,
 ) -> PurgeReport:
     """Purge released numbers past their deadline, in batches of one transaction each.
 
     Bounded by `max_rows` and `max_seconds` (defaults from settings); what is left waits for
-    the next run. One run at a time: a concurrent run returns status `skipped`.
+    the next run. One run at a time: a concurrent run returns status `skipped`. With an
+    upstream `provider` (default: the one settings name) each number is released there first.
     """
     settings = get_settings()
     now = resolve_now(now)
@@ -401,6 +416,7 @@ def purge_expired(
         cutoff=iso_timestamp(retention_cutoff(now)),
         now=iso_timestamp(now),
         dry_run=dry_run,
+        provider=provider.name if provider else settings.provider,
     )
     clock = time.monotonic()
     engine = session_factory.kw["bind"]
@@ -413,7 +429,10 @@ def purge_expired(
         _record_start(session_factory, report, now)
         log.info("purge.started", run_id=report.run_id, cutoff=report.cutoff, dry_run=dry_run)
         try:
-            _run(session_factory, report, now, batch_size, max_rows, max_seconds, clock, paused)
+            _run(
+                session_factory, report, now, batch_size, max_rows, max_seconds, clock, paused,
+                provider,
+            )  # fmt: skip
         except BaseException as error:
             report.status, report.reason = "failed", type(error).__name__
             report.seconds = round(time.monotonic() - clock, 3)
@@ -439,6 +458,7 @@ def _run(
     max_seconds: float,
     clock: float,
     paused: bool,
+    provider: Provider | None,
 ) -> None:
     if paused:
         report.status, report.reason = "paused", "PURGE_PAUSED is set"
@@ -459,6 +479,16 @@ def _run(
         report.status = "dry_run"
         return
     dialect = factory.kw["bind"].dialect.name
+    if report.provider != "none":
+        upstream = provider or make_provider(get_settings())
+        try:
+            _upstream_sweep(factory, report, now, upstream, max_rows, max_seconds, clock)
+        finally:
+            if provider is None:
+                upstream.close()
+        with factory() as session:
+            report.remaining = count_overdue(session, now)
+        return
     sweep = _Sweep(
         report=report,
         batches=_Batches.build(dialect, now, report.run_id),
@@ -481,3 +511,71 @@ def _run(
         report.remaining = count_overdue(session, now)
     if report.status == "limit_reached" and report.remaining == 0:
         report.status = "completed"
+
+
+def _upstream_sweep(
+    factory: sessionmaker[Session],
+    report: PurgeReport,
+    now: datetime,
+    provider: Provider,
+    max_rows: int,
+    max_seconds: float,
+    clock: float,
+) -> None:
+    """Two-phase batches: claim (committed), release upstream (no transaction open), then
+    tombstone and delete what the provider released, keeping the rest with their errors."""
+    settings = get_settings()
+    dialect = factory.kw["bind"].dialect.name
+    released_upstream = _Batches.build(dialect, now, report.run_id, provider.name)
+    nothing_upstream = _Batches.build(dialect, now, report.run_id)
+    report.status, after, claimed = "completed", 0, 0
+    while True:
+        if claimed >= max_rows or time.monotonic() - clock >= max_seconds:
+            report.status = "limit_reached"
+            return
+        started = time.monotonic()
+        limit = min(settings.provider_batch_size, max_rows - claimed)
+        with factory.begin() as session:
+            claims = claim_batch(session, now=now, after=after, limit=limit)
+        if not claims:
+            return
+        after, claimed = claims[-1].id, claimed + len(claims)
+        outcome = release_upstream(
+            provider,
+            claims,
+            concurrency=settings.provider_concurrency,
+            failure_streak=settings.provider_failure_streak,
+        )
+        with factory.begin() as session:
+            purged = released_upstream.purge(session, outcome.released) if outcome.released else 0
+            if outcome.skipped:
+                purged += nothing_upstream.purge(session, outcome.skipped)
+            record_failures(
+                session,
+                outcome.failed,
+                now=now,
+                base=settings.provider_backoff_seconds,
+                cap=settings.provider_backoff_max_seconds,
+            )
+        batch_ms = round((time.monotonic() - started) * 1000, 1)
+        report.purged += purged
+        report.batches += 1
+        report.worst_batch_ms = max(report.worst_batch_ms, batch_ms)
+        report.provider_released += len(outcome.released)
+        report.provider_failed += len(outcome.failed)
+        report.provider_skipped += len(outcome.skipped)
+        log.info(
+            "purge.batch",
+            run_id=report.run_id,
+            batch=report.batches,
+            purged=purged,
+            total=report.purged,
+            ms=batch_ms,
+            provider_released=len(outcome.released),
+            provider_failed=len(outcome.failed),
+            provider_skipped=len(outcome.skipped),
+        )
+        if outcome.provider_down:
+            report.status = "provider_unavailable"
+            report.reason = f"{settings.provider_failure_streak} upstream failures in a row"
+            return

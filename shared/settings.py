@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=10.0, gt=0)
     # At most this many upstream calls at once, so a large batch cannot flood the provider.
     provider_concurrency: int = Field(default=8, ge=1)
+    # Rows claimed per two-phase batch: small, since each one waits on the provider's calls.
+    provider_batch_size: int = Field(default=200, ge=1)
     # A failed upstream release is retried after min(max, base * 2**(attempts-1)) seconds.
     provider_backoff_seconds: float = Field(default=60.0, gt=0)
     provider_backoff_max_seconds: float = Field(default=6 * 3600.0, gt=0)

@@ -13,6 +13,8 @@ from shared.models import PhoneNumber, PurgeRun
 from shared.purge import overdue_filter
 from shared.retention import RETENTION, resolve_now
 
+STUCK_SHOWN = 20
+
 
 def store_status(session: Session, *, now: datetime | None = None, runs: int = 5) -> dict[str, Any]:
     """Counts and the last `runs` purge runs, as JSON-ready values."""
@@ -26,6 +28,19 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
         )
     )
     releasable = session.scalar(select(func.count()).where(offered(now)))
+    failed_upstream = PhoneNumber.provider_error_code.is_not(None)
+    upstream_failed, upstream_permanent = session.execute(
+        select(
+            func.count(),
+            func.count().filter(PhoneNumber.provider_failed_permanently.is_(True)),
+        ).where(failed_upstream)
+    ).one()
+    stuck = session.scalars(
+        select(PhoneNumber)
+        .where(failed_upstream)
+        .order_by(PhoneNumber.provider_failed_permanently.desc(), PhoneNumber.released_at)
+        .limit(STUCK_SHOWN)
+    ).all()
     last_runs = session.scalars(
         select(PurgeRun).order_by(PurgeRun.started_at.desc()).limit(runs)
     ).all()
@@ -38,7 +53,23 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
         "held": held or 0,
         "releasable": releasable or 0,
-        "upstream_failed": 0,
+        "upstream_failed": upstream_failed,
+        "upstream_permanent": upstream_permanent,
+        "upstream_stuck": [
+            {
+                "phone_number": number.phone_number,
+                "account_id": number.account_id,
+                "permanent": number.provider_failed_permanently,
+                "error_code": number.provider_error_code,
+                "provider_code": number.provider_code,
+                "message": number.provider_error_message,
+                "attempts": number.provider_attempts,
+                "next_attempt_at": iso_timestamp(number.provider_next_attempt_at)
+                if number.provider_next_attempt_at
+                else None,
+            }
+            for number in stuck
+        ],
         "last_runs": [
             {
                 "run_id": run.id,

@@ -465,7 +465,7 @@ REFUSALS = [
     refusal(reg(phone_number=B_ACTIVE), V, "number_unavailable", "register-other-active"),
     refusal(reg(phone_number=B_RELEASED), V, "number_unavailable", "register-other-released"),
     refusal(reg(phone_number=A_EXPIRED), V, "number_unavailable", "register-own-expired"),
-    refusal(reg(phone_number=A_PURGING), V, "repurchase_window_closed", "register-own-purging"),
+    refusal(reg(phone_number=A_PURGING), V, "number_being_purged", "register-own-purging"),
     refusal(reg(account_id=FREE), L, "plan_limit_reached", "register-over-free-cap"),
     refusal(
         reg(account_id=FREE, phone_number=FREE_RELEASED),
@@ -504,7 +504,7 @@ REFUSALS = [
         "repurchase-before-release",
     ),
     refusal(repurchase(A_EXPIRED), V, "repurchase_window_closed", "repurchase-expired"),
-    refusal(repurchase(A_PURGING), V, "repurchase_window_closed", "repurchase-purging"),
+    refusal(repurchase(A_PURGING), V, "number_being_purged", "repurchase-purging"),
     refusal(
         repurchase(FREE_RELEASED, account_id=FREE), L, "plan_limit_reached", "repurchase-over-cap"
     ),

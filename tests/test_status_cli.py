@@ -246,6 +246,8 @@ def test_status_table_lists_runs_with_their_notes() -> None:
         "held": 2,
         "releasable": 12345,
         "upstream_failed": 0,
+        "upstream_permanent": 0,
+        "upstream_stuck": [],
         "last_runs": [
             {
                 "started_at": "2026-11-27T11:45:00.123Z",
@@ -274,7 +276,7 @@ def test_status_table_lists_runs_with_their_notes() -> None:
         "  Oldest overdue           -",
         "  On hold                  2",
         "  Releasable               12,345",
-        "  Upstream failed          0",
+        "  Upstream failed          0 (0 need a person)",
         "",
         "Last purge runs",
         "  STARTED               STATUS   PURGED  BATCHES  REMAINING  TOOK  NOTE",

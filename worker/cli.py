@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from shared.purge import purge_expired
 from shared.releasable import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
+from shared.upstream import reset_upstream
 from worker.app import app
 from worker.logs import configure_logging, redact
 from worker.tasks import parse_now, redis_client, session_factory
@@ -243,7 +245,10 @@ def _status_table(report: dict[str, Any]) -> str:
         ("Oldest overdue", oldest),
         ("On hold", f"{report['held']:,}"),
         ("Releasable", f"{report['releasable']:,}"),
-        ("Upstream failed", f"{report['upstream_failed']:,}"),
+        (
+            "Upstream failed",
+            f"{report['upstream_failed']:,} ({report['upstream_permanent']:,} need a person)",
+        ),
     ]
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
@@ -253,9 +258,7 @@ def _status_table(report: dict[str, Any]) -> str:
     lines += ["", "Last purge runs"]
     if not report["last_runs"]:
         lines.append("  (none recorded yet)")
-        return "\n".join(lines)
-    header = ("STARTED", "STATUS", "PURGED", "BATCHES", "REMAINING", "TOOK", "NOTE")
-    rows = [
+    runs = [
         (
             _when(run["started_at"]),
             run["status"],
@@ -267,14 +270,44 @@ def _status_table(report: dict[str, Any]) -> str:
         )
         for run in report["last_runs"]
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        cells = [
-            cell.rjust(width) if 2 <= i <= 5 else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+    if runs:
+        lines += _table(
+            ("STARTED", "STATUS", "PURGED", "BATCHES", "REMAINING", "TOOK", "NOTE"),
+            runs,
+            numeric={2, 3, 4, 5},
+        )
+    if report["upstream_stuck"]:
+        lines += ["", "Kept because the provider did not release them (docs/runbook.md)"]
+        stuck = [
+            (
+                number["phone_number"],
+                "permanent" if number["permanent"] else "retrying",
+                number["provider_code"] or "-",
+                str(number["attempts"]),
+                _when(number["next_attempt_at"]),
+                (number["message"] or "")[:60],
+            )
+            for number in report["upstream_stuck"]
         ]
-        lines.append("  " + "  ".join(cells).rstrip())
+        lines += _table(
+            ("NUMBER", "STATE", "PROVIDER CODE", "ATTEMPTS", "NEXT ATTEMPT", "ERROR"),
+            stuck,
+            numeric={3},
+        )
     return "\n".join(lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: set[int]) -> list[str]:
+    """Aligned columns, numbers to the right."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return [
+        "  "
+        + "  ".join(
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in (header, *rows)
+    ]
 
 
 @main.command()
@@ -291,6 +324,14 @@ def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
     with make_session_factory(_engine()).begin() as session:
         _print_json(set_purge_hold(session, phone_number=phone_number, held=False))
+
+
+@main.command("retry-upstream")
+@click.argument("phone_number", metavar="PHONE")
+def retry_upstream(phone_number: str) -> None:
+    """Clear a number's upstream failure: the next purge calls the provider for it again."""
+    with make_session_factory(_engine()).begin() as session:
+        _print_json(reset_upstream(session, phone_number=phone_number))
 
 
 if __name__ == "__main__":

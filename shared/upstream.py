@@ -1,0 +1,180 @@
+"""The purge's upstream phase: claim overdue rows, release them at the provider, record errors.
+
+A claimed row (`purge_state = 'purging'`, committed) can no longer be repurchased. The provider
+is called outside any open transaction; only rows it released (or that have no provider id)
+go on to be tombstoned and deleted. A failed call keeps its row with the error and a next
+attempt time; a permanent error stops the retries until a person looks at it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import cast
+
+from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared import validation
+from shared.errors import ValidationError
+from shared.models import PhoneNumber
+from shared.provider import Provider, UpstreamResult
+from shared.retention import purgeable_clause
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row claimed for purging and the provider's id for its number (None: nothing upstream)."""
+
+    id: int
+    provider_number_id: str | None
+
+
+@dataclass
+class UpstreamOutcome:
+    """What the provider said for a batch's claims."""
+
+    released: list[int] = field(default_factory=list)
+    failed: dict[int, UpstreamResult] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)  # no provider id: nothing to release
+    unattempted: int = 0  # left claimed when the run stopped calling a failing provider
+    provider_down: bool = False
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """Overdue rows not yet claimed, or claimed and due for another upstream attempt."""
+    return (
+        purgeable_clause(PhoneNumber.released_at, PhoneNumber.purge_hold, now)
+        & PhoneNumber.provider_failed_permanently.is_(False)
+        & or_(
+            PhoneNumber.purge_state.is_(None),
+            PhoneNumber.provider_next_attempt_at.is_(None),
+            PhoneNumber.provider_next_attempt_at <= now,
+        )
+    )
+
+
+def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> list[Claim]:
+    """Lock and claim up to `limit` claimable rows with ids above `after`; commit follows.
+
+    A row a killed worker left claimed is claimable again: calling the provider twice for a
+    number is harmless (404 counts as released).
+    """
+    rows = session.execute(
+        select(PhoneNumber.id, PhoneNumber.provider_number_id)
+        .where(claimable(now), PhoneNumber.id > after)
+        .order_by(PhoneNumber.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    claims = [Claim(row.id, row.provider_number_id) for row in rows]
+    if claims:
+        session.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.id.in_([c.id for c in claims]))
+            .values(purge_state="purging", claimed_at=now, provider_next_attempt_at=None)
+        )
+    return claims
+
+
+def release_upstream(
+    provider: Provider, claims: Sequence[Claim], *, concurrency: int, failure_streak: int
+) -> UpstreamOutcome:
+    """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
+
+    After `failure_streak` failures in a row no further call is started: the provider is
+    treated as down and the rest stay claimed for a later run.
+    """
+    outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
+    pending = [c for c in claims if c.provider_number_id is not None]
+    streak = 0
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upstream") as pool:
+        running: dict[Future[UpstreamResult], Claim] = {}
+        while pending or running:
+            while pending and len(running) < concurrency and not outcome.provider_down:
+                claim = pending.pop(0)
+                call = contextvars.copy_context().run
+                number_id = cast(str, claim.provider_number_id)
+                running[pool.submit(call, provider.release, number_id)] = claim
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                claim = running.pop(future)
+                result = future.result()
+                if result.outcome == "released":
+                    outcome.released.append(claim.id)
+                    streak = 0
+                else:
+                    outcome.failed[claim.id] = result
+                    streak += 1
+                    if streak >= failure_streak:
+                        outcome.provider_down = True
+    outcome.unattempted = len(pending)
+    return outcome
+
+
+def backoff(attempts: int, *, base: float, cap: float) -> timedelta:
+    """Wait before attempt `attempts + 1`: base * 2**(attempts - 1), at most `cap`."""
+    return timedelta(seconds=min(cap, base * 2 ** max(attempts - 1, 0)))
+
+
+def record_failures(
+    session: Session,
+    failures: dict[int, UpstreamResult],
+    *,
+    now: datetime,
+    base: float,
+    cap: float,
+) -> None:
+    """Keep each failed row with its provider error, attempts and next attempt time."""
+    if not failures:
+        return
+    attempts = dict(
+        session.execute(
+            select(PhoneNumber.id, PhoneNumber.provider_attempts)
+            .where(PhoneNumber.id.in_(list(failures)))
+            .with_for_update()
+        ).tuples()
+    )
+    for number_id, result in failures.items():
+        if number_id not in attempts:
+            continue  # deleted meanwhile (cannot happen while claimed; kept safe)
+        error = result.error
+        tries = attempts[number_id] + 1
+        wait_for = backoff(tries, base=base, cap=cap)
+        if result.retry_after is not None:
+            wait_for = max(wait_for, timedelta(seconds=result.retry_after))
+        session.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.id == number_id)
+            .values(
+                provider_attempts=tries,
+                provider_error_code=error.code if error else "provider_error",
+                provider_error_message=error.message[:1000] if error else None,
+                provider_code=error.provider_code if error else None,
+                provider_failed_permanently=result.outcome == "permanent",
+                provider_next_attempt_at=None if result.outcome == "permanent" else now + wait_for,
+            )
+        )
+
+
+def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
+    """Clear a claimed number's upstream failure (after a person fixed its cause)."""
+    number_e164 = validation.phone_number(phone_number)
+    number = session.scalars(
+        select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
+    ).one_or_none()
+    if number is None or number.provider_error_code is None:
+        raise ValidationError(
+            f"Number {number_e164} has no upstream failure to retry.",
+            code="no_upstream_failure",
+            fix="`numbers-retention status` lists the numbers kept by upstream failures.",
+        )
+    number.provider_failed_permanently = False
+    number.provider_next_attempt_at = None
+    session.flush()
+    return {"phoneNumber": number.phone_number, "retry": "next purge run"}
