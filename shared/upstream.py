@@ -133,13 +133,14 @@ def record_failures(
     """Keep each failed row with its provider error, attempts and next attempt time."""
     if not failures:
         return
-    attempts = dict(
-        session.execute(
+    attempts: dict[int, int] = {
+        number_id: tries
+        for number_id, tries in session.execute(
             select(PhoneNumber.id, PhoneNumber.provider_attempts)
             .where(PhoneNumber.id.in_(list(failures)))
             .with_for_update()
-        ).tuples()
-    )
+        )
+    }
     for number_id, result in failures.items():
         if number_id not in attempts:
             continue  # deleted meanwhile (cannot happen while claimed; kept safe)

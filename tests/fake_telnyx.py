@@ -39,6 +39,7 @@ class FakeTelnyx:
         self.script: dict[str, list[Reply]] = {}
         self.default: Reply = OK
         self.calls: defaultdict[str, int] = defaultdict(int)
+        self.released: set[str] = set()  # ids answered 200 or 404: gone upstream
         self.unauthorized = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -71,8 +72,12 @@ class FakeTelnyx:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
-                    reply = fake.answer(self.path[len(prefix) :])
+                    number_id = self.path[len(prefix) :]
+                    reply = fake.answer(number_id)
                     time.sleep(reply.delay)
+                    if reply.status in (200, 404):
+                        with fake._lock:
+                            fake.released.add(number_id)
                     self._send(reply)
                 finally:
                     with fake._lock:

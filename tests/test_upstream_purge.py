@@ -1,0 +1,290 @@
+"""The two-phase purge against a Telnyx-like HTTP server on loopback, on both backends."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+import shared
+from shared.models import PhoneNumber, PurgedNumber
+from shared.provider import TelnyxProvider
+from shared.purge import purge_expired
+from shared.settings import get_settings
+from shared.status import store_status
+from shared.upstream import claim_batch, reset_upstream
+from tests.factories import ensure_account
+from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, telnyx_error
+
+Factory = sessionmaker[Session]
+OVERDUE = timedelta(days=15)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTelnyx]:
+    with FakeTelnyx().running() as server:
+        yield server
+
+
+@pytest.fixture
+def telnyx(fake: FakeTelnyx) -> Iterator[TelnyxProvider]:
+    provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=0.5)
+    yield provider
+    provider.close()
+
+
+def seed(
+    factory: Factory, now: datetime, count: int, *, age: timedelta = OVERDUE, start: int = 0
+) -> list[str]:
+    """`count` numbers released `age` before `now`, provider id 'pn<i>'; their E.164 numbers."""
+    numbers = [f"+1415730{i:04d}" for i in range(start, start + count)]
+    with factory.begin() as session:
+        ensure_account(session, "acc_up")
+    for i, number in enumerate(numbers, start):
+        with factory.begin() as session:
+            # The plan caps active numbers at 49: release each one before registering the next.
+            shared.register_number(
+                session,
+                account_id="acc_up",
+                phone_number=number,
+                country_code="US",
+                number_type="local",
+                monthly_price="1.00",
+                provider_number_id=f"pn{i}",
+                now=now - timedelta(days=30),
+            )
+            shared.release_number(session, account_id="acc_up", phone_number=number, now=now - age)
+    return numbers
+
+
+def rows(factory: Factory) -> dict[str, PhoneNumber]:
+    with factory() as session:
+        return {n.phone_number: n for n in session.scalars(select(PhoneNumber))}
+
+
+def stones(factory: Factory) -> dict[str, PurgedNumber]:
+    with factory() as session:
+        return {t.phone_number: t for t in session.scalars(select(PurgedNumber))}
+
+
+def test_released_upstream_then_tombstoned(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    numbers = seed(session_factory, now, 5)
+    fresh = seed(session_factory, now, 1, age=timedelta(days=1), start=50)
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged, report.provider) == ("completed", 5, "telnyx")
+    assert (report.provider_released, report.provider_failed, report.provider_skipped) == (5, 0, 0)
+    assert dict(fake.calls) == {f"pn{i}": 1 for i in range(5)}
+    tombstones = stones(session_factory)
+    assert sorted(tombstones) == numbers
+    assert all(
+        t.provider == "telnyx" and t.upstream_released_at == now for t in tombstones.values()
+    )
+    assert list(rows(session_factory)) == fresh
+
+
+def test_404_counts_as_released_and_no_id_skips_the_call(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    seed(session_factory, now, 2)
+    with session_factory.begin() as session:
+        session.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.provider_number_id == "pn1")
+            .values(provider_number_id=None)
+        )
+    fake.script["pn0"] = [telnyx_error(404, "10005", "Resource not found")]
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.purged, report.provider_released, report.provider_skipped) == (2, 1, 1)
+    assert dict(fake.calls) == {"pn0": 1}
+    providers = {t.provider for t in stones(session_factory).values()}
+    assert providers == {"telnyx", None}
+
+
+def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    fake.script["pn0"] = [telnyx_error(503, "90001", "Service unavailable"), Reply(200, "{}")]
+    first = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (first.purged, first.provider_failed, first.remaining) == (0, 1, 1)
+    kept = rows(session_factory)[number]
+    assert (kept.purge_state, kept.provider_attempts, kept.provider_code) == ("purging", 1, "90001")
+    assert kept.provider_error_code == "provider_release_failed"
+    assert kept.provider_next_attempt_at == now + timedelta(seconds=60)
+    assert not kept.provider_failed_permanently
+    # Claimed: the account can no longer buy it back, and the list does not offer it.
+    with session_factory() as session:
+        with pytest.raises(shared.ValidationError) as refused:
+            shared.repurchase_number(session, account_id="acc_up", phone_number=number, now=now)
+        assert refused.value.code == "number_being_purged"
+        status = store_status(session, now=now)
+    assert (status["upstream_failed"], status["upstream_permanent"]) == (1, 0)
+    assert status["upstream_stuck"][0]["provider_code"] == "90001"
+    # Before the backoff has passed: not called again.
+    purge_expired(session_factory, now=now + timedelta(seconds=59), provider=telnyx)
+    assert fake.calls["pn0"] == 1
+    done = purge_expired(session_factory, now=now + timedelta(seconds=60), provider=telnyx)
+    assert (done.purged, done.provider_released) == (1, 1)
+    assert fake.calls["pn0"] == 2
+    assert list(stones(session_factory)) == [number]
+
+
+def test_429_waits_as_long_as_retry_after_says(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    fake.script["pn0"] = [Reply(429, '{"errors": [{"code": "10011"}]}', {"Retry-After": "900"})]
+    purge_expired(session_factory, now=now, provider=telnyx)
+    assert rows(session_factory)[number].provider_next_attempt_at == now + timedelta(seconds=900)
+
+
+def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    fake.script["pn0"] = [
+        telnyx_error(422, "10007", "Unprocessable", "Number is in a port-out"),
+        Reply(200, "{}"),
+    ]
+    purge_expired(session_factory, now=now, provider=telnyx)
+    purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx)
+    assert fake.calls["pn0"] == 1
+    kept = rows(session_factory)[number]
+    assert kept.provider_failed_permanently
+    assert kept.provider_next_attempt_at is None
+    assert "port-out" in (kept.provider_error_message or "")
+    with session_factory() as session:
+        assert store_status(session, now=now)["upstream_permanent"] == 1
+    with session_factory.begin() as session:
+        reset_upstream(session, phone_number=number)
+    assert purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx).purged == 1
+    assert fake.calls["pn0"] == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(200, "{}", delay=1.5), Reply(500, "<html>oops</html>"), Reply(502, "")],
+    ids=["timeout", "html-500", "empty-502"],
+)
+def test_slow_and_malformed_answers_keep_the_row(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider, reply: Reply
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    fake.script["pn0"] = [reply]
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.purged, report.provider_failed) == (0, 1)
+    kept = rows(session_factory)[number]
+    assert kept.provider_error_message
+    assert not kept.provider_failed_permanently
+    assert stones(session_factory) == {}
+
+
+def test_a_provider_down_for_the_whole_run_is_not_hammered(
+    session_factory: Factory,
+    now: datetime,
+    fake: FakeTelnyx,
+    telnyx: TelnyxProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed(session_factory, now, 30)
+    fake.default = telnyx_error(503, "90001", "Service unavailable")
+    monkeypatch.setenv("PROVIDER_FAILURE_STREAK", "5")
+    monkeypatch.setenv("PROVIDER_CONCURRENCY", "2")
+    get_settings.cache_clear()
+    try:
+        report = purge_expired(session_factory, now=now, provider=telnyx)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert (report.status, report.purged) == ("provider_unavailable", 0)
+    # The streak stops new calls; at most the calls already in flight finish.
+    assert 5 <= sum(fake.calls.values()) <= 5 + 1
+    assert len(rows(session_factory)) == 30
+
+
+def test_upstream_calls_are_bounded_in_concurrency(
+    session_factory: Factory,
+    now: datetime,
+    fake: FakeTelnyx,
+    telnyx: TelnyxProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed(session_factory, now, 12)
+    fake.default = Reply(200, "{}", delay=0.1)
+    monkeypatch.setenv("PROVIDER_CONCURRENCY", "3")
+    get_settings.cache_clear()
+    try:
+        assert purge_expired(session_factory, now=now, provider=telnyx).purged == 12
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert fake.max_in_flight == 3
+
+
+def test_rows_left_claimed_by_a_dead_run_are_picked_up_and_called_again(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    numbers = seed(session_factory, now, 3)
+    # A run claims (and commits), calls the provider, then dies before its second phase.
+    with session_factory.begin() as session:
+        claims = claim_batch(session, now=now, after=0, limit=10)
+    for claim in claims:
+        assert telnyx.release(claim.provider_number_id or "").outcome == "released"
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.purged, report.provider_released) == (3, 3)
+    # The second call for each number was harmless; each is tombstoned exactly once.
+    assert dict(fake.calls) == {"pn0": 2, "pn1": 2, "pn2": 2}
+    assert sorted(stones(session_factory)) == numbers
+
+
+def test_the_key_never_reaches_logs_or_summaries(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    seed(session_factory, now, 2)
+    fake.script["pn1"] = [telnyx_error(500, "90000", "boom")]
+    with capture_logs() as logs:
+        report = purge_expired(session_factory, now=now, provider=telnyx)
+    with session_factory() as session:
+        status = store_status(session, now=now)
+    everything = json.dumps([logs, report.as_dict(), status], default=str)
+    assert API_KEY not in everything
+    assert "90000" in everything  # the provider's code is there, the key is not
+
+
+def test_repeated_runs_with_a_flaky_provider_lose_nothing(
+    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    """Every overdue number ends released upstream and tombstoned exactly once, or kept with
+    its error; none is deleted without an upstream release."""
+    numbers = seed(session_factory, now, 40)
+    chance = random.Random(7)
+    for i in range(40):
+        kind = chance.random()
+        if kind < 0.1:
+            fake.script[f"pn{i}"] = [telnyx_error(403, "10010", "Forbidden")]
+        elif kind < 0.5:
+            failures = [telnyx_error(500, "90000", "flaky")] * chance.randint(1, 3)
+            fake.script[f"pn{i}"] = [*failures, Reply(200, "{}")]
+    when = now
+    for _ in range(8):
+        purge_expired(session_factory, now=when, provider=telnyx)
+        when += timedelta(hours=7)  # past every backoff of the first attempts
+    tombstones = stones(session_factory)
+    kept = rows(session_factory)
+    assert set(tombstones) | set(kept) == set(numbers)
+    assert not set(tombstones) & set(kept)
+    for number, stone in tombstones.items():
+        assert stone.provider_number_id in fake.released, number
+    for row in kept.values():
+        assert row.provider_number_id not in fake.released
+        assert row.provider_failed_permanently
+        assert row.provider_code == "10010"
+    assert len(tombstones) >= 30
