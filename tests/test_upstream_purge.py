@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 import shared
+from shared.db import make_session_factory
 from shared.models import PhoneNumber, PurgedNumber
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
+from tests.conftest import delete_all_rows
 from tests.factories import ensure_account
 from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, telnyx_error
+from tests.processes import service_env, start_worker, wait_for
 
 Factory = sessionmaker[Session]
 OVERDUE = timedelta(days=15)
@@ -288,3 +294,63 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
         assert row.provider_failed_permanently
         assert row.provider_code == "10010"
     assert len(tombstones) >= 30
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.processes
+def test_a_worker_killed_between_claim_and_delete(
+    pg_engine: Engine, pg_url: str, redis_url: str, fake: FakeTelnyx, tmp_path: Path
+) -> None:
+    """A real worker claims rows and is SIGKILLed while its upstream calls hang; the next run
+    picks the claimed rows up, the provider sees those numbers twice, and every number is
+    tombstoned exactly once."""
+    now = datetime.now(UTC)
+    factory = make_session_factory(pg_engine)
+    delete_all_rows(pg_engine)
+    try:
+        numbers = seed(factory, now, 12)
+        fake.default = Reply(200, "{}", delay=30)  # every call hangs: the worker dies mid-call
+        env = service_env(
+            database_url=pg_url,
+            redis_url=redis_url,
+            data_dir=tmp_path,
+            PROVIDER="telnyx",
+            TELNYX_BASE_URL=fake.url,
+            TELNYX_API_KEY=API_KEY,
+            PROVIDER_BATCH_SIZE="6",
+            PROVIDER_TIMEOUT_SECONDS="60",
+        )
+        worker = start_worker(env, tmp_path / "worker.log")
+        try:
+            sent = subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "worker", "call", "numbers.purge_expired"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            assert sent.stdout.strip()
+            wait_for(lambda: fake.in_flight >= 6, timeout=30, what="the worker's upstream calls")
+            worker.kill()  # SIGKILL, the whole process group
+            worker.popen.wait(10)
+        finally:
+            worker.stop()
+        claimed = {n for n, row in rows(factory).items() if row.purge_state == "purging"}
+        assert len(claimed) == 6
+        assert stones(factory) == {}
+        fake.default = Reply(200, "{}")
+        provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=5)
+        try:
+            report = purge_expired(factory, now=now, provider=provider)
+        finally:
+            provider.close()
+        assert (report.status, report.purged) == ("completed", 12)
+        assert sorted(stones(factory)) == numbers
+        called_twice = {pid for pid, count in fake.calls.items() if count == 2}
+        assert len(called_twice) == 6
+        assert set(fake.calls.values()) == {1, 2}
+        assert API_KEY not in worker.output()
+    finally:
+        delete_all_rows(pg_engine)
