@@ -81,6 +81,23 @@ class PurgeReport:
         """A JSON-ready dict, keys in snake_case."""
         return asdict(self)
 
+    def add_batch(self, purged: int, ms: float, **upstream: int) -> None:
+        """Count a committed batch and log its `purge.batch` event (upstream counts too)."""
+        self.purged += purged
+        self.batches += 1
+        self.worst_batch_ms = max(self.worst_batch_ms, ms)
+        for key, count in upstream.items():
+            setattr(self, key, getattr(self, key) + count)
+        log.info(
+            "purge.batch",
+            run_id=self.run_id,
+            batch=self.batches,
+            purged=purged,
+            total=self.purged,
+            ms=ms,
+            **upstream,
+        )
+
 
 def overdue_filter(now: datetime) -> Any:
     """Released numbers past their deadline at `now` and not on hold: the purge's rows."""
@@ -293,19 +310,7 @@ class _Sweep:
                 self._account(number)
 
     def _account(self, number: int) -> None:
-        purged, ms = self.finished.pop(number)
-        report = self.report
-        report.purged += purged
-        report.batches += 1
-        report.worst_batch_ms = max(report.worst_batch_ms, ms)
-        log.info(
-            "purge.batch",
-            run_id=report.run_id,
-            batch=report.batches,
-            purged=purged,
-            total=report.purged,
-            ms=ms,
-        )
+        self.report.add_batch(*self.finished.pop(number))
 
 
 def _sweep(factory: sessionmaker[Session], sweep: _Sweep) -> None:
@@ -557,20 +562,9 @@ def _upstream_sweep(
                 base=settings.provider_backoff_seconds,
                 cap=settings.provider_backoff_max_seconds,
             )
-        batch_ms = round((time.monotonic() - started) * 1000, 1)
-        report.purged += purged
-        report.batches += 1
-        report.worst_batch_ms = max(report.worst_batch_ms, batch_ms)
-        report.provider_released += len(outcome.released)
-        report.provider_failed += len(outcome.failed)
-        report.provider_skipped += len(outcome.skipped)
-        log.info(
-            "purge.batch",
-            run_id=report.run_id,
-            batch=report.batches,
-            purged=purged,
-            total=report.purged,
-            ms=batch_ms,
+        report.add_batch(
+            purged,
+            round((time.monotonic() - started) * 1000, 1),
             provider_released=len(outcome.released),
             provider_failed=len(outcome.failed),
             provider_skipped=len(outcome.skipped),

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared import migrate
 from shared.db import make_engine, make_session_factory
+from shared.provider import TelnyxProvider
+from tests.fake_telnyx import API_KEY, FakeTelnyx
 
 # Fixed seed and no example database: the same examples on every run, nothing written to disk.
 hypothesis.settings.register_profile(
@@ -163,6 +165,39 @@ def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
         yield make_session_factory(engine)
     finally:
         delete_all_rows(engine)
+
+
+@pytest.fixture
+def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """Committing sessions on PostgreSQL only (for real worker processes); emptied around."""
+    delete_all_rows(pg_engine)
+    yield make_session_factory(pg_engine)
+    delete_all_rows(pg_engine)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """The test Redis database, flushed before and after (RedBeat locks, queues, sets)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def fake_telnyx() -> Iterator[FakeTelnyx]:
+    """A Telnyx-like HTTP server on loopback."""
+    with FakeTelnyx().running() as server:
+        yield server
+
+
+@pytest.fixture
+def telnyx(fake_telnyx: FakeTelnyx) -> Iterator[TelnyxProvider]:
+    """The Telnyx adapter pointed at `fake_telnyx`, with a short timeout."""
+    provider = TelnyxProvider(base_url=fake_telnyx.url, api_key=API_KEY, timeout=0.5)
+    yield provider
+    provider.close()
 
 
 # --- the contract: the project's copy of the seed's JSON Schema -------------------------------

@@ -471,16 +471,9 @@ def store(pg_engine: Engine) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def worker(worker_env: dict[str, str], broker: redis.Redis, tmp_path: Path) -> Iterator[Process]:
+def worker(
+    worker_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
+) -> Iterator[Process]:
     process = start_worker(worker_env, tmp_path / "worker.log")
     try:
         wait_for(lambda: "ready." in process.output(), timeout=60, what="the worker")
@@ -506,7 +499,7 @@ def run_statuses(engine: Engine) -> list[str]:
 @pytest.mark.redis
 @pytest.mark.processes
 def test_wrong_argument_types_fail_the_task_without_retry_or_change(
-    store: Engine, worker: Process, redis_url: str, broker: redis.Redis
+    store: Engine, worker: Process, redis_url: str, redis_client: redis.Redis
 ) -> None:
     before = store_rows(store)
     with celery_client(redis_url) as client:
@@ -519,19 +512,19 @@ def test_wrong_argument_types_fail_the_task_without_retry_or_change(
             "numbers.purge_expired", kwargs={"now": FUTURE, "dry_run": True}
         )
     for task_id, name, kwargs, error in sent:
-        meta = wait_task(broker, task_id, timeout=30, states=("FAILURE",))
+        meta = wait_task(redis_client, task_id, timeout=30, states=("FAILURE",))
         assert meta["result"]["exc_type"] == error, (name, kwargs, meta)
         assert meta["retries"] == 0, (name, kwargs)
         message = " ".join(map(str, meta["result"]["exc_message"]))
         assert message, (name, kwargs)
         if error == "ValidationError":
             assert any(word in message for word in ("now", "dry_run")), message
-    ahead = wait_task(broker, look_ahead.id, timeout=30)["result"]
+    ahead = wait_task(redis_client, look_ahead.id, timeout=30)["result"]
     assert (ahead["status"], ahead["would_purge"]) == ("dry_run", 2)
     assert "Retry in" not in worker.output()
     assert store_rows(store) == before  # no number, tombstone or assignment changed
     assert run_statuses(store) == ["dry_run"]  # only the look-ahead dry run ran
-    assert broker.exists("releasable:all", "releasable:meta") == 0  # nothing was published
+    assert redis_client.exists("releasable:all", "releasable:meta") == 0  # nothing was published
 
 
 class Payload:
@@ -548,7 +541,7 @@ class Payload:
 @pytest.mark.redis
 @pytest.mark.processes
 def test_a_pickled_message_is_refused_and_runs_nothing(
-    store: Engine, worker: Process, redis_url: str, broker: redis.Redis, tmp_path: Path
+    store: Engine, worker: Process, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     before = store_rows(store)
     marker = tmp_path / "unpickled"
@@ -559,18 +552,18 @@ def test_a_pickled_message_is_refused_and_runs_nothing(
         )
         # Sent after them on the same queue: once it is done, they were consumed before it.
         after_them = client.send_task("numbers.purge_expired", kwargs={"dry_run": True})
-    wait_task(broker, after_them.id, timeout=30)
+    wait_task(redis_client, after_them.id, timeout=30)
     wait_for(
         lambda: worker.output().count("Refusing to deserialize untrusted content") >= 2,
         timeout=10,
         what="the worker to refuse both pickled messages",
     )
     assert not marker.exists()
-    assert task_meta(broker, plain.id) is None
-    assert task_meta(broker, hostile.id) is None
+    assert task_meta(redis_client, plain.id) is None
+    assert task_meta(redis_client, hostile.id) is None
     assert f"numbers.purge_expired[{plain.id}] received" not in worker.output()
     assert store_rows(store) == before
     assert run_statuses(store) == ["dry_run"]
     assert worker.popen.poll() is None
     assert "x-python-serialize" in worker.output()
-    assert broker.llen("celery") == 0  # refused messages are dropped, not requeued forever
+    assert redis_client.llen("celery") == 0  # refused messages are dropped, not requeued forever

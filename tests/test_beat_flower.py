@@ -6,7 +6,6 @@ import ast
 import json
 import signal
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -15,12 +14,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_session_factory
 from shared.models import PhoneNumber, PurgeRun
-from tests.conftest import delete_all_rows
 from tests.factories import make_number
 from tests.processes import Process, celery, service_env, start_beat, start_worker, wait_for
 
@@ -38,23 +35,6 @@ def took_lock(output: str) -> bool:
 
 # Beat sends a run every second; a second send of the same slot would come within milliseconds.
 SLOT_SECONDS = 1.0
-
-
-@pytest.fixture
-def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
-    delete_all_rows(pg_engine)
-    yield make_session_factory(pg_engine)
-    delete_all_rows(pg_engine)
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    # Flushed before and after: a RedBeat lock or schedule left behind would skew the count.
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def free_port() -> int:

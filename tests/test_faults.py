@@ -217,20 +217,11 @@ def pg_store(pg_engine: Engine) -> Iterator[Engine]:
     delete_all_rows(pg_engine)
 
 
-@pytest.fixture
-def shared_redis(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
 # --- 1. SIGKILL in the middle of a large purge ------------------------------------------------
 
 
 def test_sigkill_mid_purge_then_restart_finishes_exactly_once(
-    pg_store: Engine, pg_url: str, redis_url: str, shared_redis: redis.Redis, tmp_path: Path
+    pg_store: Engine, pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     seeded = seed_store(pg_store, numbers=KILL_NUMBERS, now=datetime.now(UTC))
     env = service_env(
@@ -281,7 +272,7 @@ def test_sigkill_mid_purge_then_restart_finishes_exactly_once(
 
 
 def test_postgres_restart_mid_run_fails_cleanly_and_the_retry_finishes(
-    fault_pg: PostgresServer, redis_url: str, shared_redis: redis.Redis, tmp_path: Path
+    fault_pg: PostgresServer, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     engine = make_engine(fault_pg.url)
     try:
@@ -304,7 +295,7 @@ def test_postgres_restart_mid_run_fails_cleanly_and_the_retry_finishes(
                 what="the first purge batch",
             )
             fault_pg.restart()
-            meta = wait_task(shared_redis, task_id, timeout=90)
+            meta = wait_task(redis_client, task_id, timeout=90)
         finally:
             worker.stop()
         summary = meta["result"]
@@ -377,7 +368,7 @@ def test_publish_retries_with_backoff_while_redis_is_away(
     pg_store: Engine,
     pg_url: str,
     redis_url: str,
-    shared_redis: redis.Redis,
+    redis_client: redis.Redis,
     fault_redis: RedisServer,
     tmp_path: Path,
 ) -> None:
@@ -396,9 +387,9 @@ def test_publish_retries_with_backoff_while_redis_is_away(
             timeout=60,
             what="two retries while Redis is away",
         )
-        assert task_meta(shared_redis, task_id)["status"] in ("RETRY", "STARTED")  # type: ignore[index]
+        assert task_meta(redis_client, task_id)["status"] in ("RETRY", "STARTED")  # type: ignore[index]
         fault_redis.start()
-        meta = wait_task(shared_redis, task_id, timeout=60)
+        meta = wait_task(redis_client, task_id, timeout=60)
     finally:
         worker.stop()
     assert meta["result"]["published"] == len(fresh)
@@ -455,7 +446,7 @@ def test_worker_and_beat_recover_when_redis_comes_back(
 
 
 def test_several_workers_purging_at_once_reach_the_one_worker_end_state(
-    pg_store: Engine, pg_url: str, redis_url: str, shared_redis: redis.Redis, tmp_path: Path
+    pg_store: Engine, pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     seeded = seed_store(pg_store, numbers=RACING_NUMBERS, now=datetime.now(UTC))
     env = service_env(
@@ -485,7 +476,7 @@ def test_several_workers_purging_at_once_reach_the_one_worker_end_state(
                     client.send_task("numbers.purge_expired").id for _ in range(2 * RACING_WORKERS)
                 ]
                 time.sleep(0.5)
-        metas = [wait_task(shared_redis, task_id, timeout=60) for task_id in task_ids]
+        metas = [wait_task(redis_client, task_id, timeout=60) for task_id in task_ids]
     finally:
         for worker in workers:
             worker.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,35 +11,22 @@ from shared.settings import Settings
 from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, telnyx_error
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeTelnyx]:
-    with FakeTelnyx().running() as server:
-        yield server
-
-
-@pytest.fixture
-def telnyx(fake: FakeTelnyx) -> Iterator[TelnyxProvider]:
-    provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=0.5)
-    yield provider
-    provider.close()
-
-
-def test_200_releases(fake: FakeTelnyx, telnyx: TelnyxProvider) -> None:
+def test_200_releases(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
     assert telnyx.release("111").outcome == "released"
-    assert fake.calls == {"111": 1}
+    assert fake_telnyx.calls == {"111": 1}
 
 
 def test_404_counts_as_released_so_the_call_is_safe_to_repeat(
-    fake: FakeTelnyx, telnyx: TelnyxProvider
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
-    fake.script["222"] = [Reply(200, "{}"), telnyx_error(404, "10005", "Resource not found")]
+    fake_telnyx.script["222"] = [Reply(200, "{}"), telnyx_error(404, "10005", "Resource not found")]
     assert telnyx.release("222").outcome == "released"
     assert telnyx.release("222").outcome == "released"
-    assert fake.calls["222"] == 2
+    assert fake_telnyx.calls["222"] == 2
 
 
-def test_429_honours_retry_after(fake: FakeTelnyx, telnyx: TelnyxProvider) -> None:
-    fake.script["333"] = [
+def test_429_honours_retry_after(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
+    fake_telnyx.script["333"] = [
         Reply(
             429,
             '{"errors": [{"code": "10011", "title": "Too many requests"}]}',
@@ -54,8 +40,8 @@ def test_429_honours_retry_after(fake: FakeTelnyx, telnyx: TelnyxProvider) -> No
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-def test_5xx_is_transient(fake: FakeTelnyx, telnyx: TelnyxProvider, status: int) -> None:
-    fake.script["444"] = [telnyx_error(status, "90000", "Internal error")]
+def test_5xx_is_transient(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, status: int) -> None:
+    fake_telnyx.script["444"] = [telnyx_error(status, "90000", "Internal error")]
     result = telnyx.release("444")
     assert result.outcome == "transient"
     assert result.error is not None
@@ -68,9 +54,11 @@ def test_5xx_is_transient(fake: FakeTelnyx, telnyx: TelnyxProvider, status: int)
 
 @pytest.mark.parametrize(("status", "code"), [(400, "10015"), (403, "10010"), (422, "10007")])
 def test_other_4xx_is_permanent_and_keeps_the_telnyx_code(
-    fake: FakeTelnyx, telnyx: TelnyxProvider, status: int, code: str
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, status: int, code: str
 ) -> None:
-    fake.script["555"] = [telnyx_error(status, code, "Cannot delete", "Number has an active order")]
+    fake_telnyx.script["555"] = [
+        telnyx_error(status, code, "Cannot delete", "Number has an active order")
+    ]
     result = telnyx.release("555")
     assert result.outcome == "permanent"
     assert result.error is not None
@@ -79,9 +67,9 @@ def test_other_4xx_is_permanent_and_keeps_the_telnyx_code(
 
 
 def test_slow_response_past_the_timeout_is_transient(
-    fake: FakeTelnyx, telnyx: TelnyxProvider
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
-    fake.script["666"] = [Reply(200, "{}", delay=2.0)]
+    fake_telnyx.script["666"] = [Reply(200, "{}", delay=2.0)]
     result = telnyx.release("666")
     assert result.outcome == "transient"
     assert result.error is not None
@@ -90,9 +78,9 @@ def test_slow_response_past_the_timeout_is_transient(
 
 @pytest.mark.parametrize("body", ["<html>bad gateway</html>", "", '{"errors": "nope"}', "[1,2]"])
 def test_malformed_error_bodies_still_give_a_clear_error(
-    fake: FakeTelnyx, telnyx: TelnyxProvider, body: str
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, body: str
 ) -> None:
-    fake.script["777"] = [Reply(500, body)]
+    fake_telnyx.script["777"] = [Reply(500, body)]
     result = telnyx.release("777")
     assert result.outcome == "transient"
     assert result.error is not None
@@ -111,14 +99,14 @@ def test_connection_refused_is_transient() -> None:
         provider.close()
 
 
-def test_the_key_is_sent_as_a_bearer_token(fake: FakeTelnyx) -> None:
-    wrong = TelnyxProvider(base_url=fake.url, api_key="wrong", timeout=0.5)
+def test_the_key_is_sent_as_a_bearer_token(fake_telnyx: FakeTelnyx) -> None:
+    wrong = TelnyxProvider(base_url=fake_telnyx.url, api_key="wrong", timeout=0.5)
     try:
         result = wrong.release("999")
     finally:
         wrong.close()
     assert result.outcome == "permanent"
-    assert fake.unauthorized == 1
+    assert fake_telnyx.unauthorized == 1
     assert result.error is not None
     assert "wrong" not in result.error.message
 

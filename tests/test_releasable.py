@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -22,15 +21,6 @@ from shared.retention import RETENTION
 from tests.factories import make_number
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def _seed(session: Session, now: datetime) -> None:
@@ -59,71 +49,73 @@ def _seed(session: Session, now: datetime) -> None:
 
 
 def test_publishes_repurchasable_numbers_scored_by_deadline(
-    session: Session, client: redis.Redis, now: datetime
+    session: Session, redis_client: redis.Redis, now: datetime
 ) -> None:
     _seed(session, now)
     with capture_logs() as logs:
-        summary = publish_releasable(session, client, now=now)
+        summary = publish_releasable(session, redis_client, now=now)
     assert (summary["published"], summary["accounts"]) == (3, 2)
     assert [e["event"] for e in logs] == ["releasable.published"]
     assert logs[0]["published"] == 3
-    scores = dict(client.zrange(all_key(), 0, -1, withscores=True))
+    scores = dict(redis_client.zrange(all_key(), 0, -1, withscores=True))
     assert scores == {
         b"+14155550201": (now - timedelta(days=1) + RETENTION).timestamp(),
         b"+14155550202": (now - timedelta(days=13) + RETENTION).timestamp(),
         b"+14155550203": (now - timedelta(hours=1) + RETENTION).timestamp(),
     }
-    assert client.zrange(account_key("acc_a"), 0, -1) == [b"+14155550202", b"+14155550201"]
-    assert client.zrange(account_key("acc_b"), 0, -1) == [b"+14155550203"]
-    assert not client.exists(account_key("acc_c"))
-    meta = publication(client)
+    assert redis_client.zrange(account_key("acc_a"), 0, -1) == [b"+14155550202", b"+14155550201"]
+    assert redis_client.zrange(account_key("acc_b"), 0, -1) == [b"+14155550203"]
+    assert not redis_client.exists(account_key("acc_c"))
+    meta = publication(redis_client)
     assert (meta["count"], meta["accounts"]) == ("3", "2")
     assert meta["now"] == now.isoformat().replace("+00:00", "Z")
 
 
 def test_reader_treats_scores_at_or_before_now_as_gone(
-    session: Session, client: redis.Redis, now: datetime
+    session: Session, redis_client: redis.Redis, now: datetime
 ) -> None:
     _seed(session, now)
-    publish_releasable(session, client, now=now)
+    publish_releasable(session, redis_client, now=now)
     deadline = now - timedelta(days=13) + RETENTION
-    assert [n for n, _ in read_releasable(client, account_id="acc_a", now=now)] == [
+    assert [n for n, _ in read_releasable(redis_client, account_id="acc_a", now=now)] == [
         "+14155550202",
         "+14155550201",
     ]
     # The published set is stale by now; the reader still never offers an expired number.
     assert [
         n
-        for n, _ in read_releasable(client, account_id="acc_a", now=deadline - timedelta(seconds=1))
+        for n, _ in read_releasable(
+            redis_client, account_id="acc_a", now=deadline - timedelta(seconds=1)
+        )
     ] == [
         "+14155550202",
         "+14155550201",
     ]
-    assert [n for n, _ in read_releasable(client, account_id="acc_a", now=deadline)] == [
+    assert [n for n, _ in read_releasable(redis_client, account_id="acc_a", now=deadline)] == [
         "+14155550201"
     ]
-    number, when = read_releasable(client, now=now)[0]
+    number, when = read_releasable(redis_client, now=now)[0]
     assert (number, when) == ("+14155550202", deadline)
 
 
 def test_republishing_replaces_the_sets(
-    session: Session, client: redis.Redis, now: datetime
+    session: Session, redis_client: redis.Redis, now: datetime
 ) -> None:
     _seed(session, now)
-    publish_releasable(session, client, now=now)
+    publish_releasable(session, redis_client, now=now)
     later = now + timedelta(days=2)  # +14155550202 expired, acc_a keeps one, acc_b keeps one
-    summary = publish_releasable(session, client, now=later)
+    summary = publish_releasable(session, redis_client, now=later)
     assert summary["published"] == 2
-    assert client.zrange(all_key(), 0, -1) == [b"+14155550201", b"+14155550203"]
+    assert redis_client.zrange(all_key(), 0, -1) == [b"+14155550201", b"+14155550203"]
     much_later = now + timedelta(days=20)
-    summary = publish_releasable(session, client, now=much_later)
+    summary = publish_releasable(session, redis_client, now=much_later)
     assert (summary["published"], summary["removed_accounts"]) == (0, 2)
-    assert not client.exists(all_key(), account_key("acc_a"), account_key("acc_b"))
-    assert [k for k in client.scan_iter("releasable:staging:*")] == []
+    assert not redis_client.exists(all_key(), account_key("acc_a"), account_key("acc_b"))
+    assert [k for k in redis_client.scan_iter("releasable:staging:*")] == []
 
 
 def test_a_reader_never_sees_half_a_set(
-    session: Session, client: redis.Redis, now: datetime
+    session: Session, redis_client: redis.Redis, now: datetime
 ) -> None:
     for i in range(300):
         make_number(
@@ -132,19 +124,19 @@ def test_a_reader_never_sees_half_a_set(
             phone_number=f"+1415444{i:04d}",
             released_at=now - timedelta(days=1),
         )
-    publish_releasable(session, client, now=now)
+    publish_releasable(session, redis_client, now=now)
     seen: set[int] = set()
     stop = threading.Event()
 
     def read() -> None:
-        reader = redis.Redis(connection_pool=client.connection_pool)
+        reader = redis.Redis(connection_pool=redis_client.connection_pool)
         while not stop.is_set():
             seen.add(int(reader.zcard(all_key())))
 
     thread = threading.Thread(target=read)
     thread.start()
     for _ in range(5):
-        publish_releasable(session, client, now=now)
+        publish_releasable(session, redis_client, now=now)
     stop.set()
     thread.join()
     assert seen == {300}

@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,19 +29,6 @@ from tests.processes import service_env, start_worker, wait_for
 
 Factory = sessionmaker[Session]
 OVERDUE = timedelta(days=15)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeTelnyx]:
-    with FakeTelnyx().running() as server:
-        yield server
-
-
-@pytest.fixture
-def telnyx(fake: FakeTelnyx) -> Iterator[TelnyxProvider]:
-    provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=0.5)
-    yield provider
-    provider.close()
 
 
 def seed(
@@ -80,14 +66,14 @@ def stones(factory: Factory) -> dict[str, PurgedNumber]:
 
 
 def test_released_upstream_then_tombstoned(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     numbers = seed(session_factory, now, 5)
     fresh = seed(session_factory, now, 1, age=timedelta(days=1), start=50)
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.status, report.purged, report.provider) == ("completed", 5, "telnyx")
     assert (report.provider_released, report.provider_failed, report.provider_skipped) == (5, 0, 0)
-    assert dict(fake.calls) == {f"pn{i}": 1 for i in range(5)}
+    assert dict(fake_telnyx.calls) == {f"pn{i}": 1 for i in range(5)}
     tombstones = stones(session_factory)
     assert sorted(tombstones) == numbers
     assert all(
@@ -97,7 +83,7 @@ def test_released_upstream_then_tombstoned(
 
 
 def test_404_counts_as_released_and_no_id_skips_the_call(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     seed(session_factory, now, 2)
     with session_factory.begin() as session:
@@ -106,19 +92,22 @@ def test_404_counts_as_released_and_no_id_skips_the_call(
             .where(PhoneNumber.provider_number_id == "pn1")
             .values(provider_number_id=None)
         )
-    fake.script["pn0"] = [telnyx_error(404, "10005", "Resource not found")]
+    fake_telnyx.script["pn0"] = [telnyx_error(404, "10005", "Resource not found")]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_released, report.provider_skipped) == (2, 1, 1)
-    assert dict(fake.calls) == {"pn0": 1}
+    assert dict(fake_telnyx.calls) == {"pn0": 1}
     providers = {t.provider for t in stones(session_factory).values()}
     assert providers == {"telnyx", None}
 
 
 def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake.script["pn0"] = [telnyx_error(503, "90001", "Service unavailable"), Reply(200, "{}")]
+    fake_telnyx.script["pn0"] = [
+        telnyx_error(503, "90001", "Service unavailable"),
+        Reply(200, "{}"),
+    ]
     first = purge_expired(session_factory, now=now, provider=telnyx)
     assert (first.purged, first.provider_failed, first.remaining) == (0, 1, 1)
     kept = rows(session_factory)[number]
@@ -136,33 +125,35 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     assert status["upstream_stuck"][0]["provider_code"] == "90001"
     # Before the backoff has passed: not called again.
     purge_expired(session_factory, now=now + timedelta(seconds=59), provider=telnyx)
-    assert fake.calls["pn0"] == 1
+    assert fake_telnyx.calls["pn0"] == 1
     done = purge_expired(session_factory, now=now + timedelta(seconds=60), provider=telnyx)
     assert (done.purged, done.provider_released) == (1, 1)
-    assert fake.calls["pn0"] == 2
+    assert fake_telnyx.calls["pn0"] == 2
     assert list(stones(session_factory)) == [number]
 
 
 def test_429_waits_as_long_as_retry_after_says(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake.script["pn0"] = [Reply(429, '{"errors": [{"code": "10011"}]}', {"Retry-After": "900"})]
+    fake_telnyx.script["pn0"] = [
+        Reply(429, '{"errors": [{"code": "10011"}]}', {"Retry-After": "900"})
+    ]
     purge_expired(session_factory, now=now, provider=telnyx)
     assert rows(session_factory)[number].provider_next_attempt_at == now + timedelta(seconds=900)
 
 
 def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake.script["pn0"] = [
+    fake_telnyx.script["pn0"] = [
         telnyx_error(422, "10007", "Unprocessable", "Number is in a port-out"),
         Reply(200, "{}"),
     ]
     purge_expired(session_factory, now=now, provider=telnyx)
     purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx)
-    assert fake.calls["pn0"] == 1
+    assert fake_telnyx.calls["pn0"] == 1
     kept = rows(session_factory)[number]
     assert kept.provider_failed_permanently
     assert kept.provider_next_attempt_at is None
@@ -172,7 +163,7 @@ def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
     with session_factory.begin() as session:
         reset_upstream(session, phone_number=number)
     assert purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx).purged == 1
-    assert fake.calls["pn0"] == 2
+    assert fake_telnyx.calls["pn0"] == 2
 
 
 @pytest.mark.parametrize(
@@ -181,10 +172,14 @@ def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
     ids=["timeout", "html-500", "empty-502"],
 )
 def test_slow_and_malformed_answers_keep_the_row(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider, reply: Reply
+    session_factory: Factory,
+    now: datetime,
+    fake_telnyx: FakeTelnyx,
+    telnyx: TelnyxProvider,
+    reply: Reply,
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake.script["pn0"] = [reply]
+    fake_telnyx.script["pn0"] = [reply]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_failed) == (0, 1)
     kept = rows(session_factory)[number]
@@ -196,12 +191,12 @@ def test_slow_and_malformed_answers_keep_the_row(
 def test_a_provider_down_for_the_whole_run_is_not_hammered(
     session_factory: Factory,
     now: datetime,
-    fake: FakeTelnyx,
+    fake_telnyx: FakeTelnyx,
     telnyx: TelnyxProvider,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed(session_factory, now, 30)
-    fake.default = telnyx_error(503, "90001", "Service unavailable")
+    fake_telnyx.default = telnyx_error(503, "90001", "Service unavailable")
     monkeypatch.setenv("PROVIDER_FAILURE_STREAK", "5")
     monkeypatch.setenv("PROVIDER_CONCURRENCY", "2")
     get_settings.cache_clear()
@@ -212,19 +207,19 @@ def test_a_provider_down_for_the_whole_run_is_not_hammered(
         get_settings.cache_clear()
     assert (report.status, report.purged) == ("provider_unavailable", 0)
     # The streak stops new calls; at most the calls already in flight finish.
-    assert 5 <= sum(fake.calls.values()) <= 5 + 1
+    assert 5 <= sum(fake_telnyx.calls.values()) <= 5 + 1
     assert len(rows(session_factory)) == 30
 
 
 def test_upstream_calls_are_bounded_in_concurrency(
     session_factory: Factory,
     now: datetime,
-    fake: FakeTelnyx,
+    fake_telnyx: FakeTelnyx,
     telnyx: TelnyxProvider,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seed(session_factory, now, 12)
-    fake.default = Reply(200, "{}", delay=0.1)
+    fake_telnyx.default = Reply(200, "{}", delay=0.1)
     monkeypatch.setenv("PROVIDER_CONCURRENCY", "3")
     get_settings.cache_clear()
     try:
@@ -232,11 +227,11 @@ def test_upstream_calls_are_bounded_in_concurrency(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
-    assert fake.max_in_flight == 3
+    assert fake_telnyx.max_in_flight == 3
 
 
 def test_rows_left_claimed_by_a_dead_run_are_picked_up_and_called_again(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     numbers = seed(session_factory, now, 3)
     # A run claims (and commits), calls the provider, then dies before its second phase.
@@ -247,15 +242,15 @@ def test_rows_left_claimed_by_a_dead_run_are_picked_up_and_called_again(
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_released) == (3, 3)
     # The second call for each number was harmless; each is tombstoned exactly once.
-    assert dict(fake.calls) == {"pn0": 2, "pn1": 2, "pn2": 2}
+    assert dict(fake_telnyx.calls) == {"pn0": 2, "pn1": 2, "pn2": 2}
     assert sorted(stones(session_factory)) == numbers
 
 
 def test_the_key_never_reaches_logs_or_summaries(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     seed(session_factory, now, 2)
-    fake.script["pn1"] = [telnyx_error(500, "90000", "boom")]
+    fake_telnyx.script["pn1"] = [telnyx_error(500, "90000", "boom")]
     with capture_logs() as logs:
         report = purge_expired(session_factory, now=now, provider=telnyx)
     with session_factory() as session:
@@ -266,7 +261,7 @@ def test_the_key_never_reaches_logs_or_summaries(
 
 
 def test_repeated_runs_with_a_flaky_provider_lose_nothing(
-    session_factory: Factory, now: datetime, fake: FakeTelnyx, telnyx: TelnyxProvider
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     """Every overdue number ends released upstream and tombstoned exactly once, or kept with
     its error; none is deleted without an upstream release."""
@@ -275,10 +270,10 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
     for i in range(40):
         kind = chance.random()
         if kind < 0.1:
-            fake.script[f"pn{i}"] = [telnyx_error(403, "10010", "Forbidden")]
+            fake_telnyx.script[f"pn{i}"] = [telnyx_error(403, "10010", "Forbidden")]
         elif kind < 0.5:
             failures = [telnyx_error(500, "90000", "flaky")] * chance.randint(1, 3)
-            fake.script[f"pn{i}"] = [*failures, Reply(200, "{}")]
+            fake_telnyx.script[f"pn{i}"] = [*failures, Reply(200, "{}")]
     when = now
     for _ in range(8):
         purge_expired(session_factory, now=when, provider=telnyx)
@@ -288,9 +283,9 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
     assert set(tombstones) | set(kept) == set(numbers)
     assert not set(tombstones) & set(kept)
     for number, stone in tombstones.items():
-        assert stone.provider_number_id in fake.released, number
+        assert stone.provider_number_id in fake_telnyx.released, number
     for row in kept.values():
-        assert row.provider_number_id not in fake.released
+        assert row.provider_number_id not in fake_telnyx.released
         assert row.provider_failed_permanently
         assert row.provider_code == "10010"
     assert len(tombstones) >= 30
@@ -300,7 +295,7 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
 @pytest.mark.redis
 @pytest.mark.processes
 def test_a_worker_killed_between_claim_and_delete(
-    pg_engine: Engine, pg_url: str, redis_url: str, fake: FakeTelnyx, tmp_path: Path
+    pg_engine: Engine, pg_url: str, redis_url: str, fake_telnyx: FakeTelnyx, tmp_path: Path
 ) -> None:
     """A real worker claims rows and is SIGKILLed while its upstream calls hang; the next run
     picks the claimed rows up, the provider sees those numbers twice, and every number is
@@ -310,13 +305,15 @@ def test_a_worker_killed_between_claim_and_delete(
     delete_all_rows(pg_engine)
     try:
         numbers = seed(factory, now, 12)
-        fake.default = Reply(200, "{}", delay=30)  # every call hangs: the worker dies mid-call
+        fake_telnyx.default = Reply(
+            200, "{}", delay=30
+        )  # every call hangs: the worker dies mid-call
         env = service_env(
             database_url=pg_url,
             redis_url=redis_url,
             data_dir=tmp_path,
             PROVIDER="telnyx",
-            TELNYX_BASE_URL=fake.url,
+            TELNYX_BASE_URL=fake_telnyx.url,
             TELNYX_API_KEY=API_KEY,
             PROVIDER_BATCH_SIZE="6",
             PROVIDER_TIMEOUT_SECONDS="60",
@@ -332,7 +329,9 @@ def test_a_worker_killed_between_claim_and_delete(
                 check=True,
             )
             assert sent.stdout.strip()
-            wait_for(lambda: fake.in_flight >= 6, timeout=30, what="the worker's upstream calls")
+            wait_for(
+                lambda: fake_telnyx.in_flight >= 6, timeout=30, what="the worker's upstream calls"
+            )
             worker.kill()  # SIGKILL, the whole process group
             worker.popen.wait(10)
         finally:
@@ -340,17 +339,17 @@ def test_a_worker_killed_between_claim_and_delete(
         claimed = {n for n, row in rows(factory).items() if row.purge_state == "purging"}
         assert len(claimed) == 6
         assert stones(factory) == {}
-        fake.default = Reply(200, "{}")
-        provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=5)
+        fake_telnyx.default = Reply(200, "{}")
+        provider = TelnyxProvider(base_url=fake_telnyx.url, api_key=API_KEY, timeout=5)
         try:
             report = purge_expired(factory, now=now, provider=provider)
         finally:
             provider.close()
         assert (report.status, report.purged) == ("completed", 12)
         assert sorted(stones(factory)) == numbers
-        called_twice = {pid for pid, count in fake.calls.items() if count == 2}
+        called_twice = {pid for pid, count in fake_telnyx.calls.items() if count == 2}
         assert len(called_twice) == 6
-        assert set(fake.calls.values()) == {1, 2}
+        assert set(fake_telnyx.calls.values()) == {1, 2}
         assert API_KEY not in worker.output()
     finally:
         delete_all_rows(pg_engine)

@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_session_factory
 from shared.models import PhoneNumber, PurgedNumber
 from shared.releasable import read_releasable
-from tests.conftest import delete_all_rows
 from tests.factories import make_number
 from tests.processes import service_env, start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
-
-
-@pytest.fixture
-def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
-    delete_all_rows(pg_engine)
-    yield make_session_factory(pg_engine)
-    delete_all_rows(pg_engine)
-
-
-@pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def json_events(text: str) -> list[dict[str, object]]:
