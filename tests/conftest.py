@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import shared
 from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.provider import TelnyxProvider
+from shared.settings import get_settings
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 
 # Fixed seed and no example database: the same examples on every run, nothing written to disk.
@@ -165,6 +166,20 @@ def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
         yield make_session_factory(engine)
     finally:
         delete_all_rows(engine)
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Set environment variables and re-read the settings; both undone after the test."""
+
+    def set_env(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    yield set_env
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 @pytest.fixture

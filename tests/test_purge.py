@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -140,18 +141,12 @@ def test_paused_runs_log_and_skip(session_factory: Factory, now: datetime) -> No
 
 
 def test_pause_setting_is_read_from_the_environment(
-    session_factory: Factory, now: datetime, monkeypatch: pytest.MonkeyPatch
+    session_factory: Factory, now: datetime, settings_env: Callable[..., None]
 ) -> None:
-    from shared.settings import get_settings
-
     seed(session_factory, now, {"+14155550107": timedelta(days=20)})
-    monkeypatch.setenv("PURGE_PAUSED", "true")
-    get_settings.cache_clear()
-    try:
-        assert purge_expired(session_factory, now=now).status == "paused"
-    finally:
-        monkeypatch.delenv("PURGE_PAUSED")
-        get_settings.cache_clear()
+    settings_env(PURGE_PAUSED="true")
+    assert purge_expired(session_factory, now=now).status == "paused"
+    settings_env(PURGE_PAUSED="false")
     assert purge_expired(session_factory, now=now).status == "completed"
 
 

@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +20,6 @@ from shared.db import make_session_factory
 from shared.models import PhoneNumber, PurgedNumber
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
-from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
 from tests.conftest import delete_all_rows
@@ -193,18 +193,12 @@ def test_a_provider_down_for_the_whole_run_is_not_hammered(
     now: datetime,
     fake_telnyx: FakeTelnyx,
     telnyx: TelnyxProvider,
-    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., None],
 ) -> None:
     seed(session_factory, now, 30)
     fake_telnyx.default = telnyx_error(503, "90001", "Service unavailable")
-    monkeypatch.setenv("PROVIDER_FAILURE_STREAK", "5")
-    monkeypatch.setenv("PROVIDER_CONCURRENCY", "2")
-    get_settings.cache_clear()
-    try:
-        report = purge_expired(session_factory, now=now, provider=telnyx)
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    settings_env(PROVIDER_FAILURE_STREAK="5", PROVIDER_CONCURRENCY="2")
+    report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.status, report.purged) == ("provider_unavailable", 0)
     # The streak stops new calls; at most the calls already in flight finish.
     assert 5 <= sum(fake_telnyx.calls.values()) <= 5 + 1
@@ -216,17 +210,12 @@ def test_upstream_calls_are_bounded_in_concurrency(
     now: datetime,
     fake_telnyx: FakeTelnyx,
     telnyx: TelnyxProvider,
-    monkeypatch: pytest.MonkeyPatch,
+    settings_env: Callable[..., None],
 ) -> None:
     seed(session_factory, now, 12)
     fake_telnyx.default = Reply(200, "{}", delay=0.1)
-    monkeypatch.setenv("PROVIDER_CONCURRENCY", "3")
-    get_settings.cache_clear()
-    try:
-        assert purge_expired(session_factory, now=now, provider=telnyx).purged == 12
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    settings_env(PROVIDER_CONCURRENCY="3")
+    assert purge_expired(session_factory, now=now, provider=telnyx).purged == 12
     assert fake_telnyx.max_in_flight == 3
 
 
