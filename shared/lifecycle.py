@@ -30,14 +30,20 @@ def _next_billing(now: datetime) -> date:
     return (now + relativedelta(months=1)).date()
 
 
-def _lock_number(session: Session, account_id: str, phone_number: object) -> PhoneNumber:
-    """The account's number, locked for the rest of the transaction."""
-    number = validation.phone_number(phone_number)
-    row = session.scalars(
-        select(PhoneNumber).where(PhoneNumber.phone_number == number).with_for_update()
+def lock_number(session: Session, phone_number: object) -> PhoneNumber | None:
+    """The number (validated E.164), locked for the rest of the transaction, if it exists."""
+    return session.scalars(
+        select(PhoneNumber)
+        .where(PhoneNumber.phone_number == validation.phone_number(phone_number))
+        .with_for_update()
     ).one_or_none()
-    if row is None or row.account_id != account_id:
-        raise _not_found(number)
+
+
+def _lock_number(session: Session, account_id: str | None, phone_number: object) -> PhoneNumber:
+    """The number, locked, or number_not_found; with `account_id`, only that account's."""
+    row = lock_number(session, phone_number)
+    if row is None or (account_id is not None and row.account_id != account_id):
+        raise _not_found(validation.phone_number(phone_number))
     return row
 
 
@@ -154,14 +160,10 @@ def assign_campaign(
     session: Session, *, phone_number: str, campaign_id: str, status: str
 ) -> dict[str, Any]:
     """Store the number's 10DLC campaign assignment (US numbers only); returns the number."""
-    number_e164 = validation.phone_number(phone_number)
+    validation.phone_number(phone_number)
     campaign = validation.short_id(campaign_id, name="campaign_id")
     a2p = validation.a2p_status(status)
-    number = session.scalars(
-        select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
-    ).one_or_none()
-    if number is None:
-        raise _not_found(number_e164)
+    number = _lock_number(session, None, phone_number)
     if number.country_code != "US":
         raise ValidationError(
             "10DLC campaigns apply to US numbers only.",
@@ -247,13 +249,9 @@ def repurchase_number(
 
 def set_purge_hold(session: Session, *, phone_number: str, held: bool) -> dict[str, Any]:
     """Put a number on hold (never purged while held) or lift the hold."""
-    number_e164 = validation.phone_number(phone_number)
+    validation.phone_number(phone_number)
     hold = validation.flag(held, name="held")
-    number = session.scalars(
-        select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
-    ).one_or_none()
-    if number is None:
-        raise _not_found(number_e164)
+    number = _lock_number(session, None, phone_number)
     number.purge_hold = hold
     session.flush()
     return {"phoneNumber": number.phone_number, "held": number.purge_hold}

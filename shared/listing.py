@@ -72,11 +72,14 @@ def released_numbers_body(
 ) -> dict[str, Any]:
     """GET /numbers/released: the account's repurchasable numbers, newest release first."""
     now = resolve_now(now)
-    account = require_account(session, account_id)
     rows = session.execute(
         select(PhoneNumber, CampaignAssignment.status)
         .outerjoin(CampaignAssignment, CampaignAssignment.number_id == PhoneNumber.id)
-        .where(PhoneNumber.account_id == account.id, offered(now))
+        .where(PhoneNumber.account_id == validation.account_id(account_id), offered(now))
         .order_by(PhoneNumber.released_at.desc(), PhoneNumber.id.desc())
     ).all()
+    if not rows:
+        # Only an empty list needs to tell "no numbers" from "no such account" (one query less
+        # on the hot path).
+        require_account(session, account_id)
     return {"numbers": [number_body(number, status) for number, status in rows]}

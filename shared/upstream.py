@@ -18,8 +18,8 @@ from typing import cast
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import validation
 from shared.errors import ValidationError
+from shared.lifecycle import lock_number
 from shared.models import PhoneNumber
 from shared.provider import Provider, UpstreamResult
 from shared.retention import purgeable_clause
@@ -165,13 +165,10 @@ def record_failures(
 
 def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
     """Clear a claimed number's upstream failure (after a person fixed its cause)."""
-    number_e164 = validation.phone_number(phone_number)
-    number = session.scalars(
-        select(PhoneNumber).where(PhoneNumber.phone_number == number_e164).with_for_update()
-    ).one_or_none()
+    number = lock_number(session, phone_number)
     if number is None or number.provider_error_code is None:
         raise ValidationError(
-            f"Number {number_e164} has no upstream failure to retry.",
+            f"Number {phone_number} has no upstream failure to retry.",
             code="no_upstream_failure",
             fix="`numbers-retention status` lists the numbers kept by upstream failures.",
         )

@@ -1,0 +1,48 @@
+"""The benchmarks still run and print their closing line (tiny stores; no timing asserted)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+BENCH = Path(__file__).parent.parent / "bench"
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "last_line"),
+    [
+        (
+            "purge.py",
+            ["--rows", "3000", "--repeat", "1"],
+            r"purge: rows=\d+ project=\d+ limit=\d+ naive=\d+ vs_limit=[\d.]+ vs_naive=[\d.]+ "
+            r"worst_batch_ms=[\d.]+ peak_rss_mb=[\d.]+",
+        ),
+        (
+            "list.py",
+            ["--rows", "3000", "--calls", "50", "--repeat", "1"],
+            r"list: median_ms=[\d.]+ p99_ms=[\d.]+",
+        ),
+        ("publish.py", ["--rows", "3000", "--repeat", "1"], r"publish: numbers=\d+ seconds=[\d.]+"),
+    ],
+)
+def test_benchmark_runs(
+    pg_url: str, redis_url: str, script: str, args: list[str], last_line: str
+) -> None:
+    url = make_url(pg_url).set(database="bench_smoke").render_as_string(hide_password=False)
+    extra = ["--redis-url", redis_url] if script == "publish.py" else []
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--url", url, *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.fullmatch(last_line, done.stdout.strip().splitlines()[-1])
