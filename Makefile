@@ -29,5 +29,10 @@ pytest: install
 
 test: lint types pytest
 
+bench: install
+	$(BIN)/python bench/purge.py --rows 1000000
+	$(BIN)/python bench/list.py
+	$(BIN)/python bench/publish.py
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -110,3 +110,24 @@ def test_run_purges_demo_numbers_on_the_embedded_default(tmp_path: Path) -> None
     status = json.loads(cli(tmp_path, "status", "--json").stdout)
     assert status["overdue"] == 0
     assert status["last_runs"][0]["purged"] == seeded["overdue"]
+
+
+def test_an_unmigrated_store_gets_the_envelope_not_a_traceback(tmp_path: Path) -> None:
+    result = cli(tmp_path, "status")
+    assert result.returncode == 1
+    envelope = json.loads(result.stderr.strip().splitlines()[-1])
+    assert envelope["error"]["code"] == "store_not_migrated"
+    assert "numbers-retention migrate" in envelope["error"]["fix"]
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_store_is_named_without_its_password(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path) | {"DATABASE_URL": "postgresql://ops:s3cret-pw@127.0.0.1:9/x"}
+    result = subprocess.run(
+        [*CLI, "list", "--account", "acc_1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    envelope = json.loads(result.stderr.strip().splitlines()[-1])
+    assert envelope["error"]["code"] == "store_unavailable"
+    assert "ops:***@127.0.0.1:9" in envelope["error"]["message"]
+    assert "s3cret-pw" not in result.stderr + result.stdout

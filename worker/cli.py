@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 
-from shared.db import make_engine, make_session_factory
+from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
-from shared.errors import ApiError
+from shared.errors import ApiError, InternalError
 from shared.lifecycle import set_purge_hold
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
@@ -42,6 +43,26 @@ class Commands(click.Group):
         except ApiError as error:
             click.echo(json.dumps(error.body()), err=True)
             ctx.exit(1 if error.status >= 500 else 2)
+        except SQLAlchemyError as error:
+            # The driver's text can name hosts and users: say what failed, in our words.
+            click.echo(json.dumps(store_error(error).body()), err=True)
+            ctx.exit(1)
+
+
+def store_error(error: SQLAlchemyError) -> InternalError:
+    """An unreachable or unmigrated store, as the API's 500 envelope."""
+    where = redact_url(get_settings().resolved_database_url())
+    if isinstance(error, ProgrammingError | NoSuchTableError) or "no such table" in str(error):
+        return InternalError(
+            f"The store at {where} has no numbers-retention tables.",
+            code="store_not_migrated",
+            fix="Run `numbers-retention migrate` against it first.",
+        )
+    return InternalError(
+        f"The store at {where} could not be used ({type(error).__name__}).",
+        code="store_unavailable",
+        fix="Check that the database is up and DATABASE_URL points at it.",
+    )
 
 
 def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
