@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -46,6 +47,10 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The structured events this process logged so far."""
+        return json_events(self.output())
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the whole process group (pool children included)."""
@@ -97,3 +102,15 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def json_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines in `text` (other lines, e.g. Celery's banner, are passed over)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events

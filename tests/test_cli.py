@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.processes import Process, wait_for
-from tests.test_worker_processes import json_events
+from tests.processes import Process, json_events, wait_for
 
 CLI = [sys.executable, "-m", "worker.cli"]
 
@@ -99,7 +98,7 @@ def test_run_purges_demo_numbers_on_the_embedded_default(tmp_path: Path) -> None
     process = Process([*CLI, "run"], embedded_env(tmp_path), tmp_path / "run.log")
     try:
         finished = wait_for(
-            lambda: [e for e in json_events(process.output()) if e["event"] == "purge.finished"],
+            lambda: [e for e in process.events() if e["event"] == "purge.finished"],
             timeout=60,
             what="purge.finished from `numbers-retention run`",
         )

@@ -9,7 +9,6 @@ own (tests/servers.py); the shared PostgreSQL and Redis are only used as they ar
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import threading
@@ -188,23 +187,12 @@ def assert_all_purged(engine: Engine, seeded: Seeded) -> None:
     assert set(state.numbers) == set(seeded.kept)
 
 
-def log_events(process: Process) -> list[dict[str, Any]]:
-    events = []
-    for line in process.output().splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
-
-
 def retry_countdowns(process: Process, task_name: str) -> list[int]:
     """The countdowns Celery logged for retries of `task_name` ("Retry in 2s: ...")."""
     pattern = re.compile(r"Retry in (\d+)s")
     return [
         int(match.group(1))
-        for event in log_events(process)
+        for event in process.events()
         if task_name in str(event.get("event", ""))
         and (match := pattern.search(str(event.get("event", ""))))
     ]
@@ -255,7 +243,7 @@ def test_sigkill_mid_purge_then_restart_finishes_exactly_once(
             what="the restarted worker to finish the purge",
         )
         wait_for(
-            lambda: any(e["event"] == "purge.finished" for e in log_events(second)),  # type: ignore[union-attr]
+            lambda: any(e["event"] == "purge.finished" for e in second.events()),  # type: ignore[union-attr]
             timeout=30,
             what="purge.finished from the restarted worker",
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,17 +16,6 @@ from tests.factories import make_number
 from tests.processes import service_env, start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
-
-
-def json_events(text: str) -> list[dict[str, object]]:
-    events = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events
 
 
 def test_worker_and_beat_purge_overdue_and_publish_fresh(
@@ -85,15 +73,14 @@ def test_worker_and_beat_purge_overdue_and_publish_fresh(
         )
         assert sorted(published) == fresh
         assert read_releasable(redis_client, account_id="acc_old") == []
-        events = json_events(worker.output())
         wait_for(
-            lambda: any(e["event"] == "purge.finished" for e in json_events(worker.output())),
+            lambda: any(e["event"] == "purge.finished" for e in worker.events()),
             timeout=10,
             what="purge.finished in the worker's log",
         )
-        events = json_events(worker.output())
+        events = worker.events()
         batches = [e for e in events if e["event"] == "purge.batch"]
-        assert sum(int(e["purged"]) for e in batches) == 30  # type: ignore[call-overload]
+        assert sum(int(e["purged"]) for e in batches) == 30
         assert all(e["task_name"] == "numbers.purge_expired" and e["task_id"] for e in batches)
         assert any(e["event"] == "releasable.published" for e in events)
     finally:
