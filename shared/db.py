@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_settings
@@ -24,7 +25,7 @@ def redact_url(url: str) -> str:
     """The URL with its password replaced by ***, safe for logs and messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - any unparsable URL is simply not shown
+    except (ArgumentError, ValueError):  # an unparsable URL is simply not shown
         return "<unparsable url>"
 
 
