@@ -21,13 +21,15 @@ from shared.retention import as_utc, utcnow
 from shared.settings import get_settings
 from worker.app import app, redis_url
 
+settings = get_settings()
+
 # Retried with backoff and jitter: a database or Redis that is briefly away. Anything else
 # (bad input, a bug) fails the task at once.
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
 RETRY: dict[str, Any] = {
     "autoretry_for": TRANSIENT,
-    "retry_backoff": get_settings().task_retry_backoff,
-    "retry_backoff_max": get_settings().task_retry_backoff_max,
+    "retry_backoff": settings.task_retry_backoff,
+    "retry_backoff_max": settings.task_retry_backoff_max,
     "retry_jitter": True,
     "max_retries": 8,
 }
@@ -99,9 +101,6 @@ def _not_ahead(now: datetime | None) -> datetime | None:
             "a dry run may look ahead.",
         )
     return now
-
-
-settings = get_settings()
 
 
 @app.task(
