@@ -199,6 +199,11 @@ class PurgedNumber(Base):
     run_id: Mapped[str] = mapped_column(String(36), index=True)
     provider: Mapped[str | None] = mapped_column(String(16))
     upstream_released_at: Mapped[datetime | None]
+    # How the number was settled upstream: 'provider' (its record of the id), 'not_found'
+    # (its 404), 'no_provider_id' (nothing held there), 'operator' (a person, with a note).
+    resolution: Mapped[str | None] = mapped_column(String(16))
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    resolution_note: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"PurgedNumber(number_id={self.number_id!r}, phone_number={self.phone_number!r})"
@@ -211,7 +216,8 @@ class PurgeRun(Base):
     __table_args__ = (
         CheckConstraint(
             "status IN ('running', 'completed', 'limit_reached', 'skipped', 'paused', "
-            "'dry_run', 'failed', 'provider_unavailable')",
+            "'dry_run', 'failed', 'provider_unavailable', 'provider_misconfigured', "
+            "'interrupted')",
             name="run_status_known",
         ),
     )
