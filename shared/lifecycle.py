@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import validation
+from shared import provider, validation
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import iso_timestamp, number_body, require_account
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
@@ -111,9 +111,7 @@ def register_number(
         "number_type": validation.number_type(number_type),
         "monthly_price": validation.monthly_price(monthly_price),
         "label": validation.label(label),
-        "provider_number_id": validation.short_id(
-            provider_number_id, name="provider_number_id", optional=True
-        ),
+        "provider_number_id": provider.provider_number_id(provider_number_id),
     }
     account = require_account(session, account_id, lock=True)
     existing = session.scalars(

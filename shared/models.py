@@ -234,3 +234,17 @@ class PurgeRun(Base):
 
     def __repr__(self) -> str:
         return f"PurgeRun(id={self.id!r}, status={self.status!r}, purged={self.purged!r})"
+
+
+class PurgeControl(Base):
+    """An operator's live control of the purge (e.g. 'pause'), read by every run per batch."""
+
+    __tablename__ = "purge_controls"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    set_by: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return f"PurgeControl(name={self.name!r}, set_by={self.set_by!r})"

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.controls import pause_reason
 from shared.listing import iso_timestamp
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
 from shared.provider import Provider, make_provider
@@ -465,11 +466,12 @@ def _run(
     paused: bool,
     provider: Provider | None,
 ) -> None:
-    if paused:
-        report.status, report.reason = "paused", "PURGE_PAUSED is set"
-        with factory() as session:
+    with factory() as session:
+        reason = pause_reason(session, deploy_paused=paused)
+        if reason is not None:
+            report.status, report.reason = "paused", reason
             report.remaining = count_overdue(session, now)
-        return
+            return
     if report.dry_run:
         with factory() as session:
             report.would_purge = report.remaining = count_overdue(session, now)

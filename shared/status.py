@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.controls import read_pause
 from shared.listing import iso_timestamp, offered
 from shared.models import PhoneNumber, PurgeRun
 from shared.purge import overdue_filter
@@ -46,8 +47,11 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
     ).all()
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - (oldest + RETENTION)).total_seconds() if oldest is not None else 0.0
+    pause = read_pause(session)
     return {
         "now": iso_timestamp(now),
+        "paused": pause is not None,
+        "pause": pause.as_dict() if pause else None,
         "overdue": overdue,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,

@@ -111,22 +111,22 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def label(value: object) -> str | None:
-    """An optional label of at most 255 characters; empty means none."""
+def text(value: object, *, name: str, limit: int) -> str | None:
+    """Optional free text (a label, a reason) of at most `limit` characters; empty means none."""
     if value is None or value == "":
         return None
-    if (
-        not isinstance(value, str)
-        or len(value) > LABEL_MAX
-        or "\x00" in value
-        or not _is_text(value)
-    ):
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value or not _is_text(value):
         raise ValidationError(
-            f"label must be text of at most {LABEL_MAX} characters, without NUL.",
-            code="invalid_label",
-            fix=f"Send at most {LABEL_MAX} characters of text, without NUL or lone surrogates.",
+            f"{name} must be text of at most {limit} characters, without NUL.",
+            code=f"invalid_{name}",
+            fix=f"Send at most {limit} characters of text, without NUL or lone surrogates.",
         )
     return value
+
+
+def label(value: object) -> str | None:
+    """An optional label of at most 255 characters; empty means none."""
+    return text(value, name="label", limit=LABEL_MAX)
 
 
 def plan(value: object) -> str:
@@ -153,10 +153,8 @@ def a2p_status(value: object) -> str:
     return value
 
 
-def short_id(value: object, *, name: str, optional: bool = False) -> str | None:
-    """A provider or campaign id: printable, at most 64 characters."""
-    if optional and value is None:
-        return None
+def short_id(value: object, *, name: str) -> str:
+    """An id (a campaign's, an operator's): printable, at most 64 characters."""
     if not isinstance(value, str) or not value or len(value) > 64 or not value.isprintable():
         raise ValidationError(
             f"{name} must be a non-empty string of at most 64 printable characters.",

@@ -19,7 +19,14 @@ from shared.db import make_engine
 from shared.models import Base
 from tests.factories import NOW, make_number
 
-TABLES = {"accounts", "phone_numbers", "campaign_assignments", "purged_numbers", "purge_runs"}
+TABLES = {
+    "accounts",
+    "phone_numbers",
+    "campaign_assignments",
+    "purged_numbers",
+    "purge_runs",
+    "purge_controls",
+}
 
 VALID_NUMBER: dict[str, Any] = {
     "account_id": "acc_raw",

@@ -212,6 +212,43 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> Non
     assert (report["overdue"], report["held"], report["oldest_overdue_seconds"]) == (1, 0, 86400)
 
 
+def test_pause_stops_every_run_until_resume_and_status_says_who_and_why(store: Store) -> None:
+    paused = store.cli("pause", "--reason", "carrier audit", "--by", "ops")
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout) | {"at": None} == {
+        "paused": True,
+        "reason": "carrier audit",
+        "by": "ops",
+        "at": None,
+    }
+    report = store.status()
+    assert report["paused"] is True
+    assert report["pause"]["by"] == "ops" and report["pause"]["reason"] == "carrier audit"
+
+    run = store.cli("purge", "--now", NOW.isoformat())
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert (summary["status"], summary["purged"], summary["remaining"]) == ("paused", 0, 3)
+    assert summary["reason"] == "paused by ops: carrier audit"
+    assert store.status()["overdue"] == 3
+
+    resumed = store.cli("resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout) == {"paused": False, "was_paused": True}
+    assert store.status()["paused"] is False
+    run = store.cli("purge", "--now", NOW.isoformat())
+    assert json.loads(run.stdout)["purged"] == 3
+    again = store.cli("resume")
+    assert json.loads(again.stdout) == {"paused": False, "was_paused": False}
+
+
+def test_a_bad_pause_reason_is_refused_with_the_envelope(sqlite_store: Store) -> None:
+    done = sqlite_store.cli("pause", "--reason", "x" * 501)
+    assert done.returncode == 2
+    assert json.loads(done.stderr)["error"]["code"] == "invalid_reason"
+    assert sqlite_store.status()["paused"] is False
+
+
 def test_hold_of_an_unknown_or_malformed_number_prints_the_error_envelope(
     sqlite_store: Store,
 ) -> None:
@@ -248,6 +285,8 @@ def test_status_table_lists_runs_with_their_notes() -> None:
         "upstream_failed": 0,
         "upstream_permanent": 0,
         "upstream_stuck": [],
+        "paused": True,
+        "pause": {"reason": "carrier audit", "by": "ops", "at": "2026-11-27T11:40:00Z"},
         "last_runs": [
             {
                 "started_at": "2026-11-27T11:45:00.123Z",
@@ -272,6 +311,7 @@ def test_status_table_lists_runs_with_their_notes() -> None:
     assert _status_table(report).splitlines() == [
         "Retention status at 2026-11-27 12:00:00Z",
         "",
+        "  Paused                   yes, by ops since 2026-11-27 11:40:00Z: carrier audit",
         "  Overdue (purgeable now)  0",
         "  Oldest overdue           -",
         "  On hold                  2",

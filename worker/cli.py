@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 import sys
@@ -13,6 +14,7 @@ import click
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 
+from shared.controls import pause_purge, resume_purge
 from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError, InternalError
@@ -261,7 +263,15 @@ def _status_table(report: dict[str, Any]) -> str:
         )
     else:
         oldest = "-"
+    pause = report["pause"]
     facts = [
+        (
+            "Paused",
+            f"yes, by {pause['by']} since {_when(pause['at'])}"
+            + (f": {pause['reason']}" if pause["reason"] else "")
+            if pause
+            else "no",
+        ),
         ("Overdue (purgeable now)", f"{report['overdue']:,}"),
         ("Oldest overdue", oldest),
         ("On hold", f"{report['held']:,}"),
@@ -345,6 +355,30 @@ def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
     with make_session_factory(_engine()).begin() as session:
         _print_json(set_purge_hold(session, phone_number=phone_number, held=False))
+
+
+def _operator() -> str:
+    """Who runs this command, for the records it leaves (the login name)."""
+    try:
+        return getpass.getuser()[:64] or "unknown"
+    except OSError:  # no login name (a container without a passwd entry)
+        return "unknown"
+
+
+@main.command()
+@click.option("--reason", help="Why; shown by `status` and in each paused run's record.")
+@click.option("--by", default=_operator, show_default="login name", help="Who pauses.")
+def pause(reason: str | None, by: str) -> None:
+    """Pause every purge at its next batch boundary, on every worker, until `resume`."""
+    with make_session_factory(_engine()).begin() as session:
+        _print_json(pause_purge(session, by=by, reason=reason))
+
+
+@main.command()
+def resume() -> None:
+    """Lift a pause: the next purge run (scheduled or by hand) purges again."""
+    with make_session_factory(_engine()).begin() as session:
+        _print_json(resume_purge(session))
 
 
 @main.command("retry-upstream")

@@ -1,4 +1,4 @@
-"""Purge controls: pause and pace stored in the store.
+"""Purge controls: an operator's pause (and later the pace), stored in the store.
 
 Revision ID: 0004
 Revises: 0003
@@ -7,6 +7,11 @@ Create Date: 2026-11-27
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
+from shared.models import UTCDateTime
+
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +19,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "purge_controls",
+        sa.Column("name", sa.String(16), primary_key=True),
+        sa.Column("reason", sa.Text()),
+        sa.Column("set_by", sa.String(64), nullable=False),
+        sa.Column("set_at", UTCDateTime(), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("purge_controls")
