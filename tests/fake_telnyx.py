@@ -29,7 +29,15 @@ def telnyx_error(status: int, code: str, title: str = "Error", detail: str = "")
     return Reply(status, body)
 
 
-OK = Reply(200, json.dumps({"data": {"id": "x", "status": "deleted"}}))
+def record(number_id: str) -> Reply:
+    """Telnyx's 200 answer to a DELETE: the phone-number record of that id."""
+    data = {"id": number_id, "record_type": "phone_number", "status": "deleted"}
+    return Reply(200, json.dumps({"data": data}))
+
+
+# The default answer: the record of whichever id was asked for.
+OK = Reply(200, None)
+NOT_FOUND = telnyx_error(404, "10005", "Resource not found")
 
 
 class FakeTelnyx:
@@ -41,6 +49,7 @@ class FakeTelnyx:
         self.calls: defaultdict[str, int] = defaultdict(int)
         self.released: set[str] = set()  # ids answered 200 or 404: gone upstream
         self.unauthorized = 0
+        self.checks = 0  # read-only GET /v2/phone_numbers calls (the run's pre-flight check)
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -50,23 +59,40 @@ class FakeTelnyx:
         with self._lock:
             self.calls[number_id] += 1
             replies = self.script.get(number_id)
-            if not replies:
-                return self.default
-            return replies.pop(0) if len(replies) > 1 else replies[0]
+            reply = self.default
+            if replies:
+                reply = replies.pop(0) if len(replies) > 1 else replies[0]
+            if reply.status == 200 and reply.body is None:  # the record of the id asked for
+                return Reply(200, record(number_id).body, reply.headers, reply.delay)
+            return reply
 
     @contextmanager
     def running(self) -> Iterator[FakeTelnyx]:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _authorized(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {API_KEY}":
+                    return True
+                fake.unauthorized += 1
+                self._send(telnyx_error(401, "10009", "Authentication failed"))
+                return False
+
+            def do_GET(self) -> None:
+                if not self._authorized():
+                    return
+                if self.path.split("?")[0] != "/v2/phone_numbers":
+                    self._send(NOT_FOUND)
+                    return
+                fake.checks += 1
+                self._send(Reply(200, json.dumps({"data": [], "meta": {"total_results": 0}})))
+
             def do_DELETE(self) -> None:
-                if self.headers.get("Authorization") != f"Bearer {API_KEY}":
-                    fake.unauthorized += 1
-                    self._send(telnyx_error(401, "10009", "Authentication failed"))
+                if not self._authorized():
                     return
                 prefix = "/v2/phone_numbers/"
                 if not self.path.startswith(prefix):
-                    self._send(Reply(404, "{}"))
+                    self._send(NOT_FOUND)
                     return
                 with fake._lock:
                     fake.in_flight += 1
@@ -87,7 +113,8 @@ class FakeTelnyx:
                 payload = (reply.body if reply.body is not None else "").encode()
                 try:
                     self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json")
+                    if "Content-Type" not in reply.headers:
+                        self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     for key, value in reply.headers.items():
                         self.send_header(key, value)

@@ -60,7 +60,7 @@ def test_open_account(session: Session, plan: str) -> None:
 
 def test_register_number(session: Session, phone_number_validator: Draft202012Validator) -> None:
     shared.open_account(session, account_id="acc_a", plan="paid")
-    body = register(session, monthly_price="1.50", label="Front desk", provider_number_id="pn_1")
+    body = register(session, monthly_price="1.50", label="Front desk", provider_number_id="1001")
     assert body == {
         "phoneNumber": "+14155550999",
         "label": "Front desk",
@@ -76,7 +76,7 @@ def test_register_number(session: Session, phone_number_validator: Draft202012Va
     assert (row.account_id, row.billing_status, row.released_at) == ("acc_a", "active", None)
     assert row.created_at == NOW
     assert row.monthly_price == Decimal("1.50")
-    assert (row.provider_number_id, row.purge_hold, row.purge_state) == ("pn_1", False, None)
+    assert (row.provider_number_id, row.purge_hold, row.purge_state) == ("1001", False, None)
 
 
 @pytest.mark.parametrize(

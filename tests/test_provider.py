@@ -8,7 +8,7 @@ import pytest
 
 from shared.provider import NoProvider, TelnyxProvider, make_provider
 from shared.settings import Settings
-from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, telnyx_error
+from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
 
 
 def test_200_releases(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
@@ -19,7 +19,7 @@ def test_200_releases(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
 def test_404_counts_as_released_so_the_call_is_safe_to_repeat(
     fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
-    fake_telnyx.script["222"] = [Reply(200, "{}"), telnyx_error(404, "10005", "Resource not found")]
+    fake_telnyx.script["222"] = [OK, telnyx_error(404, "10005", "Resource not found")]
     assert telnyx.release("222").outcome == "released"
     assert telnyx.release("222").outcome == "released"
     assert fake_telnyx.calls["222"] == 2
@@ -52,7 +52,7 @@ def test_5xx_is_transient(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, statu
     assert "Internal error" in body["error"]["message"]
 
 
-@pytest.mark.parametrize(("status", "code"), [(400, "10015"), (403, "10010"), (422, "10007")])
+@pytest.mark.parametrize(("status", "code"), [(400, "10015"), (409, "10019"), (422, "10007")])
 def test_other_4xx_is_permanent_and_keeps_the_telnyx_code(
     fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, status: int, code: str
 ) -> None:
@@ -69,7 +69,7 @@ def test_other_4xx_is_permanent_and_keeps_the_telnyx_code(
 def test_slow_response_past_the_timeout_is_transient(
     fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
-    fake_telnyx.script["666"] = [Reply(200, "{}", delay=2.0)]
+    fake_telnyx.script["666"] = [Reply(200, None, delay=2.0)]
     result = telnyx.release("666")
     assert result.outcome == "transient"
     assert result.error is not None
@@ -105,7 +105,7 @@ def test_the_key_is_sent_as_a_bearer_token(fake_telnyx: FakeTelnyx) -> None:
         result = wrong.release("999")
     finally:
         wrong.close()
-    assert result.outcome == "permanent"
+    assert result.outcome == "misconfigured"
     assert fake_telnyx.unauthorized == 1
     assert result.error is not None
     assert "wrong" not in result.error.message

@@ -123,7 +123,7 @@ def seed_rounds(factory: Factory) -> list[Round]:
                         monthly_price=Decimal("1.00"),
                         released_at=released_at,
                         purge_hold=False,
-                        provider_number_id=f"prov-{number[1:]}",
+                        provider_number_id=number[1:],
                     )
                 )
             rounds.append(Round(now, owners, fresh, active, {}))

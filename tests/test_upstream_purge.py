@@ -24,7 +24,7 @@ from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
 from tests.conftest import delete_all_rows
 from tests.factories import ensure_account
-from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, telnyx_error
+from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
 from tests.processes import service_env, start_worker, wait_for
 
 Factory = sessionmaker[Session]
@@ -34,7 +34,7 @@ OVERDUE = timedelta(days=15)
 def seed(
     factory: Factory, now: datetime, count: int, *, age: timedelta = OVERDUE, start: int = 0
 ) -> list[str]:
-    """`count` numbers released `age` before `now`, provider id 'pn<i>'; their E.164 numbers."""
+    """`count` numbers released `age` before `now`, provider id '70<i>'; their E.164 numbers."""
     numbers = [f"+1415730{i:04d}" for i in range(start, start + count)]
     with factory.begin() as session:
         ensure_account(session, "acc_up")
@@ -48,7 +48,7 @@ def seed(
                 country_code="US",
                 number_type="local",
                 monthly_price="1.00",
-                provider_number_id=f"pn{i}",
+                provider_number_id=f"70{i}",
                 now=now - timedelta(days=30),
             )
             shared.release_number(session, account_id="acc_up", phone_number=number, now=now - age)
@@ -73,7 +73,7 @@ def test_released_upstream_then_tombstoned(
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.status, report.purged, report.provider) == ("completed", 5, "telnyx")
     assert (report.provider_released, report.provider_failed, report.provider_skipped) == (5, 0, 0)
-    assert dict(fake_telnyx.calls) == {f"pn{i}": 1 for i in range(5)}
+    assert dict(fake_telnyx.calls) == {f"70{i}": 1 for i in range(5)}
     tombstones = stones(session_factory)
     assert sorted(tombstones) == numbers
     assert all(
@@ -89,13 +89,13 @@ def test_404_counts_as_released_and_no_id_skips_the_call(
     with session_factory.begin() as session:
         session.execute(
             update(PhoneNumber)
-            .where(PhoneNumber.provider_number_id == "pn1")
+            .where(PhoneNumber.provider_number_id == "701")
             .values(provider_number_id=None)
         )
-    fake_telnyx.script["pn0"] = [telnyx_error(404, "10005", "Resource not found")]
+    fake_telnyx.script["700"] = [telnyx_error(404, "10005", "Resource not found")]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_released, report.provider_skipped) == (2, 1, 1)
-    assert dict(fake_telnyx.calls) == {"pn0": 1}
+    assert dict(fake_telnyx.calls) == {"700": 1}
     providers = {t.provider for t in stones(session_factory).values()}
     assert providers == {"telnyx", None}
 
@@ -104,9 +104,9 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake_telnyx.script["pn0"] = [
+    fake_telnyx.script["700"] = [
         telnyx_error(503, "90001", "Service unavailable"),
-        Reply(200, "{}"),
+        OK,
     ]
     first = purge_expired(session_factory, now=now, provider=telnyx)
     assert (first.purged, first.provider_failed, first.remaining) == (0, 1, 1)
@@ -125,10 +125,10 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     assert status["upstream_stuck"][0]["provider_code"] == "90001"
     # Before the backoff has passed: not called again.
     purge_expired(session_factory, now=now + timedelta(seconds=59), provider=telnyx)
-    assert fake_telnyx.calls["pn0"] == 1
+    assert fake_telnyx.calls["700"] == 1
     done = purge_expired(session_factory, now=now + timedelta(seconds=60), provider=telnyx)
     assert (done.purged, done.provider_released) == (1, 1)
-    assert fake_telnyx.calls["pn0"] == 2
+    assert fake_telnyx.calls["700"] == 2
     assert list(stones(session_factory)) == [number]
 
 
@@ -136,7 +136,7 @@ def test_429_waits_as_long_as_retry_after_says(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake_telnyx.script["pn0"] = [
+    fake_telnyx.script["700"] = [
         Reply(429, '{"errors": [{"code": "10011"}]}', {"Retry-After": "900"})
     ]
     purge_expired(session_factory, now=now, provider=telnyx)
@@ -147,13 +147,13 @@ def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake_telnyx.script["pn0"] = [
+    fake_telnyx.script["700"] = [
         telnyx_error(422, "10007", "Unprocessable", "Number is in a port-out"),
-        Reply(200, "{}"),
+        OK,
     ]
     purge_expired(session_factory, now=now, provider=telnyx)
     purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx)
-    assert fake_telnyx.calls["pn0"] == 1
+    assert fake_telnyx.calls["700"] == 1
     kept = rows(session_factory)[number]
     assert kept.provider_failed_permanently
     assert kept.provider_next_attempt_at is None
@@ -163,12 +163,12 @@ def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
     with session_factory.begin() as session:
         reset_upstream(session, phone_number=number)
     assert purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx).purged == 1
-    assert fake_telnyx.calls["pn0"] == 2
+    assert fake_telnyx.calls["700"] == 2
 
 
 @pytest.mark.parametrize(
     "reply",
-    [Reply(200, "{}", delay=1.5), Reply(500, "<html>oops</html>"), Reply(502, "")],
+    [Reply(200, None, delay=1.5), Reply(500, "<html>oops</html>"), Reply(502, "")],
     ids=["timeout", "html-500", "empty-502"],
 )
 def test_slow_and_malformed_answers_keep_the_row(
@@ -179,7 +179,7 @@ def test_slow_and_malformed_answers_keep_the_row(
     reply: Reply,
 ) -> None:
     [number] = seed(session_factory, now, 1)
-    fake_telnyx.script["pn0"] = [reply]
+    fake_telnyx.script["700"] = [reply]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_failed) == (0, 1)
     kept = rows(session_factory)[number]
@@ -213,7 +213,7 @@ def test_upstream_calls_are_bounded_in_concurrency(
     settings_env: Callable[..., None],
 ) -> None:
     seed(session_factory, now, 12)
-    fake_telnyx.default = Reply(200, "{}", delay=0.1)
+    fake_telnyx.default = Reply(200, None, delay=0.1)
     settings_env(PROVIDER_CONCURRENCY="3")
     assert purge_expired(session_factory, now=now, provider=telnyx).purged == 12
     assert fake_telnyx.max_in_flight == 3
@@ -231,7 +231,7 @@ def test_rows_left_claimed_by_a_dead_run_are_picked_up_and_called_again(
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_released) == (3, 3)
     # The second call for each number was harmless; each is tombstoned exactly once.
-    assert dict(fake_telnyx.calls) == {"pn0": 2, "pn1": 2, "pn2": 2}
+    assert dict(fake_telnyx.calls) == {"700": 2, "701": 2, "702": 2}
     assert sorted(stones(session_factory)) == numbers
 
 
@@ -239,7 +239,7 @@ def test_the_key_never_reaches_logs_or_summaries(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     seed(session_factory, now, 2)
-    fake_telnyx.script["pn1"] = [telnyx_error(500, "90000", "boom")]
+    fake_telnyx.script["701"] = [telnyx_error(500, "90000", "boom")]
     with capture_logs() as logs:
         report = purge_expired(session_factory, now=now, provider=telnyx)
     with session_factory() as session:
@@ -259,10 +259,10 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
     for i in range(40):
         kind = chance.random()
         if kind < 0.1:
-            fake_telnyx.script[f"pn{i}"] = [telnyx_error(403, "10010", "Forbidden")]
+            fake_telnyx.script[f"70{i}"] = [telnyx_error(422, "10015", "Unprocessable")]
         elif kind < 0.5:
             failures = [telnyx_error(500, "90000", "flaky")] * chance.randint(1, 3)
-            fake_telnyx.script[f"pn{i}"] = [*failures, Reply(200, "{}")]
+            fake_telnyx.script[f"70{i}"] = [*failures, OK]
     when = now
     for _ in range(8):
         purge_expired(session_factory, now=when, provider=telnyx)
@@ -276,7 +276,7 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
     for row in kept.values():
         assert row.provider_number_id not in fake_telnyx.released
         assert row.provider_failed_permanently
-        assert row.provider_code == "10010"
+        assert row.provider_code == "10015"
     assert len(tombstones) >= 30
 
 
@@ -328,7 +328,7 @@ def test_a_worker_killed_between_claim_and_delete(
         claimed = {n for n, row in rows(factory).items() if row.purge_state == "purging"}
         assert len(claimed) == 6
         assert stones(factory) == {}
-        fake_telnyx.default = Reply(200, "{}")
+        fake_telnyx.default = OK
         provider = TelnyxProvider(base_url=fake_telnyx.url, api_key=API_KEY, timeout=5)
         try:
             report = purge_expired(factory, now=now, provider=provider)
