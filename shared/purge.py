@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +28,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     select,
     update,
 )
@@ -38,10 +38,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.controls import pause_reason
 from shared.listing import iso_timestamp
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
-from shared.provider import Provider, make_provider
+from shared.provider import Provider, UpstreamResult, make_provider
 from shared.retention import cutoff as retention_cutoff
-from shared.retention import purgeable_clause, resolve_now
+from shared.retention import not_ahead, purgeable_clause, resolve_now, utcnow
 from shared.settings import get_settings
+from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 from shared.upstream import claim_batch, record_failures, release_upstream
 
 log = structlog.get_logger("shared.purge")
@@ -49,11 +50,6 @@ log = structlog.get_logger("shared.purge")
 # Any constant works; it only has to be the same for every purge process on the database.
 PURGE_LOCK_KEY = 0x6E756D62  # "numb"
 SAMPLE_SIZE = 10
-TOMBSTONE_COLUMNS = (
-    "number_id", "account_id", "phone_number", "label", "created_at", "country_code",
-    "number_type", "next_billing_date", "monthly_price", "released_at", "provider_number_id",
-    "campaign_id", "a2p_status", "purged_at", "run_id", "provider", "upstream_released_at",
-)  # fmt: skip
 
 
 @dataclass
@@ -143,24 +139,6 @@ def run_lock(engine: Engine) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _tombstone_columns(number: Any, now: datetime, run_id: str, provider: str | None) -> list[Any]:
-    """The tombstone's values in TOMBSTONE_COLUMNS order, from the number's columns `number`
-    (the table's or a CTE's) and its campaign assignment (outer-joined by the caller).
-    `provider`: who released the number upstream in this run (None: nothing upstream)."""
-    values = {
-        "number_id": number.id,
-        "campaign_id": CampaignAssignment.campaign_id,
-        "a2p_status": CampaignAssignment.status,
-        "purged_at": literal(now, PurgedNumber.purged_at.type),
-        "run_id": literal(run_id),
-        "provider": literal(provider, PurgedNumber.provider.type),
-        "upstream_released_at": literal(
-            now if provider else None, PurgedNumber.upstream_released_at.type
-        ),
-    }
-    return [values[name] if name in values else number[name] for name in TOMBSTONE_COLUMNS]
-
-
 @dataclass(frozen=True)
 class _Batches:
     """The statements of one run's batches, built once; each batch binds its own ids."""
@@ -171,9 +149,27 @@ class _Batches:
 
     @classmethod
     def build(
-        cls, dialect: str, now: datetime, run_id: str, provider: str | None = None
+        cls,
+        dialect: str,
+        now: datetime,
+        run_id: str,
+        *,
+        claimed: bool = False,
+        provider: str | None = None,
+        resolution: str | None = None,
     ) -> _Batches:
-        overdue = overdue_filter(now)
+        """Statements for the single-phase path (rows no upstream run has touched) or, with
+        `claimed`, for the rows this run claimed and settled upstream (`resolution`)."""
+        # Fail safe: the single-phase path never deletes a row with upstream state (claimed,
+        # or carrying a provider error): the carrier may still hold that number.
+        overdue = overdue_filter(now) & (
+            (PhoneNumber.purge_state == "purging")
+            if claimed
+            else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
+        )
+        stone = partial(
+            tombstone_values, now=now, run_id=run_id, provider=provider, resolution=resolution
+        )
         # Core tables, not the ORM entities: the session runs these as plain statements with
         # their parameters (for an entity, parameters would mean an ORM bulk INSERT).
         numbers = Base.metadata.tables[PhoneNumber.__tablename__]
@@ -204,7 +200,7 @@ class _Batches:
                 .returning(numbers.c.id, *(numbers.c[name] for name in kept))
                 .cte("gone")
             )
-            stones = select(*_tombstone_columns(gone.c, now, run_id, provider)).select_from(
+            stones = select(*stone(gone.c)).select_from(
                 gone.outerjoin(CampaignAssignment, CampaignAssignment.number_id == gone.c.id)
             )
             return cls(
@@ -218,7 +214,7 @@ class _Batches:
             )
         locked = numbers.c.id.in_(bindparam("ids", expanding=True)) & overdue
         stones = (
-            select(*_tombstone_columns(numbers.c, now, run_id, provider))
+            select(*stone(numbers.c))
             .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
             .where(locked)
         )
@@ -356,7 +352,10 @@ def _sweep_in_parallel(factory: sessionmaker[Session], sweep: _Sweep, workers: i
             sweep.halt("failed")
 
 
-def _record_start(factory: sessionmaker[Session], report: PurgeReport, started: datetime) -> None:
+def _record_start(factory: sessionmaker[Session], report: PurgeReport, now: datetime) -> None:
+    # The record says when the run happened (this host's clock); the decision instant `now`
+    # is its cutoff's, so `status` never lists a run from the future.
+    started = utcnow()
     with factory.begin() as session:
         # We hold the run lock: a record still 'running' is a run that died (killed worker,
         # lost database) before it could record its end.
@@ -369,7 +368,7 @@ def _record_start(factory: sessionmaker[Session], report: PurgeReport, started: 
             PurgeRun(
                 id=report.run_id,
                 started_at=started,
-                cutoff=retention_cutoff(started),
+                cutoff=retention_cutoff(now),
                 status="running",
                 purged=0,
                 batches=0,
@@ -384,7 +383,7 @@ def _record_end(factory: sessionmaker[Session], report: PurgeReport) -> None:
             .where(PurgeRun.id == report.run_id)
             .values(
                 status=report.status,
-                finished_at=resolve_now(None),
+                finished_at=utcnow(),
                 purged=report.purged,
                 batches=report.batches,
                 remaining=report.remaining,
@@ -411,7 +410,7 @@ def purge_expired(
     upstream `provider` (default: the one settings name) each number is released there first.
     """
     settings = get_settings()
-    now = resolve_now(now)
+    now = resolve_now(now) if dry_run else not_ahead(now)
     batch_size = batch_size or settings.purge_batch_size
     max_rows = max_rows or settings.purge_max_rows
     max_seconds = max_seconds or settings.purge_max_seconds
@@ -533,9 +532,24 @@ def _upstream_sweep(
     tombstone and delete what the provider released, keeping the rest with their errors."""
     settings = get_settings()
     dialect = factory.kw["bind"].dialect.name
-    released_upstream = _Batches.build(dialect, now, report.run_id, provider.name)
-    nothing_upstream = _Batches.build(dialect, now, report.run_id)
+    # One set of statements per way a release was proven; each tombstone says which.
+    settle = {
+        resolution: _Batches.build(
+            dialect,
+            now,
+            report.run_id,
+            claimed=True,
+            provider=None if resolution == "no_provider_id" else provider.name,
+            resolution=resolution,
+        )
+        for resolution in ("provider", "not_found", "no_provider_id")
+    }
     report.status, after, claimed = "completed", 0, 0
+    # Before anything is claimed: a read-only call proving the base URL and the key work.
+    refused = provider.check()
+    if refused is not None:
+        _stop_upstream(report, refused)
+        return
     while True:
         if claimed >= max_rows or time.monotonic() - clock >= max_seconds:
             report.status = "limit_reached"
@@ -554,9 +568,10 @@ def _upstream_sweep(
             failure_streak=settings.provider_failure_streak,
         )
         with factory.begin() as session:
-            purged = released_upstream.purge(session, outcome.released) if outcome.released else 0
-            if outcome.skipped:
-                purged += nothing_upstream.purge(session, outcome.skipped)
+            purged = sum(
+                settle[resolution].purge(session, ids)
+                for resolution, ids in outcome.settled().items()
+            )
             record_failures(
                 session,
                 outcome.failed,
@@ -571,7 +586,18 @@ def _upstream_sweep(
             provider_failed=len(outcome.failed),
             provider_skipped=len(outcome.skipped),
         )
+        if outcome.stopped_by is not None:
+            _stop_upstream(report, outcome.stopped_by)
+            return
         if outcome.provider_down:
             report.status = "provider_unavailable"
             report.reason = f"{settings.provider_failure_streak} upstream failures in a row"
             return
+
+
+def _stop_upstream(report: PurgeReport, result: UpstreamResult) -> None:
+    """End the run on an answer that forbids going on: a misconfiguration, or no provider."""
+    report.status = (
+        "provider_misconfigured" if result.outcome == "misconfigured" else "provider_unavailable"
+    )
+    report.reason = result.error.message if result.error else result.outcome

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from shared.listing import iso_timestamp, offered
 from shared.models import PhoneNumber
-from shared.retention import repurchase_deadline, resolve_now
+from shared.retention import not_ahead, repurchase_deadline, resolve_now
 
 log = structlog.get_logger("shared.releasable")
 
@@ -46,7 +46,7 @@ def publish_releasable(
     session: Session, client: redis.Redis, *, now: datetime | None = None, prefix: str = PREFIX
 ) -> dict[str, Any]:
     """Replace the published sets with the store's repurchasable numbers, atomically."""
-    now = resolve_now(now)
+    now = not_ahead(now)
     staging = f"{prefix}:staging:{uuid.uuid4().hex}"
     rows = session.execute(
         select(PhoneNumber.phone_number, PhoneNumber.account_id, PhoneNumber.released_at)

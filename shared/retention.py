@@ -54,6 +54,24 @@ def resolve_now(now: datetime | None) -> datetime:
     return utcnow() if now is None else as_utc(now)
 
 
+def not_ahead(now: datetime | None) -> datetime:
+    """The instant a run that changes data decides at: `now`, refused when ahead of this
+    host's clock (a purge decided later would delete numbers still repurchasable, and a
+    publication would hide them: neither is undone by the next run)."""
+    current = utcnow()
+    if now is None:
+        return current
+    now = as_utc(now)
+    if now > current:
+        raise ValidationError(
+            f"now {now.isoformat()} is ahead of this host's clock ({current.isoformat()}).",
+            code="now_in_future",
+            fix="Leave now out (the host's clock decides), or pass a past instant; "
+            "a dry run may look ahead.",
+        )
+    return now
+
+
 def repurchase_deadline(released_at: datetime) -> datetime:
     """The first instant at which a number released at `released_at` is no longer repurchasable."""
     return as_utc(released_at, name="released_at") + RETENTION

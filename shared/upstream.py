@@ -18,10 +18,10 @@ from typing import cast
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.errors import ValidationError
+from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
 from shared.models import PhoneNumber
-from shared.provider import Provider, UpstreamResult
+from shared.provider import Provider, Resolution, UpstreamResult
 from shared.retention import purgeable_clause
 
 
@@ -37,11 +37,19 @@ class Claim:
 class UpstreamOutcome:
     """What the provider said for a batch's claims."""
 
-    released: list[int] = field(default_factory=list)
+    released: dict[int, Resolution] = field(default_factory=dict)  # id: how it was proven
     failed: dict[int, UpstreamResult] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)  # no provider id: nothing to release
-    unattempted: int = 0  # left claimed when the run stopped calling a failing provider
     provider_down: bool = False
+    # An answer that forbids further calls (a misconfiguration): the run stops.
+    stopped_by: UpstreamResult | None = None
+
+    def settled(self) -> dict[str, list[int]]:
+        """The ids that may be tombstoned, by how their release was proven."""
+        groups: dict[str, list[int]] = {"no_provider_id": list(self.skipped)}
+        for number_id, resolution in self.released.items():
+            groups.setdefault(resolution, []).append(number_id)
+        return {resolution: ids for resolution, ids in groups.items() if ids}
 
 
 def claimable(now: datetime) -> ColumnElement[bool]:
@@ -86,7 +94,9 @@ def release_upstream(
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
 
     After `failure_streak` failures in a row no further call is started: the provider is
-    treated as down and the rest stay claimed for a later run.
+    treated as down and the rest stay claimed for a later run. After an answer that shows a
+    misconfiguration none is started either. An error of one call, whatever it is, is that
+    number's outcome, never the batch's.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     pending = [c for c in claims if c.provider_number_id is not None]
@@ -94,7 +104,12 @@ def release_upstream(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upstream") as pool:
         running: dict[Future[UpstreamResult], Claim] = {}
         while pending or running:
-            while pending and len(running) < concurrency and not outcome.provider_down:
+            while (
+                pending
+                and len(running) < concurrency
+                and not outcome.provider_down
+                and outcome.stopped_by is None
+            ):
                 claim = pending.pop(0)
                 call = contextvars.copy_context().run
                 number_id = cast(str, claim.provider_number_id)
@@ -104,17 +119,34 @@ def release_upstream(
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 claim = running.pop(future)
-                result = future.result()
+                result = _result(future)
                 if result.outcome == "released":
-                    outcome.released.append(claim.id)
+                    outcome.released[claim.id] = result.resolution or "provider"
                     streak = 0
-                else:
-                    outcome.failed[claim.id] = result
-                    streak += 1
-                    if streak >= failure_streak:
-                        outcome.provider_down = True
-    outcome.unattempted = len(pending)
+                    continue
+                outcome.failed[claim.id] = result
+                if result.outcome == "misconfigured":
+                    outcome.stopped_by = outcome.stopped_by or result
+                streak += 1
+                if streak >= failure_streak:
+                    outcome.provider_down = True
     return outcome
+
+
+def _result(future: Future[UpstreamResult]) -> UpstreamResult:
+    """The call's result; an error the adapter did not map is a transient failure of that
+    number (kept with its error, retried later), never a crashed run."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - any error of one call is that number's outcome
+        return UpstreamResult(
+            "transient",
+            ProviderError(
+                f"The call to the provider failed: {type(error).__name__}.",
+                code="provider_call_failed",
+                fix="The purge retries later; the worker's log has the error.",
+            ),
+        )
 
 
 def backoff(attempts: int, *, base: float, cap: float) -> timedelta:

@@ -146,6 +146,7 @@ def test_429_waits_as_long_as_retry_after_says(
 def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
+    now -= timedelta(days=5)  # runs at now + 3 days must still be in the host's past
     [number] = seed(session_factory, now, 1)
     fake_telnyx.script["700"] = [
         telnyx_error(422, "10007", "Unprocessable", "Number is in a port-out"),
@@ -254,6 +255,7 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
 ) -> None:
     """Every overdue number ends released upstream and tombstoned exactly once, or kept with
     its error; none is deleted without an upstream release."""
+    now -= timedelta(days=3)  # eight runs, seven hours apart, all in the host's past
     numbers = seed(session_factory, now, 40)
     chance = random.Random(7)
     for i in range(40):

@@ -17,7 +17,7 @@ from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
 from shared.purge import purge_expired
 from shared.releasable import publish_releasable
-from shared.retention import as_utc, utcnow
+from shared.retention import as_utc
 from shared.settings import get_settings
 from worker.app import app, redis_url
 
@@ -87,22 +87,6 @@ def parse_now(now: object) -> datetime | None:
     return as_utc(parsed)
 
 
-def _not_ahead(now: datetime | None) -> datetime | None:
-    """A task's `now` may not be ahead of this worker's clock.
-
-    Decided at a later instant, a purge would delete numbers that are still repurchasable
-    and a publication would hide them; neither is undone by the next run.
-    """
-    if now is not None and now > utcnow():
-        raise ValidationError(
-            f"now {now.isoformat()} is ahead of the worker's clock.",
-            code="now_in_future",
-            fix="Leave now out (the worker's clock decides), or pass a past instant; "
-            "a dry run may look ahead.",
-        )
-    return now
-
-
 @app.task(
     name="numbers.purge_expired",
     soft_time_limit=settings.purge_max_seconds + 60,
@@ -112,13 +96,13 @@ def _not_ahead(now: datetime | None) -> datetime | None:
 def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
     """Purge released numbers past their deadline; returns the run's summary."""
     when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-    report = purge_expired(session_factory(), now=when if dry else _not_ahead(when), dry_run=dry)
+    report = purge_expired(session_factory(), now=when, dry_run=dry)
     return report.as_dict()
 
 
 @app.task(name="numbers.publish_releasable", soft_time_limit=50, time_limit=60, **RETRY)
 def publish_releasable_task(now: object = None) -> dict[str, Any]:
     """Publish the repurchasable set to Redis; returns what was published."""
-    when = _not_ahead(parse_now(now))
+    when = parse_now(now)
     with session_factory()() as session:
         return publish_releasable(session, redis_client(), now=when)
