@@ -223,7 +223,7 @@ def test_pause_stops_every_run_until_resume_and_status_says_who_and_why(store: S
     }
     report = store.status()
     assert report["paused"] is True
-    assert report["pause"]["by"] == "ops" and report["pause"]["reason"] == "carrier audit"
+    assert (report["pause"]["by"], report["pause"]["reason"]) == ("ops", "carrier audit")
 
     run = store.cli("purge", "--now", NOW.isoformat())
     assert run.returncode == 0, run.stderr
