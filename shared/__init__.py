@@ -17,6 +17,7 @@ from shared.lifecycle import (
     set_purge_hold,
 )
 from shared.listing import released_numbers_body
+from shared.purge import PurgeReport, purge_expired
 from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ApiError",
     "InternalError",
     "ProviderError",
+    "PurgeReport",
     "UnauthorizedError",
     "UsageLimitError",
     "ValidationError",
@@ -31,6 +33,7 @@ __all__ = [
     "is_purgeable",
     "is_repurchasable",
     "open_account",
+    "purge_expired",
     "register_number",
     "release_number",
     "released_numbers_body",

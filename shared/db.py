@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import get_settings
+from shared.settings import get_store_settings
 
 
 def normalize_url(url: str) -> str:
@@ -30,6 +30,9 @@ def redact_url(url: str) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling emits BEGIN late (and none before a SAVEPOINT);
+    # turn it off and let `_begin_immediate` open every transaction.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets the worker's readers and the purge's writer overlap; busy_timeout waits for
     # the other process's write lock instead of failing at once.
@@ -39,9 +42,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _begin_immediate(connection: Connection) -> None:
+    # SQLite has no row locks: a plain BEGIN lets two transactions read the same rows and
+    # both act on them (two repurchases past a plan's cap, a repurchase between a purge's
+    # pick and its update). BEGIN IMMEDIATE takes the write lock first, so writers are
+    # serialised and every rule PostgreSQL's row locks enforce holds here too. A connection
+    # that only reads may ask for `execution_options(sqlite_begin="DEFERRED")`.
+    mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
+
+
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
     """An engine for `url` (default: the configured store); SQLite folders are created."""
-    settings = get_settings()
+    settings = get_store_settings()
     url = normalize_url(url or settings.resolved_database_url())
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -49,6 +62,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, false
 
 from shared.errors import ValidationError
-from shared.settings import get_settings
+from shared.settings import get_store_settings
 
-RETENTION: timedelta = timedelta(days=get_settings().retention_days)
+RETENTION: timedelta = timedelta(days=get_store_settings().retention_days)
 # Instants the rule accepts: far enough from datetime's limits that a deadline or cutoff
 # computed from them still exists (outside, Python raises a bare OverflowError).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,4 +1,9 @@
-"""The one settings object: read from the environment once, used by the store, worker and CLI."""
+"""The settings: read from the environment once, used by the store, worker and CLI.
+
+The library (`shared`) reads only `StoreSettings` (where the store is, the retention window),
+so a worker setting that is wrong in an API service's environment never breaks its import;
+the worker and the CLI read and validate the whole `Settings`.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,30 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
-    """Configuration; every field maps to an upper-case environment variable."""
+class StoreSettings(BaseSettings):
+    """What the library needs: the store and the retention window (environment variables)."""
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     data_dir: Path = Field(default=Path("data"), alias="NUMBERS_RETENTION_DATA")
-    # Empty means the embedded default under data_dir (SQLite file, filesystem broker).
+    # Empty means the embedded default under data_dir (SQLite file).
     database_url: str = ""
+    retention_days: int = Field(default=14, ge=1)
+
+    def resolved_database_url(self) -> str:
+        """The store's URL: DATABASE_URL, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'numbers.db').resolve()}"
+
+
+class Settings(StoreSettings):
+    """The worker's and the CLI's configuration; every field maps to an environment variable."""
+
+    # Empty means the embedded default under data_dir (filesystem broker).
     broker_url: str = ""
     redis_url: str = ""
     result_backend: str = ""
-
-    retention_days: int = Field(default=14, ge=1)
 
     # Transient database or Redis errors retry a task after min(max, base * 2**retries) seconds,
     # with full jitter.
@@ -77,11 +93,11 @@ class Settings(BaseSettings):
             )
         return self
 
-    def resolved_database_url(self) -> str:
-        """The store's URL: DATABASE_URL, or the embedded SQLite file."""
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.data_dir / 'numbers.db').resolve()}"
+
+@lru_cache(maxsize=1)
+def get_store_settings() -> StoreSettings:
+    """The library's settings, read from the environment on first use."""
+    return StoreSettings()
 
 
 @lru_cache(maxsize=1)

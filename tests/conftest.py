@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 from jsonschema import Draft202012Validator
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +22,7 @@ import shared
 from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.provider import TelnyxProvider
-from shared.settings import get_settings
+from shared.settings import get_settings, get_store_settings
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 
 # Fixed seed and no example database: the same examples on every run, nothing written to disk.
@@ -102,29 +102,6 @@ def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def sqlite_savepoint_engine(sqlite_engine: Engine) -> Iterator[Engine]:
-    """The same SQLite file, with pysqlite's transaction handling fixed for savepoints.
-
-    pysqlite (Python < 3.12) emits no BEGIN before a SAVEPOINT, so a released savepoint would
-    commit for good and the per-test rollback would not undo it. This engine emits BEGIN
-    itself (SQLAlchemy's documented recipe). It is kept apart from `sqlite_engine` so that
-    code which commits (the purge) runs on the store's configuration as shipped.
-    """
-    engine = make_engine(sqlite_engine.url.render_as_string(hide_password=False))
-
-    @event.listens_for(engine, "connect")
-    def _no_driver_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _emit_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
-
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
 def engine(request: pytest.FixtureRequest) -> Engine:
     """The migrated store on each backend; tests using it run on PostgreSQL and SQLite."""
@@ -134,19 +111,15 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 @pytest.fixture
-def session(engine: Engine, request: pytest.FixtureRequest) -> Iterator[Session]:
+def session(engine: Engine) -> Iterator[Session]:
     """A session inside an outer transaction that is rolled back after the test.
 
     The library's own savepoints and flushes happen inside it; nothing reaches the store.
     On SQLite do not mix it with `session_factory` in one test: this transaction holds the
-    file's write lock until the test ends.
+    file's write lock from its first write until the test ends (it begins DEFERRED, so other
+    connections can still read).
     """
-    bind = (
-        request.getfixturevalue("sqlite_savepoint_engine")
-        if engine.dialect.name == "sqlite"
-        else engine
-    )
-    with bind.connect() as connection:
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as connection:
         outer = connection.begin()
         db = Session(bind=connection, join_transaction_mode="create_savepoint")
         try:
@@ -183,10 +156,12 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
         for key, value in values.items():
             monkeypatch.setenv(key, value)
         get_settings.cache_clear()
+        get_store_settings.cache_clear()
 
     yield set_env
     monkeypatch.undo()
     get_settings.cache_clear()
+    get_store_settings.cache_clear()
 
 
 @pytest.fixture

@@ -250,6 +250,16 @@ def test_url_passwords_never_leave_the_process(
             done = cli(env, *args)
             assert done.returncode in (0, 2), (args, done.stderr[-2000:])
             outputs += [done.stdout, done.stderr]
+        # What `celery inspect conf` and Flower's Config tab show: every setting of ours.
+        conf = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "worker", "inspect", "conf", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "redbeat_redis_url" in conf.stdout, conf.stderr[-2000:]
+        outputs += [conf.stdout, conf.stderr]
         status = cli(env, "status", "--json")
         outputs += [status.stdout, status.stderr]
         assert json.loads(status.stdout)["last_runs"]

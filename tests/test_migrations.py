@@ -205,7 +205,8 @@ def test_session_fixture_never_reaches_the_store(session: Session, engine: Engin
     """Even a commit inside a test stays in the outer transaction that is rolled back."""
     make_number(session, account_id="acc_a", phone_number="+14155550100", released_at=NOW)
     session.commit()
-    with engine.connect() as other:
+    # A reader beside the test's open write transaction (SQLite: DEFERRED, or it would wait).
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as other:
         assert other.scalar(text("SELECT count(*) FROM phone_numbers")) == 0
         assert other.scalar(text("SELECT count(*) FROM accounts")) == 0
 

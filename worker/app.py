@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import structlog
 from celery import Celery, signals
@@ -21,10 +22,14 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         options: dict[str, Any] = {"broker_url": settings.broker_url, "result_backend": result}
         if redis:
             # RedBeat's Redis lock makes a second beat process safe: only one schedules.
+            url, password = split_password(redis)
             options |= {
                 # RedBeat, riding out Redis outages instead of exiting (worker/beat.py).
                 "beat_scheduler": "worker.beat:ResilientRedBeatScheduler",
-                "redbeat_redis_url": redis,
+                # Celery masks broker and backend URLs in `inspect conf` and Flower, not this
+                # one: the password travels apart, under a key Celery does mask.
+                "redbeat_redis_url": url,
+                "redbeat_redis_options": {"password": password} if password else {},
                 "redbeat_lock_timeout": settings.beat_lock_timeout_seconds,
             }
         return options
@@ -47,6 +52,16 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         "result_backend": f"file://{data / 'results'}",
         "beat_schedule_filename": str(data / "celerybeat-schedule"),
     }
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and the password (percent-decoded) or None."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}{host}")), unquote(parts.password)
 
 
 def redis_url(settings: Settings) -> str:

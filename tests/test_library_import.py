@@ -1,0 +1,70 @@
+"""The library as the API service imports it: only the store's settings matter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Worker settings that the worker refuses: none of them is the library's business.
+BAD_WORKER_SETTINGS = {
+    "BEAT_LOCK_TIMEOUT_SECONDS": "1",
+    "PURGE_BATCH_SIZE": "abc",
+    "PROVIDER": "twilio",
+    "LOG_FORMAT": "text",
+    "PURGE_PARALLEL_BATCHES": "99",
+    "TELNYX_BASE_URL": "not a url",
+}
+
+SCRIPT = """
+import json, shared
+from shared import migrate
+from shared.db import make_engine, make_session_factory
+engine = make_engine()
+migrate.upgrade(engine)
+with make_session_factory(engine).begin() as session:
+    shared.open_account(session, account_id="acc_api", plan="paid")
+    body = shared.released_numbers_body(session, account_id="acc_api")
+days, purge = shared.RETENTION.days, callable(shared.purge_expired)
+print(json.dumps({"days": days, "body": body, "purge": purge}))
+"""
+
+
+def _python(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in BAD_WORKER_SETTINGS}
+    return env | {"DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}"} | extra
+
+
+def test_bad_worker_settings_never_break_the_librarys_import(tmp_path: Path) -> None:
+    done = _python(_env(tmp_path, RETENTION_DAYS="7", **BAD_WORKER_SETTINGS), SCRIPT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"days": 7, "body": {"numbers": []}, "purge": True}
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3"])
+def test_a_bad_retention_window_fails_the_import_clearly(tmp_path: Path, value: str) -> None:
+    done = _python(_env(tmp_path, RETENTION_DAYS=value), "import shared")
+    assert done.returncode != 0
+    assert "retention_days" in done.stderr
+
+
+def test_the_worker_still_refuses_its_own_bad_settings(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "status"],
+        env=_env(tmp_path, PURGE_BATCH_SIZE="abc"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "purge_batch_size" in done.stderr
