@@ -29,23 +29,30 @@ def _seed(session: Session, now: datetime) -> None:
         account_id="acc_a",
         phone_number="+14155550201",
         released_at=now - timedelta(days=1),
+        now=now,
     )
     make_number(
         session,
         account_id="acc_a",
         phone_number="+14155550202",
         released_at=now - timedelta(days=13),
+        now=now,
     )
     make_number(
         session,
         account_id="acc_b",
         phone_number="+14155550203",
         released_at=now - timedelta(hours=1),
+        now=now,
     )
     make_number(
-        session, account_id="acc_b", phone_number="+14155550204", released_at=now - RETENTION
+        session,
+        account_id="acc_b",
+        phone_number="+14155550204",
+        released_at=now - RETENTION,
+        now=now,
     )
-    make_number(session, account_id="acc_c", phone_number="+14155550205")
+    make_number(session, account_id="acc_c", phone_number="+14155550205", now=now)
 
 
 def test_publishes_repurchasable_numbers_scored_by_deadline(
