@@ -567,10 +567,12 @@ def _upstream_sweep(
             concurrency=settings.provider_concurrency,
             failure_streak=settings.provider_failure_streak,
         )
+        # An answer showing a misconfiguration casts doubt on the batch's other answers (the
+        # same wrong host gave them): nothing of it is deleted; the next run asks again.
+        settled = {} if outcome.stopped_by else outcome.settled()
         with factory.begin() as session:
             purged = sum(
-                settle[resolution].purge(session, ids)
-                for resolution, ids in outcome.settled().items()
+                settle[resolution].purge(session, ids) for resolution, ids in settled.items()
             )
             record_failures(
                 session,
@@ -600,4 +602,5 @@ def _stop_upstream(report: PurgeReport, result: UpstreamResult) -> None:
     report.status = (
         "provider_misconfigured" if result.outcome == "misconfigured" else "provider_unavailable"
     )
-    report.reason = result.error.message if result.error else result.outcome
+    error = result.error
+    report.reason = f"{error.message} Fix: {error.fix}" if error else result.outcome

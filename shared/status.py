@@ -36,6 +36,13 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
             func.count().filter(PhoneNumber.provider_failed_permanently.is_(True)),
         ).where(failed_upstream)
     ).one()
+    # Claimed by a run that stopped before the provider answered (killed, provider down or
+    # misconfigured): only a run with the provider configured, or a person, settles them.
+    upstream_claimed = session.scalar(
+        select(func.count()).where(
+            PhoneNumber.purge_state == "purging", PhoneNumber.provider_error_code.is_(None)
+        )
+    )
     stuck = session.scalars(
         select(PhoneNumber)
         .where(failed_upstream)
@@ -59,6 +66,7 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
         "releasable": releasable or 0,
         "upstream_failed": upstream_failed,
         "upstream_permanent": upstream_permanent,
+        "upstream_claimed": upstream_claimed or 0,
         "upstream_stuck": [
             {
                 "phone_number": number.phone_number,

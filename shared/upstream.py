@@ -9,20 +9,24 @@ attempt time; a permanent error stops the retries until a person looks at it.
 from __future__ import annotations
 
 import contextvars
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import validation
+from shared.controls import REASON_MAX
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
-from shared.models import PhoneNumber
+from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.provider import Provider, Resolution, UpstreamResult
-from shared.retention import purgeable_clause
+from shared.retention import is_purgeable, purgeable_clause, resolve_now
+from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 
 @dataclass(frozen=True)
@@ -208,3 +212,57 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
     number.provider_next_attempt_at = None
     session.flush()
     return {"phoneNumber": number.phone_number, "retry": "next purge run"}
+
+
+def resolve_by_operator(
+    session: Session, *, phone_number: str, reason: object, by: str, now: datetime | None = None
+) -> dict[str, object]:
+    """A person settled a number upstream by hand: tombstone and delete it now, recording
+    who and why. Only for a number that is due and carries upstream state (claimed, or kept
+    by a provider error), which the purge itself would never delete without the provider."""
+    now = resolve_now(now)
+    note = validation.text(reason, name="reason", limit=REASON_MAX)
+    if note is None:
+        raise ValidationError(
+            "A reason is required to settle a number upstream by hand.",
+            code="invalid_reason",
+            fix="Say what was done, e.g. --reason 'released in the Telnyx portal, ticket 123'.",
+        )
+    who = validation.short_id(by, name="by")
+    number = lock_number(session, phone_number)
+    if number is None or (number.purge_state is None and number.provider_error_code is None):
+        raise ValidationError(
+            f"Number {phone_number} has no upstream state to settle.",
+            code="no_upstream_state",
+            fix="Only numbers `status` lists as kept upstream can be settled by hand; "
+            "the purge removes the others by itself.",
+        )
+    assert number.released_at is not None  # claimed rows are released (a CHECK says so)
+    if not is_purgeable(number.released_at, now, held=number.purge_hold):
+        raise ValidationError(
+            f"Number {number.phone_number} is not due for purging.",
+            code="number_not_due",
+            fix="Lift its hold, or wait for its repurchase deadline.",
+        )
+    run_id = str(uuid.uuid4())
+    numbers = Base.metadata.tables[PhoneNumber.__tablename__]
+    stone = tombstone_values(
+        numbers.c, now=now, run_id=run_id, resolution="operator", resolved_by=who, note=note
+    )
+    session.execute(
+        insert(Base.metadata.tables[PurgedNumber.__tablename__]).from_select(
+            TOMBSTONE_COLUMNS,
+            select(*stone)
+            .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
+            .where(numbers.c.id == number.id),
+        )
+    )
+    session.execute(delete(numbers).where(numbers.c.id == number.id))
+    session.expunge(number)
+    return {
+        "phoneNumber": number.phone_number,
+        "purged": True,
+        "resolution": "operator",
+        "resolvedBy": who,
+        "runId": run_id,
+    }

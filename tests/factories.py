@@ -37,6 +37,7 @@ def make_number(
     monthly_price: object = "1.00",
     label: str | None = None,
     a2p_status: str | None = None,
+    provider_number_id: str | None = None,
 ) -> dict[str, Any]:
     """A number registered 30 days before `now`, released at `released_at` if given.
 
@@ -51,6 +52,7 @@ def make_number(
         number_type=number_type,
         monthly_price=monthly_price,
         label=label,
+        provider_number_id=provider_number_id,
         now=now - REGISTERED_BEFORE,
     )
     if a2p_status is not None:

@@ -50,6 +50,7 @@ class FakeTelnyx:
         self.released: set[str] = set()  # ids answered 200 or 404: gone upstream
         self.unauthorized = 0
         self.checks = 0  # read-only GET /v2/phone_numbers calls (the run's pre-flight check)
+        self.paths: list[str] = []  # every DELETE's path, as sent
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -90,6 +91,7 @@ class FakeTelnyx:
             def do_DELETE(self) -> None:
                 if not self._authorized():
                     return
+                fake.paths.append(self.path)
                 prefix = "/v2/phone_numbers/"
                 if not self.path.startswith(prefix):
                     self._send(NOT_FOUND)
@@ -137,3 +139,39 @@ class FakeTelnyx:
         finally:
             server.shutdown()
             server.server_close()
+
+
+class StaticServer:
+    """A web server that gives every request the same answer (a proxy, a wrong host)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.url = ""
+
+    def __enter__(self) -> StaticServer:
+        reply = self.reply
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                payload = (reply.body or "").encode()
+                self.send_response(reply.status)
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -26,7 +26,7 @@ from shared.purge import purge_expired
 from shared.releasable import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
-from shared.upstream import reset_upstream
+from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app
 from worker.logs import configure_logging, redact
 from worker.tasks import parse_now, redis_client, session_factory
@@ -280,6 +280,7 @@ def _status_table(report: dict[str, Any]) -> str:
             "Upstream failed",
             f"{report['upstream_failed']:,} ({report['upstream_permanent']:,} need a person)",
         ),
+        ("Claimed, not yet called", f"{report['upstream_claimed']:,}"),
     ]
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
@@ -387,6 +388,16 @@ def retry_upstream(phone_number: str) -> None:
     """Clear a number's upstream failure: the next purge calls the provider for it again."""
     with make_session_factory(_engine()).begin() as session:
         _print_json(reset_upstream(session, phone_number=phone_number))
+
+
+@main.command("resolve-upstream")
+@click.argument("phone_number", metavar="PHONE")
+@click.option("--reason", required=True, help="What was done upstream; kept in the tombstone.")
+@click.option("--by", default=_operator, show_default="login name", help="Who settled it.")
+def resolve_upstream(phone_number: str, reason: str, by: str) -> None:
+    """Purge a number kept upstream that a person settled at the provider by hand."""
+    with make_session_factory(_engine()).begin() as session:
+        _print_json(resolve_by_operator(session, phone_number=phone_number, reason=reason, by=by))
 
 
 if __name__ == "__main__":
