@@ -236,6 +236,13 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
             f"{flower.base}/api/task/async-apply/{PURGE}", json={"kwargs": {"dry_run": True}}
         )
         assert refused.status_code == 401
+        # Open without credentials, as the runbook says: the liveness probe and Celery's
+        # generic counters (task and worker names, no arguments, results or secrets).
+        for path in ("/healthcheck", "/metrics"):
+            opened = flower.get(path, auth=None)
+            assert opened.status_code == 200, path
+            assert password not in opened.text
+            assert "+1415555" not in opened.text
 
         # An operator's dry run on demand through Flower's API, as the runbook shows.
         applied = httpx.post(
