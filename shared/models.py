@@ -106,6 +106,13 @@ class PhoneNumber(Base):
             postgresql_where=text("purge_state = 'purging'"),
             sqlite_where=text("purge_state = 'purging'"),
         ),
+        # `numbers-retention holds` and status's count: the held numbers only.
+        Index(
+            "ix_phone_numbers_held",
+            "hold_set_at",
+            postgresql_where=text("purge_hold"),
+            sqlite_where=text("purge_hold"),
+        ),
         # The plan cap: active numbers per account.
         Index(
             "ix_phone_numbers_account_active",
@@ -129,6 +136,10 @@ class PhoneNumber(Base):
     monthly_price: Mapped[Decimal] = mapped_column(Numeric(12, 4))
     released_at: Mapped[datetime | None]
     purge_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Who put the number on hold, when and why (empty for holds set before they were recorded).
+    hold_reason: Mapped[str | None] = mapped_column(Text)
+    hold_set_by: Mapped[str | None] = mapped_column(String(64))
+    hold_set_at: Mapped[datetime | None]
     provider_number_id: Mapped[str | None] = mapped_column(String(128))
     # 'purging' once a purge batch has claimed the row (two-phase purge); repurchase is refused.
     purge_state: Mapped[str | None] = mapped_column(String(8))

@@ -79,6 +79,11 @@ class Settings(StoreSettings):
     # This many failures in a row end the run early (status provider_unavailable).
     provider_failure_streak: int = Field(default=20, ge=1)
 
+    # `numbers-retention metrics`: one reading of the store serves the scrapes of this many
+    # seconds; each of its queries is cancelled after the timeout (the scrape then says up 0).
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)
+    metrics_statement_timeout_seconds: float = Field(default=5.0, gt=0)
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 

@@ -1,11 +1,11 @@
-"""The store's retention health: backlog, oldest overdue number, holds, last runs."""
+"""The store's retention health: backlog, oldest overdue number, holds, last runs, last success."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.orm import Session
 
 from shared.controls import read_pause
@@ -15,10 +15,40 @@ from shared.purge import overdue_filter
 from shared.retention import RETENTION, resolve_now
 
 STUCK_SHOWN = 20
+# A run that did its job: everything overdue purged, or its share of a larger backlog.
+SUCCEEDED = ("completed", "limit_reached")
 
 
-def store_status(session: Session, *, now: datetime | None = None, runs: int = 5) -> dict[str, Any]:
-    """Counts and the last `runs` purge runs, as JSON-ready values."""
+def dry_run_clause() -> ColumnElement[bool]:
+    """Dry runs (a paused dry run records status `paused`: its summary says it was dry)."""
+    return (PurgeRun.status == "dry_run") | func.coalesce(
+        PurgeRun.summary["dry_run"].as_boolean(), false()
+    ).is_(True)
+
+
+def _run(run: PurgeRun) -> dict[str, Any]:
+    summary = run.summary or {}
+    return {
+        "run_id": run.id,
+        "status": run.status,
+        "started_at": iso_timestamp(run.started_at),
+        "finished_at": iso_timestamp(run.finished_at) if run.finished_at else None,
+        "cutoff": iso_timestamp(run.cutoff),
+        "seconds": summary.get("seconds"),
+        "purged": run.purged,
+        "batches": run.batches,
+        "remaining": run.remaining,
+        "reason": summary.get("reason"),
+    }
+
+
+def store_status(
+    session: Session, *, now: datetime | None = None, runs: int = 5, deploy_paused: bool = False
+) -> dict[str, Any]:
+    """Counts, the last `runs` real purge runs and the last success, as JSON-ready values.
+
+    `deploy_paused`: the caller's PURGE_PAUSED, which pauses runs as a stored pause does.
+    """
     now = resolve_now(now)
     overdue, oldest = session.execute(
         select(func.count(), func.min(PhoneNumber.released_at)).where(overdue_filter(now))
@@ -49,15 +79,31 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
         .order_by(PhoneNumber.provider_failed_permanently.desc(), PhoneNumber.released_at)
         .limit(STUCK_SHOWN)
     ).all()
+    # Dry runs are listed apart, so trying one never pushes the real runs out of view.
+    real = ~dry_run_clause()
     last_runs = session.scalars(
-        select(PurgeRun).order_by(PurgeRun.started_at.desc()).limit(runs)
+        select(PurgeRun).where(real).order_by(PurgeRun.started_at.desc()).limit(runs)
     ).all()
+    last_dry_run = session.scalars(
+        select(PurgeRun).where(dry_run_clause()).order_by(PurgeRun.started_at.desc()).limit(1)
+    ).one_or_none()
+    last_finished = session.scalars(
+        select(PurgeRun)
+        .where(real, PurgeRun.finished_at.is_not(None), PurgeRun.status != "running")
+        .order_by(PurgeRun.finished_at.desc())
+        .limit(1)
+    ).one_or_none()
+    last_success = session.scalar(
+        select(func.max(PurgeRun.finished_at)).where(real, PurgeRun.status.in_(SUCCEEDED))
+    )
+    purged_total = session.scalar(select(func.coalesce(func.sum(PurgeRun.purged), 0)))
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - (oldest + RETENTION)).total_seconds() if oldest is not None else 0.0
     pause = read_pause(session)
     return {
         "now": iso_timestamp(now),
-        "paused": pause is not None,
+        "paused": pause is not None or deploy_paused,
+        "paused_by_setting": deploy_paused,
         "pause": pause.as_dict() if pause else None,
         "overdue": overdue,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
@@ -82,19 +128,13 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
             }
             for number in stuck
         ],
-        "last_runs": [
-            {
-                "run_id": run.id,
-                "status": run.status,
-                "started_at": iso_timestamp(run.started_at),
-                "finished_at": iso_timestamp(run.finished_at) if run.finished_at else None,
-                "cutoff": iso_timestamp(run.cutoff),
-                "seconds": (run.summary or {}).get("seconds"),
-                "purged": run.purged,
-                "batches": run.batches,
-                "remaining": run.remaining,
-                "reason": (run.summary or {}).get("reason"),
-            }
-            for run in last_runs
-        ],
+        "last_runs": [_run(run) for run in last_runs],
+        "last_dry_run": _run(last_dry_run) if last_dry_run else None,
+        "purge_last_success_at": iso_timestamp(last_success) if last_success else None,
+        # The newest run that ended (what it purged, how long it and its slowest batch took).
+        "last_finished_run": _run(last_finished)
+        | {"worst_batch_ms": (last_finished.summary or {}).get("worst_batch_ms")}
+        if last_finished
+        else None,
+        "purged_total": int(purged_total or 0),
     }

@@ -24,6 +24,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+import yaml
 from sqlalchemy.engine import make_url
 
 from shared.settings import Settings
@@ -38,8 +39,10 @@ SECRETS = {
     "REDIS_PASSWORD": "redis-test-secret",
     "FLOWER_USER": "ops",
     "FLOWER_PASSWORD": "flower-test-secret",
+    "GRAFANA_PASSWORD": "grafana-test-secret",
 }
-APP_SERVICES = ("migrate", "worker", "beat", "flower")
+APP_SERVICES = ("migrate", "worker", "beat", "flower", "metrics")
+MONITORING = ("prometheus", "grafana")
 
 
 def _missing(what: str) -> NoReturn:
@@ -119,7 +122,7 @@ def depends(service: dict[str, Any]) -> dict[str, str]:
 
 def test_config_validates_services_healthchecks_and_start_order(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert set(services) == {"postgres", "redis", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", *APP_SERVICES, *MONITORING}
 
     postgres, redis_service = services["postgres"], services["redis"]
     assert postgres["image"] == "postgres:15"
@@ -141,6 +144,9 @@ def test_config_validates_services_healthchecks_and_start_order(config: dict[str
         "migrate": "service_completed_successfully",
     }
     assert depends(services["flower"]) == {"redis": "service_healthy"}
+    assert depends(services["metrics"]) == depends(services["worker"])
+    assert depends(services["prometheus"]) == {"metrics": "service_started"}
+    assert depends(services["grafana"]) == {"prometheus": "service_healthy"}
     # Every service waited on as healthy has a healthcheck to wait on.
     for service in services.values():
         for name, condition in depends(service).items():
@@ -363,12 +369,15 @@ def test_each_service_command_runs_here(
     flower_command = [
         f"--port={port}" if arg == "--port=5555" else arg for arg in command("flower")
     ]
+    metrics_port = free_port()
+    metrics_command = [str(metrics_port) if arg == "9808" else arg for arg in command("metrics")]
     started = [
         Service(command("worker"), env("worker"), tmp_path / "worker.log", tmp_path),
         Service(command("beat"), env("beat"), tmp_path / "beat.log", tmp_path),
         Service(flower_command, env("flower"), tmp_path / "flower.log", tmp_path),
+        Service(metrics_command, env("metrics"), tmp_path / "metrics.log", tmp_path),
     ]
-    worker, beat, _ = started
+    worker, beat, _, _ = started
     try:
         # worker: its own healthcheck, `celery inspect ping` of this node, answers.
         wait_for(lambda: "ready" in worker.output(), timeout=30, what="the worker to be ready")
@@ -399,6 +408,19 @@ def test_each_service_command_runs_here(
             timeout=30,
             what="Flower to see the worker online",
         )
+
+        # metrics: its healthcheck answers once the exporter serves /metrics.
+        metrics_check = [
+            arg.replace(":9808/", f":{metrics_port}/")
+            for arg in services["metrics"]["healthcheck"]["test"]
+        ]
+        wait_for(
+            lambda: shell(metrics_check, env("metrics")).returncode == 0,
+            timeout=30,
+            what="the exporter's healthcheck",
+        )
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert "numbers_retention_up 1.0" in scraped
     finally:
         for process in reversed(started):
             process.stop()
@@ -450,3 +472,48 @@ def test_postgres_healthcheck_runs_here(config: dict[str, Any], pg_url: str) -> 
     assert done.returncode == 0, done.stdout + done.stderr
     # A server that is not there fails the check.
     assert shell(service["healthcheck"]["test"], env | {"PGPORT": str(free_port())}).returncode
+
+
+def yaml_file(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def test_monitoring_services_mount_the_repository_files(config: dict[str, Any]) -> None:
+    services = config["services"]
+    metrics = services["metrics"]
+    assert metrics["command"] == ["metrics", "--host", "0.0.0.0", "--port", "9808"]
+    assert "ports" not in metrics  # reached by prometheus on the compose network only
+
+    def mounts(name: str) -> dict[str, tuple[Path, bool]]:
+        return {
+            volume["target"]: (Path(volume["source"]), volume.get("read_only", False))
+            for volume in services[name]["volumes"]
+            if volume["type"] == "bind"
+        }
+
+    prometheus = services["prometheus"]
+    assert mounts("prometheus") == {"/etc/prometheus": (ROOT / "deploy" / "prometheus", True)}
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    scrape = yaml_file(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    [job] = scrape["scrape_configs"]
+    assert job["job_name"] == "numbers-retention"
+    assert job["static_configs"] == [{"targets": ["metrics:9808"]}]
+    assert scrape["rule_files"] == ["alerts.yml"]
+
+    grafana = services["grafana"]
+    assert mounts("grafana") == {
+        "/etc/grafana/provisioning": (ROOT / "deploy" / "grafana" / "provisioning", True),
+        "/var/lib/grafana/dashboards": (ROOT / "deploy" / "grafana" / "dashboards", True),
+    }
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-test-secret"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    [provider] = yaml_file(provisioning / "dashboards" / "numbers-retention.yml")["providers"]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    [source] = yaml_file(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "deploy" / "grafana" / "dashboards" / Path(home).name).is_file()
+    for name in MONITORING:
+        [port] = services[name]["ports"]
+        assert port["host_ip"] == "127.0.0.1", name
+        assert services[name]["healthcheck"]["test"], name

@@ -14,13 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select, update
 
 from shared import migrate
 from shared.db import make_engine, make_session_factory
+from shared.models import PhoneNumber
+from shared.purge import PURGE_LOCK_KEY
 from tests.conftest import delete_all_rows
 from tests.factories import NOW, make_number
-from worker.cli import LAG_EXIT_CODE, _status_table, format_duration, parse_duration
+from worker.cli import (
+    LAG_EXIT_CODE,
+    LOCKED_EXIT_CODE,
+    _status_table,
+    format_duration,
+    parse_duration,
+)
 
 CLI = str(Path(sys.executable).parent / "numbers-retention")
 DAY = timedelta(days=1)
@@ -195,9 +203,36 @@ def test_lagging_status_tells_why_on_stderr(sqlite_store: Store) -> None:
 
 @pytest.mark.postgres
 def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> None:
-    held = pg_store.cli("hold", OVERDUE[0])
+    held = pg_store.cli("hold", OVERDUE[0], "--reason", "billing dispute #42", "--by", "ops")
     assert held.returncode == 0, held.stderr
-    assert json.loads(held.stdout) == {"phoneNumber": OVERDUE[0], "held": True}
+    body = json.loads(held.stdout)
+    assert body | {"at": None} == {
+        "phoneNumber": OVERDUE[0],
+        "held": True,
+        "reason": "billing dispute #42",
+        "by": "ops",
+        "at": None,
+    }
+    [listed] = json.loads(pg_store.cli("holds", "--json", "--now", NOW.isoformat()).stdout)
+    assert listed == {
+        "phone_number": OVERDUE[0],
+        "account_id": "acc_1",
+        "billing_status": "released",
+        "released_at": "2026-11-12T12:00:00Z",
+        "deadline": "2026-11-26T12:00:00Z",
+        "overdue": True,
+        "reason": "billing dispute #42",
+        "by": "ops",
+        "at": body["at"],
+    }
+    table = pg_store.cli("holds", "--now", NOW.isoformat())
+    assert table.stdout.splitlines()[1].split()[:4] == [
+        OVERDUE[0],
+        "acc_1",
+        "released",
+        "(overdue)",
+    ]
+    assert table.stdout.rstrip().endswith("ops  billing dispute #42")
 
     purged = pg_store.cli("purge", "--now", NOW.isoformat())
     assert purged.returncode == 0, purged.stderr
@@ -208,6 +243,7 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> Non
     lifted = pg_store.cli("unhold", OVERDUE[0])
     assert lifted.returncode == 0, lifted.stderr
     assert json.loads(lifted.stdout) == {"phoneNumber": OVERDUE[0], "held": False}
+    assert pg_store.cli("holds").stdout == "No number is on hold.\n"
     report = pg_store.status("--max-lag", "1h", exit_code=LAG_EXIT_CODE)
     assert (report["overdue"], report["held"], report["oldest_overdue_seconds"]) == (1, 0, 86400)
 
@@ -325,3 +361,120 @@ def test_status_table_lists_runs_with_their_notes() -> None:
         "  2026-11-27 11:45:00Z  paused        0        0          7  0.0s  PURGE_PAUSED is set",
         "  2026-11-27 11:30:00Z  running   5,000        1          -     -",
     ]
+
+
+def test_dry_runs_never_push_real_runs_out_of_the_list(store: Store) -> None:
+    purged = store.cli("purge", "--now", NOW.isoformat())
+    assert purged.returncode == 0, purged.stderr
+    real = json.loads(purged.stdout)
+    for _ in range(3):
+        dry = store.cli("purge", "--dry-run", "--now", (NOW + 30 * DAY).isoformat())
+        assert dry.returncode == 0, dry.stderr
+    last_dry = json.loads(dry.stdout)
+
+    report = store.status("--runs", "2")
+    assert [run["run_id"] for run in report["last_runs"]] == [real["run_id"]]
+    assert report["last_dry_run"]["run_id"] == last_dry["run_id"]
+    assert report["last_dry_run"]["status"] == "dry_run"
+    # The fresh number is overdue 30 days on: the dry run looked ahead and left it.
+    assert report["last_dry_run"]["remaining"] == 1
+    # The last success and the totals are the real runs' only.
+    assert report["purge_last_success_at"] == report["last_runs"][0]["finished_at"]
+    assert report["purged_total"] == 3
+    finished = report["last_finished_run"]
+    assert (finished["run_id"], finished["purged"]) == (real["run_id"], 3)
+    assert finished["seconds"] == real["seconds"]
+    assert finished["worst_batch_ms"] == real["worst_batch_ms"]
+
+    table = store.cli("status", "--now", NOW.isoformat()).stdout
+    assert "  Last dry run " in table
+    assert ": 1 would be purged" in table
+
+
+@pytest.mark.postgres
+def test_a_purge_that_finds_the_lock_taken_exits_with_its_own_code(
+    pg_store: Store, pg_engine: Engine
+) -> None:
+    with pg_engine.connect() as other_run:
+        assert other_run.scalar(select(func.pg_try_advisory_lock(PURGE_LOCK_KEY)))
+        try:
+            done = pg_store.cli("purge", "--now", NOW.isoformat())
+        finally:
+            other_run.scalar(select(func.pg_advisory_unlock(PURGE_LOCK_KEY)))
+    assert done.returncode == LOCKED_EXIT_CODE == 4
+    summary = json.loads(done.stdout)
+    assert (summary["status"], summary["reason"], summary["purged"]) == ("skipped", "locked", 0)
+    assert "another run holds the lock" in done.stderr
+    assert pg_store.status()["overdue"] == 3
+    assert pg_store.cli("purge", "--now", NOW.isoformat()).returncode == 0
+
+
+def _fail_upstream(engine: Engine, failures: dict[str, tuple[str, bool]]) -> None:
+    """Leave numbers claimed with a provider error, as a failed upstream release does."""
+    with make_session_factory(engine).begin() as session:
+        for phone_number, (provider_code, permanent) in failures.items():
+            session.execute(
+                update(PhoneNumber)
+                .where(PhoneNumber.phone_number == phone_number)
+                .values(
+                    purge_state="purging",
+                    provider_attempts=1,
+                    provider_error_code="provider_refused",
+                    provider_code=provider_code,
+                    provider_failed_permanently=permanent,
+                    provider_next_attempt_at=None if permanent else NOW + DAY,
+                )
+            )
+
+
+@pytest.mark.postgres
+def test_retry_upstream_clears_many_numbers_at_once(pg_store: Store, pg_engine: Engine) -> None:
+    _fail_upstream(
+        pg_engine,
+        {
+            OVERDUE[0]: ("10009", True),
+            OVERDUE[1]: ("10009", True),
+            OVERDUE[2]: ("10007", True),
+        },
+    )
+    assert pg_store.status()["upstream_permanent"] == 3
+
+    bad_key = pg_store.cli("retry-upstream", "--all-permanent", "--provider-code", "10009")
+    assert bad_key.returncode == 0, bad_key.stderr
+    assert json.loads(bad_key.stdout) == {
+        "retry": "next purge run",
+        "count": 2,
+        "numbers": OVERDUE[:2],
+    }
+    report = pg_store.status()
+    assert (report["upstream_failed"], report["upstream_permanent"]) == (3, 1)
+
+    # One transaction: a number without a failure leaves the others as they were.
+    mixed = pg_store.cli("retry-upstream", OVERDUE[2], FRESH)
+    assert mixed.returncode == 2
+    assert json.loads(mixed.stderr)["error"]["code"] == "no_upstream_failure"
+    assert pg_store.status()["upstream_permanent"] == 1
+
+    rest = pg_store.cli("retry-upstream", "--all-permanent")
+    assert json.loads(rest.stdout)["numbers"] == [OVERDUE[2]]
+    assert pg_store.status()["upstream_permanent"] == 0
+    one = pg_store.cli("retry-upstream", OVERDUE[0])
+    assert json.loads(one.stdout) == {"phoneNumber": OVERDUE[0], "retry": "next purge run"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), (OVERDUE[0], "--all-permanent"), (OVERDUE[0], "--provider-code", "10009")],
+)
+def test_retry_upstream_needs_numbers_or_the_filter(sqlite_store: Store, args: tuple[str]) -> None:
+    done = sqlite_store.cli("retry-upstream", *args)
+    assert done.returncode == 2
+    assert "Usage:" in done.stderr
+
+
+def test_purge_paused_by_the_setting_shows_in_status(sqlite_store: Store) -> None:
+    sqlite_store.env["PURGE_PAUSED"] = "true"
+    report = sqlite_store.status()
+    assert (report["paused"], report["paused_by_setting"], report["pause"]) == (True, True, None)
+    table = sqlite_store.cli("status", "--now", NOW.isoformat()).stdout
+    assert "  Paused                   yes, PURGE_PAUSED is set\n" in table

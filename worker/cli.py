@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import click
+import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 
@@ -18,17 +19,19 @@ from shared.controls import pause_purge, resume_purge
 from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError, InternalError
-from shared.lifecycle import set_purge_hold
+from shared.holds import hold_number, list_holds, unhold_number
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
+from shared.publication import publication_status, recording_failures
 from shared.purge import purge_expired
 from shared.releasable import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
-from worker.app import app
+from worker.app import app, redis_url
 from worker.logs import configure_logging, redact
+from worker.metrics import make_collector, serve
 from worker.tasks import parse_now, redis_client, session_factory
 
 
@@ -109,6 +112,10 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     )
 
 
+# `purge` exits with this when another run held the lock and this one did nothing.
+LOCKED_EXIT_CODE = 4
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Count and sample what would go; delete nothing.")
 @now_option
@@ -122,7 +129,10 @@ def purge(
     max_rows: int | None,
     max_seconds: float | None,
 ) -> None:
-    """Purge overdue released numbers now, in the foreground; prints the run summary."""
+    """Purge overdue released numbers now, in the foreground; prints the run summary.
+
+    Exits 4 when another run holds the lock (status `skipped`): nothing was done.
+    """
     report = purge_expired(
         make_session_factory(_engine()),
         now=now,
@@ -132,14 +142,18 @@ def purge(
         max_seconds=max_seconds,
     )
     _print_json(report.as_dict())
+    if report.status == "skipped":
+        click.echo("purge skipped: another run holds the lock; nothing was done.", err=True)
+        sys.exit(LOCKED_EXIT_CODE)
 
 
 @main.command()
 @now_option
 def publish(now: datetime | None) -> None:
     """Publish the repurchasable set to Redis now; prints what was published."""
-    with session_factory()() as session:
-        _print_json(publish_releasable(session, redis_client(), now=now))
+    client = redis_client()
+    with recording_failures(client), session_factory()() as session:
+        _print_json(publish_releasable(session, client, now=now))
 
 
 @main.command("list")
@@ -231,7 +245,10 @@ def _parse_max_lag(
 def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | None) -> None:
     """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
     with make_session_factory(_engine())() as session:
-        report = store_status(session, now=now, runs=runs)
+        report = store_status(
+            session, now=now, runs=runs, deploy_paused=get_settings().purge_paused
+        )
+    report["publication"] = _publication(now)
     if max_lag is not None:
         limit = max_lag.total_seconds()
         report |= {"max_lag_seconds": limit, "lagging": report["oldest_overdue_seconds"] > limit}
@@ -249,6 +266,21 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
         sys.exit(LAG_EXIT_CODE)
 
 
+def _publication(now: datetime | None) -> dict[str, Any] | None:
+    """The releasable set's publication as Redis records it; None when no Redis is configured."""
+    url = redis_url(get_settings())
+    if not url:
+        return None
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return {"reachable": True, **publication_status(client, now=now)}
+    except redis.RedisError:
+        # `status` is about the store first: an unreachable Redis is shown, not fatal.
+        return {"reachable": False}
+    finally:
+        client.close()
+
+
 def _when(iso: str | None) -> str:
     if iso is None:
         return "-"
@@ -264,14 +296,14 @@ def _status_table(report: dict[str, Any]) -> str:
     else:
         oldest = "-"
     pause = report["pause"]
+    if pause:
+        paused = f"yes, by {pause['by']} since {_when(pause['at'])}" + (
+            f": {pause['reason']}" if pause["reason"] else ""
+        )
+    else:
+        paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
     facts = [
-        (
-            "Paused",
-            f"yes, by {pause['by']} since {_when(pause['at'])}"
-            + (f": {pause['reason']}" if pause["reason"] else "")
-            if pause
-            else "no",
-        ),
+        ("Paused", paused),
         ("Overdue (purgeable now)", f"{report['overdue']:,}"),
         ("Oldest overdue", oldest),
         ("On hold", f"{report['held']:,}"),
@@ -282,6 +314,10 @@ def _status_table(report: dict[str, Any]) -> str:
         ),
         ("Claimed, not yet called", f"{report['upstream_claimed']:,}"),
     ]
+    if "purge_last_success_at" in report:
+        facts.append(("Last successful purge", _when(report["purge_last_success_at"])))
+    if report.get("publication") is not None:
+        facts.append(("Last published", _published(report["publication"])))
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
         facts.append(("Lag limit", f"{format_duration(report['max_lag_seconds'])}: {verdict}"))
@@ -308,6 +344,11 @@ def _status_table(report: dict[str, Any]) -> str:
             runs,
             numeric={2, 3, 4, 5},
         )
+    dry = report.get("last_dry_run")
+    if dry:
+        lines.append(
+            f"  Last dry run {_when(dry['started_at'])}: {dry['remaining'] or 0:,} would be purged"
+        )
     if report["upstream_stuck"]:
         lines += ["", "Kept because the provider did not release them (docs/runbook.md)"]
         stuck = [
@@ -329,6 +370,24 @@ def _status_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _published(publication: dict[str, Any]) -> str:
+    if not publication["reachable"]:
+        return "unknown (Redis unreachable)"
+    if publication["last_success_at"] is None:
+        text = "never"
+    else:
+        text = (
+            f"{_when(publication['last_success_at'])}"
+            f" ({format_duration(max(publication['age_seconds'], 0))} ago)"
+        )
+    if publication["failing"]:
+        text += (
+            f"; the latest attempt FAILED at {_when(publication['last_failure_at'])}"
+            f" ({publication['last_failure']})"
+        )
+    return text
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: set[int]) -> list[str]:
     """Aligned columns, numbers to the right."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -342,12 +401,22 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: set
     ]
 
 
+def _operator() -> str:
+    """Who runs this command, for the records it leaves (the login name)."""
+    try:
+        return getpass.getuser()[:64] or "unknown"
+    except OSError:  # no login name (a container without a passwd entry)
+        return "unknown"
+
+
 @main.command()
 @click.argument("phone_number", metavar="PHONE")
-def hold(phone_number: str) -> None:
+@click.option("--reason", help="Why (a dispute, a legal hold); shown by `holds`.")
+@click.option("--by", default=_operator, show_default="login name", help="Who holds it.")
+def hold(phone_number: str, reason: str | None, by: str) -> None:
     """Put a number on hold: the purge never removes it until `unhold`."""
     with make_session_factory(_engine()).begin() as session:
-        _print_json(set_purge_hold(session, phone_number=phone_number, held=True))
+        _print_json(hold_number(session, phone_number=phone_number, by=by, reason=reason))
 
 
 @main.command()
@@ -355,15 +424,46 @@ def hold(phone_number: str) -> None:
 def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
     with make_session_factory(_engine()).begin() as session:
-        _print_json(set_purge_hold(session, phone_number=phone_number, held=False))
+        _print_json(unhold_number(session, phone_number=phone_number))
 
 
-def _operator() -> str:
-    """Who runs this command, for the records it leaves (the login name)."""
-    try:
-        return getpass.getuser()[:64] or "unknown"
-    except OSError:  # no login name (a container without a passwd entry)
-        return "unknown"
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@now_option
+def holds(as_json: bool, now: datetime | None) -> None:
+    """List the numbers on hold: who held them, when and why, oldest hold first."""
+    with make_session_factory(_engine())() as session:
+        held = list_holds(session, now=now)
+    if as_json:
+        _print_json(held)
+        return
+    if not held:
+        click.echo("No number is on hold.")
+        return
+    rows = [
+        (
+            number["phone_number"],
+            number["account_id"],
+            number["billing_status"] + (" (overdue)" if number["overdue"] else ""),
+            _when(number["at"]),
+            number["by"] or "-",
+            (number["reason"] or "")[:60],
+        )
+        for number in held
+    ]
+    click.echo(
+        "\n".join(
+            _table(("NUMBER", "ACCOUNT", "STATE", "SINCE", "BY", "REASON"), rows, numeric=set())
+        )
+    )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=9808, show_default=True, type=click.IntRange(1, 65535))
+def metrics(host: str, port: int) -> None:
+    """Serve the store's retention health to Prometheus on http://HOST:PORT/metrics."""
+    serve(make_collector(get_settings()), host=host, port=port)
 
 
 @main.command()
@@ -383,11 +483,38 @@ def resume() -> None:
 
 
 @main.command("retry-upstream")
-@click.argument("phone_number", metavar="PHONE")
-def retry_upstream(phone_number: str) -> None:
-    """Clear a number's upstream failure: the next purge calls the provider for it again."""
+@click.argument("phone_numbers", metavar="[PHONE]...", nargs=-1)
+@click.option("--all-permanent", is_flag=True, help="Every number the provider refused for good.")
+@click.option(
+    "--provider-code",
+    metavar="CODE",
+    help="With --all-permanent: only those with this provider code (e.g. 10009, a bad key).",
+)
+def retry_upstream(
+    phone_numbers: tuple[str, ...], all_permanent: bool, provider_code: str | None
+) -> None:
+    """Clear upstream failures: the next purge calls the provider for these numbers again."""
+    if bool(phone_numbers) == all_permanent:
+        raise click.UsageError("Give PHONE numbers or --all-permanent (one of the two).")
+    if provider_code is not None and not all_permanent:
+        raise click.UsageError("--provider-code filters --all-permanent.")
     with make_session_factory(_engine()).begin() as session:
-        _print_json(reset_upstream(session, phone_number=phone_number))
+        if len(phone_numbers) == 1:
+            _print_json(reset_upstream(session, phone_number=phone_numbers[0]))
+            return
+        if all_permanent:
+            query = select(PhoneNumber.phone_number).where(
+                PhoneNumber.provider_failed_permanently.is_(True)
+            )
+            if provider_code is not None:
+                query = query.where(PhoneNumber.provider_code == provider_code)
+            phone_numbers = tuple(session.scalars(query.order_by(PhoneNumber.id)))
+        # One transaction: a number that cannot be retried leaves all of them as they were.
+        for number in phone_numbers:
+            reset_upstream(session, phone_number=number)
+        _print_json(
+            {"retry": "next purge run", "count": len(phone_numbers), "numbers": phone_numbers}
+        )
 
 
 @main.command("resolve-upstream")

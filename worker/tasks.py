@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import validation
 from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
+from shared.publication import recording_failures
 from shared.purge import purge_expired
 from shared.releasable import publish_releasable
 from shared.retention import as_utc
@@ -104,5 +105,7 @@ def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str,
 def publish_releasable_task(now: object = None) -> dict[str, Any]:
     """Publish the repurchasable set to Redis; returns what was published."""
     when = parse_now(now)
-    with session_factory()() as session:
-        return publish_releasable(session, redis_client(), now=when)
+    client = redis_client()
+    # A failure leaves its marker in Redis for `status` and the exporter, then retries as before.
+    with recording_failures(client), session_factory()() as session:
+        return publish_releasable(session, client, now=when)

@@ -1,0 +1,79 @@
+"""Holds with a record: who kept a number from the purge, when and why; the list of them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import validation
+from shared.lifecycle import lock_number, set_purge_hold
+from shared.listing import iso_timestamp
+from shared.models import PhoneNumber
+from shared.retention import is_purgeable, repurchase_deadline, resolve_now
+
+REASON_MAX = 500
+
+
+def hold_number(
+    session: Session,
+    *,
+    phone_number: str,
+    by: str,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Keep a number from the purge, recording who, when and why; holding again updates it."""
+    record = (
+        validation.text(reason, name="reason", limit=REASON_MAX),
+        validation.short_id(by, name="by"),
+        resolve_now(now),
+    )
+    body = set_purge_hold(session, phone_number=phone_number, held=True)
+    # set_purge_hold locked the row for the rest of this transaction.
+    number = session.scalars(
+        select(PhoneNumber).where(PhoneNumber.phone_number == body["phoneNumber"])
+    ).one()
+    number.hold_reason, number.hold_set_by, number.hold_set_at = record
+    session.flush()
+    return body | {"reason": record[0], "by": record[1], "at": iso_timestamp(record[2])}
+
+
+def unhold_number(session: Session, *, phone_number: str) -> dict[str, Any]:
+    """Lift a number's hold and forget its record."""
+    number = lock_number(session, phone_number)
+    if number is not None:
+        # The record goes first: the schema allows one only on a held number.
+        number.hold_reason = number.hold_set_by = None
+        number.hold_set_at = None
+        session.flush()
+    return set_purge_hold(session, phone_number=phone_number, held=False)
+
+
+def list_holds(session: Session, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every held number with its record, oldest hold first; `overdue`: kept past its deadline."""
+    now = resolve_now(now)
+    numbers = session.scalars(
+        select(PhoneNumber)
+        .where(PhoneNumber.purge_hold.is_(True))
+        .order_by(PhoneNumber.hold_set_at.asc().nulls_first(), PhoneNumber.id)
+    ).all()
+    return [
+        {
+            "phone_number": number.phone_number,
+            "account_id": number.account_id,
+            "billing_status": number.billing_status,
+            "released_at": iso_timestamp(number.released_at) if number.released_at else None,
+            "deadline": iso_timestamp(repurchase_deadline(number.released_at))
+            if number.released_at
+            else None,
+            "overdue": number.released_at is not None
+            and is_purgeable(number.released_at, now, held=False),
+            "reason": number.hold_reason,
+            "by": number.hold_set_by,
+            "at": iso_timestamp(number.hold_set_at) if number.hold_set_at else None,
+        }
+        for number in numbers
+    ]

@@ -1,0 +1,60 @@
+"""How the releasable set's publication is doing: its last success, and a marker when it fails.
+
+Both live in the publication's metadata hash in Redis (`releasable:meta`): a successful
+publication writes `generated_at` there; a failed one leaves `failed_at` and `failure` (the
+error's type, never its text, which can carry a URL with a password).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from shared.listing import iso_timestamp
+from shared.releasable import PREFIX, meta_key, publication
+from shared.retention import as_utc, resolve_now, utcnow
+
+LAST_SUCCESS = "generated_at"
+FAILED_AT = "failed_at"
+FAILURE = "failure"
+
+
+@contextmanager
+def recording_failures(client: redis.Redis, *, prefix: str = PREFIX) -> Iterator[None]:
+    """Run a publication; if it raises, leave a failure marker in Redis and re-raise."""
+    try:
+        yield
+    except Exception as error:
+        # Redis is most likely what failed then; the stale last success tells the same story.
+        with suppress(redis.RedisError):
+            client.hset(
+                meta_key(prefix),
+                mapping={FAILED_AT: iso_timestamp(utcnow()), FAILURE: type(error).__name__},
+            )
+        raise
+
+
+def _instant(value: str | None) -> datetime | None:
+    return as_utc(datetime.fromisoformat(value)) if value else None
+
+
+def publication_status(
+    client: redis.Redis, *, now: datetime | None = None, prefix: str = PREFIX
+) -> dict[str, Any]:
+    """The last successful publication, its age at `now`, and whether the latest attempt failed."""
+    now = resolve_now(now)
+    meta = publication(client, prefix=prefix)
+    success, failed = _instant(meta.get(LAST_SUCCESS)), _instant(meta.get(FAILED_AT))
+    return {
+        "last_success_at": iso_timestamp(success) if success else None,
+        "age_seconds": round((now - success).total_seconds(), 3) if success else None,
+        "published": int(meta["count"]) if success and "count" in meta else None,
+        # Failing: the newest attempt on record failed (a later success clears it).
+        "failing": failed is not None and (success is None or failed > success),
+        "last_failure_at": iso_timestamp(failed) if failed else None,
+        "last_failure": meta.get(FAILURE),
+    }

@@ -1,0 +1,121 @@
+"""Holds with a record: who, when and why; listed oldest first; cleared with the hold."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.errors import ValidationError
+from shared.holds import hold_number, list_holds, unhold_number
+from shared.models import PhoneNumber
+from tests.factories import NOW, make_number
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def numbers(session: Session) -> Session:
+    make_number(
+        session, account_id="acc_1", phone_number="+14155550101", released_at=NOW - 15 * DAY
+    )
+    make_number(session, account_id="acc_1", phone_number="+14155550102", released_at=NOW - DAY)
+    make_number(session, account_id="acc_2", phone_number="+14155550103")
+    return session
+
+
+def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session) -> None:
+    body = hold_number(
+        numbers, phone_number="+14155550101", by="alice", reason="dispute #4411", now=NOW - DAY
+    )
+    assert body == {
+        "phoneNumber": "+14155550101",
+        "held": True,
+        "reason": "dispute #4411",
+        "by": "alice",
+        "at": "2026-11-26T12:00:00Z",
+    }
+    hold_number(numbers, phone_number="+14155550103", by="bob", now=NOW - 2 * DAY)
+    hold_number(numbers, phone_number="+14155550102", by="carol", reason="legal", now=NOW)
+
+    held = list_holds(numbers, now=NOW)
+    assert [(h["phone_number"], h["by"], h["reason"]) for h in held] == [
+        ("+14155550103", "bob", None),
+        ("+14155550101", "alice", "dispute #4411"),
+        ("+14155550102", "carol", "legal"),
+    ]
+    active, overdue, fresh = held
+    assert (active["billing_status"], active["released_at"], active["overdue"]) == (
+        "active",
+        None,
+        False,
+    )
+    assert (overdue["deadline"], overdue["overdue"]) == ("2026-11-26T12:00:00Z", True)
+    assert fresh["overdue"] is False
+
+    # Holding again replaces the record.
+    hold_number(numbers, phone_number="+14155550101", by="dave", reason="still open", now=NOW)
+    again = {h["phone_number"]: h for h in list_holds(numbers, now=NOW)}["+14155550101"]
+    assert (again["by"], again["reason"], again["at"]) == (
+        "dave",
+        "still open",
+        "2026-11-27T12:00:00Z",
+    )
+
+    assert unhold_number(numbers, phone_number="+14155550101") == {
+        "phoneNumber": "+14155550101",
+        "held": False,
+    }
+    row = numbers.query(PhoneNumber).filter_by(phone_number="+14155550101").one()
+    assert (row.purge_hold, row.hold_reason, row.hold_set_by, row.hold_set_at) == (
+        False,
+        None,
+        None,
+        None,
+    )
+    assert [h["phone_number"] for h in list_holds(numbers, now=NOW)] == [
+        "+14155550103",
+        "+14155550102",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"phone_number": "+14155559999", "by": "ops"}, "number_not_found"),
+        ({"phone_number": "4155550101", "by": "ops"}, "invalid_phone_number"),
+        ({"phone_number": "+14155550101", "by": "ops", "reason": "x" * 501}, "invalid_reason"),
+        ({"phone_number": "+14155550101", "by": ""}, "invalid_by"),
+    ],
+)
+def test_a_bad_hold_is_refused_and_changes_nothing(
+    numbers: Session, kwargs: dict[str, str], code: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        hold_number(numbers, now=NOW, **kwargs)
+    assert refused.value.code == code
+    assert list_holds(numbers, now=NOW) == []
+
+
+def test_unhold_of_an_unknown_number_is_not_found(numbers: Session) -> None:
+    with pytest.raises(ValidationError) as refused:
+        unhold_number(numbers, phone_number="+14155559999")
+    assert refused.value.code == "number_not_found"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_the_schema_refuses_a_hold_record_on_a_number_not_held(numbers: Session) -> None:
+    with pytest.raises(IntegrityError), numbers.begin_nested():
+        numbers.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.phone_number == "+14155550101")
+            .values(hold_set_by="ops", hold_set_at=NOW)
+        )
+    assert (
+        numbers.scalar(text("SELECT count(*) FROM phone_numbers WHERE hold_set_by IS NOT NULL"))
+        == 0
+    )

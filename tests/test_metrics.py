@@ -1,0 +1,306 @@
+"""The exporter's metrics: the numbers of `status --json`, cached; `up 0` on a dead store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_engine, make_session_factory
+from shared.models import PhoneNumber
+from shared.publication import publication_status
+from shared.purge import purge_expired
+from shared.releasable import publish_releasable
+from shared.settings import get_settings
+from shared.status import store_status
+from tests.factories import NOW, make_number
+from tests.servers import free_port
+from worker.metrics import Reader, Reading, RetentionCollector, exporter_engine, families
+
+DAY = timedelta(days=1)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(collector: Any) -> Samples:
+    """The exposition text Prometheus would read, parsed back into samples."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) -> Samples:
+    """The contract: each metric is the `status --json` value of the same name."""
+
+    def at(iso: str) -> float:
+        return datetime.fromisoformat(iso).timestamp()
+
+    last = status["last_finished_run"]
+    samples: Samples = {
+        ("numbers_retention_up", ()): 1,
+        ("numbers_retention_overdue", ()): status["overdue"],
+        ("numbers_retention_oldest_overdue_seconds", ()): status["oldest_overdue_seconds"],
+        ("numbers_retention_held", ()): status["held"],
+        ("numbers_retention_releasable", ()): status["releasable"],
+        ("numbers_retention_upstream_failed", (("kind", "transient"),)): status["upstream_failed"]
+        - status["upstream_permanent"],
+        ("numbers_retention_upstream_failed", (("kind", "permanent"),)): status[
+            "upstream_permanent"
+        ],
+        ("numbers_retention_paused", ()): int(status["paused"]),
+        ("numbers_retention_purged_total", ()): status["purged_total"],
+    }
+    if status["purge_last_success_at"]:
+        samples[("numbers_retention_purge_last_success_timestamp_seconds", ())] = at(
+            status["purge_last_success_at"]
+        )
+    if last:
+        samples |= {
+            ("numbers_retention_purge_last_run_seconds", ()): last["seconds"],
+            ("numbers_retention_purge_last_run_purged", ()): last["purged"],
+            ("numbers_retention_purge_last_run_worst_batch_seconds", ()): last["worst_batch_ms"]
+            / 1000,
+        }
+    if publication is not None:
+        samples[("numbers_retention_publish_failing", ())] = int(publication["failing"])
+        if publication["last_success_at"]:
+            samples[("numbers_retention_publish_last_success_timestamp_seconds", ())] = at(
+                publication["last_success_at"]
+            )
+    return samples
+
+
+def seed(factory: sessionmaker[Session]) -> None:
+    """Three overdue numbers (one a day past its deadline), one held, one fresh, two stuck."""
+    with factory.begin() as session:
+        for i in range(3):
+            make_number(
+                session,
+                account_id="acc_1",
+                phone_number=f"+1415555010{i}",
+                released_at=NOW - (15 + i) * DAY,
+            )
+        make_number(
+            session, account_id="acc_1", phone_number="+14155550110", released_at=NOW - 20 * DAY
+        )
+        make_number(
+            session, account_id="acc_2", phone_number="+14155550200", released_at=NOW - 2 * DAY
+        )
+        for phone_number, permanent in [("+14155550300", True), ("+14155550301", False)]:
+            make_number(
+                session, account_id="acc_3", phone_number=phone_number, released_at=NOW - 30 * DAY
+            )
+            session.execute(
+                update(PhoneNumber)
+                .where(PhoneNumber.phone_number == phone_number)
+                .values(
+                    purge_state="purging",
+                    provider_attempts=1,
+                    provider_error_code="provider_refused",
+                    provider_failed_permanently=permanent,
+                    provider_next_attempt_at=None if permanent else NOW + DAY,
+                )
+            )
+        session.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.phone_number == "+14155550110")
+            .values(purge_hold=True)
+        )
+
+
+def at_now(factory: sessionmaker[Session]) -> Reader:
+    return Reader(factory, None, clock=lambda: NOW)
+
+
+def test_metrics_agree_with_status_before_and_after_a_purge(
+    session_factory: sessionmaker[Session],
+) -> None:
+    seed(session_factory)
+    collector = RetentionCollector(at_now(session_factory), cache_seconds=0)
+    with session_factory() as session:
+        before = store_status(session, now=NOW)
+    samples = scrape(collector)
+    assert samples == expected(before)
+    # The seed, as numbers: the stuck ones are overdue too (claimed rows stay purgeable).
+    assert samples[("numbers_retention_overdue", ())] == 5
+    assert samples[("numbers_retention_oldest_overdue_seconds", ())] == 16 * 86400
+    assert samples[("numbers_retention_held", ())] == 1
+    assert samples[("numbers_retention_upstream_failed", (("kind", "permanent"),))] == 1
+    assert ("numbers_retention_purge_last_success_timestamp_seconds", ()) not in samples
+
+    report = purge_expired(session_factory, now=NOW)
+    with session_factory() as session:
+        after = store_status(session, now=NOW)
+    samples = scrape(collector)
+    assert samples == expected(after)
+    # Whether the purge may take the stuck rows is the purge's rule; the metrics report what it did.
+    assert report.purged >= 3
+    assert samples[("numbers_retention_purged_total", ())] == report.purged
+    assert samples[("numbers_retention_purge_last_run_purged", ())] == report.purged
+    assert samples[("numbers_retention_purge_last_success_timestamp_seconds", ())] > 0
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_publication_metrics_come_from_redis(
+    pg_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    seed(pg_factory)
+    reader = Reader(pg_factory, redis_client, clock=lambda: NOW)
+    samples = scrape(RetentionCollector(reader, cache_seconds=0))
+    assert samples[("numbers_retention_publish_failing", ())] == 0
+    assert ("numbers_retention_publish_last_success_timestamp_seconds", ()) not in samples
+
+    with pg_factory() as session:
+        summary = publish_releasable(session, redis_client, now=NOW)
+    samples = scrape(RetentionCollector(reader, cache_seconds=0))
+    with pg_factory() as session:
+        status = store_status(session, now=NOW)
+    assert samples == expected(status, publication_status(redis_client, now=NOW))
+    assert (
+        samples[("numbers_retention_publish_last_success_timestamp_seconds", ())]
+        == datetime.fromisoformat(summary["generated_at"]).timestamp()
+    )
+
+
+def test_one_reading_serves_the_scrapes_of_the_cache_window() -> None:
+    clock = [100.0]
+    reads: list[int] = []
+
+    def read() -> Reading:
+        reads.append(1)
+        return Reading(None, None)
+
+    collector = RetentionCollector(read, cache_seconds=5, monotonic=lambda: clock[0])
+    for _ in range(3):
+        assert scrape(collector) == {("numbers_retention_up", ()): 0}
+    assert len(reads) == 1
+    clock[0] += 4.9
+    scrape(collector)
+    assert len(reads) == 1
+    clock[0] += 0.1
+    scrape(collector)
+    assert len(reads) == 2
+
+
+def test_concurrent_scrapes_read_the_store_once() -> None:
+    started, release = threading.Event(), threading.Event()
+    reads: list[int] = []
+
+    def slow_read() -> Reading:
+        reads.append(1)
+        started.set()
+        release.wait(5)
+        return Reading(None, None)
+
+    collector = RetentionCollector(slow_read, cache_seconds=60)
+    threads = [threading.Thread(target=scrape, args=(collector,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert started.wait(5)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert len(reads) == 1
+
+
+@pytest.fixture
+def unreachable_store() -> Iterator[Engine]:
+    engine = make_engine(
+        f"postgresql://nobody@127.0.0.1:{free_port()}/none", connect_args={"connect_timeout": 1}
+    )
+    yield engine
+    engine.dispose()
+
+
+def test_an_unreadable_store_is_up_0_and_nothing_else(unreachable_store: Engine) -> None:
+    reader = Reader(make_session_factory(unreachable_store), None)
+    assert scrape(RetentionCollector(reader, cache_seconds=0)) == {("numbers_retention_up", ()): 0}
+
+
+def test_an_unreadable_redis_leaves_out_the_publication_only(
+    session_factory: sessionmaker[Session],
+) -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    samples = scrape(
+        RetentionCollector(Reader(session_factory, client, clock=lambda: NOW), cache_seconds=0)
+    )
+    assert samples[("numbers_retention_up", ())] == 1
+    assert not [name for name, _ in samples if name.startswith("numbers_retention_publish")]
+
+
+@pytest.fixture
+def exporter_settings(pg_url: str, settings_env: Callable[..., None]) -> None:
+    """The exporter on the test PostgreSQL with a short statement timeout."""
+    settings_env(DATABASE_URL=pg_url, METRICS_STATEMENT_TIMEOUT_SECONDS="0.5")
+
+
+@pytest.mark.postgres
+def test_a_query_past_the_statement_timeout_is_up_0(
+    exporter_settings: None, pg_engine: Engine
+) -> None:
+    engine = exporter_engine(get_settings())
+    collector = RetentionCollector(Reader(make_session_factory(engine), None), cache_seconds=0)
+    try:
+        assert scrape(collector)[("numbers_retention_up", ())] == 1
+        # A migration (or anything) holding the table: the scrape gives up instead of piling up.
+        with pg_engine.connect() as blocker:
+            blocker.exec_driver_sql("LOCK TABLE phone_numbers IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            try:
+                assert scrape(collector) == {("numbers_retention_up", ()): 0}
+                assert time.monotonic() - started < 5, "the scrape waited for the lock"
+            finally:
+                blocker.rollback()
+        assert scrape(collector)[("numbers_retention_up", ())] == 1
+    finally:
+        engine.dispose()
+
+
+def test_families_name_only_the_contract_and_its_extras() -> None:
+    status = {
+        "overdue": 0,
+        "oldest_overdue_seconds": 0.0,
+        "held": 0,
+        "releasable": 0,
+        "upstream_failed": 0,
+        "upstream_permanent": 0,
+        "paused": False,
+        "purge_last_success_at": "2026-11-27T12:00:00Z",
+        "last_finished_run": {"seconds": 1.5, "purged": 7, "worst_batch_ms": 120.0},
+        "purged_total": 7,
+    }
+    publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
+    names = {family.name for family in families(Reading(status, publication))}
+    assert names == {f"numbers_retention_{name}" for name in EXPORTED}
+
+
+# The contract (DESIGN.md, docs/runbook.md) and the extras the dashboard uses.
+CONTRACT = (
+    "up",
+    "overdue",
+    "oldest_overdue_seconds",
+    "held",
+    "releasable",
+    "upstream_failed",
+    "paused",
+    "purge_last_success_timestamp_seconds",
+    "publish_last_success_timestamp_seconds",
+    "purge_last_run_seconds",
+    "purged",  # a counter family: its sample is numbers_retention_purged_total
+)
+EXTRAS = ("purge_last_run_purged", "purge_last_run_worst_batch_seconds", "publish_failing")
+EXPORTED = CONTRACT + EXTRAS

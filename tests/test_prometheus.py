@@ -1,0 +1,205 @@
+"""A real Prometheus scrapes a real `numbers-retention metrics`; it sees what `status` says."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.retention import utcnow
+from tests.factories import make_number
+from tests.processes import Process, service_env, wait_for
+from tests.servers import free_port
+from tests.test_metrics import Samples, expected
+from tests.test_status_cli import CLI
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
+
+ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "alerts.yml"
+DAY = timedelta(days=1)
+# oldest_overdue_seconds grows with the clock: Prometheus's value is up to a cache window
+# plus a scrape interval older than status's.
+CLOCK_SLACK = 10.0
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is missing (apt-get install prometheus)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture
+def env(pg_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: the test store and Redis, a short exporter cache."""
+    return service_env(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path / "data",
+        METRICS_CACHE_SECONDS="0.5",
+    )
+
+
+@pytest.fixture
+def exporter(
+    env: dict[str, str],
+    pg_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> Iterator[str]:
+    """`numbers-retention metrics` on a free port; yields its host:port."""
+    port = free_port()
+    process = Process([CLI, "metrics", "--port", str(port)], env, tmp_path / "metrics.log")
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: _answers(f"http://{address}/metrics"),
+            timeout=30,
+            what="the exporter to answer",
+        )
+        yield address
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output(), process.output()[-3000:]
+    assert [e["event"] for e in process.events()][-1] == "metrics.stopped"
+
+
+@pytest.fixture
+def prometheus(exporter: str, tmp_path: Path) -> Iterator[str]:
+    """Debian's prometheus on a free port, scraping the exporter every second, with the alerts."""
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [
+            {"job_name": "numbers-retention", "static_configs": [{"targets": [exporter]}]}
+        ],
+    }
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = Process(
+        [
+            _binary("prometheus"),
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        dict(os.environ),
+        tmp_path / "prometheus.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{base}/-/ready"), timeout=60, what="Prometheus to be ready")
+        yield base
+    finally:
+        process.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def scraped(base: str) -> Samples:
+    """Prometheus's latest value of every numbers_retention_* series, without target labels."""
+    answer = httpx.get(
+        f"{base}/api/v1/query", params={"query": '{__name__=~"numbers_retention_.+"}'}, timeout=5
+    ).json()
+    assert answer["status"] == "success", answer
+    samples: Samples = {}
+    for series in answer["data"]["result"]:
+        labels = dict(series["metric"])
+        name = labels.pop("__name__")
+        del labels["job"], labels["instance"]
+        samples[(name, tuple(sorted(labels.items())))] = float(series["value"][1])
+    return samples
+
+
+def status(env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def agree(prometheus_values: Samples, report: dict[str, Any]) -> None:
+    """Prometheus's values are status's, the ever-growing overdue age within the clock's slack."""
+    want, got = expected(report, report["publication"]), dict(prometheus_values)
+    oldest = ("numbers_retention_oldest_overdue_seconds", ())
+    assert got.pop(oldest) == pytest.approx(want.pop(oldest), abs=CLOCK_SLACK)
+    assert got == pytest.approx(want, abs=1e-3)
+
+
+def test_prometheus_sees_what_status_says_before_and_after_a_purge(
+    env: dict[str, str], pg_factory: sessionmaker[Session], prometheus: str
+) -> None:
+    now = utcnow()
+    with pg_factory.begin() as session:
+        for i in range(3):
+            make_number(
+                session,
+                account_id="acc_1",
+                phone_number=f"+1415555010{i}",
+                released_at=now - (15 + i) * DAY,
+                now=now,
+            )
+        make_number(
+            session, account_id="acc_2", phone_number="+14155550200", released_at=now - DAY, now=now
+        )
+    published = subprocess.run([CLI, "publish"], env=env, capture_output=True, timeout=60)
+    assert published.returncode == 0, published.stderr
+
+    before = wait_for(
+        lambda: (
+            values
+            if (values := scraped(prometheus)).get(("numbers_retention_overdue", ())) == 3
+            else None
+        ),
+        timeout=60,
+        what="Prometheus to scrape the seeded store",
+    )
+    agree(before, status(env))
+    assert ("numbers_retention_purge_last_success_timestamp_seconds", ()) not in before
+    assert before[("numbers_retention_oldest_overdue_seconds", ())] >= 3 * 86400 - CLOCK_SLACK
+
+    purged = subprocess.run([CLI, "purge"], env=env, capture_output=True, timeout=120)
+    assert purged.returncode == 0, purged.stderr
+    after = wait_for(
+        lambda: (
+            values
+            if (values := scraped(prometheus)).get(("numbers_retention_purged_total", ())) == 3
+            else None
+        ),
+        timeout=60,
+        what="Prometheus to scrape the purged store",
+    )
+    report = status(env)
+    agree(after, report)
+    assert after[("numbers_retention_overdue", ())] == 0
+    assert after[("numbers_retention_releasable", ())] == 1
+    assert after[("numbers_retention_purge_last_run_purged", ())] == 3
+
+    # The alert rules load and evaluate in a real Prometheus.
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    [group] = rules
+    assert group["name"] == "numbers-retention"
+    assert len(group["rules"]) == 9
+    assert {rule["health"] for rule in group["rules"]} == {"ok"}

@@ -1,0 +1,144 @@
+"""The publication's record in Redis: last success, failure marker, and `status` showing both."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy.orm import Session
+
+from shared.publication import publication_status, recording_failures
+from shared.releasable import meta_key, publish_releasable
+from tests.factories import NOW, make_number
+from tests.servers import free_port
+from tests.test_status_cli import CLI, _env
+
+pytestmark = pytest.mark.redis
+
+
+class Broken(RuntimeError):
+    """What a publication raises in these tests."""
+
+
+def test_nothing_published_yet(redis_client: redis.Redis) -> None:
+    assert publication_status(redis_client, now=NOW) == {
+        "last_success_at": None,
+        "age_seconds": None,
+        "published": None,
+        "failing": False,
+        "last_failure_at": None,
+        "last_failure": None,
+    }
+
+
+def test_a_failure_is_marked_until_the_next_success(
+    session: Session, redis_client: redis.Redis
+) -> None:
+    make_number(session, account_id="acc_1", phone_number="+14155550101", released_at=NOW)
+    with pytest.raises(Broken), recording_failures(redis_client):
+        raise Broken("the store went away")
+    failed = publication_status(redis_client)
+    assert (failed["failing"], failed["last_failure"], failed["last_success_at"]) == (
+        True,
+        "Broken",
+        None,
+    )
+
+    with recording_failures(redis_client):
+        summary = publish_releasable(session, redis_client, now=NOW)
+    later = datetime.fromisoformat(summary["generated_at"]) + timedelta(seconds=90)
+    published = publication_status(redis_client, now=later)
+    assert published["failing"] is False
+    assert published["last_success_at"] == summary["generated_at"]
+    assert published["age_seconds"] == 90
+    assert published["published"] == 1
+    # The older failure stays on record; it no longer counts as failing.
+    assert published["last_failure"] == "Broken"
+
+    with pytest.raises(Broken), recording_failures(redis_client):
+        raise Broken
+    assert publication_status(redis_client)["failing"] is True
+
+
+def test_a_failure_while_redis_is_down_still_propagates_the_original_error() -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    with pytest.raises(Broken), recording_failures(client):
+        raise Broken
+
+
+def test_the_marker_keeps_the_error_type_only(redis_client: redis.Redis) -> None:
+    secret = "postgresql://retention:hunter2@db/retention"
+    with pytest.raises(Broken), recording_failures(redis_client):
+        raise Broken(f"could not connect to {secret}")
+    stored = redis_client.hgetall(meta_key())
+    assert b"hunter2" not in b"".join([*stored.keys(), *stored.values()])
+
+
+@pytest.mark.postgres
+def test_status_shows_the_publication_and_a_failing_publish(
+    pg_url: str, pg_factory: object, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = _env(tmp_path, DATABASE_URL=pg_url, REDIS_URL=redis_url)
+
+    def status() -> dict[str, object]:
+        done = subprocess.run(
+            [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, object] = json.loads(done.stdout)
+        return report
+
+    assert status()["publication"] == {"reachable": True, **publication_status(redis_client)}
+
+    published = subprocess.run(
+        [CLI, "publish"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert published.returncode == 0, published.stderr
+    publication = status()["publication"]
+    assert isinstance(publication, dict)
+    assert publication["failing"] is False
+    assert publication["last_success_at"] == json.loads(published.stdout)["generated_at"]
+    table = subprocess.run(
+        [CLI, "status"], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "  Last published           " in table
+    assert "FAILED" not in table
+
+    # The store is unmigrated here: the publication fails and says so.
+    broken_env = env | {"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    failed = subprocess.run(
+        [CLI, "publish"], env=broken_env, capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode == 1
+    assert json.loads(failed.stderr)["error"]["code"] == "store_not_migrated"
+    publication = status()["publication"]
+    assert isinstance(publication, dict)
+    assert (publication["failing"], publication["last_failure"]) == (True, "OperationalError")
+    table = subprocess.run(
+        [CLI, "status"], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "; the latest attempt FAILED at " in table
+    assert "(OperationalError)" in table
+
+
+def test_status_says_when_redis_is_unreachable(tmp_path: Path) -> None:
+    env = _env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
+    done = subprocess.run(
+        [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["publication"] == {"reachable": False}
+
+
+def test_status_without_redis_has_no_publication(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
+    done = subprocess.run(
+        [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(done.stdout)["publication"] is None

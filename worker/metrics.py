@@ -1,0 +1,242 @@
+"""`numbers-retention metrics`: the store's retention health for Prometheus, read at scrape time.
+
+The values are `store_status` (what `status --json` prints) and the publication's record in
+Redis, taken at one instant and cached for a few seconds so that scrapes cannot load the store.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+import redis
+import structlog
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db import make_engine, make_session_factory, normalize_url
+from shared.publication import publication_status
+from shared.retention import utcnow
+from shared.settings import Settings
+from shared.status import store_status
+from worker.app import redis_url
+
+log = structlog.get_logger("worker.metrics")
+
+PREFIX = "numbers_retention"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One look at the store and Redis; None where it could not be read (or is not configured)."""
+
+    status: dict[str, Any] | None
+    publication: dict[str, Any] | None
+
+
+def _timestamp(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def _gauge(name: str, documentation: str, value: float | None) -> list[Metric]:
+    """A gauge, or nothing when there is no value (an absent series, not a made-up 0)."""
+    if value is None:
+        return []
+    return [GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)]
+
+
+def families(reading: Reading) -> list[Metric]:
+    """The metric families for one reading; the names are a contract (docs/runbook.md)."""
+    status = reading.status
+    metrics: list[Metric] = _gauge(
+        "up", "1 when the store could be read at this scrape, else 0.", 1 if status else 0
+    )
+    if status is not None:
+        metrics += _gauge(
+            "overdue", "Released numbers past their deadline, not held.", status["overdue"]
+        )
+        metrics += _gauge(
+            "oldest_overdue_seconds",
+            "How long the oldest overdue number has been past its deadline (0: none).",
+            status["oldest_overdue_seconds"],
+        )
+        metrics += _gauge("held", "Released numbers on hold.", status["held"])
+        metrics += _gauge(
+            "releasable", "Released numbers still repurchasable.", status["releasable"]
+        )
+        upstream = GaugeMetricFamily(
+            f"{PREFIX}_upstream_failed",
+            "Numbers kept because the provider did not release them; permanent: need a person.",
+            labels=["kind"],
+        )
+        permanent = status["upstream_permanent"]
+        upstream.add_metric(["transient"], status["upstream_failed"] - permanent)
+        upstream.add_metric(["permanent"], permanent)
+        metrics.append(upstream)
+        metrics += _gauge(
+            "paused", "1 while purging is paused (stored pause or PURGE_PAUSED).", status["paused"]
+        )
+        metrics += _gauge(
+            "purge_last_success_timestamp_seconds",
+            "When the last purge run that completed (or reached its limit) ended.",
+            _timestamp(status["purge_last_success_at"]),
+        )
+        last = status["last_finished_run"] or {}
+        metrics += _gauge(
+            "purge_last_run_seconds",
+            "How long the last finished purge run took.",
+            last.get("seconds"),
+        )
+        metrics += _gauge(
+            "purge_last_run_purged",
+            "Numbers the last finished purge run purged.",
+            last.get("purged"),
+        )
+        worst_ms = last.get("worst_batch_ms")
+        metrics += _gauge(
+            "purge_last_run_worst_batch_seconds",
+            "The slowest batch (one transaction) of the last finished purge run.",
+            worst_ms / 1000 if worst_ms is not None else None,
+        )
+        metrics.append(
+            CounterMetricFamily(
+                f"{PREFIX}_purged",  # exposed as numbers_retention_purged_total
+                "Numbers purged by every recorded run.",
+                value=status["purged_total"],
+            )
+        )
+    publication = reading.publication
+    if publication is not None:
+        metrics += _gauge(
+            "publish_last_success_timestamp_seconds",
+            "When the releasable set was last published successfully.",
+            _timestamp(publication["last_success_at"]),
+        )
+        metrics += _gauge(
+            "publish_failing",
+            "1 when the latest publication attempt failed.",
+            publication["failing"],
+        )
+    return metrics
+
+
+class Reader:
+    """Reads the store (and Redis) at one instant; what cannot be read is left out."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        client: redis.Redis | None,
+        *,
+        deploy_paused: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.factory, self.client = factory, client
+        self.deploy_paused, self.clock = deploy_paused, clock
+
+    def __call__(self) -> Reading:
+        now = self.clock()
+        status: dict[str, Any] | None
+        try:
+            with self.factory() as session:
+                status = store_status(session, now=now, runs=0, deploy_paused=self.deploy_paused)
+        except SQLAlchemyError as error:
+            # The exporter's answer to a store it cannot read is numbers_retention_up 0.
+            log.warning("metrics.store_unreadable", error=type(error).__name__)
+            status = None
+        publication = None
+        if self.client is not None:
+            try:
+                publication = publication_status(self.client, now=now)
+            except redis.RedisError as error:
+                log.warning("metrics.redis_unreadable", error=type(error).__name__)
+        return Reading(status, publication)
+
+
+class RetentionCollector:
+    """A prometheus_client collector: one reading per `cache_seconds`, however many scrapes."""
+
+    def __init__(
+        self,
+        read: Callable[[], Reading],
+        *,
+        cache_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read, self.cache_seconds, self.monotonic = read, cache_seconds, monotonic
+        self._lock = threading.Lock()
+        self._reading: Reading | None = None
+        self._read_at = 0.0
+
+    def collect(self) -> Iterable[Metric]:
+        # The HTTP server answers scrapes on threads: one reads, the others wait for it.
+        with self._lock:
+            if self._reading is None or self.monotonic() - self._read_at >= self.cache_seconds:
+                self._reading = self.read()
+                self._read_at = self.monotonic()
+            reading = self._reading
+        return families(reading)
+
+
+def exporter_engine(settings: Settings) -> Engine:
+    """The store, with a statement timeout so that a slow query cannot pile up scrapes."""
+    url = normalize_url(settings.resolved_database_url())
+    if make_url(url).get_backend_name() != "postgresql":
+        # SQLite: under WAL a reader never waits for the purge's writes.
+        return make_engine(url)
+    timeout = settings.metrics_statement_timeout_seconds
+    return make_engine(
+        url,
+        connect_args={
+            "connect_timeout": max(1, round(timeout)),
+            "options": f"-c statement_timeout={round(timeout * 1000)}",
+        },
+    )
+
+
+def make_collector(settings: Settings) -> RetentionCollector:
+    """The collector on the configured store and Redis (no Redis: no publication metrics)."""
+    url = redis_url(settings)
+    timeout = settings.metrics_statement_timeout_seconds
+    client = (
+        redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        if url
+        else None
+    )
+    reader = Reader(
+        make_session_factory(exporter_engine(settings)),
+        client,
+        deploy_paused=settings.purge_paused,
+    )
+    return RetentionCollector(reader, cache_seconds=settings.metrics_cache_seconds)
+
+
+def serve(collector: RetentionCollector, *, host: str, port: int) -> None:
+    """Answer Prometheus on http://host:port/metrics until SIGTERM or SIGINT."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("metrics.started", host=host, port=port)
+    while not stop.wait(1):
+        pass
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+    log.info("metrics.stopped")
