@@ -18,11 +18,12 @@ from typing import cast
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import events
 from shared.errors import ValidationError
 from shared.lifecycle import lock_number
 from shared.models import PhoneNumber
 from shared.provider import Provider, UpstreamResult
-from shared.retention import purgeable_clause
+from shared.retention import purgeable_clause, resolve_now
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
             .where(PhoneNumber.id.in_([c.id for c in claims]))
             .values(purge_state="purging", claimed_at=now, provider_next_attempt_at=None)
         )
+        events.record_claimed(session, number_ids=[c.id for c in claims], now=now)
     return claims
 
 
@@ -161,6 +163,9 @@ def record_failures(
                 provider_next_attempt_at=None if result.outcome == "permanent" else now + wait_for,
             )
         )
+    events.record_upstream_failed(
+        session, number_ids=[i for i in failures if i in attempts], now=now
+    )
 
 
 def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
@@ -174,5 +179,5 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
         )
     number.provider_failed_permanently = False
     number.provider_next_attempt_at = None
-    session.flush()
+    events.record(session, kind="upstream_reset", number=number, now=resolve_now(None))
     return {"phoneNumber": number.phone_number, "retry": "next purge run"}

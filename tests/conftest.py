@@ -32,7 +32,14 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile("numbers-retention")
 
 # Child tables first, so a plain DELETE respects the foreign keys.
-TABLES = ("purged_numbers", "purge_runs", "campaign_assignments", "phone_numbers", "accounts")
+TABLES = (
+    "number_events",
+    "purged_numbers",
+    "purge_runs",
+    "campaign_assignments",
+    "phone_numbers",
+    "accounts",
+)
 SCHEMA_PATH = Path(shared.__file__).parent / "contract" / "released-numbers.schema.json"
 BACKENDS = [
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
