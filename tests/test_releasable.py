@@ -10,13 +10,8 @@ import redis
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
-from shared.releasable import (
-    account_key,
-    all_key,
-    publication,
-    publish_releasable,
-    read_releasable,
-)
+from shared.reconcile import publish_releasable
+from shared.releasable import account_key, all_key, publication, read_releasable
 from shared.retention import RETENTION
 from tests.factories import make_number
 

@@ -21,7 +21,7 @@ from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.purge import purge_expired
-from shared.releasable import publish_releasable
+from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream

@@ -16,7 +16,7 @@ from shared import validation
 from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
 from shared.purge import purge_expired
-from shared.releasable import publish_releasable
+from shared.reconcile import publish_releasable
 from shared.retention import as_utc, utcnow
 from shared.settings import get_settings
 from worker.app import app, redis_url
