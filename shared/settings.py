@@ -42,7 +42,14 @@ class Settings(BaseSettings):
     # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an
     # interval.
     purge_every_seconds: int = Field(default=15 * 60, ge=1)
-    publish_every_seconds: int = Field(default=60, ge=1)
+    # The full publication is a reconciliation now: the relay keeps the set current.
+    publish_every_seconds: int = Field(default=3600, ge=1)
+    # The relay: how often beat sends it, events per batch, how long one run may go on, and
+    # how many entries the numbers:events stream keeps (approximately: MAXLEN ~).
+    relay_every_seconds: int = Field(default=2, ge=1)
+    relay_batch_size: int = Field(default=1000, ge=1)
+    relay_max_seconds: float = Field(default=5.0, gt=0)
+    events_stream_maxlen: int = Field(default=100_000, ge=1000)
     # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.
     beat_max_loop_seconds: int = Field(default=60, ge=1)
     # RedBeat's lock expires this long after the last tick of the beat holding it: a killed
