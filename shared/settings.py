@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     result_backend: str = ""
 
     retention_days: int = Field(default=14, ge=1)
+    # A pooled PostgreSQL connection idle longer than this is pinged before use (not every
+    # checkout: that cost the list a round trip per call; see shared/db.py).
+    db_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
 
     # Transient database or Redis errors retry a task after min(max, base * 2**retries) seconds,
     # with full jitter.
