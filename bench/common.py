@@ -82,15 +82,24 @@ def _head() -> str:
     return str(ScriptDirectory.from_config(config).get_current_head())
 
 
-def template(url: str, *, numbers: int, accounts: int, rebuild: bool = False) -> str:
+def template(
+    url: str,
+    *,
+    numbers: int,
+    accounts: int,
+    rebuild: bool = False,
+    released_share: float = RELEASED_SHARE,
+    window_days: int = WINDOW_DAYS,
+) -> str:
     """The template database holding the demo store of that shape; built if missing or stale."""
-    name = scratch_name(url, f"tpl_{numbers}_{accounts}")
+    shape = "" if (released_share, window_days) == (RELEASED_SHARE, WINDOW_DAYS) else "_r"
+    name = scratch_name(url, f"tpl_{numbers}_{accounts}{shape}")
     wanted = json.dumps(
         {
             "numbers": numbers,
             "accounts": accounts,
-            "released_share": RELEASED_SHARE,
-            "window_days": WINDOW_DAYS,
+            "released_share": released_share,
+            "window_days": window_days,
             "seed": SEED,
             "now": NOW.isoformat(),
             "head": _head(),
@@ -114,8 +123,8 @@ def template(url: str, *, numbers: int, accounts: int, rebuild: bool = False) ->
             numbers=numbers,
             accounts=accounts,
             now=NOW,
-            released_share=RELEASED_SHARE,
-            window_days=WINDOW_DAYS,
+            released_share=released_share,
+            window_days=window_days,
             seed=SEED,
         )
     finally:

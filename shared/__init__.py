@@ -17,6 +17,7 @@ from shared.lifecycle import (
     set_purge_hold,
 )
 from shared.listing import released_numbers_body
+from shared.releasable import read_releasable
 from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "is_purgeable",
     "is_repurchasable",
     "open_account",
+    "read_releasable",
     "register_number",
     "release_number",
     "released_numbers_body",

@@ -135,3 +135,10 @@ def test_a_reader_never_sees_half_a_set(
     stop.set()
     thread.join()
     assert seen == {300}
+
+
+def test_read_releasable_is_part_of_the_public_contract() -> None:
+    import shared
+
+    assert shared.read_releasable is read_releasable
+    assert "read_releasable" in shared.__all__
