@@ -86,7 +86,7 @@ def publish_releasable(
     staging = f"{prefix}:staging:{uuid.uuid4().hex}"
     # The mark first, then the snapshot: see the module's docstring.
     mark = stream_mark(client, stream)
-    per_account = _build(session, client, now, staging)
+    per_account, drift = _build(session, client, now, staging, prefix)
     lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
     if not lock.acquire(blocking=True, blocking_timeout=lock_wait):
         _drop_staging(client, staging, per_account)
@@ -97,7 +97,7 @@ def publish_releasable(
         )
     try:
         replayed = _replay(client, mark, now, staging, per_account, stream)
-        summary = _swap(client, lock, now, staging, per_account, prefix)
+        summary = _swap(client, lock, now, staging, per_account, drift, prefix)
     except LockLost:
         raise InternalError(
             "The releasable set's writers' lock expired during the swap; nothing was replaced.",
@@ -116,10 +116,37 @@ def publish_releasable(
     return summary
 
 
+@dataclass
+class Drift:
+    """How the live all-set differed from the store, found while the staging sets are built.
+
+    Compared chunk by chunk (ZMSCORE of each chunk's members), never as a whole: set algebra
+    on a million members inside one MULTI would block Redis for seconds. Changes the relay
+    applies during the rebuild can show as drift of one each (at most `replayed`).
+    """
+
+    live: int = 0  # live members still ahead of their deadline when the rebuild began
+    trimmed: int = 0  # live members past their deadline
+    found: int = 0  # store members found in the live set ahead of their deadline
+    added: int = 0
+    rescored: int = 0
+
+    @property
+    def removed(self) -> int:
+        return max(self.live - self.found, 0)
+
+
 def _build(
-    session: Session, client: redis.Redis, now: datetime, staging: str
-) -> defaultdict[str, int]:
-    """Write the store's repurchasable numbers under the staging keys; members per account."""
+    session: Session, client: redis.Redis, now: datetime, staging: str, prefix: str
+) -> tuple[defaultdict[str, int], Drift]:
+    """Write the store's repurchasable numbers under the staging keys, and compare them with
+    the live set; members per account, and the drift."""
+    live = all_key(prefix)
+    cutoff = now.timestamp()
+    drift = Drift(
+        live=int(client.zcount(live, f"({cutoff}", "+inf")),
+        trimmed=int(client.zcount(live, "-inf", cutoff)),
+    )
     rows = session.execute(
         select(PhoneNumber.phone_number, PhoneNumber.account_id, PhoneNumber.released_at)
         .where(offered(now))
@@ -134,12 +161,19 @@ def _build(
             score = repurchase_deadline(cast(datetime, released_at)).timestamp()
             scores[phone_number] = score
             by_account[account_id][phone_number] = score
+        pipe.zmscore(live, list(scores))
         pipe.zadd(all_key(staging), scores)
         for account_id, members in by_account.items():
             pipe.zadd(account_key(account_id, staging), members)
             per_account[account_id] += len(members)
-        pipe.execute()
-    return per_account
+        found = cast(list[float | None], pipe.execute()[0])
+        for score, was in zip(scores.values(), found, strict=True):
+            if was is None or was <= cutoff:
+                drift.added += 1
+            else:
+                drift.found += 1
+                drift.rescored += was != score
+    return per_account, drift
 
 
 def _replay(
@@ -182,9 +216,10 @@ def _swap(
     now: datetime,
     staging: str,
     per_account: defaultdict[str, int],
+    drift: Drift,
     prefix: str,
 ) -> dict[str, Any]:
-    """Measure the drift and put the staging sets in place, in one fenced MULTI/EXEC."""
+    """Put the staging sets in place, in one fenced MULTI/EXEC."""
     # A replayed removal can empty a staging set (Redis then drops the key): check which exist.
     candidates = list(per_account)
     exists = client.pipeline(transaction=False)
@@ -194,45 +229,33 @@ def _swap(
     previous = {a.decode() for a in cast(set[bytes], client.smembers(accounts_key(prefix)))}
     # Without an earlier publication (a new or emptied Redis) everything is "added".
     first = not client.exists(meta_key(prefix))
-    live, new, diff = all_key(prefix), all_key(staging), f"{staging}:diff"
-    cutoff = now.timestamp()
     generated_at = iso_timestamp(resolve_now(None))
 
     def queue(pipe: Pipeline) -> None:
-        # Drift, measured on the all-set (each account's set is written with it, in the same
-        # transactions). Members past their deadline are expected in the live set: they are
-        # trimmed, not drift.
-        pipe.zdiffstore(diff, [live, new])
-        pipe.zcount(diff, "-inf", cutoff)  # 1: trimmed
-        pipe.zcard(diff)  # 2: removed, trimmed included
-        pipe.zdiffstore(diff, [new, live])  # 3: added
-        pipe.zinterstore(diff, {live: 1, new: -1})
-        pipe.zcount(diff, "-inf", "(0")  # 5, 6: in both with another score
-        pipe.zcount(diff, "(0", "+inf")
-        pipe.zcard(new)  # 7: published
-        pipe.delete(diff)
+        pipe.zcard(all_key(staging))
+        # UNLINK frees the replaced sets in the background: deleting a million members in
+        # RENAME would block Redis for everyone for about a second.
+        pipe.unlink(all_key(prefix))
         if accounts:
-            pipe.rename(new, live)
-        else:
-            pipe.delete(live, new)
+            pipe.rename(all_key(staging), all_key(prefix))
         for account_id in accounts:
+            pipe.unlink(account_key(account_id, prefix))
             pipe.rename(account_key(account_id, staging), account_key(account_id, prefix))
         for account_id in previous - set(accounts):
-            pipe.delete(account_key(account_id, prefix))
+            pipe.unlink(account_key(account_id, prefix))
         pipe.delete(accounts_key(prefix))
         if accounts:
             pipe.sadd(accounts_key(prefix), *accounts)
 
     results = fenced(client, lock, queue)
-    trimmed, removed, added = int(results[1]), int(results[2]), int(results[3])
     summary: dict[str, Any] = {
-        "published": int(results[7]),
+        "published": int(results[0]),
         "accounts": len(accounts),
         "removed_accounts": len(previous - set(accounts)),
-        "drift_added": added,
-        "drift_removed": removed - trimmed,
-        "drift_rescored": int(results[5]) + int(results[6]),
-        "trimmed": trimmed,
+        "drift_added": drift.added,
+        "drift_removed": drift.removed,
+        "drift_rescored": drift.rescored,
+        "trimmed": drift.trimmed,
         "first": first,
         "now": iso_timestamp(now),
         "generated_at": generated_at,
@@ -246,7 +269,7 @@ def _swap(
 
 def _drop_staging(client: redis.Redis, staging: str, per_account: dict[str, int]) -> None:
     """Remove what is left under the staging keys (all of it when the swap did not happen)."""
-    keys = [all_key(staging), f"{staging}:diff"]
+    keys = [all_key(staging)]
     keys += [account_key(account_id, staging) for account_id in per_account]
     for start in range(0, len(keys), 1000):
         client.delete(*keys[start : start + 1000])
