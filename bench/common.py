@@ -10,6 +10,7 @@ a child process (`python bench/<name>.py --child ...`), which prints one JSON li
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -77,9 +78,15 @@ def scratch_name(url: str, suffix: str) -> str:
 
 
 def _head() -> str:
+    """The migration head and a digest of the migrations: a template built by an earlier
+    version of a revision (a reserved placeholder filled in later) is rebuilt too."""
     config = Config()
     config.set_main_option("script_location", str(migrate.MIGRATIONS))
-    return str(ScriptDirectory.from_config(config).get_current_head())
+    head = ScriptDirectory.from_config(config).get_current_head()
+    digest = hashlib.sha256()
+    for path in sorted(Path(migrate.MIGRATIONS, "versions").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"{head}:{digest.hexdigest()[:12]}"
 
 
 def template(
