@@ -10,6 +10,7 @@ a child process (`python bench/<name>.py --child ...`), which prints one JSON li
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -77,20 +78,35 @@ def scratch_name(url: str, suffix: str) -> str:
 
 
 def _head() -> str:
+    """The migration head and a digest of the migrations: a template built by an earlier
+    version of a revision (a reserved placeholder filled in later) is rebuilt too."""
     config = Config()
     config.set_main_option("script_location", str(migrate.MIGRATIONS))
-    return str(ScriptDirectory.from_config(config).get_current_head())
+    head = ScriptDirectory.from_config(config).get_current_head()
+    digest = hashlib.sha256()
+    for path in sorted(Path(migrate.MIGRATIONS, "versions").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"{head}:{digest.hexdigest()[:12]}"
 
 
-def template(url: str, *, numbers: int, accounts: int, rebuild: bool = False) -> str:
+def template(
+    url: str,
+    *,
+    numbers: int,
+    accounts: int,
+    rebuild: bool = False,
+    released_share: float = RELEASED_SHARE,
+    window_days: int = WINDOW_DAYS,
+) -> str:
     """The template database holding the demo store of that shape; built if missing or stale."""
-    name = scratch_name(url, f"tpl_{numbers}_{accounts}")
+    shape = "" if (released_share, window_days) == (RELEASED_SHARE, WINDOW_DAYS) else "_r"
+    name = scratch_name(url, f"tpl_{numbers}_{accounts}{shape}")
     wanted = json.dumps(
         {
             "numbers": numbers,
             "accounts": accounts,
-            "released_share": RELEASED_SHARE,
-            "window_days": WINDOW_DAYS,
+            "released_share": released_share,
+            "window_days": window_days,
             "seed": SEED,
             "now": NOW.isoformat(),
             "head": _head(),
@@ -114,8 +130,8 @@ def template(url: str, *, numbers: int, accounts: int, rebuild: bool = False) ->
             numbers=numbers,
             accounts=accounts,
             now=NOW,
-            released_share=RELEASED_SHARE,
-            window_days=WINDOW_DAYS,
+            released_share=released_share,
+            window_days=window_days,
             seed=SEED,
         )
     finally:

@@ -1,11 +1,19 @@
-"""Latency of the released-numbers list (`released_numbers_body`) on the 1,000,000-number store.
+"""Latency of the released-numbers list against the driver's floor, on the 1,000,000-number store.
 
     python bench/list.py [--rows 1000000] [--calls 1000] [--repeat 3]
 
 On a copy of the purge benchmark's store (same loader, same shape), for an account whose list
-holds 50 numbers: 1,000 calls, each as the API service makes it (a session from the pool, the
-account check, the query, the body), after a short warm-up. Prints the median and p99 of each
-series of calls, then the medians of those over `--repeat` series.
+holds 50 numbers. Two ways to get the same body, interleaved call by call so that both meet the
+same machine load:
+
+- project: `released_numbers_body` as the API service calls it (a session from the engine's
+  pool, the query, the body, the session closed);
+- floor: one hand-written SQL query on a plain psycopg connection kept open (autocommit, one
+  round trip), the body built by hand from its rows.
+
+The bodies are checked to be identical. After a short warm-up, `--calls` calls of each per
+series; prints the median and p99 of each series, then the medians over `--repeat` series and
+the ratio project/floor of the medians.
 """
 
 from __future__ import annotations
@@ -13,7 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime
+from typing import Any
 
+import psycopg
 from common import (
     NOW,
     NUMBERS_PER_ACCOUNT,
@@ -28,14 +39,58 @@ from common import (
     template,
 )
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from shared import released_numbers_body
+from shared import RETENTION, released_numbers_body
 from shared.listing import offered
 from shared.models import PhoneNumber
 
 LISTED = 50
 WARM_UP = 50
+FLOOR_SQL = """
+SELECT p.phone_number, p.label, p.created_at, p.country_code, p.number_type, p.billing_status,
+       p.next_billing_date, p.monthly_price, p.released_at, c.status
+FROM phone_numbers p LEFT JOIN campaign_assignments c ON c.number_id = p.id
+WHERE p.account_id = %s AND p.billing_status = 'released' AND p.purge_state IS NULL
+  AND p.released_at > %s
+ORDER BY p.released_at DESC, p.id DESC
+"""
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def floor_body(connection: psycopg.Connection[Any], account_id: str) -> dict[str, Any]:
+    """The same body from one hand-written query, built by hand."""
+    numbers = []
+    for (
+        number,
+        label,
+        created,
+        country,
+        kind,
+        billing,
+        next_bill,
+        price,
+        released,
+        a2p,
+    ) in connection.execute(FLOOR_SQL, (account_id, NOW - RETENTION)):
+        body: dict[str, Any] = {"phoneNumber": number}
+        if label:
+            body["label"] = label
+        body["createdAt"] = _iso(created)
+        body["countryCode"] = country
+        body["numberType"] = kind
+        body["billingStatus"] = billing
+        body["nextBillingDate"] = next_bill.isoformat()
+        body["monthlyPrice"] = float(price)
+        if a2p and country == "US":
+            body["a2pStatus"] = a2p
+        body["releasedAt"] = _iso(released)
+        numbers.append(body)
+    return {"numbers": numbers}
 
 
 def main(argv: list[str]) -> None:
@@ -50,7 +105,10 @@ def main(argv: list[str]) -> None:
     print(machine(args.url))
     source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
     copy = scratch_name(args.url, "list_copy")
-    engine = store_engine(fresh_copy(args.url, source, copy))
+    url = fresh_copy(args.url, source, copy)
+    engine = store_engine(url)
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    floor = psycopg.connect(conninfo, autocommit=True)
     try:
         with Session(engine) as session:
             listed = func.count().label("listed")
@@ -62,38 +120,47 @@ def main(argv: list[str]) -> None:
                 .order_by(func.abs(listed - LISTED), PhoneNumber.account_id)
                 .limit(1)
             ).one()
-            released = session.scalar(
-                select(func.count()).where(
-                    PhoneNumber.account_id == account_id, PhoneNumber.released_at.is_not(None)
-                )
-            )
-        print(
-            f"# account={account_id} listed={count} released={released} "
-            f"(released includes the ones past their deadline)"
-        )
-        medians, p99s = [], []
+        print(f"# account={account_id} listed={count}")
+        with Session(engine) as session:
+            assert released_numbers_body(session, account_id=account_id, now=NOW) == floor_body(
+                floor, account_id
+            ), "the floor's body differs from the project's"
+        results: dict[str, list[tuple[float, float]]] = {"project": [], "floor": []}
         for series in range(args.repeat):
-            timings: list[float] = []
+            timings: dict[str, list[float]] = {"project": [], "floor": []}
             for call in range(WARM_UP + args.calls):
-                started = time.perf_counter()
-                with Session(engine) as session:
-                    body = released_numbers_body(session, account_id=account_id, now=NOW)
-                elapsed = (time.perf_counter() - started) * 1000
-                if call >= WARM_UP:
-                    timings.append(elapsed)
-            assert len(body["numbers"]) == count
-            medians.append(median(timings))
-            p99s.append(percentile(timings, 0.99))
+                # Alternate which goes first, so neither always meets a warmer cache.
+                order = ("project", "floor") if call % 2 else ("floor", "project")
+                for variant in order:
+                    started = time.perf_counter()
+                    if variant == "project":
+                        with Session(engine) as session:
+                            body = released_numbers_body(session, account_id=account_id, now=NOW)
+                    else:
+                        body = floor_body(floor, account_id)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    if call >= WARM_UP:
+                        timings[variant].append(elapsed)
+                    assert len(body["numbers"]) == count
+            for variant, values in timings.items():
+                results[variant].append((median(values), percentile(values, 0.99)))
+            project, floor_ms = results["project"][-1], results["floor"][-1]
             print(
-                f"# series {series + 1} calls={len(timings)} min_ms={min(timings):.3f} "
-                f"median_ms={medians[-1]:.3f} p90_ms={percentile(timings, 0.90):.3f} "
-                f"p99_ms={p99s[-1]:.3f} max_ms={max(timings):.3f}",
+                f"# series {series + 1} calls={args.calls} project median_ms={project[0]:.3f} "
+                f"p99_ms={project[1]:.3f} floor median_ms={floor_ms[0]:.3f} "
+                f"p99_ms={floor_ms[1]:.3f} ratio={project[0] / floor_ms[0]:.2f}",
                 flush=True,
             )
     finally:
+        floor.close()
         engine.dispose()
         drop(args.url, copy)
-    print(f"list: median_ms={median(medians):.3f} p99_ms={median(p99s):.3f}")
+    project_ms = median([m for m, _ in results["project"]])
+    floor_ms = median([m for m, _ in results["floor"]])
+    print(
+        f"list: median_ms={project_ms:.3f} p99_ms={median([p for _, p in results['project']]):.3f} "
+        f"floor_median_ms={floor_ms:.3f} ratio={project_ms / floor_ms:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from common import (
 )
 from sqlalchemy.orm import Session
 
-from shared.releasable import publish_releasable
+from shared.reconcile import publish_releasable
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ from shared.lifecycle import (
 )
 from shared.listing import released_numbers_body
 from shared.purge import PurgeReport, purge_expired
+from shared.releasable import read_releasable
 from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "is_repurchasable",
     "open_account",
     "purge_expired",
+    "read_releasable",
     "register_number",
     "release_number",
     "released_numbers_body",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import get_store_settings
@@ -64,8 +65,37 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _begin_immediate)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_after_idle(engine, settings.db_ping_after_idle_seconds)
+    return engine
+
+
+def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection before use only when it sat idle longer than `idle_seconds`.
+
+    Pinging every checkout (pool_pre_ping) costs the API's list a round trip per call. A busy
+    pool's connections are seconds old; the ones that outlived a database restart are mostly
+    those that sat idle meanwhile, and those are checked. A connection that still fails makes
+    SQLAlchemy drop the whole pool at once (disconnect detection), and the tasks retry on
+    OperationalError: at most one call per process fails after a restart.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in")
+        if since is None or time.monotonic() - since <= idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+            dbapi_connection.rollback()  # the ping's SELECT opened a transaction
+        except engine.dialect.loaded_dbapi.Error as error:
+            # SQLAlchemy's documented signal: discard this connection, check out another.
+            raise DisconnectionError(str(error)) from error
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

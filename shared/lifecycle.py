@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import provider, validation
+from shared import events, provider, validation
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import iso_timestamp, number_body, require_account
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
@@ -151,6 +151,7 @@ def register_number(
             code="number_unavailable",
             fix="Search for another available number.",
         ) from None
+    events.record(session, kind="registered", number=number, now=now)
     return number_body(number, None)
 
 
@@ -201,7 +202,7 @@ def release_number(
             fix="Release with the current time (leave now unset).",
         )
     number.billing_status, number.released_at = "released", now
-    session.flush()
+    events.record(session, kind="released", number=number, now=now)
     return {"phoneNumber": number.phone_number, "released": True, "releasedAt": iso_timestamp(now)}
 
 
@@ -241,15 +242,20 @@ def repurchase_number(
     _check_cap(session, account)
     number.billing_status, number.released_at = "active", None
     number.next_billing_date = _next_billing(now)
-    session.flush()
+    events.record(session, kind="repurchased", number=number, now=now)
     return number_body(number, _campaign_status(session, number))
 
 
-def set_purge_hold(session: Session, *, phone_number: str, held: bool) -> dict[str, Any]:
+def set_purge_hold(
+    session: Session, *, phone_number: str, held: bool, now: datetime | None = None
+) -> dict[str, Any]:
     """Put a number on hold (never purged while held) or lift the hold."""
+    now = resolve_now(now)
     validation.phone_number(phone_number)
     hold = validation.flag(held, name="held")
     number = _lock_number(session, None, phone_number)
-    number.purge_hold = hold
+    if number.purge_hold != hold:
+        number.purge_hold = hold
+        events.record(session, kind="held" if hold else "unheld", number=number, now=now)
     session.flush()
     return {"phoneNumber": number.phone_number, "held": number.purge_hold}

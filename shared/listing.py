@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, Engine, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from shared import validation
 from shared.errors import UnauthorizedError
 from shared.models import Account, CampaignAssignment, PhoneNumber
-from shared.retention import repurchasable_clause, resolve_now
+from shared.retention import cutoff, repurchasable_after, repurchasable_clause, resolve_now
 
 
 def iso_timestamp(value: datetime) -> str:
@@ -19,38 +20,53 @@ def iso_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def a2p_status(number: PhoneNumber, campaign_status: str | None) -> str | None:
-    """10DLC readiness is a US notion: derived from the assignment, for US numbers only."""
-    return campaign_status if number.country_code == "US" else None
-
-
 def number_body(number: PhoneNumber, campaign_status: str | None) -> dict[str, Any]:
     """The seed's PhoneNumber object: camelCase, optional keys left out when empty."""
-    body: dict[str, Any] = {"phoneNumber": number.phone_number}
-    if number.label:
-        body["label"] = number.label
-    body |= {
-        "createdAt": iso_timestamp(number.created_at),
-        "countryCode": number.country_code,
-        "numberType": number.number_type,
-        "billingStatus": number.billing_status,
-        "nextBillingDate": number.next_billing_date.isoformat(),
-        "monthlyPrice": float(number.monthly_price),
-    }
-    status = a2p_status(number, campaign_status)
-    if status:
-        body["a2pStatus"] = status
-    if number.released_at is not None:
-        body["releasedAt"] = iso_timestamp(number.released_at)
+    return _body(
+        number.phone_number, number.label, number.created_at, number.country_code,
+        number.number_type, number.billing_status, number.next_billing_date,
+        number.monthly_price, number.released_at, campaign_status,
+    )  # fmt: skip
+
+
+def _body(
+    phone_number: str,
+    label: str | None,
+    created_at: datetime,
+    country_code: str,
+    number_type: str,
+    billing_status: str,
+    next_billing_date: date,
+    monthly_price: Decimal,
+    released_at: datetime | None,
+    campaign_status: str | None,
+) -> dict[str, Any]:
+    # Plain values, not a model: the list builds its bodies straight from its rows.
+    body: dict[str, Any] = {"phoneNumber": phone_number}
+    if label:
+        body["label"] = label
+    body["createdAt"] = iso_timestamp(created_at)
+    body["countryCode"] = country_code
+    body["numberType"] = number_type
+    body["billingStatus"] = billing_status
+    body["nextBillingDate"] = next_billing_date.isoformat()
+    body["monthlyPrice"] = float(monthly_price)
+    # 10DLC readiness is a US notion: derived from the assignment, for US numbers only.
+    if campaign_status and country_code == "US":
+        body["a2pStatus"] = campaign_status
+    if released_at is not None:
+        body["releasedAt"] = iso_timestamp(released_at)
     return body
 
 
 def offered(now: datetime) -> ColumnElement[bool]:
     """Numbers the account can buy back at `now`: released, in their window, not claimed."""
+    return _offered(repurchasable_clause(PhoneNumber.released_at, now))
+
+
+def _offered(in_window: ColumnElement[bool]) -> ColumnElement[bool]:
     return and_(
-        PhoneNumber.billing_status == "released",
-        PhoneNumber.purge_state.is_(None),
-        repurchasable_clause(PhoneNumber.released_at, now),
+        PhoneNumber.billing_status == "released", PhoneNumber.purge_state.is_(None), in_window
     )
 
 
@@ -67,19 +83,56 @@ def require_account(session: Session, account_id: object, *, lock: bool = False)
     return account
 
 
+# The list as plain Core columns, built once: rows come back as tuples, with no ORM objects
+# to build (identity map, instance state) and no statement to build per call, which was most
+# of the call's time (bench/RESULTS.md). The account and the cutoff are its parameters.
+_NUMBERS = PhoneNumber.__table__.c
+_CAMPAIGNS = CampaignAssignment.__table__.c
+_LIST = (
+    select(
+        _NUMBERS.phone_number,
+        _NUMBERS.label,
+        _NUMBERS.created_at,
+        _NUMBERS.country_code,
+        _NUMBERS.number_type,
+        _NUMBERS.billing_status,
+        _NUMBERS.next_billing_date,
+        _NUMBERS.monthly_price,
+        _NUMBERS.released_at,
+        _CAMPAIGNS.status,
+    )
+    .outerjoin_from(
+        PhoneNumber.__table__, CampaignAssignment.__table__, _CAMPAIGNS.number_id == _NUMBERS.id
+    )
+    .where(
+        _NUMBERS.account_id == bindparam("account_id"),
+        _offered(repurchasable_after(_NUMBERS.released_at, bindparam("cutoff"))),
+    )
+    .order_by(_NUMBERS.released_at.desc(), _NUMBERS.id.desc())
+)
+
+
 def released_numbers_body(
     session: Session, *, account_id: str, now: datetime | None = None
 ) -> dict[str, Any]:
     """GET /numbers/released: the account's repurchasable numbers, newest release first."""
-    now = resolve_now(now)
-    rows = session.execute(
-        select(PhoneNumber, CampaignAssignment.status)
-        .outerjoin(CampaignAssignment, CampaignAssignment.number_id == PhoneNumber.id)
-        .where(PhoneNumber.account_id == validation.account_id(account_id), offered(now))
-        .order_by(PhoneNumber.released_at.desc(), PhoneNumber.id.desc())
-    ).all()
-    if not rows:
+    params = {"account_id": validation.account_id(account_id), "cutoff": cutoff(resolve_now(now))}
+    bind = session.get_bind(PhoneNumber)
+    if isinstance(bind, Engine) and not (
+        session.in_transaction() or session.new or session.dirty or session.deleted
+    ):
+        # The API's usual call, on a fresh session: one statement reads one consistent
+        # snapshot without a transaction, so it runs in autocommit, which spares the BEGIN and
+        # ROLLBACK round trips (two of the three the call made; bench/RESULTS.md). The session
+        # stays as it was: nothing of the caller's can be uncommitted yet.
+        with bind.connect() as connection:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+            rows = connection.execute(_LIST, params).all()
+    else:
+        rows = session.connection().execute(_LIST, params).all()
+    numbers = [_body(*row) for row in cast(list[tuple[Any, ...]], rows)]
+    if not numbers:
         # Only an empty list needs to tell "no numbers" from "no such account" (one query less
         # on the hot path).
         require_account(session, account_id)
-    return {"numbers": [number_body(number, status) for number, status in rows]}
+    return {"numbers": numbers}

@@ -259,3 +259,37 @@ class PurgeControl(Base):
 
     def __repr__(self) -> str:
         return f"PurgeControl(name={self.name!r}, set_by={self.set_by!r})"
+
+
+EVENT_KINDS = (
+    "registered", "released", "repurchased", "held", "unheld", "claimed", "upstream_failed",
+    "upstream_reset", "purged",
+)  # fmt: skip
+
+
+class NumberEvent(Base):
+    """A lifecycle event in the outbox: written with the change, deleted once relayed."""
+
+    __tablename__ = "number_events"
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN (" + ", ".join(f"'{kind}'" for kind in EVENT_KINDS) + ")", name="kind_known"
+        ),
+        # Never reuse an id on SQLite: applied events are deleted, and consumers of the stream
+        # tell events apart by id.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    phone_number: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[str] = mapped_column(String(64))
+    number_id: Mapped[int] = mapped_column(BigInteger)
+    # The number's repurchase deadline when it is released (None while it is active).
+    deadline: Mapped[datetime | None]
+    occurred_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return (
+            f"NumberEvent(id={self.id!r}, kind={self.kind!r}, phone_number={self.phone_number!r})"
+        )

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.controls import pause_reason
+from shared.events import record_purged
 from shared.listing import iso_timestamp
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
 from shared.provider import Provider, UpstreamResult, make_provider
@@ -242,6 +243,8 @@ class _Batches:
         for statement in self.purge_statements:
             result = session.execute(statement, {"ids": ids})
             purged = int(cast(CursorResult[Any], result).rowcount)
+        if purged:
+            record_purged(session, number_ids=ids)
         return purged
 
 

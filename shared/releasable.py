@@ -1,25 +1,32 @@
-"""The releasable set: repurchasable numbers in Redis sorted sets, scored by their deadline."""
+"""The releasable set: repurchasable numbers in Redis sorted sets, scored by their deadline.
+
+Two writers keep it: the relay (`shared.relay`) applies lifecycle events as they commit, and
+the reconciliation (`shared.reconcile`) rebuilds it from the store. They take turns under one
+Redis lock, and every write is fenced by it (see `fenced`).
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections import defaultdict
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
-import structlog
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from redis.client import Pipeline
+from redis.lock import Lock
+from redis.typing import EncodableT, FieldT
 
-from shared.listing import iso_timestamp, offered
-from shared.models import PhoneNumber
-from shared.retention import not_ahead, repurchase_deadline, resolve_now
-
-log = structlog.get_logger("shared.releasable")
+from shared.listing import iso_timestamp
+from shared.retention import resolve_now
 
 PREFIX = "releasable"
-CHUNK = 5000
+# The lifecycle stream other services read with consumer groups (runbook: "The event stream").
+STREAM = "numbers:events"
+# Events that put a number into the set (while its deadline is ahead) or take it out; the
+# others (held, unheld, upstream_failed, upstream_reset) do not change what is offered.
+ADDS = frozenset({"released"})
+REMOVES = frozenset({"registered", "repurchased", "claimed", "purged"})
 
 
 def all_key(prefix: str = PREFIX) -> str:
@@ -33,7 +40,7 @@ def account_key(account_id: str, prefix: str = PREFIX) -> str:
 
 
 def meta_key(prefix: str = PREFIX) -> str:
-    """Hash: generated_at, count, accounts of the last publication."""
+    """Hash describing the last successful reconciliation (runbook: "The releasable set")."""
     return f"{prefix}:meta"
 
 
@@ -42,68 +49,105 @@ def accounts_key(prefix: str = PREFIX) -> str:
     return f"{prefix}:accounts"
 
 
-def publish_releasable(
-    session: Session, client: redis.Redis, *, now: datetime | None = None, prefix: str = PREFIX
-) -> dict[str, Any]:
-    """Replace the published sets with the store's repurchasable numbers, atomically."""
-    now = not_ahead(now)
-    staging = f"{prefix}:staging:{uuid.uuid4().hex}"
-    rows = session.execute(
-        select(PhoneNumber.phone_number, PhoneNumber.account_id, PhoneNumber.released_at)
-        .where(offered(now))
-        .execution_options(yield_per=CHUNK)
-    )
-    per_account: defaultdict[str, int] = defaultdict(int)
-    count = 0
-    # Build under staging keys first; readers keep seeing the previous sets meanwhile.
-    for chunk in rows.partitions():
-        pipe = client.pipeline(transaction=False)
-        scores: dict[str, float] = {}
-        by_account: defaultdict[str, dict[str, float]] = defaultdict(dict)
-        for phone_number, account_id, released_at in chunk:
-            score = repurchase_deadline(cast(datetime, released_at)).timestamp()
-            scores[phone_number] = score
-            by_account[account_id][phone_number] = score
-        pipe.zadd(all_key(staging), scores)
-        for account_id, members in by_account.items():
-            pipe.zadd(account_key(account_id, staging), members)
-            per_account[account_id] += len(members)
-        pipe.execute()
-        count += len(scores)
-    previous = {a.decode() for a in cast(set[bytes], client.smembers(accounts_key(prefix)))}
-    generated_at = iso_timestamp(resolve_now(None))
-    # One MULTI/EXEC: every reader sees the old sets or the new ones, never a mix.
-    pipe = client.pipeline(transaction=True)
-    if count:
-        pipe.rename(all_key(staging), all_key(prefix))
-    else:
-        pipe.delete(all_key(prefix))
-    for account_id in per_account:
-        pipe.rename(account_key(account_id, staging), account_key(account_id, prefix))
-    for account_id in previous - per_account.keys():
-        pipe.delete(account_key(account_id, prefix))
-    pipe.delete(accounts_key(prefix))
-    if per_account:
-        pipe.sadd(accounts_key(prefix), *per_account)
-    pipe.hset(
-        meta_key(prefix),
-        mapping={
-            "generated_at": generated_at,
-            "now": iso_timestamp(now),
-            "count": count,
-            "accounts": len(per_account),
-        },
-    )
-    pipe.execute()
-    summary = {
-        "published": count,
-        "accounts": len(per_account),
-        "removed_accounts": len(previous - per_account.keys()),
-        "now": iso_timestamp(now),
-        "generated_at": generated_at,
-    }
-    log.info("releasable.published", **summary)
-    return summary
+def lock_key(prefix: str = PREFIX) -> str:
+    """The writers' lock: the relay or the reconciliation's swap, one at a time."""
+    return f"{prefix}:writer"
+
+
+def applied_key(prefix: str = PREFIX) -> str:
+    """Ids of events applied to Redis whose deletion from the outbox is not yet known to
+    have committed (the relay removes them once it has)."""
+    return f"{prefix}:relay:applied"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A lifecycle event as the relay reads it from the outbox and writes it to the stream."""
+
+    id: int
+    kind: str
+    phone_number: str
+    account_id: str
+    number_id: int
+    deadline: datetime | None
+    occurred_at: datetime
+
+    def fields(self) -> dict[FieldT, EncodableT]:
+        """The stream entry's fields (deadline left out when the number has none)."""
+        fields: dict[FieldT, EncodableT] = {
+            "id": self.id,
+            "kind": self.kind,
+            "phone_number": self.phone_number,
+            "account_id": self.account_id,
+            "number_id": self.number_id,
+            "occurred_at": iso_timestamp(self.occurred_at),
+        }
+        if self.deadline is not None:
+            fields["deadline"] = iso_timestamp(self.deadline)
+        return fields
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes, bytes]) -> Event:
+        """The event a stream entry holds."""
+        value = {k.decode(): v.decode() for k, v in raw.items()}
+        deadline = value.get("deadline")
+        return cls(
+            id=int(value["id"]),
+            kind=value["kind"],
+            phone_number=value["phone_number"],
+            account_id=value["account_id"],
+            number_id=int(value["number_id"]),
+            deadline=_parse(deadline) if deadline else None,
+            occurred_at=_parse(value["occurred_at"]),
+        )
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def apply_event(pipe: Pipeline, event: Event, *, now: datetime, prefix: str = PREFIX) -> None:
+    """Queue the set changes of `event`: idempotent, and the last event of a number decides."""
+    members = (all_key(prefix), account_key(event.account_id, prefix))
+    if event.kind in ADDS and event.deadline is not None and event.deadline > now:
+        score = event.deadline.timestamp()
+        for key in members:
+            pipe.zadd(key, {event.phone_number: score})
+        pipe.sadd(accounts_key(prefix), event.account_id)
+    elif event.kind in ADDS or event.kind in REMOVES:
+        # A release already past its deadline is not offered: readers would skip it anyway.
+        for key in members:
+            pipe.zrem(key, event.phone_number)
+
+
+class LockLost(Exception):
+    """The writers' lock expired or was taken over; this writer's changes were not applied."""
+
+
+def writer_lock(client: redis.Redis, *, seconds: float, prefix: str = PREFIX) -> Lock:
+    """The writers' lock (redis-py's token lock), expiring `seconds` after its last use."""
+    lock: Lock = client.lock(lock_key(prefix), timeout=seconds, thread_local=False)
+    return lock
+
+
+def fenced(client: redis.Redis, lock: Lock, queue: Callable[[Pipeline], None]) -> list[Any]:
+    """Run the commands `queue` adds in one MULTI/EXEC, only while `lock` is still ours.
+
+    A writer that stalled past its lock's expiry (a long pause, a lost connection) must not
+    write after another one took over: WATCH on the lock key makes EXEC fail if the lock
+    changed hands between the check and the write. The lock's lifetime is renewed with it.
+    """
+    with client.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(lock.name)  # type: ignore[no-untyped-call]
+            if pipe.get(lock.name) != lock.local.token:
+                raise LockLost(lock.name)
+            pipe.multi()
+            queue(pipe)
+            pipe.pexpire(lock.name, int(cast(float, lock.timeout) * 1000))
+            return pipe.execute()
+        except redis.WatchError:
+            raise LockLost(lock.name) from None
 
 
 def read_releasable(

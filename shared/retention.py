@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, SQLColumnExpression, and_, false
 
@@ -96,7 +96,15 @@ def repurchasable_clause(
     released_at: SQLColumnExpression[Any], now: datetime
 ) -> ColumnElement[bool]:
     """SQL twin of `is_repurchasable`, for the list, repurchase and the releasable set."""
-    return released_at > cutoff(now)
+    return repurchasable_after(released_at, cutoff(now))
+
+
+def repurchasable_after(
+    released_at: SQLColumnExpression[Any], cutoff_value: Any
+) -> ColumnElement[bool]:
+    """The same, with the cutoff given: `cutoff(now)`, or a bound parameter that carries it
+    (a statement built once, for the list's hot path)."""
+    return cast(ColumnElement[bool], released_at > cutoff_value)
 
 
 def purgeable_clause(

@@ -24,6 +24,9 @@ class StoreSettings(BaseSettings):
     # Empty means the embedded default under data_dir (SQLite file).
     database_url: str = ""
     retention_days: int = Field(default=14, ge=1)
+    # A pooled PostgreSQL connection idle longer than this is pinged before use (not every
+    # checkout: that cost the list a round trip per call; see shared/db.py).
+    db_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
 
     def resolved_database_url(self) -> str:
         """The store's URL: DATABASE_URL, or the embedded SQLite file."""
@@ -58,7 +61,14 @@ class Settings(StoreSettings):
     # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an
     # interval.
     purge_every_seconds: int = Field(default=15 * 60, ge=1)
-    publish_every_seconds: int = Field(default=60, ge=1)
+    # The full publication is a reconciliation now: the relay keeps the set current.
+    publish_every_seconds: int = Field(default=3600, ge=1)
+    # The relay: how often beat sends it, events per batch, how long one run may go on, and
+    # how many entries the numbers:events stream keeps (approximately: MAXLEN ~).
+    relay_every_seconds: int = Field(default=2, ge=1)
+    relay_batch_size: int = Field(default=1000, ge=1)
+    relay_max_seconds: float = Field(default=5.0, gt=0)
+    events_stream_maxlen: int = Field(default=100_000, ge=1000)
     # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.
     beat_max_loop_seconds: int = Field(default=60, ge=1)
     # RedBeat's lock expires this long after the last tick of the beat holding it: a killed

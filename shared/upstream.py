@@ -19,7 +19,7 @@ from typing import cast
 from sqlalchemy import ColumnElement, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import validation
+from shared import events, validation
 from shared.controls import REASON_MAX
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
@@ -89,6 +89,7 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
             .where(PhoneNumber.id.in_([c.id for c in claims]))
             .values(purge_state="purging", claimed_at=now, provider_next_attempt_at=None)
         )
+        events.record_claimed(session, number_ids=[c.id for c in claims], now=now)
     return claims
 
 
@@ -197,6 +198,9 @@ def record_failures(
                 provider_next_attempt_at=None if result.outcome == "permanent" else now + wait_for,
             )
         )
+    events.record_upstream_failed(
+        session, number_ids=[i for i in failures if i in attempts], now=now
+    )
 
 
 def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
@@ -210,7 +214,7 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
         )
     number.provider_failed_permanently = False
     number.provider_next_attempt_at = None
-    session.flush()
+    events.record(session, kind="upstream_reset", number=number, now=resolve_now(None))
     return {"phoneNumber": number.phone_number, "retry": "next purge run"}
 
 
@@ -257,6 +261,7 @@ def resolve_by_operator(
             .where(numbers.c.id == number.id),
         )
     )
+    events.record_purged(session, number_ids=[number.id])
     session.execute(delete(numbers).where(numbers.c.id == number.id))
     session.expunge(number)
     return {

@@ -33,6 +33,7 @@ hypothesis.settings.load_profile("numbers-retention")
 
 # Child tables first, so a plain DELETE respects the foreign keys.
 TABLES = (
+    "number_events",
     "purged_numbers",
     "purge_runs",
     "purge_controls",

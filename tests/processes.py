@@ -22,7 +22,7 @@ def service_env(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_"))
+        if not key.startswith(("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RELAY_"))
     }
     env |= {
         "DATABASE_URL": database_url,

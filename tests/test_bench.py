@@ -27,16 +27,23 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
         (
             "list.py",
             ["--rows", "3000", "--calls", "50", "--repeat", "1"],
-            r"list: median_ms=[\d.]+ p99_ms=[\d.]+",
+            r"list: median_ms=[\d.]+ p99_ms=[\d.]+ floor_median_ms=[\d.]+ ratio=[\d.]+",
         ),
         ("publish.py", ["--rows", "3000", "--repeat", "1"], r"publish: numbers=\d+ seconds=[\d.]+"),
+        (
+            "releasable.py",
+            ["--releasable", "3000", "--repeat", "2"],
+            r"releasable: numbers=\d+ full_s=[\d.]+ changes=\d+ incremental_s=[\d.]+",
+        ),
     ],
 )
 def test_benchmark_runs(
     pg_url: str, redis_url: str, script: str, args: list[str], last_line: str
 ) -> None:
-    url = make_url(pg_url).set(database="bench_smoke").render_as_string(hide_password=False)
-    extra = ["--redis-url", redis_url] if script == "publish.py" else []
+    # Named after the test database: test runs on other databases do not share these.
+    database = f"{make_url(pg_url).database}_bench_smoke"
+    url = make_url(pg_url).set(database=database).render_as_string(hide_password=False)
+    extra = ["--redis-url", redis_url] if script in ("publish.py", "releasable.py") else []
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *args, "--url", url, *extra],
         capture_output=True,

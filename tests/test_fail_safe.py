@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-from shared.models import PhoneNumber, PurgedNumber, PurgeRun
+from shared.models import NumberEvent, PhoneNumber, PurgedNumber, PurgeRun
 from shared.provider import TelnyxProvider
 from shared.status import store_status
 from shared.upstream import resolve_by_operator
@@ -245,6 +245,9 @@ def test_rows_with_upstream_state_wait_for_the_provider_or_a_person(
     )
     assert stone.upstream_released_at is None
     assert set(numbers_left(session_factory)) == {transient, claimed}
+    with session_factory() as session:
+        purged = session.scalars(select(NumberEvent).where(NumberEvent.kind == "purged"))
+        assert permanent in {event.phone_number for event in purged}
 
 
 def test_settling_by_hand_refuses_what_it_cannot_prove(session_factory: Factory) -> None:

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 import shared
 from shared.db import make_session_factory
 from shared.models import E164_PATTERN
-from shared.releasable import publish_releasable, read_releasable
+from shared.reconcile import publish_releasable
+from shared.releasable import read_releasable
 from tests import servers
 from tests.conftest import delete_all_rows
 from tests.factories import NOW, make_number, snapshot

@@ -10,13 +10,8 @@ import redis
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
-from shared.releasable import (
-    account_key,
-    all_key,
-    publication,
-    publish_releasable,
-    read_releasable,
-)
+from shared.reconcile import publish_releasable
+from shared.releasable import account_key, all_key, publication, read_releasable
 from shared.retention import RETENTION
 from tests.factories import make_number
 
@@ -148,3 +143,10 @@ def test_a_reader_never_sees_half_a_set(
     stop.set()
     thread.join()
     assert seen == {300}
+
+
+def test_read_releasable_is_part_of_the_public_contract() -> None:
+    import shared
+
+    assert shared.read_releasable is read_releasable
+    assert "read_releasable" in shared.__all__

@@ -46,7 +46,10 @@ def test_celery_accepts_json_only_and_acks_late() -> None:
 def test_beat_schedule_uses_crontab_with_expiry() -> None:
     schedule = beat_schedule(Settings(redis_url="redis://localhost:6379/0"))
     assert str(schedule["purge-expired"]["schedule"]).startswith("<crontab: */15 ")
-    assert str(schedule["publish-releasable"]["schedule"]).startswith("<crontab: */1 ")
+    # The reconciliation hourly (on the hour), the relay every 2 seconds.
+    assert str(schedule["publish-releasable"]["schedule"]).startswith("<crontab: */60 ")
+    assert schedule["relay-events"]["schedule"] == timedelta(seconds=2)
+    assert schedule["relay-events"]["options"]["expires"] < 2
     assert schedule["purge-expired"]["options"]["expires"] < 15 * 60
     # No Redis configured (the embedded default): nothing to publish to, no publish entry.
     assert set(beat_schedule(Settings())) == {"purge-expired"}

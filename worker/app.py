@@ -83,12 +83,13 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Purge and publish on crontabs in UTC; publish only where a Redis is configured."""
+    """Purge, reconcile and relay in UTC; the last two only where a Redis is configured."""
     schedule = {"purge-expired": _every(settings.purge_every_seconds, "numbers.purge_expired")}
     if redis_url(settings):
         schedule["publish-releasable"] = _every(
             settings.publish_every_seconds, "numbers.publish_releasable"
         )
+        schedule["relay-events"] = _every(settings.relay_every_seconds, "numbers.relay_events")
     return schedule
 
 

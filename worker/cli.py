@@ -25,7 +25,7 @@ from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.publication import publication_status, recording_failures
 from shared.purge import purge_expired
-from shared.releasable import publish_releasable
+from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
@@ -100,13 +100,17 @@ def migrate() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
+# Three processes: a long purge and the hourly reconciliation never hold up the relay, which
+# keeps the releasable set within seconds of the store.
+@click.option("--concurrency", default=3, show_default=True, help="Worker processes.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     """Migrate, then run a worker with embedded beat (extra args go to `celery worker`)."""
     upgrade(_engine())
-    # Purge once at start-up: the crontab's first slot may be up to 15 minutes away.
+    # Purge and publish once at start-up: their crontabs' first slots may be far away.
     app.send_task("numbers.purge_expired", expires=600)
+    if redis_url(get_settings()):
+        app.send_task("numbers.publish_releasable", expires=600)
     app.worker_main(
         ["worker", "--beat", "--loglevel=INFO", f"--concurrency={concurrency}", *celery_args]
     )
@@ -150,7 +154,7 @@ def purge(
 @main.command()
 @now_option
 def publish(now: datetime | None) -> None:
-    """Publish the repurchasable set to Redis now; prints what was published."""
+    """Reconcile the releasable set in Redis with the store now; prints the drift repaired."""
     client = redis_client()
     with recording_failures(client), session_factory()() as session:
         _print_json(publish_releasable(session, client, now=now))

@@ -17,7 +17,8 @@ from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
 from shared.publication import recording_failures
 from shared.purge import purge_expired
-from shared.releasable import publish_releasable
+from shared.reconcile import publish_releasable
+from shared.relay import relay_events
 from shared.retention import as_utc
 from shared.settings import get_settings
 from worker.app import app, redis_url
@@ -101,11 +102,44 @@ def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str,
     return report.as_dict()
 
 
-@app.task(name="numbers.publish_releasable", soft_time_limit=50, time_limit=60, **RETRY)
+# Set while a reconciliation asked for by the relay is pending, so it is asked for once.
+RECONCILE_REQUESTED = "releasable:reconcile-requested"
+
+
+# A reconciliation of a million numbers takes tens of seconds on a busy host; it runs hourly.
+@app.task(name="numbers.publish_releasable", soft_time_limit=600, time_limit=660, **RETRY)
 def publish_releasable_task(now: object = None) -> dict[str, Any]:
-    """Publish the repurchasable set to Redis; returns what was published."""
+    """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
     when = parse_now(now)
     client = redis_client()
     # A failure leaves its marker in Redis for `status` and the exporter, then retries as before.
     with recording_failures(client), session_factory()() as session:
-        return publish_releasable(session, client, now=when)
+        summary = publish_releasable(session, client, now=when)
+    client.delete(RECONCILE_REQUESTED)
+    return summary
+
+
+# No retries: beat sends the next run within seconds, and a retry would only queue behind it.
+# No stored result: one run every few seconds; Flower still shows each summary.
+@app.task(
+    name="numbers.relay_events",
+    soft_time_limit=settings.relay_max_seconds + 30,
+    time_limit=settings.relay_max_seconds + 60,
+    ignore_result=True,
+)
+def relay_events_task(now: object = None) -> dict[str, Any]:
+    """Apply committed lifecycle events to the releasable set and the event stream."""
+    when = parse_now(now)
+    client = redis_client()
+    report = relay_events(
+        session_factory(),
+        client,
+        now=when,
+        batch_size=settings.relay_batch_size,
+        max_seconds=settings.relay_max_seconds,
+        stream_maxlen=settings.events_stream_maxlen,
+    )
+    # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an hour.
+    if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
+        publish_releasable_task.apply_async(expires=600)
+    return report.as_dict()

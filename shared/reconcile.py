@@ -1,0 +1,275 @@
+"""The reconciliation: rebuild the releasable set from the store, repair and report drift.
+
+The relay keeps the sets current; this is the safety net (hourly, and on demand). It builds
+the sets from one snapshot of the store under staging keys while the relay goes on, then swaps
+them in under the writers' lock. Events the relay applied after the snapshot would be undone
+by the swap, so they are replayed onto the staging sets first: they are the stream's entries
+after the mark taken *before* the snapshot (every event streamed by then had committed, so the
+snapshot holds it; a number's later events are a suffix of its history, and applying a suffix
+on a state at least as recent as its start gives the number's current state).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import redis
+import structlog
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.errors import InternalError
+from shared.listing import iso_timestamp, offered
+from shared.models import PhoneNumber
+from shared.releasable import (
+    PREFIX,
+    STREAM,
+    Event,
+    LockLost,
+    account_key,
+    accounts_key,
+    all_key,
+    apply_event,
+    fenced,
+    meta_key,
+    writer_lock,
+)
+from shared.retention import not_ahead, repurchase_deadline, resolve_now
+
+log = structlog.get_logger("shared.reconcile")
+
+CHUNK = 5000
+LOCK_SECONDS = 60.0
+LOCK_WAIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class StreamMark:
+    """Where the stream stood: its last entry's id and how many entries it ever received."""
+
+    last_id: str
+    added: int
+
+
+def stream_mark(client: redis.Redis, stream: str = STREAM) -> StreamMark:
+    """The stream's position now (0-0 and 0 when it does not exist)."""
+    try:
+        info: dict[str, Any] = client.xinfo_stream(stream)
+    except redis.ResponseError:  # no such key
+        return StreamMark("0-0", 0)
+    last = info["last-generated-id"]
+    return StreamMark(
+        last.decode() if isinstance(last, bytes) else str(last), info["entries-added"]
+    )
+
+
+def publish_releasable(
+    session: Session,
+    client: redis.Redis,
+    *,
+    now: datetime | None = None,
+    prefix: str = PREFIX,
+    stream: str = STREAM,
+    lock_seconds: float = LOCK_SECONDS,
+    lock_wait: float = LOCK_WAIT_SECONDS,
+) -> dict[str, Any]:
+    """Replace the published sets with the store's repurchasable numbers; report the drift."""
+    now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
+    clock = time.monotonic()
+    staging = f"{prefix}:staging:{uuid.uuid4().hex}"
+    # The mark first, then the snapshot: see the module's docstring.
+    mark = stream_mark(client, stream)
+    per_account, drift = _build(session, client, now, staging, prefix)
+    lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
+    if not lock.acquire(blocking=True, blocking_timeout=lock_wait):
+        _drop_staging(client, staging, per_account)
+        raise InternalError(
+            "The releasable set's writers' lock stayed taken; nothing was replaced.",
+            code="publication_lock_busy",
+            fix="Run the publication again; check for a relay that does not finish.",
+        )
+    try:
+        replayed = _replay(client, mark, now, staging, per_account, stream)
+        summary = _swap(client, lock, now, staging, per_account, drift, prefix)
+    except LockLost:
+        raise InternalError(
+            "The releasable set's writers' lock expired during the swap; nothing was replaced.",
+            code="publication_lock_lost",
+            fix="Run the publication again; raise its lock time if the swap is slow.",
+        ) from None
+    finally:
+        if lock.owned():
+            lock.release()
+        _drop_staging(client, staging, per_account)
+    summary |= {"replayed": replayed, "seconds": round(time.monotonic() - clock, 3)}
+    log.info("releasable.published", **summary)
+    drift = summary["drift_added"] or summary["drift_removed"] or summary["drift_rescored"]
+    if drift and not summary["first"]:
+        log.warning("releasable.drift_repaired", **summary)
+    return summary
+
+
+@dataclass
+class Drift:
+    """How the live all-set differed from the store, found while the staging sets are built.
+
+    Compared chunk by chunk (ZMSCORE of each chunk's members), never as a whole: set algebra
+    on a million members inside one MULTI would block Redis for seconds. Changes the relay
+    applies during the rebuild can show as drift of one each (at most `replayed`).
+    """
+
+    live: int = 0  # live members still ahead of their deadline when the rebuild began
+    trimmed: int = 0  # live members past their deadline
+    found: int = 0  # store members found in the live set ahead of their deadline
+    added: int = 0
+    rescored: int = 0
+
+    @property
+    def removed(self) -> int:
+        return max(self.live - self.found, 0)
+
+
+def _build(
+    session: Session, client: redis.Redis, now: datetime, staging: str, prefix: str
+) -> tuple[defaultdict[str, int], Drift]:
+    """Write the store's repurchasable numbers under the staging keys, and compare them with
+    the live set; members per account, and the drift."""
+    live = all_key(prefix)
+    cutoff = now.timestamp()
+    drift = Drift(
+        live=int(client.zcount(live, f"({cutoff}", "+inf")),
+        trimmed=int(client.zcount(live, "-inf", cutoff)),
+    )
+    rows = session.execute(
+        select(PhoneNumber.phone_number, PhoneNumber.account_id, PhoneNumber.released_at)
+        .where(offered(now))
+        .execution_options(yield_per=CHUNK)
+    )
+    per_account: defaultdict[str, int] = defaultdict(int)
+    for chunk in rows.partitions():
+        pipe = client.pipeline(transaction=False)
+        scores: dict[str, float] = {}
+        by_account: defaultdict[str, dict[str, float]] = defaultdict(dict)
+        for phone_number, account_id, released_at in chunk:
+            score = repurchase_deadline(cast(datetime, released_at)).timestamp()
+            scores[phone_number] = score
+            by_account[account_id][phone_number] = score
+        pipe.zmscore(live, list(scores))
+        pipe.zadd(all_key(staging), scores)
+        for account_id, members in by_account.items():
+            pipe.zadd(account_key(account_id, staging), members)
+            per_account[account_id] += len(members)
+        found = cast(list[float | None], pipe.execute()[0])
+        for score, was in zip(scores.values(), found, strict=True):
+            if was is None or was <= cutoff:
+                drift.added += 1
+            else:
+                drift.found += 1
+                drift.rescored += was != score
+    return per_account, drift
+
+
+def _replay(
+    client: redis.Redis,
+    mark: StreamMark,
+    now: datetime,
+    staging: str,
+    per_account: defaultdict[str, int],
+    stream: str,
+) -> int:
+    """Apply the events streamed since `mark` to the staging sets; how many there were.
+
+    Refuses (nothing replaced) when the stream lost entries meanwhile (trimmed past the mark
+    by its MAXLEN, or Redis emptied): the swap would then undo changes it cannot see.
+    """
+    since = stream_mark(client, stream)
+    entries = cast(
+        list[tuple[bytes, dict[bytes, bytes]]],
+        client.xrange(stream, min=f"({mark.last_id}", max="+") if since.added else [],
+    )
+    if len(entries) != since.added - mark.added:
+        raise InternalError(
+            f"The event stream lost entries during the publication ({since.added - mark.added} "
+            f"streamed, {len(entries)} left); nothing was replaced.",
+            code="publication_stream_trimmed",
+            fix="Run the publication again; raise EVENTS_STREAM_MAXLEN if it keeps happening.",
+        )
+    pipe = client.pipeline(transaction=False)
+    for _id, fields in entries:
+        event = Event.from_fields(fields)
+        apply_event(pipe, event, now=now, prefix=staging)
+        per_account.setdefault(event.account_id, 0)
+    pipe.execute()
+    return len(entries)
+
+
+def _swap(
+    client: redis.Redis,
+    lock: Any,
+    now: datetime,
+    staging: str,
+    per_account: defaultdict[str, int],
+    drift: Drift,
+    prefix: str,
+) -> dict[str, Any]:
+    """Put the staging sets in place, in one fenced MULTI/EXEC."""
+    # A replayed removal can empty a staging set (Redis then drops the key): check which exist.
+    candidates = list(per_account)
+    exists = client.pipeline(transaction=False)
+    for account_id in candidates:
+        exists.exists(account_key(account_id, staging))
+    accounts = [a for a, found in zip(candidates, exists.execute(), strict=True) if found]
+    previous = {a.decode() for a in cast(set[bytes], client.smembers(accounts_key(prefix)))}
+    # Without an earlier publication (a new or emptied Redis) everything is "added".
+    first = not client.exists(meta_key(prefix))
+    generated_at = iso_timestamp(resolve_now(None))
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.zcard(all_key(staging))
+        # UNLINK frees the replaced sets in the background: deleting a million members in
+        # RENAME would block Redis for everyone for about a second.
+        pipe.unlink(all_key(prefix))
+        if accounts:
+            pipe.rename(all_key(staging), all_key(prefix))
+        for account_id in accounts:
+            pipe.unlink(account_key(account_id, prefix))
+            pipe.rename(account_key(account_id, staging), account_key(account_id, prefix))
+        for account_id in previous - set(accounts):
+            pipe.unlink(account_key(account_id, prefix))
+        pipe.delete(accounts_key(prefix))
+        if accounts:
+            pipe.sadd(accounts_key(prefix), *accounts)
+
+    results = fenced(client, lock, queue)
+    summary: dict[str, Any] = {
+        "published": int(results[0]),
+        "accounts": len(accounts),
+        "removed_accounts": len(previous - set(accounts)),
+        "drift_added": drift.added,
+        "drift_removed": drift.removed,
+        "drift_rescored": drift.rescored,
+        "trimmed": drift.trimmed,
+        "first": first,
+        "now": iso_timestamp(now),
+        "generated_at": generated_at,
+    }
+    # The last successful publication: read by `status` and the metrics exporter.
+    meta: dict[FieldT, EncodableT] = {"count": summary["published"]}
+    meta |= {key: value for key, value in summary.items() if key != "first"}
+    client.hset(meta_key(prefix), mapping=meta)
+    return summary
+
+
+def _drop_staging(client: redis.Redis, staging: str, per_account: dict[str, int]) -> None:
+    """Remove what is left under the staging keys (all of it when the swap did not happen)."""
+    keys = [all_key(staging)]
+    keys += [account_key(account_id, staging) for account_id in per_account]
+    for start in range(0, len(keys), 1000):
+        client.delete(*keys[start : start + 1000])

@@ -1,0 +1,169 @@
+"""The relay: apply committed lifecycle events to the releasable set and the event stream.
+
+Each batch reads the oldest events of the outbox, applies them to Redis in one fenced
+MULTI/EXEC (set changes, stream entries, and their ids in the `applied` set), then deletes them
+from the outbox and commits. There is no high-water mark: outbox ids come from a sequence and a
+transaction can commit a lower id after a higher one was relayed; such an event is simply still
+in the outbox and goes with the next batch. Per number, ids follow commit order (an event is
+written under its number's row lock), so a number's events are applied in commit order.
+
+A relay killed after its EXEC but before its commit leaves the events in the outbox and their
+ids in the `applied` set: the next relay deletes them without applying them twice. Killed
+before its EXEC, it applied nothing. Either way nothing is lost and nothing is streamed twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import redis
+import structlog
+from redis.client import Pipeline
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.events import EVENTS
+from shared.listing import iso_timestamp
+from shared.releasable import (
+    PREFIX,
+    STREAM,
+    Event,
+    LockLost,
+    applied_key,
+    apply_event,
+    fenced,
+    meta_key,
+    writer_lock,
+)
+from shared.retention import not_ahead
+
+log = structlog.get_logger("shared.relay")
+
+BATCH_SIZE = 1000
+MAX_SECONDS = 5.0
+LOCK_SECONDS = 30.0
+STREAM_MAXLEN = 100_000
+
+
+@dataclass
+class RelayReport:
+    """What one relay run did; `as_dict()` is the task's JSON summary."""
+
+    status: str  # completed, limit_reached, skipped (another writer holds the lock), lost_lock
+    now: str
+    applied: int = 0
+    already_applied: int = 0  # applied by a relay that died before deleting them
+    batches: int = 0
+    remaining: int = 0
+    seconds: float = 0.0
+    # No reconciliation has published the sets yet (a new or emptied Redis): one is due.
+    unpublished: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, keys in snake_case."""
+        return asdict(self)
+
+
+def relay_events(
+    session_factory: sessionmaker[Session],
+    client: redis.Redis,
+    *,
+    now: datetime | None = None,
+    batch_size: int = BATCH_SIZE,
+    max_seconds: float = MAX_SECONDS,
+    lock_seconds: float = LOCK_SECONDS,
+    stream_maxlen: int = STREAM_MAXLEN,
+    prefix: str = PREFIX,
+    stream: str = STREAM,
+) -> RelayReport:
+    """Apply the outbox's events to Redis in batches until it is empty or `max_seconds` pass.
+
+    One relay at a time: while another writer holds the lock this returns `skipped`.
+    """
+    now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
+    clock = time.monotonic()
+    report = RelayReport(status="running", now=iso_timestamp(now))
+    lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
+    if not lock.acquire(blocking=False):
+        report.status = "skipped"
+        return report
+    try:
+        done = _forget_committed(session_factory, client, prefix)
+        while report.status == "running":
+            if not _batch(session_factory, client, lock, report, done, now, batch_size,
+                          stream_maxlen, prefix, stream):  # fmt: skip
+                report.status = "completed"
+            elif time.monotonic() - clock >= max_seconds:
+                report.status = "limit_reached"
+    except LockLost:
+        report.status = "lost_lock"
+    finally:
+        if lock.owned():
+            lock.release()
+    with session_factory() as session:
+        report.remaining = session.scalar(select(func.count()).select_from(EVENTS)) or 0
+    report.unpublished = not client.exists(meta_key(prefix))
+    report.seconds = round(time.monotonic() - clock, 3)
+    if report.applied or report.already_applied or report.status == "lost_lock":
+        log.info("relay.applied", **report.as_dict())
+    return report
+
+
+def _forget_committed(factory: sessionmaker[Session], client: redis.Redis, prefix: str) -> set[int]:
+    """Ids in the `applied` set whose events are still in the outbox (applied, not deleted).
+
+    The others were deleted by a commit the previous relay did not live to confirm.
+    """
+    marked = {int(i) for i in cast(set[bytes], client.smembers(applied_key(prefix)))}
+    if not marked:
+        return set()
+    with factory() as session:
+        pending = set(session.scalars(select(EVENTS.c.id).where(EVENTS.c.id.in_(marked))))
+    if marked - pending:
+        client.srem(applied_key(prefix), *(marked - pending))
+    return pending
+
+
+def _batch(
+    factory: sessionmaker[Session],
+    client: redis.Redis,
+    lock: Any,
+    report: RelayReport,
+    done: set[int],
+    now: datetime,
+    batch_size: int,
+    stream_maxlen: int,
+    prefix: str,
+    stream: str,
+) -> bool:
+    """Relay the oldest `batch_size` events; False when the outbox was empty."""
+    with factory.begin() as session:
+        events = [
+            Event(**row._mapping)
+            for row in session.execute(select(EVENTS).order_by(EVENTS.c.id).limit(batch_size))
+        ]
+        if not events:
+            return False
+        fresh = [event for event in events if event.id not in done]
+
+        def queue(pipe: Pipeline) -> None:
+            for event in fresh:
+                apply_event(pipe, event, now=now, prefix=prefix)
+                pipe.xadd(stream, event.fields(), maxlen=stream_maxlen, approximate=True)
+            if fresh:
+                pipe.sadd(applied_key(prefix), *(event.id for event in fresh))
+
+        # Raises LockLost (nothing written): the transaction rolls back, the events stay.
+        fenced(client, lock, queue)
+        ids = [event.id for event in events]
+        session.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids)))
+    # Committed: these ids need no more protection against a second application.
+    client.srem(applied_key(prefix), *ids)
+    done.difference_update(ids)
+    report.applied += len(fresh)
+    report.already_applied += len(events) - len(fresh)
+    report.batches += 1
+    return True
