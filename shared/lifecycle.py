@@ -54,13 +54,13 @@ def _campaign_status(session: Session, number: PhoneNumber) -> str | None:
 
 
 def _check_cap(session: Session, account: Account) -> None:
-    active = session.scalar(
+    active = session.execute(
         select(func.count())
         .select_from(PhoneNumber)
         .where(PhoneNumber.account_id == account.id, PhoneNumber.billing_status == "active")
-    )
+    ).scalar_one()
     cap = PLANS[account.plan]
-    if (active or 0) >= cap:
+    if active >= cap:
         raise UsageLimitError(
             f"The {account.plan} plan allows {cap} active number{'s' if cap > 1 else ''}; "
             f"this account has {active}.",
@@ -177,7 +177,7 @@ def assign_campaign(
             )
         )
     else:
-        assignment.campaign_id, assignment.status = campaign or "", a2p
+        assignment.campaign_id, assignment.status = campaign, a2p
     session.flush()
     return number_body(number, a2p)
 

@@ -180,7 +180,7 @@ def record_failures(
     }
     for number_id, result in failures.items():
         if number_id not in attempts:
-            continue  # deleted meanwhile (cannot happen while claimed; kept safe)
+            continue  # settled by a person meanwhile (`resolve-upstream`): nothing to record
         error = result.error
         tries = attempts[number_id] + 1
         wait_for = backoff(tries, base=base, cap=cap)
