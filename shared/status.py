@@ -50,29 +50,31 @@ def store_status(
     `deploy_paused`: the caller's PURGE_PAUSED, which pauses runs as a stored pause does.
     """
     now = resolve_now(now)
-    overdue, oldest = session.execute(
-        select(func.count(), func.min(PhoneNumber.released_at)).where(overdue_filter(now))
-    ).one()
-    held = session.scalar(
-        select(func.count()).where(
-            PhoneNumber.billing_status == "released", PhoneNumber.purge_hold.is_(True)
-        )
-    )
-    releasable = session.scalar(select(func.count()).where(offered(now)))
+    # One pass over the released numbers for every count (each a FILTER of the same scan).
+    overdue = overdue_filter(now)
     failed_upstream = PhoneNumber.provider_error_code.is_not(None)
-    upstream_failed, upstream_permanent = session.execute(
-        select(
-            func.count(),
-            func.count().filter(PhoneNumber.provider_failed_permanently.is_(True)),
-        ).where(failed_upstream)
-    ).one()
     # Claimed by a run that stopped before the provider answered (killed, provider down or
     # misconfigured): only a run with the provider configured, or a person, settles them.
-    upstream_claimed = session.scalar(
-        select(func.count()).where(
-            PhoneNumber.purge_state == "purging", PhoneNumber.provider_error_code.is_(None)
-        )
-    )
+    claimed = (PhoneNumber.purge_state == "purging") & PhoneNumber.provider_error_code.is_(None)
+    (
+        overdue_count,
+        oldest,
+        held,
+        releasable,
+        upstream_failed,
+        upstream_permanent,
+        upstream_claimed,
+    ) = session.execute(
+        select(
+            func.count().filter(overdue),
+            func.min(PhoneNumber.released_at).filter(overdue),
+            func.count().filter(PhoneNumber.purge_hold.is_(True)),
+            func.count().filter(offered(now)),
+            func.count().filter(failed_upstream),
+            func.count().filter(failed_upstream & PhoneNumber.provider_failed_permanently),
+            func.count().filter(claimed),
+        ).where(PhoneNumber.billing_status == "released")
+    ).one()
     stuck = session.scalars(
         select(PhoneNumber)
         .where(failed_upstream)
@@ -105,14 +107,14 @@ def store_status(
         "paused": pause is not None or deploy_paused,
         "paused_by_setting": deploy_paused,
         "pause": pause.as_dict() if pause else None,
-        "overdue": overdue,
+        "overdue": overdue_count,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
-        "held": held or 0,
-        "releasable": releasable or 0,
+        "held": held,
+        "releasable": releasable,
         "upstream_failed": upstream_failed,
         "upstream_permanent": upstream_permanent,
-        "upstream_claimed": upstream_claimed or 0,
+        "upstream_claimed": upstream_claimed,
         "upstream_stuck": [
             {
                 "phone_number": number.phone_number,

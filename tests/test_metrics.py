@@ -19,7 +19,7 @@ from shared.db import make_engine, make_session_factory
 from shared.models import PhoneNumber
 from shared.publication import publication_status
 from shared.purge import purge_expired
-from shared.releasable import publish_releasable
+from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number

@@ -12,7 +12,8 @@ import redis
 from sqlalchemy.orm import Session
 
 from shared.publication import publication_status, recording_failures
-from shared.releasable import meta_key, publish_releasable
+from shared.reconcile import publish_releasable
+from shared.releasable import meta_key
 from tests.factories import NOW, make_number
 from tests.servers import free_port
 from tests.test_status_cli import CLI, _env
