@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from shared.errors import ValidationError
 from shared.listing import iso_timestamp
 from shared.releasable import PREFIX, meta_key, publication
 from shared.retention import as_utc, resolve_now, utcnow
@@ -25,9 +26,14 @@ FAILURE = "failure"
 
 @contextmanager
 def recording_failures(client: redis.Redis, *, prefix: str = PREFIX) -> Iterator[None]:
-    """Run a publication; if it raises, leave a failure marker in Redis and re-raise."""
+    """Run a publication; if it fails, leave a failure marker in Redis and re-raise.
+
+    A refused request (bad input, a future `now`) is not a failing publication: no marker.
+    """
     try:
         yield
+    except ValidationError:
+        raise
     except Exception as error:
         # Redis is most likely what failed then; the stale last success tells the same story.
         with suppress(redis.RedisError):
