@@ -10,9 +10,8 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from shared import validation
-from shared.listing import iso_timestamp
+from shared.clock import iso_timestamp, resolve_now
 from shared.models import PurgeControl
-from shared.retention import resolve_now
 
 PAUSE = "pause"
 REASON_MAX = 500

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
+from shared.clock import resolve_now
 from shared.models import PLANS, Account, Base, PhoneNumber, PurgedNumber
-from shared.retention import RETENTION, resolve_now
+from shared.retention import RETENTION
 
 if TYPE_CHECKING:
     import psycopg

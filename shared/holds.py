@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import validation
+from shared.clock import iso_timestamp, resolve_now
 from shared.lifecycle import lock_number, set_purge_hold
-from shared.listing import iso_timestamp
 from shared.models import PhoneNumber
-from shared.retention import is_purgeable, repurchase_deadline, resolve_now
+from shared.retention import is_purgeable, repurchase_deadline
 
 REASON_MAX = 500
 

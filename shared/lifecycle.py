@@ -11,10 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import events, provider, validation
+from shared.accounts import require_account
+from shared.clock import iso_timestamp, resolve_now
 from shared.errors import UsageLimitError, ValidationError
-from shared.listing import iso_timestamp, number_body, require_account
+from shared.listing import number_body
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
-from shared.retention import RETENTION, is_repurchasable, repurchase_deadline, resolve_now
+from shared.retention import RETENTION, is_repurchasable, repurchase_deadline
 
 
 def _not_found(phone_number: str) -> ValidationError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
@@ -10,14 +10,10 @@ from sqlalchemy import ColumnElement, Engine, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from shared import validation
-from shared.errors import UnauthorizedError
-from shared.models import Account, CampaignAssignment, PhoneNumber
-from shared.retention import cutoff, repurchasable_after, repurchasable_clause, resolve_now
-
-
-def iso_timestamp(value: datetime) -> str:
-    """ISO 8601 in UTC with a Z, e.g. 2026-11-27T09:30:00.123456Z."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+from shared.accounts import require_account
+from shared.clock import iso_timestamp, resolve_now
+from shared.models import CampaignAssignment, PhoneNumber
+from shared.retention import cutoff, repurchasable_after, repurchasable_clause
 
 
 def number_body(number: PhoneNumber, campaign_status: str | None) -> dict[str, Any]:
@@ -68,19 +64,6 @@ def _offered(in_window: ColumnElement[bool]) -> ColumnElement[bool]:
     return and_(
         PhoneNumber.billing_status == "released", PhoneNumber.purge_state.is_(None), in_window
     )
-
-
-def require_account(session: Session, account_id: object, *, lock: bool = False) -> Account:
-    """The account, or a 401: the API only acts for an account it knows."""
-    query = select(Account).where(Account.id == validation.account_id(account_id))
-    account = session.scalars(query.with_for_update() if lock else query).one_or_none()
-    if account is None:
-        raise UnauthorizedError(
-            "No such account.",
-            code="account_not_found",
-            fix="Open the account first, or check the account id your credentials belong to.",
-        )
-    return account
 
 
 # The list as plain Core columns, built once: rows come back as tuples, with no ORM objects

@@ -14,10 +14,9 @@ from typing import Any
 
 import redis
 
+from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
 from shared.errors import ValidationError
-from shared.listing import iso_timestamp
 from shared.releasable import PREFIX, meta_key, publication
-from shared.retention import as_utc, resolve_now, utcnow
 
 LAST_SUCCESS = "generated_at"
 FAILED_AT = "failed_at"

@@ -35,13 +35,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import iso_timestamp, not_ahead, resolve_now, utcnow
 from shared.controls import pause_reason
 from shared.events import record_purged
-from shared.listing import iso_timestamp
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
 from shared.provider import Provider, UpstreamResult, make_provider
 from shared.retention import cutoff as retention_cutoff
-from shared.retention import not_ahead, purgeable_clause, resolve_now, utcnow
+from shared.retention import purgeable_clause
 from shared.settings import get_settings
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 from shared.upstream import claim_batch, record_failures, release_upstream

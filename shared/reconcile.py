@@ -25,8 +25,9 @@ from redis.typing import EncodableT, FieldT
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.errors import InternalError
-from shared.listing import iso_timestamp, offered
+from shared.listing import offered
 from shared.models import PhoneNumber
 from shared.releasable import (
     PREFIX,
@@ -41,7 +42,7 @@ from shared.releasable import (
     meta_key,
     writer_lock,
 )
-from shared.retention import not_ahead, repurchase_deadline, resolve_now
+from shared.retention import repurchase_deadline
 
 log = structlog.get_logger("shared.reconcile")
 

@@ -25,8 +25,8 @@ from redis.client import Pipeline
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import iso_timestamp, not_ahead
 from shared.events import EVENTS
-from shared.listing import iso_timestamp
 from shared.releasable import (
     PREFIX,
     STREAM,
@@ -38,7 +38,6 @@ from shared.releasable import (
     meta_key,
     writer_lock,
 )
-from shared.retention import not_ahead
 
 log = structlog.get_logger("shared.relay")
 

@@ -17,8 +17,7 @@ from redis.client import Pipeline
 from redis.lock import Lock
 from redis.typing import EncodableT, FieldT
 
-from shared.listing import iso_timestamp
-from shared.retention import resolve_now
+from shared.clock import iso_timestamp, resolve_now
 
 PREFIX = "releasable"
 # The lifecycle stream other services read with consumer groups (runbook: "The event stream").

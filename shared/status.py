@@ -8,11 +8,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.orm import Session
 
+from shared.clock import iso_timestamp, resolve_now
 from shared.controls import read_pause
-from shared.listing import iso_timestamp, offered
+from shared.listing import offered
 from shared.models import PhoneNumber, PurgeRun
 from shared.purge import overdue_filter
-from shared.retention import RETENTION, resolve_now
+from shared.retention import RETENTION
 
 STUCK_SHOWN = 20
 # A run that did its job: everything overdue purged, or its share of a larger backlog.

@@ -20,12 +20,13 @@ from sqlalchemy import ColumnElement, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import events, validation
+from shared.clock import resolve_now
 from shared.controls import REASON_MAX
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.provider import Provider, Resolution, UpstreamResult
-from shared.retention import is_purgeable, purgeable_clause, resolve_now
+from shared.retention import is_purgeable, purgeable_clause
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 

@@ -17,7 +17,7 @@ import redis
 import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.retention import utcnow
+from shared.clock import utcnow
 from tests.factories import make_number
 from tests.processes import Process, service_env, wait_for
 from tests.servers import free_port

@@ -24,9 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.publication import publication_status
-from shared.retention import utcnow
 from shared.settings import Settings
 from shared.status import store_status
 from worker.app import redis_url

@@ -13,13 +13,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import validation
+from shared.clock import as_utc
 from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
 from shared.publication import recording_failures
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
-from shared.retention import as_utc
 from shared.settings import get_settings
 from worker.app import app, redis_url
 
