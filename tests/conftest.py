@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.provider import TelnyxProvider
 from shared.settings import get_settings, get_store_settings
+from tests.factories import NOW
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from tests.stores import delete_all_rows, service_missing
 
@@ -44,7 +45,8 @@ BACKENDS = [
 
 @pytest.fixture(scope="session")
 def now() -> datetime:
-    return datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    """The fixed instant of the tests: the one `tests.factories` registers numbers against."""
+    return NOW
 
 
 @pytest.fixture(scope="session")
