@@ -27,7 +27,7 @@ from shared.db import make_session_factory
 from shared.models import E164_PATTERN
 from shared.reconcile import publish_releasable
 from shared.releasable import read_releasable
-from tests.factories import NOW, make_number, snapshot
+from tests.factories import NOW, make_number, make_numbers, snapshot
 from tests.processes import service_env, start_beat, start_worker, wait_for
 from tests.servers import RedisServer, celery_client, free_port, wait_task
 from worker.app import app
@@ -181,18 +181,10 @@ def test_url_passwords_never_leave_the_process(
     secrets = (PG_PASSWORD, fault_redis.password)
     now = datetime.now(UTC)
     with make_session_factory(pg_store).begin() as session:
-        make_number(
+        make_numbers(
             session,
             account_id="acc_s",
-            phone_number="+14155558000",
-            released_at=now - timedelta(days=20),
-            now=now,
-        )
-        make_number(
-            session,
-            account_id="acc_s",
-            phone_number="+14155558001",
-            released_at=now - timedelta(days=1),
+            ages={"+14155558000": timedelta(days=20), "+14155558001": timedelta(days=1)},
             now=now,
         )
     env = service_env(

@@ -21,7 +21,7 @@ from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
 from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
-from tests.factories import ensure_account
+from tests.factories import make_number
 from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
 from tests.processes import service_env, start_worker, wait_for
 
@@ -34,22 +34,17 @@ def seed(
 ) -> list[str]:
     """`count` numbers released `age` before `now`, provider id '70<i>'; their E.164 numbers."""
     numbers = [f"+1415730{i:04d}" for i in range(start, start + count)]
-    with factory.begin() as session:
-        ensure_account(session, "acc_up")
     for i, number in enumerate(numbers, start):
         with factory.begin() as session:
             # The plan caps active numbers at 49: release each one before registering the next.
-            shared.register_number(
+            make_number(
                 session,
                 account_id="acc_up",
                 phone_number=number,
-                country_code="US",
-                number_type="local",
-                monthly_price="1.00",
                 provider_number_id=f"70{i}",
-                now=now - timedelta(days=30),
+                released_at=now - age,
+                now=now,
             )
-            shared.release_number(session, account_id="acc_up", phone_number=number, now=now - age)
     return numbers
 
 
