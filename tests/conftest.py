@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 from jsonschema import Draft202012Validator
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +23,12 @@ from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.provider import TelnyxProvider
 from shared.settings import get_settings, get_store_settings
+from tests.factories import NOW
 from tests.fake_telnyx import API_KEY, FakeTelnyx
+from tests.stores import delete_all_rows, service_missing
+
+# The private PostgreSQL and Redis servers' fixtures (fault_pg_server, fault_pg, fault_redis).
+pytest_plugins = ["tests.servers"]
 
 # Fixed seed and no example database: the same examples on every run, nothing written to disk.
 hypothesis.settings.register_profile(
@@ -31,16 +36,6 @@ hypothesis.settings.register_profile(
 )
 hypothesis.settings.load_profile("numbers-retention")
 
-# Child tables first, so a plain DELETE respects the foreign keys.
-TABLES = (
-    "number_events",
-    "purged_numbers",
-    "purge_runs",
-    "purge_controls",
-    "campaign_assignments",
-    "phone_numbers",
-    "accounts",
-)
 SCHEMA_PATH = Path(shared.__file__).parent / "contract" / "released-numbers.schema.json"
 BACKENDS = [
     pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
@@ -48,17 +43,10 @@ BACKENDS = [
 ]
 
 
-def _service_missing(what: str, error: BaseException) -> None:
-    """A missing service skips on a laptop and fails under CI=true."""
-    message = f"{what} is unreachable: {error}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def now() -> datetime:
-    return datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    """The fixed instant of the tests: the one `tests.factories` registers numbers against."""
+    return NOW
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +57,7 @@ def pg_url() -> str:
         with psycopg.connect(conninfo, connect_timeout=3) as connection:
             connection.execute("SELECT 1")
     except psycopg.OperationalError as error:
-        _service_missing("PostgreSQL", error)
+        service_missing("PostgreSQL", error)
     return url
 
 
@@ -80,7 +68,7 @@ def redis_url() -> str:
         with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
             client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as error:
-        _service_missing("Redis", error)
+        service_missing("Redis", error)
     return url
 
 
@@ -130,16 +118,6 @@ def session(engine: Engine) -> Iterator[Session]:
             outer.rollback()
 
 
-def delete_all_rows(engine: Engine) -> None:
-    """Empty every table of the store (schema and migrations stay)."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-        else:
-            for table in TABLES:
-                connection.execute(text(f"DELETE FROM {table}"))
-
-
 @pytest.fixture
 def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
     """Sessions that really commit (the purge commits per batch); every table emptied after."""
@@ -166,11 +144,17 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
 
 
 @pytest.fixture
-def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
-    """Committing sessions on PostgreSQL only (for real worker processes); emptied around."""
+def pg_store(pg_engine: Engine) -> Iterator[Engine]:
+    """The migrated PostgreSQL store, empty; every table emptied again after the test."""
     delete_all_rows(pg_engine)
-    yield make_session_factory(pg_engine)
+    yield pg_engine
     delete_all_rows(pg_engine)
+
+
+@pytest.fixture
+def pg_factory(pg_store: Engine) -> sessionmaker[Session]:
+    """Committing sessions on the empty PostgreSQL store (for real worker processes)."""
+    return make_session_factory(pg_store)
 
 
 @pytest.fixture

@@ -67,6 +67,24 @@ def make_number(
     return body
 
 
+def make_numbers(
+    session: Session,
+    *,
+    account_id: str,
+    ages: dict[str, timedelta | None],
+    now: datetime = NOW,
+) -> None:
+    """`make_number` for each number, released `age` before `now` (None: still active)."""
+    for number, age in ages.items():
+        make_number(
+            session,
+            account_id=account_id,
+            phone_number=number,
+            released_at=None if age is None else now - age,
+            now=now,
+        )
+
+
 def snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, in primary-key order (flushes pending changes first)."""
     rows: dict[str, list[tuple[Any, ...]]] = {}

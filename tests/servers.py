@@ -27,8 +27,8 @@ from celery import Celery
 from shared import migrate
 from shared.db import make_engine
 from shared.settings import Settings
-from tests.conftest import TABLES, _service_missing
 from tests.processes import wait_for
+from tests.stores import TRUNCATE_ALL, service_missing
 from worker.app import create_app
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -184,7 +184,7 @@ class RedisServer:
 def fault_pg_server() -> Iterator[PostgresServer]:
     """One private cluster per session, migrated; tests may restart or stop it."""
     if not (PG_BIN / "initdb").exists():
-        _service_missing("PostgreSQL binaries", FileNotFoundError(str(PG_BIN / "initdb")))
+        service_missing("PostgreSQL binaries", FileNotFoundError(str(PG_BIN / "initdb")))
     # Not under pytest's root-only tmp folder: the postgres user must reach it.
     root = Path(tempfile.mkdtemp(prefix="numbers-fault-pg-"))
     if os.geteuid() == 0:
@@ -214,14 +214,14 @@ def fault_pg(fault_pg_server: PostgresServer) -> Iterator[PostgresServer]:
     with psycopg.connect(
         host="127.0.0.1", port=fault_pg_server.port, user="postgres", autocommit=True
     ) as connection:
-        connection.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        connection.execute(TRUNCATE_ALL)
 
 
 @pytest.fixture
 def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private Redis for one test, password-protected; the test may kill and restart it."""
     if shutil.which("redis-server") is None:
-        _service_missing("redis-server", FileNotFoundError("redis-server"))
+        service_missing("redis-server", FileNotFoundError("redis-server"))
     server = RedisServer(tmp_path_factory.mktemp("redis"), free_port(), "r3dis-Pa55w0rd-x9")
     server.start()
     try:

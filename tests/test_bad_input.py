@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session
 import shared
 from shared.db import make_session_factory
 from shared.models import E164_PATTERN, Account, PhoneNumber, PurgeRun
-from tests.conftest import delete_all_rows
 from tests.factories import NOW, REGISTERED_BEFORE, make_number, snapshot
 from tests.processes import Process, service_env, start_worker, wait_for
 from tests.servers import celery_client, task_meta, wait_task
@@ -455,9 +454,9 @@ def worker_env(
 
 
 @pytest.fixture
-def store(pg_engine: Engine) -> Iterator[Engine]:
-    delete_all_rows(pg_engine)
-    with make_session_factory(pg_engine).begin() as session:
+def store(pg_store: Engine) -> Engine:
+    """The empty PostgreSQL store with A's number released at RELEASED_AT and one overdue."""
+    with make_session_factory(pg_store).begin() as session:
         make_number(session, account_id=A, phone_number=A_RELEASED, released_at=RELEASED_AT)
         make_number(
             session,
@@ -466,8 +465,7 @@ def store(pg_engine: Engine) -> Iterator[Engine]:
             released_at=datetime.now(UTC) - timedelta(days=20),
             now=datetime.now(UTC),
         )
-    yield pg_engine
-    delete_all_rows(pg_engine)
+    return pg_store
 
 
 @pytest.fixture

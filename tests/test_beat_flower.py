@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import PhoneNumber, PurgeRun
-from tests.factories import make_number
+from tests.factories import make_numbers
 from tests.processes import Process, celery, service_env, start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
@@ -173,14 +173,9 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
     now = datetime.now(UTC)
     overdue = [f"+1415555{i:04d}" for i in range(6)]
     with pg_factory.begin() as session:
-        for number in overdue:
-            make_number(
-                session,
-                account_id="acc_ops",
-                phone_number=number,
-                released_at=now - timedelta(days=15),
-                now=now,
-            )
+        make_numbers(
+            session, account_id="acc_ops", ages=dict.fromkeys(overdue, timedelta(days=15)), now=now
+        )
     env = service_env(
         database_url=pg_url,
         redis_url=redis_url,

@@ -308,11 +308,14 @@ def schema_url(pg_url: str) -> Iterator[str]:
 @pytest.mark.redis
 @pytest.mark.processes
 def test_each_service_command_runs_here(
-    config: dict[str, Any], schema_url: str, pg_url: str, redis_url: str, tmp_path: Path
+    config: dict[str, Any],
+    schema_url: str,
+    pg_url: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
 ) -> None:
     services = config["services"]
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
 
     def command(name: str) -> list[str]:
         service = services[name]
@@ -386,7 +389,7 @@ def test_each_service_command_runs_here(
 
         # beat: RedBeat holds the lock and has stored the schedule in Redis.
         wait_for(lambda: took_lock(beat.output()), timeout=30, what="beat to take RedBeat's lock")
-        assert client.exists("redbeat:purge-expired", "redbeat:publish-releasable") == 2
+        assert redis_client.exists("redbeat:purge-expired", "redbeat:publish-releasable") == 2
 
         # flower: healthy, its basic auth from the service's environment, the worker in view.
         flower_check = [
@@ -424,8 +427,6 @@ def test_each_service_command_runs_here(
     finally:
         for process in reversed(started):
             process.stop()
-        client.flushdb()
-        client.close()
     for process in started:
         assert "Traceback" not in process.output(), process.output()[-3000:]
 

@@ -107,19 +107,15 @@ def test_claims_upstream_failures_and_resets_write_events(
 ) -> None:
     released = now - timedelta(days=15)
     with session_factory.begin() as session:
-        ensure_account(session, "acc_up")
         for i, number in enumerate((NUMBER, "+14155550301")):
-            shared.register_number(
+            make_number(
                 session,
                 account_id="acc_up",
                 phone_number=number,
-                country_code="US",
-                number_type="local",
-                monthly_price="1.00",
                 provider_number_id=f"70{i}",
-                now=now - timedelta(days=30),
+                released_at=released,
+                now=now,
             )
-            shared.release_number(session, account_id="acc_up", phone_number=number, now=released)
     fake_telnyx.script["700"] = [telnyx_error(500, "10007", "Unexpected error")]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_failed) == (1, 1)

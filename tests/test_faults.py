@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,18 +33,10 @@ from shared.models import PhoneNumber, PurgedNumber
 from shared.purge import purge_expired
 from shared.releasable import publication, read_releasable
 from shared.retention import RETENTION
-from tests import servers
-from tests.conftest import delete_all_rows
 from tests.factories import make_number
 from tests.processes import Process, service_env, start_beat, start_worker, wait_for
 from tests.servers import PostgresServer, RedisServer, celery_client, task_meta, wait_task
 
-# The private servers' fixtures (tests/servers.py), for this module's tests.
-fault_pg_server, fault_pg, fault_redis = (
-    servers.fault_pg_server,
-    servers.fault_pg,
-    servers.fault_redis,
-)
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
 # Figures quoted in docs/guarantees.md; change them together.
@@ -196,13 +187,6 @@ def retry_countdowns(process: Process, task_name: str) -> list[int]:
         if task_name in str(event.get("event", ""))
         and (match := pattern.search(str(event.get("event", ""))))
     ]
-
-
-@pytest.fixture
-def pg_store(pg_engine: Engine) -> Iterator[Engine]:
-    delete_all_rows(pg_engine)
-    yield pg_engine
-    delete_all_rows(pg_engine)
 
 
 # --- 1. SIGKILL in the middle of a large purge ------------------------------------------------

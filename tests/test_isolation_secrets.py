@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,21 +20,17 @@ import redis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 import shared
 from shared.db import make_session_factory
 from shared.models import E164_PATTERN
 from shared.reconcile import publish_releasable
 from shared.releasable import read_releasable
-from tests import servers
-from tests.conftest import delete_all_rows
-from tests.factories import NOW, make_number, snapshot
+from tests.factories import NOW, make_number, make_numbers, snapshot
 from tests.processes import service_env, start_beat, start_worker, wait_for
 from tests.servers import RedisServer, celery_client, free_port, wait_task
 from worker.app import app
-
-fault_redis = servers.fault_redis  # a private Redis (tests/servers.py) for the secrets test
 
 # Figures quoted in docs/guarantees.md; change them together.
 EXAMPLES = 60  # generated (actor, someone else's or unknown number) pairs per backend
@@ -121,29 +116,20 @@ def test_an_account_lists_only_its_own_numbers(world: Session) -> None:
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_the_published_per_account_sets_hold_only_that_accounts_numbers(
-    pg_engine: Engine, redis_url: str
+    pg_factory: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    factory = make_session_factory(pg_engine)
-    delete_all_rows(pg_engine)
-    try:
-        with factory.begin() as session:
-            for account, numbers in HOLDINGS.items():
-                for number, released_at in numbers.items():
-                    make_number(
-                        session, account_id=account, phone_number=number, released_at=released_at
-                    )
-        with factory() as session:
-            publish_releasable(session, client, now=NOW)
-        for account in ACCOUNTS:
-            published = {n for n, _ in read_releasable(client, account_id=account, now=NOW)}
-            assert published
-            assert {OWNER[n] for n in published} == {account}
-    finally:
-        delete_all_rows(pg_engine)
-        client.flushdb()
-        client.close()
+    with pg_factory.begin() as session:
+        for account, numbers in HOLDINGS.items():
+            for number, released_at in numbers.items():
+                make_number(
+                    session, account_id=account, phone_number=number, released_at=released_at
+                )
+    with pg_factory() as session:
+        publish_releasable(session, redis_client, now=NOW)
+    for account in ACCOUNTS:
+        published = {n for n, _ in read_releasable(redis_client, account_id=account, now=NOW)}
+        assert published
+        assert {OWNER[n] for n in published} == {account}
 
 
 # --- secrets -----------------------------------------------------------------------------------
@@ -187,13 +173,6 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def pg_store(pg_engine: Engine) -> Iterator[Engine]:
-    delete_all_rows(pg_engine)
-    yield pg_engine
-    delete_all_rows(pg_engine)
-
-
 @pytest.mark.postgres
 @pytest.mark.processes
 def test_url_passwords_never_leave_the_process(
@@ -202,18 +181,10 @@ def test_url_passwords_never_leave_the_process(
     secrets = (PG_PASSWORD, fault_redis.password)
     now = datetime.now(UTC)
     with make_session_factory(pg_store).begin() as session:
-        make_number(
+        make_numbers(
             session,
             account_id="acc_s",
-            phone_number="+14155558000",
-            released_at=now - timedelta(days=20),
-            now=now,
-        )
-        make_number(
-            session,
-            account_id="acc_s",
-            phone_number="+14155558001",
-            released_at=now - timedelta(days=1),
+            ages={"+14155558000": timedelta(days=20), "+14155558001": timedelta(days=1)},
             now=now,
         )
     env = service_env(

@@ -238,82 +238,69 @@ def test_purge_logs_one_event_per_batch_and_a_summary(
 
 
 @pytest.mark.postgres
-def test_number_repurchased_during_a_run_is_kept(pg_engine, now: datetime) -> None:
+def test_number_repurchased_during_a_run_is_kept(pg_factory: Factory, now: datetime) -> None:
     """A repurchase holding the row lock when the purge comes: SKIP LOCKED passes it by, and
     the re-check finds it active afterwards. The number ends active and intact."""
-    from shared.db import make_session_factory
-    from tests.conftest import delete_all_rows
-
-    factory = make_session_factory(pg_engine)
-    deadline_minus = now - RETENTION + timedelta(seconds=1)
-    try:
-        seed(
-            factory,
-            now,
-            {"+14155550110": RETENTION - timedelta(seconds=1), "+14155550111": timedelta(days=20)},
-        )
-        buyer = factory()
-        buyer.begin()
-        shared.repurchase_number(buyer, account_id="acc_a", phone_number="+14155550110", now=now)
-        # The purge decides later, when the first number's deadline has passed.
-        later = now + timedelta(seconds=5)
-        result: dict[str, object] = {}
-        runner = threading.Thread(target=lambda: result.update(r=purge_expired(factory, now=later)))
-        runner.start()
-        runner.join(30)
-        buyer.commit()
-        buyer.close()
-        report = result["r"]
-        assert report.purged == 1  # type: ignore[attr-defined]
-        with factory() as session:
-            kept = session.scalars(
-                select(PhoneNumber).where(PhoneNumber.phone_number == "+14155550110")
-            ).one()
-        assert (kept.billing_status, kept.released_at) == ("active", None)
-        assert tombstones(factory) == ["+14155550111"]
-        assert deadline_minus < now
-    finally:
-        delete_all_rows(pg_engine)
+    seed(
+        pg_factory,
+        now,
+        {"+14155550110": RETENTION - timedelta(seconds=1), "+14155550111": timedelta(days=20)},
+    )
+    buyer = pg_factory()
+    buyer.begin()
+    shared.repurchase_number(buyer, account_id="acc_a", phone_number="+14155550110", now=now)
+    # The purge decides later, when the first number's deadline has passed.
+    later = now + timedelta(seconds=5)
+    result: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: result.update(r=purge_expired(pg_factory, now=later)))
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive()  # the purge finished while the repurchase held the row lock
+    buyer.commit()
+    buyer.close()
+    report = result["r"]
+    assert report.purged == 1  # type: ignore[attr-defined]
+    with pg_factory() as session:
+        kept = session.scalars(
+            select(PhoneNumber).where(PhoneNumber.phone_number == "+14155550110")
+        ).one()
+    assert (kept.billing_status, kept.released_at) == ("active", None)
+    assert tombstones(pg_factory) == ["+14155550111"]
 
 
 @pytest.mark.postgres
-def test_repurchase_after_purge_claimed_row_finds_nothing(pg_engine, now: datetime) -> None:
+def test_repurchase_after_purge_claimed_row_finds_nothing(
+    pg_factory: Factory, now: datetime
+) -> None:
     """The other order: the purge locked the row first; the repurchase waits, then finds the
     number gone and is refused. Never both purged and repurchased."""
-    from shared.db import make_session_factory
-    from tests.conftest import delete_all_rows
+    seed(pg_factory, now, {"+14155550112": RETENTION})
+    with pg_factory.begin() as purge_session:
+        from shared.purge import _purge_batch
 
-    factory = make_session_factory(pg_engine)
-    try:
-        seed(factory, now, {"+14155550112": RETENTION})
-        with factory.begin() as purge_session:
-            from shared.purge import _purge_batch
+        assert _purge_batch(purge_session, now=now, run_id="r1", limit=10) == 1
+        errors: list[shared.ApiError] = []
 
-            assert _purge_batch(purge_session, now=now, run_id="r1", limit=10) == 1
-            errors: list[shared.ApiError] = []
+        def buy() -> None:
+            with pg_factory.begin() as session:
+                try:
+                    shared.repurchase_number(
+                        session,
+                        account_id="acc_a",
+                        phone_number="+14155550112",
+                        now=now - timedelta(seconds=1),
+                    )
+                except shared.ApiError as error:
+                    errors.append(error)
 
-            def buy() -> None:
-                with factory.begin() as session:
-                    try:
-                        shared.repurchase_number(
-                            session,
-                            account_id="acc_a",
-                            phone_number="+14155550112",
-                            now=now - timedelta(seconds=1),
-                        )
-                    except shared.ApiError as error:
-                        errors.append(error)
-
-            buyer = threading.Thread(target=buy)
-            buyer.start()
-            buyer.join(0.5)
-            assert buyer.is_alive()  # blocked on the purge's row lock
-        buyer.join(10)
-        assert [e.code for e in errors] == ["number_not_found"]
-        assert tombstones(factory) == ["+14155550112"]
-        assert phone_numbers(factory) == set()
-    finally:
-        delete_all_rows(pg_engine)
+        buyer = threading.Thread(target=buy)
+        buyer.start()
+        buyer.join(0.5)
+        assert buyer.is_alive()  # blocked on the purge's row lock
+    buyer.join(10)
+    assert [e.code for e in errors] == ["number_not_found"]
+    assert tombstones(pg_factory) == ["+14155550112"]
+    assert phone_numbers(pg_factory) == set()
 
 
 def test_a_purged_number_id_is_never_reused(session_factory: Factory, now: datetime) -> None:

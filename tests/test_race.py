@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,15 +20,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-from shared.db import make_session_factory
 from shared.models import Account, PhoneNumber, PurgedNumber
 from shared.purge import PurgeReport, purge_expired
 from shared.retention import RETENTION
-from tests.conftest import delete_all_rows
 
 pytestmark = pytest.mark.postgres
 
@@ -42,13 +39,6 @@ BASE = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
 Factory = sessionmaker[Session]
-
-
-@pytest.fixture
-def factory(pg_engine: Engine) -> Iterator[Factory]:
-    delete_all_rows(pg_engine)
-    yield make_session_factory(pg_engine)
-    delete_all_rows(pg_engine)
 
 
 @dataclass
@@ -208,14 +198,14 @@ def check_round(factory: Factory, rnd: Round, outcomes: dict[str, str]) -> None:
     assert rows[rnd.active] == rnd.rows[rnd.active]
 
 
-def test_repurchase_at_the_deadline_races_the_purge(factory: Factory) -> None:
+def test_repurchase_at_the_deadline_races_the_purge(pg_factory: Factory) -> None:
     rng = random.Random(2026)
     tally = {"success": 0, "number_not_found": 0, "repurchase_window_closed": 0}
     succeeded: dict[str, tuple[Any, ...]] = {}
     with ThreadPoolExecutor(max_workers=RACERS + PURGERS) as pool:
-        for rnd in seed_rounds(factory):
-            outcomes, _reports = race(pool, factory, rnd, rng)
-            check_round(factory, rnd, outcomes)
+        for rnd in seed_rounds(pg_factory):
+            outcomes, _reports = race(pool, pg_factory, rnd, rng)
+            check_round(pg_factory, rnd, outcomes)
             for number, outcome in outcomes.items():
                 tally[outcome] += 1
                 if outcome == "success":
@@ -223,8 +213,8 @@ def test_repurchase_at_the_deadline_races_the_purge(factory: Factory) -> None:
     # Both orders really happened: some repurchases won, some purges came first.
     assert min(tally["success"], tally["number_not_found"]) > 0, tally
     # Much later, every purge since has left the repurchased numbers alone.
-    purge_expired(factory, now=BASE + timedelta(hours=ROUNDS, days=60))
-    with factory() as session:
+    purge_expired(pg_factory, now=BASE + timedelta(hours=ROUNDS, days=60))
+    with pg_factory() as session:
         rows = _rows(session, list(succeeded))
         assert _tombstones(session, list(succeeded)) == []
     assert {n: r[:9] for n, r in rows.items()} == {n: r[:9] for n, r in succeeded.items()}

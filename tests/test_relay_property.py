@@ -20,8 +20,8 @@ from shared.models import PhoneNumber
 from shared.purge import purge_expired
 from shared.relay import relay_events
 from shared.releasable import STREAM, read_releasable
-from tests.conftest import delete_all_rows
 from tests.factories import make_number
+from tests.stores import delete_all_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -73,13 +73,14 @@ def _run(
 @given(threads=st.lists(st.lists(OPERATION, min_size=1, max_size=8), min_size=3, max_size=3))
 def test_after_the_relay_catches_up_the_set_is_the_stores(
     threads: list[list[tuple[str, int]]],
-    pg_engine: Engine,
+    pg_store: Engine,
     redis_client: redis.Redis,
     now: datetime,
 ) -> None:
-    delete_all_rows(pg_engine)
+    # Hypothesis runs every example within one use of the fixtures: each starts empty again.
+    delete_all_rows(pg_store)
     redis_client.flushdb()
-    factory = make_session_factory(pg_engine)
+    factory = make_session_factory(pg_store)
     _seed(factory, now)
     barrier = threading.Barrier(len(threads))
     workers = [
@@ -101,4 +102,3 @@ def test_after_the_relay_catches_up_the_set_is_the_stores(
         assert published == offered_now & mine
     ids = [fields[b"id"] for _, fields in redis_client.xrange(STREAM)]
     assert len(ids) == len(set(ids))
-    delete_all_rows(pg_engine)

@@ -13,41 +13,25 @@ from structlog.testing import capture_logs
 from shared.reconcile import publish_releasable
 from shared.releasable import account_key, all_key, publication, read_releasable
 from shared.retention import RETENTION
-from tests.factories import make_number
+from tests.factories import make_number, make_numbers
 
 pytestmark = pytest.mark.redis
 
 
 def _seed(session: Session, now: datetime) -> None:
-    make_number(
+    make_numbers(
         session,
         account_id="acc_a",
-        phone_number="+14155550201",
-        released_at=now - timedelta(days=1),
+        ages={"+14155550201": timedelta(days=1), "+14155550202": timedelta(days=13)},
         now=now,
     )
-    make_number(
-        session,
-        account_id="acc_a",
-        phone_number="+14155550202",
-        released_at=now - timedelta(days=13),
-        now=now,
-    )
-    make_number(
+    make_numbers(
         session,
         account_id="acc_b",
-        phone_number="+14155550203",
-        released_at=now - timedelta(hours=1),
+        ages={"+14155550203": timedelta(hours=1), "+14155550204": RETENTION},
         now=now,
     )
-    make_number(
-        session,
-        account_id="acc_b",
-        phone_number="+14155550204",
-        released_at=now - RETENTION,
-        now=now,
-    )
-    make_number(session, account_id="acc_c", phone_number="+14155550205", now=now)
+    make_numbers(session, account_id="acc_c", ages={"+14155550205": None}, now=now)
 
 
 def test_publishes_repurchasable_numbers_scored_by_deadline(

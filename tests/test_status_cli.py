@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.models import PhoneNumber
 from shared.purge import PURGE_LOCK_KEY
-from tests.conftest import delete_all_rows
 from tests.factories import NOW, make_number
 from worker.cli import (
     LAG_EXIT_CODE,
@@ -65,33 +63,33 @@ def _env(data: Path, **extra: str) -> dict[str, str]:
     return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
 
 
-@contextmanager
-def _store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@pytest.fixture
+def sqlite_default(tmp_path: Path) -> Iterator[Engine]:
+    """The SQLite file the CLI falls back to under NUMBERS_RETENTION_DATA, migrated."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'numbers.db'}")
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The CLI's environment on an empty store of `backend`, three numbers overdue, one fresh."""
     engine: Engine
     if backend == "postgresql":
-        engine = request.getfixturevalue("pg_engine")
+        engine = request.getfixturevalue("pg_store")
         env = _env(tmp_path, DATABASE_URL=request.getfixturevalue("pg_url"))
-        delete_all_rows(engine)
     else:
         # No DATABASE_URL: the CLI falls back to the SQLite file under NUMBERS_RETENTION_DATA.
+        engine = request.getfixturevalue("sqlite_default")
         env = _env(tmp_path)
-        engine = make_engine(f"sqlite:///{tmp_path / 'numbers.db'}")
-        migrate.upgrade(engine)
-    factory = make_session_factory(engine)
-    with factory.begin() as session:
+    with make_session_factory(engine).begin() as session:
         for number in OVERDUE:
             # Released 15 days before NOW: one day past the deadline.
             make_number(
                 session, account_id="acc_1", phone_number=number, released_at=NOW - 15 * DAY
             )
         make_number(session, account_id="acc_1", phone_number=FRESH, released_at=NOW - 2 * DAY)
-    try:
-        yield Store(env)
-    finally:
-        if backend == "postgresql":
-            delete_all_rows(engine)
-        else:
-            engine.dispose()
+    return Store(env)
 
 
 @pytest.fixture(
@@ -100,22 +98,19 @@ def _store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         pytest.param("sqlite-default"),
     ]
 )
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     """PostgreSQL through DATABASE_URL, or the embedded default with no configuration at all."""
-    with _store(request.param, request, tmp_path) as opened:
-        yield opened
+    return _store(request.param, request, tmp_path)
 
 
 @pytest.fixture
-def pg_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with _store("postgresql", request, tmp_path) as opened:
-        yield opened
+def pg_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return _store("postgresql", request, tmp_path)
 
 
 @pytest.fixture
-def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    with _store("sqlite-default", request, tmp_path) as opened:
-        yield opened
+def sqlite_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return _store("sqlite-default", request, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -191,8 +186,8 @@ def test_max_lag_exits_non_zero_on_a_lagging_backlog_and_zero_after_a_purge(stor
     )
 
 
-def test_lagging_status_tells_why_on_stderr(sqlite_store: Store) -> None:
-    over = sqlite_store.cli("status", "--now", NOW.isoformat(), "--max-lag", "2h")
+def test_lagging_status_tells_why_on_stderr(sqlite_cli: Store) -> None:
+    over = sqlite_cli.cli("status", "--now", NOW.isoformat(), "--max-lag", "2h")
     assert over.returncode == LAG_EXIT_CODE
     assert "Lag limit                2h: LAGGING" in over.stdout
     assert over.stderr.strip() == (
@@ -202,8 +197,8 @@ def test_lagging_status_tells_why_on_stderr(sqlite_store: Store) -> None:
 
 
 @pytest.mark.postgres
-def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> None:
-    held = pg_store.cli("hold", OVERDUE[0], "--reason", "billing dispute #42", "--by", "ops")
+def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_cli: Store) -> None:
+    held = pg_cli.cli("hold", OVERDUE[0], "--reason", "billing dispute #42", "--by", "ops")
     assert held.returncode == 0, held.stderr
     body = json.loads(held.stdout)
     assert body | {"at": None} == {
@@ -213,7 +208,7 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> Non
         "by": "ops",
         "at": None,
     }
-    [listed] = json.loads(pg_store.cli("holds", "--json", "--now", NOW.isoformat()).stdout)
+    [listed] = json.loads(pg_cli.cli("holds", "--json", "--now", NOW.isoformat()).stdout)
     assert listed == {
         "phone_number": OVERDUE[0],
         "account_id": "acc_1",
@@ -225,7 +220,7 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> Non
         "by": "ops",
         "at": body["at"],
     }
-    table = pg_store.cli("holds", "--now", NOW.isoformat())
+    table = pg_cli.cli("holds", "--now", NOW.isoformat())
     assert table.stdout.splitlines()[1].split()[:4] == [
         OVERDUE[0],
         "acc_1",
@@ -234,17 +229,17 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_store: Store) -> Non
     ]
     assert table.stdout.rstrip().endswith("ops  billing dispute #42")
 
-    purged = pg_store.cli("purge", "--now", NOW.isoformat())
+    purged = pg_cli.cli("purge", "--now", NOW.isoformat())
     assert purged.returncode == 0, purged.stderr
     assert json.loads(purged.stdout)["purged"] == 2
-    report = pg_store.status()
+    report = pg_cli.status()
     assert (report["overdue"], report["held"]) == (0, 1)
 
-    lifted = pg_store.cli("unhold", OVERDUE[0])
+    lifted = pg_cli.cli("unhold", OVERDUE[0])
     assert lifted.returncode == 0, lifted.stderr
     assert json.loads(lifted.stdout) == {"phoneNumber": OVERDUE[0], "held": False}
-    assert pg_store.cli("holds").stdout == "No number is on hold.\n"
-    report = pg_store.status("--max-lag", "1h", exit_code=LAG_EXIT_CODE)
+    assert pg_cli.cli("holds").stdout == "No number is on hold.\n"
+    report = pg_cli.status("--max-lag", "1h", exit_code=LAG_EXIT_CODE)
     assert (report["overdue"], report["held"], report["oldest_overdue_seconds"]) == (1, 0, 86400)
 
 
@@ -278,21 +273,21 @@ def test_pause_stops_every_run_until_resume_and_status_says_who_and_why(store: S
     assert json.loads(again.stdout) == {"paused": False, "was_paused": False}
 
 
-def test_a_bad_pause_reason_is_refused_with_the_envelope(sqlite_store: Store) -> None:
-    done = sqlite_store.cli("pause", "--reason", "x" * 501)
+def test_a_bad_pause_reason_is_refused_with_the_envelope(sqlite_cli: Store) -> None:
+    done = sqlite_cli.cli("pause", "--reason", "x" * 501)
     assert done.returncode == 2
     assert json.loads(done.stderr)["error"]["code"] == "invalid_reason"
-    assert sqlite_store.status()["paused"] is False
+    assert sqlite_cli.status()["paused"] is False
 
 
 def test_hold_of_an_unknown_or_malformed_number_prints_the_error_envelope(
-    sqlite_store: Store,
+    sqlite_cli: Store,
 ) -> None:
     for number, code in [
         ("+14155559999", "number_not_found"),
         ("4155550101", "invalid_phone_number"),
     ]:
-        done = sqlite_store.cli("hold", number)
+        done = sqlite_cli.cli("hold", number)
         assert done.returncode == 2
         assert json.loads(done.stderr.strip().splitlines()[-1])["error"]["code"] == code
 
@@ -393,20 +388,20 @@ def test_dry_runs_never_push_real_runs_out_of_the_list(store: Store) -> None:
 
 @pytest.mark.postgres
 def test_a_purge_that_finds_the_lock_taken_exits_with_its_own_code(
-    pg_store: Store, pg_engine: Engine
+    pg_cli: Store, pg_engine: Engine
 ) -> None:
     with pg_engine.connect() as other_run:
         assert other_run.scalar(select(func.pg_try_advisory_lock(PURGE_LOCK_KEY)))
         try:
-            done = pg_store.cli("purge", "--now", NOW.isoformat())
+            done = pg_cli.cli("purge", "--now", NOW.isoformat())
         finally:
             other_run.scalar(select(func.pg_advisory_unlock(PURGE_LOCK_KEY)))
     assert done.returncode == LOCKED_EXIT_CODE == 4
     summary = json.loads(done.stdout)
     assert (summary["status"], summary["reason"], summary["purged"]) == ("skipped", "locked", 0)
     assert "another run holds the lock" in done.stderr
-    assert pg_store.status()["overdue"] == 3
-    assert pg_store.cli("purge", "--now", NOW.isoformat()).returncode == 0
+    assert pg_cli.status()["overdue"] == 3
+    assert pg_cli.cli("purge", "--now", NOW.isoformat()).returncode == 0
 
 
 def _fail_upstream(engine: Engine, failures: dict[str, tuple[str, bool]]) -> None:
@@ -428,7 +423,7 @@ def _fail_upstream(engine: Engine, failures: dict[str, tuple[str, bool]]) -> Non
 
 
 @pytest.mark.postgres
-def test_retry_upstream_clears_many_numbers_at_once(pg_store: Store, pg_engine: Engine) -> None:
+def test_retry_upstream_clears_many_numbers_at_once(pg_cli: Store, pg_engine: Engine) -> None:
     _fail_upstream(
         pg_engine,
         {
@@ -437,28 +432,28 @@ def test_retry_upstream_clears_many_numbers_at_once(pg_store: Store, pg_engine: 
             OVERDUE[2]: ("10007", True),
         },
     )
-    assert pg_store.status()["upstream_permanent"] == 3
+    assert pg_cli.status()["upstream_permanent"] == 3
 
-    bad_key = pg_store.cli("retry-upstream", "--all-permanent", "--provider-code", "10009")
+    bad_key = pg_cli.cli("retry-upstream", "--all-permanent", "--provider-code", "10009")
     assert bad_key.returncode == 0, bad_key.stderr
     assert json.loads(bad_key.stdout) == {
         "retry": "next purge run",
         "count": 2,
         "numbers": OVERDUE[:2],
     }
-    report = pg_store.status()
+    report = pg_cli.status()
     assert (report["upstream_failed"], report["upstream_permanent"]) == (3, 1)
 
     # One transaction: a number without a failure leaves the others as they were.
-    mixed = pg_store.cli("retry-upstream", OVERDUE[2], FRESH)
+    mixed = pg_cli.cli("retry-upstream", OVERDUE[2], FRESH)
     assert mixed.returncode == 2
     assert json.loads(mixed.stderr)["error"]["code"] == "no_upstream_failure"
-    assert pg_store.status()["upstream_permanent"] == 1
+    assert pg_cli.status()["upstream_permanent"] == 1
 
-    rest = pg_store.cli("retry-upstream", "--all-permanent")
+    rest = pg_cli.cli("retry-upstream", "--all-permanent")
     assert json.loads(rest.stdout)["numbers"] == [OVERDUE[2]]
-    assert pg_store.status()["upstream_permanent"] == 0
-    one = pg_store.cli("retry-upstream", OVERDUE[0])
+    assert pg_cli.status()["upstream_permanent"] == 0
+    one = pg_cli.cli("retry-upstream", OVERDUE[0])
     assert json.loads(one.stdout) == {"phoneNumber": OVERDUE[0], "retry": "next purge run"}
 
 
@@ -466,15 +461,15 @@ def test_retry_upstream_clears_many_numbers_at_once(pg_store: Store, pg_engine: 
     "args",
     [(), (OVERDUE[0], "--all-permanent"), (OVERDUE[0], "--provider-code", "10009")],
 )
-def test_retry_upstream_needs_numbers_or_the_filter(sqlite_store: Store, args: tuple[str]) -> None:
-    done = sqlite_store.cli("retry-upstream", *args)
+def test_retry_upstream_needs_numbers_or_the_filter(sqlite_cli: Store, args: tuple[str]) -> None:
+    done = sqlite_cli.cli("retry-upstream", *args)
     assert done.returncode == 2
     assert "Usage:" in done.stderr
 
 
-def test_purge_paused_by_the_setting_shows_in_status(sqlite_store: Store) -> None:
-    sqlite_store.env["PURGE_PAUSED"] = "true"
-    report = sqlite_store.status()
+def test_purge_paused_by_the_setting_shows_in_status(sqlite_cli: Store) -> None:
+    sqlite_cli.env["PURGE_PAUSED"] = "true"
+    report = sqlite_cli.status()
     assert (report["paused"], report["paused_by_setting"], report["pause"]) == (True, True, None)
-    table = sqlite_store.cli("status", "--now", NOW.isoformat()).stdout
+    table = sqlite_cli.cli("status", "--now", NOW.isoformat()).stdout
     assert "  Paused                   yes, PURGE_PAUSED is set\n" in table

@@ -8,6 +8,7 @@ import pytest
 import redis
 from freezegun import freeze_time
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.contextvars import get_contextvars, merge_contextvars
 from structlog.testing import capture_logs
 
 import worker.tasks as tasks
@@ -93,9 +94,7 @@ def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> N
 
 
 def test_purge_task_binds_task_id_and_name_and_clears_them(task_store: Factory) -> None:
-    from structlog.contextvars import get_contextvars
-
-    with capture_logs(processors=[__import__("structlog").contextvars.merge_contextvars]) as logs:
+    with capture_logs(processors=[merge_contextvars]) as logs:
         result = tasks.purge_expired_task.apply(task_id="t-123")
     assert result.successful()
     started = next(e for e in logs if e["event"] == "purge.started")
@@ -147,11 +146,9 @@ def test_purge_task_refuses_bad_arguments_and_changes_nothing(
 
 @pytest.mark.redis
 def test_publish_task(
-    task_store: Factory, redis_url: str, now: datetime, monkeypatch: pytest.MonkeyPatch
+    task_store: Factory, redis_client: redis.Redis, now: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    monkeypatch.setattr(tasks, "redis_client", lambda: client)
+    monkeypatch.setattr(tasks, "redis_client", lambda: redis_client)
     with task_store.begin() as session:
         make_number(
             session,
@@ -162,6 +159,4 @@ def test_publish_task(
     with freeze_time(now):
         result = tasks.publish_releasable_task.apply().get()
     assert result["published"] == 1
-    assert client.zcard("releasable:all") == 1
-    client.flushdb()
-    client.close()
+    assert redis_client.zcard("releasable:all") == 1

@@ -11,19 +11,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 import shared
-from shared.db import make_session_factory
 from shared.models import PhoneNumber, PurgedNumber
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
 from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
-from tests.conftest import delete_all_rows
-from tests.factories import ensure_account
+from tests.factories import make_number
 from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
 from tests.processes import service_env, start_worker, wait_for
 
@@ -36,22 +34,17 @@ def seed(
 ) -> list[str]:
     """`count` numbers released `age` before `now`, provider id '70<i>'; their E.164 numbers."""
     numbers = [f"+1415730{i:04d}" for i in range(start, start + count)]
-    with factory.begin() as session:
-        ensure_account(session, "acc_up")
     for i, number in enumerate(numbers, start):
         with factory.begin() as session:
             # The plan caps active numbers at 49: release each one before registering the next.
-            shared.register_number(
+            make_number(
                 session,
                 account_id="acc_up",
                 phone_number=number,
-                country_code="US",
-                number_type="local",
-                monthly_price="1.00",
                 provider_number_id=f"70{i}",
-                now=now - timedelta(days=30),
+                released_at=now - age,
+                now=now,
             )
-            shared.release_number(session, account_id="acc_up", phone_number=number, now=now - age)
     return numbers
 
 
@@ -286,61 +279,52 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
 @pytest.mark.redis
 @pytest.mark.processes
 def test_a_worker_killed_between_claim_and_delete(
-    pg_engine: Engine, pg_url: str, redis_url: str, fake_telnyx: FakeTelnyx, tmp_path: Path
+    pg_factory: Factory, pg_url: str, redis_url: str, fake_telnyx: FakeTelnyx, tmp_path: Path
 ) -> None:
     """A real worker claims rows and is SIGKILLed while its upstream calls hang; the next run
     picks the claimed rows up, the provider sees those numbers twice, and every number is
     tombstoned exactly once."""
     now = datetime.now(UTC)
-    factory = make_session_factory(pg_engine)
-    delete_all_rows(pg_engine)
+    numbers = seed(pg_factory, now, 12)
+    fake_telnyx.default = Reply(200, "{}", delay=30)  # every call hangs: the worker dies mid-call
+    env = service_env(
+        database_url=pg_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        PROVIDER="telnyx",
+        TELNYX_BASE_URL=fake_telnyx.url,
+        TELNYX_API_KEY=API_KEY,
+        PROVIDER_BATCH_SIZE="6",
+        PROVIDER_TIMEOUT_SECONDS="60",
+    )
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
-        numbers = seed(factory, now, 12)
-        fake_telnyx.default = Reply(
-            200, "{}", delay=30
-        )  # every call hangs: the worker dies mid-call
-        env = service_env(
-            database_url=pg_url,
-            redis_url=redis_url,
-            data_dir=tmp_path,
-            PROVIDER="telnyx",
-            TELNYX_BASE_URL=fake_telnyx.url,
-            TELNYX_API_KEY=API_KEY,
-            PROVIDER_BATCH_SIZE="6",
-            PROVIDER_TIMEOUT_SECONDS="60",
+        sent = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "worker", "call", "numbers.purge_expired"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
-        worker = start_worker(env, tmp_path / "worker.log")
-        try:
-            sent = subprocess.run(
-                [sys.executable, "-m", "celery", "-A", "worker", "call", "numbers.purge_expired"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            assert sent.stdout.strip()
-            wait_for(
-                lambda: fake_telnyx.in_flight >= 6, timeout=30, what="the worker's upstream calls"
-            )
-            worker.kill()  # SIGKILL, the whole process group
-            worker.popen.wait(10)
-        finally:
-            worker.stop()
-        claimed = {n for n, row in rows(factory).items() if row.purge_state == "purging"}
-        assert len(claimed) == 6
-        assert stones(factory) == {}
-        fake_telnyx.default = OK
-        provider = TelnyxProvider(base_url=fake_telnyx.url, api_key=API_KEY, timeout=5)
-        try:
-            report = purge_expired(factory, now=now, provider=provider)
-        finally:
-            provider.close()
-        assert (report.status, report.purged) == ("completed", 12)
-        assert sorted(stones(factory)) == numbers
-        called_twice = {pid for pid, count in fake_telnyx.calls.items() if count == 2}
-        assert len(called_twice) == 6
-        assert set(fake_telnyx.calls.values()) == {1, 2}
-        assert API_KEY not in worker.output()
+        assert sent.stdout.strip()
+        wait_for(lambda: fake_telnyx.in_flight >= 6, timeout=30, what="the worker's upstream calls")
+        worker.kill()  # SIGKILL, the whole process group
+        worker.popen.wait(10)
     finally:
-        delete_all_rows(pg_engine)
+        worker.stop()
+    claimed = {n for n, row in rows(pg_factory).items() if row.purge_state == "purging"}
+    assert len(claimed) == 6
+    assert stones(pg_factory) == {}
+    fake_telnyx.default = OK
+    provider = TelnyxProvider(base_url=fake_telnyx.url, api_key=API_KEY, timeout=5)
+    try:
+        report = purge_expired(pg_factory, now=now, provider=provider)
+    finally:
+        provider.close()
+    assert (report.status, report.purged) == ("completed", 12)
+    assert sorted(stones(pg_factory)) == numbers
+    called_twice = {pid for pid, count in fake_telnyx.calls.items() if count == 2}
+    assert len(called_twice) == 6
+    assert set(fake_telnyx.calls.values()) == {1, 2}
+    assert API_KEY not in worker.output()

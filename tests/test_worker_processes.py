@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import PhoneNumber, PurgedNumber
 from shared.releasable import read_releasable
-from tests.factories import make_number
+from tests.factories import make_numbers
 from tests.processes import service_env, start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
@@ -29,23 +29,15 @@ def test_worker_and_beat_purge_overdue_and_publish_fresh(
     overdue = [f"+1415321{i:04d}" for i in range(30)]
     fresh = [f"+1415322{i:04d}" for i in range(10)]
     with pg_factory.begin() as session:
-        for number in overdue:
-            make_number(
-                session,
-                account_id="acc_old",
-                phone_number=number,
-                released_at=now - timedelta(days=15),
-                now=now,
-            )
-        for number in fresh:
-            make_number(
-                session,
-                account_id="acc_new",
-                phone_number=number,
-                released_at=now - timedelta(days=2),
-                now=now,
-            )
-        make_number(session, account_id="acc_new", phone_number="+14153230000", now=now)
+        make_numbers(
+            session, account_id="acc_old", ages=dict.fromkeys(overdue, timedelta(days=15)), now=now
+        )
+        make_numbers(
+            session,
+            account_id="acc_new",
+            ages={**dict.fromkeys(fresh, timedelta(days=2)), "+14153230000": None},
+            now=now,
+        )
 
     env = service_env(
         database_url=pg_url,
