@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
+from sqlalchemy import Engine
 
 from tests.processes import Process, json_events, wait_for
 
@@ -130,3 +131,14 @@ def test_an_unreachable_store_is_named_without_its_password(tmp_path: Path) -> N
     assert envelope["error"]["code"] == "store_unavailable"
     assert "ops:***@127.0.0.1:9" in envelope["error"]["message"]
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+@pytest.mark.postgres
+def test_commands_against_postgresql_leave_no_embedded_folders_behind(
+    tmp_path: Path, pg_store: Engine, pg_url: str
+) -> None:
+    """Only a worker, beat or a producer on the embedded broker makes its folders."""
+    env = embedded_env(tmp_path / "data") | {"DATABASE_URL": pg_url}
+    for args in (("status",), ("list", "--account", "acc_nobody"), ("purge", "--dry-run")):
+        subprocess.run([*CLI, *args], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert list(tmp_path.iterdir()) == []

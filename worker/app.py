@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -33,12 +34,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
                 "redbeat_lock_timeout": settings.beat_lock_timeout_seconds,
             }
         return options
-    data = settings.data_dir.resolve()
-    queue = data / "broker" / "queue"
-    processed = data / "broker" / "processed"
-    control = data / "broker" / "control"
-    for folder in (queue, processed, control, data / "results"):
-        folder.mkdir(parents=True, exist_ok=True)
+    queue, processed, control, results = embedded_folders(settings)
     return {
         "broker_url": "filesystem://",
         "broker_transport_options": {
@@ -49,9 +45,32 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             # Broadcasts (remote control, events); the default is ./control in the cwd.
             "control_folder": str(control),
         },
-        "result_backend": f"file://{data / 'results'}",
-        "beat_schedule_filename": str(data / "celerybeat-schedule"),
+        "result_backend": f"file://{results}",
+        "beat_schedule_filename": str(settings.data_dir.resolve() / "celerybeat-schedule"),
     }
+
+
+def embedded_folders(settings: Settings) -> tuple[Path, Path, Path, Path]:
+    """The embedded broker's queue, processed and control folders, and the results folder."""
+    data = settings.data_dir.resolve()
+    broker = data / "broker"
+    return broker / "queue", broker / "processed", broker / "control", data / "results"
+
+
+def make_embedded_folders(settings: Settings) -> None:
+    """Make the embedded broker's folders (nothing to do with a configured broker)."""
+    if not settings.broker_url:
+        for folder in embedded_folders(settings):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+@signals.celeryd_init.connect
+@signals.beat_init.connect
+def _make_embedded_folders(**_kwargs: Any) -> None:
+    # Made where a worker or beat uses the embedded broker (and by `run` before it sends its
+    # first task), not when a module is imported: `numbers-retention status` against
+    # PostgreSQL leaves no ./data behind.
+    make_embedded_folders(get_settings())
 
 
 def split_password(url: str) -> tuple[str, str | None]:

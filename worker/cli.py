@@ -29,7 +29,7 @@ from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
-from worker.app import app, redis_url
+from worker.app import app, make_embedded_folders, redis_url
 from worker.logs import configure_logging, redact
 from worker.metrics import make_collector, serve
 from worker.tasks import parse_now, redis_client, session_factory
@@ -107,6 +107,7 @@ def migrate() -> None:
 def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     """Migrate, then run a worker with embedded beat (extra args go to `celery worker`)."""
     upgrade(_engine())
+    make_embedded_folders(get_settings())
     # Purge and publish once at start-up: their crontabs' first slots may be far away.
     app.send_task("numbers.purge_expired", expires=600)
     if redis_url(get_settings()):
