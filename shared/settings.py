@@ -30,13 +30,25 @@ class Settings(BaseSettings):
     task_retry_backoff_max: int = Field(default=120, ge=1)
 
     purge_paused: bool = False
-    # Rows per purge batch (one transaction). 2,500 purges as fast as 5,000 with two batches
-    # in flight and keeps each transaction near 100 ms on 2 cores (bench/RESULTS.md).
-    purge_batch_size: int = Field(default=2500, ge=1)
+    # The most rows one purge batch (one transaction) may take: the adaptive size never
+    # exceeds it (bench/RESULTS.md).
+    purge_batch_size: int = Field(default=5000, ge=1)
+    # The adaptive size never goes below this (unless the cap above is lower).
+    purge_batch_floor: int = Field(default=100, ge=1)
+    # The batch transaction time the adaptive size aims at: it grows by at most a tenth while
+    # batches are faster, and shrinks at once in proportion when one is slower.
+    purge_batch_target_ms: float = Field(default=100.0, gt=0, le=10_000)
     # PostgreSQL: batches in flight at once, each its own transaction on its own connection.
-    # The tombstone's index inserts keep one backend busy; two use both cores of a small
-    # database host (bench/RESULTS.md); 1 leaves a core to the API during a large backlog.
-    purge_parallel_batches: int = Field(default=2, ge=1, le=8)
+    # 1 leaves a core to the API during a backlog; measured in bench/RESULTS.md.
+    purge_parallel_batches: int = Field(default=1, ge=1, le=8)
+    # Pacing: after a batch slower per row than the run's best, rest this many times the
+    # extra time it took (0: never rest for that).
+    purge_pressure_rest: float = Field(default=2.0, ge=0, le=100)
+    # Wait between batches while a streaming replica replays more than this far behind
+    # (pg_stat_replication; 0: do not look).
+    purge_max_replica_lag_seconds: float = Field(default=10.0, ge=0)
+    # A ceiling on purged rows per second (0: none); `numbers-retention pace` sets one live.
+    purge_max_rows_per_second: float = Field(default=0.0, ge=0)
     purge_max_rows: int = Field(default=1_000_000, ge=1)
     purge_max_seconds: float = Field(default=600.0, gt=0)
     # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an

@@ -287,9 +287,9 @@ def test_repurchase_after_purge_claimed_row_finds_nothing(pg_engine, now: dateti
     try:
         seed(factory, now, {"+14155550112": RETENTION})
         with factory.begin() as purge_session:
-            from shared.purge import _purge_batch
+            from shared.purge import purge_batch
 
-            assert _purge_batch(purge_session, now=now, run_id="r1", limit=10) == 1
+            assert purge_batch(purge_session, now=now, run_id="r1", limit=10) == 1
             errors: list[shared.ApiError] = []
 
             def buy() -> None:
