@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.controls import read_pause
+from shared.controls import read_controls
 from shared.listing import iso_timestamp, offered
 from shared.models import PhoneNumber, PurgeRun
 from shared.purge import overdue_filter
@@ -47,11 +47,13 @@ def store_status(session: Session, *, now: datetime | None = None, runs: int = 5
     ).all()
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - (oldest + RETENTION)).total_seconds() if oldest is not None else 0.0
-    pause = read_pause(session)
+    controls = read_controls(session)
+    pause = controls.pause
     return {
         "now": iso_timestamp(now),
         "paused": pause is not None,
         "pause": pause.as_dict() if pause else None,
+        "pace": controls.pace.as_dict() if controls.pace else None,
         "overdue": overdue,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Grow by at most this factor per batch, and only towards this share of the target: slow
 # growth keeps one batch from overshooting when the machine gets busier between two batches.
@@ -17,7 +17,7 @@ class Budget:
 
     max_rows: int
     max_seconds: float
-    started: float = field(default_factory=time.monotonic)
+    started: float  # time.monotonic() when the run began
     # Rows taken by picked batches; a row that fails the re-check is given back.
     reserved: int = 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 
@@ -66,7 +67,7 @@ def purge_expired(
         dry_run=dry_run,
         provider=provider.name if provider else config.provider,
     )
-    budget = Budget(config.max_rows, config.max_seconds)
+    budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
     with lock.run_lock(session_factory.kw["bind"]) as got_lock:
         if not got_lock:
             report.status, report.reason = "skipped", "locked"
