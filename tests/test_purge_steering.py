@@ -1,0 +1,226 @@
+"""The purge's steering parts: the adaptive batch size, the budget, the pacing, the live pace
+control, the cap on the batch size, and the configuration built once from the settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+from shared.controls import clear_pace, read_controls, set_pace
+from shared.errors import ValidationError
+from shared.purge import PurgeConfig, StopRequest, purge_expired
+from shared.purge.budget import BatchSizer, Budget
+from shared.purge.pacing import MAX_REST_SECONDS, Pacer
+from shared.settings import Settings, get_settings
+from tests.factories import make_number
+from worker.app import create_app, visibility_timeout
+
+Factory = sessionmaker[Session]
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+
+
+def seed(factory: Factory, now: datetime, count: int) -> None:
+    with factory.begin() as session:
+        for i in range(count):
+            make_number(
+                session,
+                account_id="acc_s",
+                phone_number=f"+1415620{i:04d}",
+                released_at=now - timedelta(days=20),
+                now=now,
+            )
+
+
+# --- the adaptive batch size (pure) ----------------------------------------------------------
+
+
+def sizer(size: int = 1000) -> BatchSizer:
+    return BatchSizer(target_ms=100, floor=50, cap=4000, size=size)
+
+
+@pytest.mark.parametrize(
+    ("rows", "ms", "after"),
+    [
+        (1000, 50, 1200),  # fast: grows by a fifth, no more
+        (1000, 80, 1125),  # near the target: grows only towards 90 % of it
+        (1000, 95, 1000),  # within the band: stays
+        (1000, 100, 1000),  # on target: stays
+        (1000, 200, 500),  # twice too slow: halves at once
+        (1000, 1000, 100),  # ten times: a tenth
+        (1000, 100_000, 50),  # never below the floor
+        (300, 20, 1000),  # a short batch (the backlog's end) says nothing about larger ones
+        (300, 300, 100),  # ... unless it was slow: scaled by the rows it had
+        (0, 500, 1000),  # an empty batch: nothing learnt
+    ],
+)
+def test_the_batch_size_grows_slowly_and_shrinks_at_once(rows: int, ms: float, after: int) -> None:
+    adaptive = sizer()
+    adaptive.observe(asked=1000, rows=rows, ms=ms)
+    assert adaptive.size == after
+
+
+def test_the_batch_size_never_exceeds_its_cap() -> None:
+    adaptive = sizer(3900)
+    for _ in range(5):
+        adaptive.observe(asked=adaptive.size, rows=adaptive.size, ms=1)
+    assert adaptive.size == 4000
+
+
+def test_the_batch_size_settles_near_the_target_on_a_steady_machine() -> None:
+    """A machine where a batch costs 5 ms plus 40 us per row: the size settles where a batch
+    takes 90 to 100 ms, from any start."""
+    for start in (50, 4000):
+        adaptive = sizer(start)
+        for _ in range(60):
+            size = adaptive.size
+            adaptive.observe(asked=size, rows=size, ms=5 + 0.04 * size)
+        assert 90 <= 5 + 0.04 * adaptive.size <= 100, adaptive.size
+
+
+# --- the budget and the pacing (pure) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reserved", "elapsed", "over"),
+    [(0, 0.0, False), (99, 9.9, False), (100, 0.0, True), (0, 10.0, True)],
+)
+def test_the_budget_is_over_at_its_rows_or_its_seconds(
+    reserved: int, elapsed: float, over: bool
+) -> None:
+    budget = Budget(max_rows=100, max_seconds=10, started=time.monotonic() - elapsed)
+    budget.take(reserved)
+    assert budget.over_limit() is over
+    assert budget.rows_left() == 100 - reserved
+
+
+def test_no_rest_while_batches_keep_their_pace() -> None:
+    pacer = Pacer(pressure_rest=2.0, max_replica_lag=0)
+    rests = [pacer.rest_after(rows=1000, ms=ms) for ms in (50, 55, 48, 60, 52)]
+    assert rests == [0.0] * 5
+    assert pacer.rested == 0
+
+
+def test_batches_slower_per_row_than_the_runs_best_rest_in_proportion() -> None:
+    pacer = Pacer(pressure_rest=2.0, max_replica_lag=0)
+    pacer.rest_after(rows=1000, ms=50)  # the best: 0.05 ms per row
+    # 130 ms for 1,000 rows: 65 ms beyond 1.3 x the best; rest twice that.
+    assert pacer.rest_after(rows=1000, ms=130) == pytest.approx(0.13)
+    assert pacer.rest_after(rows=1000, ms=100_000) == MAX_REST_SECONDS
+    assert pacer.rested == pytest.approx(0.13 + MAX_REST_SECONDS)
+
+
+def test_a_rows_per_second_ceiling_spreads_the_batches() -> None:
+    pacer = Pacer(pressure_rest=0, max_replica_lag=0, rows_per_second=1000)
+    # 500 rows may take half a second: after a 100 ms batch, rest 400 ms.
+    assert pacer.rest_after(rows=500, ms=100) == pytest.approx(0.4)
+    assert pacer.rest_after(rows=500, ms=600) == 0
+
+
+def test_a_stop_ends_a_rest_early() -> None:
+    stop = StopRequest()
+    stop.request("test")
+    started = time.monotonic()
+    stop.sleep(5)
+    assert time.monotonic() - started < 0.1
+
+
+# --- on the stores ----------------------------------------------------------------------------
+
+
+def test_batches_never_exceed_the_cap_and_the_summary_shows_the_sizes(
+    session_factory: Factory, now: datetime
+) -> None:
+    seed(session_factory, now, 23)
+    with capture_logs() as logs:
+        report = purge_expired(session_factory, now=now, batch_size=5)
+    sizes = [e["size"] for e in logs if e["event"] == "purge.batch"]
+    assert sizes == [5, 5, 5, 5, 5]
+    assert report.batch_sizes == {"min": 5, "max": 5, "last": 5}
+    assert (report.purged, report.status) == (23, "completed")
+
+
+def test_a_pace_in_the_store_slows_every_run_until_cleared(
+    session_factory: Factory, now: datetime
+) -> None:
+    seed(session_factory, now, 60)
+    with session_factory.begin() as session:
+        set_pace(session, rows_per_second=200, by="ops", reason="API latency")
+    report = purge_expired(session_factory, now=now, batch_size=20)
+    # 60 rows at 200 rows/s: three batches, each followed by a rest to 100 ms.
+    assert report.purged == 60
+    assert report.paced_seconds >= 0.2
+    assert report.seconds >= 0.2
+    with session_factory.begin() as session:
+        assert read_controls(session).pace is not None
+        assert clear_pace(session) == {"pace": None, "was_paced": True}
+        assert read_controls(session).pace is None
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("inf"), float("nan"), True, "100"])
+def test_a_bad_pace_is_refused_with_the_envelope(session_factory: Factory, bad: object) -> None:
+    with session_factory.begin() as session, pytest.raises(ValidationError) as refused:
+        set_pace(session, rows_per_second=bad, by="ops")  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_pace"
+
+
+def test_pace_and_status_from_the_command_line(pg_url: str, pg_factory: Factory) -> None:
+    env = {"DATABASE_URL": pg_url, "LOG_FORMAT": "json", "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    set_ = cli("pace", "--rows-per-second", "2500", "--reason", "peak hours", "--by", "ops")
+    assert set_.returncode == 0, set_.stderr
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["pace"]["rows_per_second"] == 2500
+    assert (status["pace"]["by"], status["pace"]["reason"]) == ("ops", "peak hours")
+    assert "at most 2,500 rows/s, set by ops" in cli("status").stdout
+    assert cli("pace").returncode == 2  # neither a ceiling nor --off
+    assert json.loads(cli("pace", "--off").stdout) == {"pace": None, "was_paced": True}
+    assert json.loads(cli("status", "--json").stdout)["pace"] is None
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_the_configuration_comes_from_the_settings_and_the_callers_bounds(
+    settings_env: Callable[..., None],
+) -> None:
+    settings_env(
+        PURGE_BATCH_SIZE="3000",
+        PURGE_BATCH_FLOOR="200",
+        PURGE_BATCH_TARGET_MS="80",
+        PURGE_MAX_ROWS_PER_SECOND="5000",
+    )
+    config = PurgeConfig.from_settings(get_settings())
+    assert (config.batch_cap, config.batch_floor, config.target_ms) == (3000, 200, 80)
+    assert config.max_rows_per_second == 5000
+    capped = config.overridden(batch_size=50, max_rows=7)
+    # A cap below the floor lowers the floor: the cap is never exceeded.
+    assert (capped.batch_cap, capped.batch_floor, capped.first_batch, capped.max_rows) == (
+        50,
+        50,
+        50,
+        7,
+    )
+    assert config.first_batch == 500
+
+
+def test_the_redis_visibility_timeout_outlasts_the_longest_run() -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0", purge_max_seconds=600)
+    app = create_app(settings)
+    timeout = app.conf.broker_transport_options["visibility_timeout"]
+    assert timeout == visibility_timeout(settings) == 780
+    # Above the purge task's hard time limit, far below Celery's default hour.
+    assert 600 + 120 < timeout < 3600
