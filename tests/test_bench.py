@@ -30,6 +30,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
             r"list: median_ms=[\d.]+ p99_ms=[\d.]+",
         ),
         ("publish.py", ["--rows", "3000", "--repeat", "1"], r"publish: numbers=\d+ seconds=[\d.]+"),
+        (
+            "impact.py",
+            ["--rows", "3000", "--repeat", "1", "--idle-seconds", "0.5"],
+            r"impact: list_p99_ratio=[\d.]+ write_p99_ratio=[\d.]+ purge_rows_s=\d+ "
+            r"worst_batch_ms=[\d.]+",
+        ),
     ],
 )
 def test_benchmark_runs(
