@@ -11,8 +11,10 @@ threads work as the API service would, each call with a session from the pool:
 
 They run idle for `--idle-seconds`, then while `purge_expired` (default settings, in a child
 process, so it has its own interpreter as the worker does) purges the backlog, then idle again.
-A call belongs to the phase it started in; idle figures pool both idle phases, so a machine
-that gets busier or quieter meanwhile biases neither side. The closing line:
+The purge runs in windows of `--window` seconds (runs bounded by `max_seconds`, as a
+scheduled run is by PURGE_MAX_SECONDS) with idle windows as long in between: on a shared
+machine whose load drifts, the idle and the purge samples then meet the same background. A
+call belongs to the window it started in. The closing line:
 
   impact: list_p99_ratio=<purge p99 / idle p99> write_p99_ratio=<...> purge_rows_s=<>
           worst_batch_ms=<>
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -32,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
 from common import (
     NOW,
     NUMBERS_PER_ACCOUNT,
@@ -49,6 +49,7 @@ from common import (
 )
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
 from shared import release_number, released_numbers_body, repurchase_number
 from shared.db import make_session_factory
@@ -120,27 +121,39 @@ def clients(engine: Engine) -> list[Client]:
     return [Client("list", list_call), Client("write", write_call)]
 
 
-def child(url: str) -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+def child(url: str, window: float) -> None:
     engine = store_engine(url)
     factory: sessionmaker[Session] = make_session_factory(engine)
-    started = time.time()
-    report = purge_expired(factory, now=NOW)
-    ended = time.time()
+    windows, reports = [], []
+    # The batch events, kept rather than printed: their times are part of the result.
+    with capture_logs() as logs:
+        while not reports or reports[-1].status != "completed":
+            started = time.time()
+            reports.append(purge_expired(factory, now=NOW, max_seconds=window))
+            windows.append((started, time.time()))
+            if reports[-1].status not in ("completed", "limit_reached"):
+                raise SystemExit(f"purge ended {reports[-1].status}: {reports[-1].reason}")
+            time.sleep(window)
     engine.dispose()
+    batches = [(e["batch"], e["size"], e["ms"]) for e in logs if e["event"] == "purge.batch"]
+    slowest = sorted(batches, key=lambda b: -b[2])[:5]
+    sizes = [r.batch_sizes for r in reports if r.batch_sizes]
     child_result(
-        started=started,
-        ended=ended,
-        rows=report.purged,
-        status=report.status,
-        worst_batch_ms=report.worst_batch_ms,
-        batches=report.batches,
-        batch_sizes=report.batch_sizes,
-        paced_seconds=report.paced_seconds,
+        windows=windows,
+        rows=sum(r.purged for r in reports),
+        seconds=sum(end - start for start, end in windows),
+        runs=len(reports),
+        worst_batch_ms=max(r.worst_batch_ms for r in reports),
+        batches=len(batches),
+        batch_sizes={"min": min(b["min"] for b in sizes), "max": max(b["max"] for b in sizes)},
+        paced_seconds=round(sum(r.paced_seconds for r in reports), 3),
+        batch_ms_p50=median([ms for _, _, ms in batches]),
+        batch_ms_p99=percentile([ms for _, _, ms in batches], 0.99),
+        slowest_batches=slowest,
     )
 
 
-def one_round(url: str, idle_seconds: float) -> dict[str, Any]:
+def one_round(url: str, idle_seconds: float, window: float) -> dict[str, Any]:
     engine = store_engine(url)
     threads_of = clients(engine)
     threads = [threading.Thread(target=c.run, name=c.name) for c in threads_of]
@@ -150,7 +163,7 @@ def one_round(url: str, idle_seconds: float) -> dict[str, Any]:
         began = time.time()
         time.sleep(idle_seconds)
         done = subprocess.run(
-            [sys.executable, __file__, "--child", url],
+            [sys.executable, __file__, "--child", url, str(window)],
             check=True,
             stdout=subprocess.PIPE,
             text=True,
@@ -165,9 +178,16 @@ def one_round(url: str, idle_seconds: float) -> dict[str, Any]:
             thread.join()
         engine.dispose()
     result: dict[str, Any] = {"purge": purge}
+    windows = purge["windows"]
+    # Idle: before the first purge window, between two, and after the last.
+    gaps = [began, *(edge for window in windows for edge in window), finished]
     for c in threads_of:
-        idle = c.between(began, purge["started"]) + c.between(purge["ended"], finished)
-        busy = c.between(purge["started"], purge["ended"])
+        busy = [ms for start, end in windows for ms in c.between(start, end)]
+        idle = [
+            ms
+            for start, end in zip(gaps[::2], gaps[1::2], strict=True)
+            for ms in c.between(start, end)
+        ]
         result[c.name] = {
             "idle_calls": len(idle),
             "busy_calls": len(busy),
@@ -182,12 +202,13 @@ def one_round(url: str, idle_seconds: float) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--child"]:
-        child(argv[1])
+        child(argv[1], float(argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--accounts", type=int, help="default: rows / 100")
-    parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--window", type=float, default=3.0, help="seconds per purge window")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (default %(default)s)")
     add_database_arguments(parser)
     args = parser.parse_args(argv)
@@ -207,16 +228,19 @@ def main(argv: list[str]) -> None:
     rounds = []
     try:
         for round_ in range(args.repeat):
-            result = one_round(fresh_copy(args.url, source, copy), args.idle_seconds)
+            url = fresh_copy(args.url, source, copy)
+            result = one_round(url, args.idle_seconds, args.window)
             rounds.append(result)
             purge = result["purge"]
-            seconds = purge["ended"] - purge["started"]
+            seconds = purge["seconds"]
             print(
-                f"# round {round_ + 1} load1={os.getloadavg()[0]:.2f} purge: "
+                f"# round {round_ + 1} load1={os.getloadavg()[0]:.2f} purge: runs={purge['runs']} "
                 f"rows={purge['rows']} seconds={seconds:.2f} "
                 f"rows_per_s={purge['rows'] / seconds:.0f} batches={purge['batches']} "
                 f"sizes={purge['batch_sizes']} worst_batch_ms={purge['worst_batch_ms']} "
-                f"paced_seconds={purge['paced_seconds']} status={purge['status']}",
+                f"paced_seconds={purge['paced_seconds']} "
+                f"batch_ms_p50={purge['batch_ms_p50']} batch_ms_p99={purge['batch_ms_p99']} "
+                f"slowest(batch,size,ms)={purge['slowest_batches']}",
                 flush=True,
             )
             for name in ("list", "write"):
@@ -230,9 +254,7 @@ def main(argv: list[str]) -> None:
                 )
     finally:
         drop(args.url, copy)
-    rate = median(
-        [r["purge"]["rows"] / (r["purge"]["ended"] - r["purge"]["started"]) for r in rounds]
-    )
+    rate = median([r["purge"]["rows"] / r["purge"]["seconds"] for r in rounds])
     print(
         f"impact: list_p99_ratio={median([r['list']['p99_ratio'] for r in rounds]):.2f} "
         f"write_p99_ratio={median([r['write']['p99_ratio'] for r in rounds]):.2f} "

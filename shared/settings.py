@@ -41,9 +41,12 @@ class Settings(BaseSettings):
     # PostgreSQL: batches in flight at once, each its own transaction on its own connection.
     # 1 leaves a core to the API during a backlog; measured in bench/RESULTS.md.
     purge_parallel_batches: int = Field(default=1, ge=1, le=8)
-    # Pacing: after a batch slower per row than the run's best, rest this many times the
-    # extra time it took (0: never rest for that).
+    # Pacing: after a batch slower than 1.5 times the target (the database got busier than the
+    # batch size had adapted to), rest this many times the extra time (0: never rest for it).
     purge_pressure_rest: float = Field(default=2.0, ge=0, le=100)
+    # Pacing: while other sessions (the API) work on the store, rest this many times each
+    # batch's time, in proportion to how often they were found at work (0: never).
+    purge_busy_rest: float = Field(default=3.0, ge=0, le=100)
     # Wait between batches while a streaming replica replays more than this far behind
     # (pg_stat_replication; 0: do not look).
     purge_max_replica_lag_seconds: float = Field(default=10.0, ge=0)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
@@ -19,7 +20,13 @@ from shared.controls import clear_pace, read_controls, set_pace
 from shared.errors import ValidationError
 from shared.purge import PurgeConfig, StopRequest, purge_expired
 from shared.purge.budget import BatchSizer, Budget
-from shared.purge.pacing import MAX_REST_SECONDS, Pacer
+from shared.purge.pacing import (
+    APPLICATION_NAME,
+    MAX_REST_SECONDS,
+    Pacer,
+    others_at_work,
+    replica_lag,
+)
 from shared.settings import Settings, get_settings
 from tests.factories import make_number
 from worker.app import create_app, visibility_timeout
@@ -50,15 +57,15 @@ def sizer(size: int = 1000) -> BatchSizer:
 @pytest.mark.parametrize(
     ("rows", "ms", "after"),
     [
-        (1000, 50, 1200),  # fast: grows by a fifth, no more
-        (1000, 80, 1125),  # near the target: grows only towards 90 % of it
-        (1000, 95, 1000),  # within the band: stays
-        (1000, 100, 1000),  # on target: stays
-        (1000, 200, 500),  # twice too slow: halves at once
-        (1000, 1000, 100),  # ten times: a tenth
+        (1000, 30, 1200),  # fast: grows by a fifth, no more
+        (1000, 55, 1090),  # near the aim (60 % of the target): grows only towards it
+        (1000, 60, 1000),  # at the aim: stays
+        (1000, 100, 1000),  # up to the target: stays
+        (1000, 200, 300),  # twice the target: to what would have met the aim, at once
+        (1000, 1000, 60),  # ten times
         (1000, 100_000, 50),  # never below the floor
         (300, 20, 1000),  # a short batch (the backlog's end) says nothing about larger ones
-        (300, 300, 100),  # ... unless it was slow: scaled by the rows it had
+        (300, 300, 60),  # ... unless it was slow: scaled by the rows it had
         (0, 500, 1000),  # an empty batch: nothing learnt
     ],
 )
@@ -76,14 +83,14 @@ def test_the_batch_size_never_exceeds_its_cap() -> None:
 
 
 def test_the_batch_size_settles_near_the_target_on_a_steady_machine() -> None:
-    """A machine where a batch costs 5 ms plus 40 us per row: the size settles where a batch
-    takes 90 to 100 ms, from any start."""
+    """A machine where a batch costs 5 ms plus 40 us per row: from any start the size settles
+    where a batch takes between the aim (60 % of the target) and the target."""
     for start in (50, 4000):
         adaptive = sizer(start)
         for _ in range(60):
             size = adaptive.size
             adaptive.observe(asked=size, rows=size, ms=5 + 0.04 * size)
-        assert 90 <= 5 + 0.04 * adaptive.size <= 100, adaptive.size
+        assert 55 <= 5 + 0.04 * adaptive.size <= 100, adaptive.size
 
 
 # --- the budget and the pacing (pure) ---------------------------------------------------------
@@ -102,27 +109,37 @@ def test_the_budget_is_over_at_its_rows_or_its_seconds(
     assert budget.rows_left() == 100 - reserved
 
 
-def test_no_rest_while_batches_keep_their_pace() -> None:
-    pacer = Pacer(pressure_rest=2.0, max_replica_lag=0)
-    rests = [pacer.rest_after(rows=1000, ms=ms) for ms in (50, 55, 48, 60, 52)]
+def pacer(**kw: float) -> Pacer:
+    return Pacer(**({"pressure_rest": 2.0, "max_replica_lag": 0, "target_ms": 100} | kw))
+
+
+def test_no_rest_while_batches_keep_under_one_and_a_half_targets() -> None:
+    quiet = pacer()
+    rests = [quiet.rest_after(rows=1000, ms=ms) for ms in (50, 95, 140, 60, 150)]
     assert rests == [0.0] * 5
-    assert pacer.rested == 0
+    assert quiet.rested == 0
 
 
-def test_batches_slower_per_row_than_the_runs_best_rest_in_proportion() -> None:
-    pacer = Pacer(pressure_rest=2.0, max_replica_lag=0)
-    pacer.rest_after(rows=1000, ms=50)  # the best: 0.05 ms per row
-    # 130 ms for 1,000 rows: 65 ms beyond 1.3 x the best; rest twice that.
-    assert pacer.rest_after(rows=1000, ms=130) == pytest.approx(0.13)
-    assert pacer.rest_after(rows=1000, ms=100_000) == MAX_REST_SECONDS
-    assert pacer.rested == pytest.approx(0.13 + MAX_REST_SECONDS)
+def test_a_batch_far_slower_than_the_target_rests_in_proportion() -> None:
+    pressed = pacer()
+    # 250 ms: 100 ms beyond 1.5 times the target; rest twice that.
+    assert pressed.rest_after(rows=1000, ms=250) == pytest.approx(0.2)
+    assert pressed.rest_after(rows=1000, ms=100_000) == MAX_REST_SECONDS
+    assert pressed.rested == pytest.approx(0.2 + MAX_REST_SECONDS)
+
+
+def test_the_purge_takes_turns_with_sessions_found_at_work() -> None:
+    shared_ = pacer(busy_rest=3.0)
+    assert shared_.rest_after(rows=1000, ms=60) == 0  # no one else seen yet
+    shared_.busy = 0.5  # found others at work before half of the recent batches
+    assert shared_.rest_after(rows=1000, ms=60) == pytest.approx(0.09)
 
 
 def test_a_rows_per_second_ceiling_spreads_the_batches() -> None:
-    pacer = Pacer(pressure_rest=0, max_replica_lag=0, rows_per_second=1000)
+    ceiling = pacer(pressure_rest=0, rows_per_second=1000)
     # 500 rows may take half a second: after a 100 ms batch, rest 400 ms.
-    assert pacer.rest_after(rows=500, ms=100) == pytest.approx(0.4)
-    assert pacer.rest_after(rows=500, ms=600) == 0
+    assert ceiling.rest_after(rows=500, ms=100) == pytest.approx(0.4)
+    assert ceiling.rest_after(rows=500, ms=600) == 0
 
 
 def test_a_stop_ends_a_rest_early() -> None:
@@ -224,3 +241,30 @@ def test_the_redis_visibility_timeout_outlasts_the_longest_run() -> None:
     assert timeout == visibility_timeout(settings) == 780
     # Above the purge task's hard time limit, far below Celery's default hour.
     assert 600 + 120 < timeout < 3600
+
+
+def seen_at_work(factory: Factory) -> int:
+    # Each look in a transaction of its own, as each batch has: PostgreSQL keeps one snapshot
+    # of pg_stat_activity per transaction.
+    with factory() as session:
+        return others_at_work(session)
+
+
+@pytest.mark.postgres
+def test_sessions_at_work_on_the_store_are_seen_and_the_purges_own_are_not(
+    pg_factory: Factory,
+) -> None:
+    engine = pg_factory.kw["bind"]
+    assert seen_at_work(pg_factory) == 0
+    with pg_factory() as session:
+        assert replica_lag(session) == 0  # no replica here
+    with engine.connect() as other:
+        other.execute(text("SELECT 1"))  # now idle in a transaction: at work
+        assert seen_at_work(pg_factory) == 1
+        other.rollback()
+        assert seen_at_work(pg_factory) == 0
+        name = {"n": APPLICATION_NAME}
+        other.execute(text("SELECT set_config('application_name', :n, false)"), name)
+        other.execute(text("SELECT 1"))  # a parallel batch of the purge itself
+        assert seen_at_work(pg_factory) == 0
+        other.rollback()

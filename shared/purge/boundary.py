@@ -47,4 +47,5 @@ class Boundary:
         self.pacer.rows_per_second = (
             controls.pace.rows_per_second if controls.pace else self.config.max_rows_per_second
         )
+        self.pacer.sample_activity(session)
         return None

@@ -25,9 +25,11 @@ class PurgeConfig:
     max_seconds: float
     # The deploy-time pause (PURGE_PAUSED); the operator's pause is read from the store.
     paused: bool
-    # Pacing: rest after a batch when batch times rise above the run's own best, wait while a
-    # replica lags more than this (0: never look), and stay under a rows/s ceiling (0: none).
+    # Pacing (shared/purge/pacing.py): rest while other sessions work on the store, and after
+    # a batch far slower than the target; wait while a replica lags more than this (0: never
+    # look); stay under a rows/s ceiling (0: none).
     pressure_rest: float
+    busy_rest: float
     max_replica_lag_seconds: float
     max_rows_per_second: float
     provider: str
@@ -49,6 +51,7 @@ class PurgeConfig:
             max_seconds=settings.purge_max_seconds,
             paused=settings.purge_paused,
             pressure_rest=settings.purge_pressure_rest,
+            busy_rest=settings.purge_busy_rest,
             max_replica_lag_seconds=settings.purge_max_replica_lag_seconds,
             max_rows_per_second=settings.purge_max_rows_per_second,
             provider=settings.provider,

@@ -83,7 +83,12 @@ def purge_expired(
                 boundary = Boundary(
                     config,
                     budget,
-                    Pacer(config.pressure_rest, config.max_replica_lag_seconds),
+                    Pacer(
+                        pressure_rest=config.pressure_rest,
+                        max_replica_lag=config.max_replica_lag_seconds,
+                        target_ms=config.target_ms,
+                        busy_rest=config.busy_rest,
+                    ),
                     stop or StopRequest(),
                 )
                 halt = _purge(session_factory, report, boundary, now, provider)
@@ -124,9 +129,13 @@ def _purge(
             if provider is None:
                 upstream.close()
     dialect = factory.kw["bind"].dialect.name
+    statements = BatchStatements.build(dialect, now, report.run_id)
+    with factory() as session:
+        after = statements.start(session)
     sweep = Sweep(
         report=report,
-        statements=BatchStatements.build(dialect, now, report.run_id),
+        statements=statements,
+        after=after,
         boundary=boundary,
         sizer=BatchSizer(
             target_ms=config.target_ms,

@@ -45,6 +45,7 @@ class BatchStatements:
     """The statements of one run's batches, built once; each batch binds its own ids."""
 
     pick_statement: Select[int]
+    start_statement: Select[int]
     # Tombstone and delete; the row count of the last one is the number of rows purged.
     purge_statements: tuple[Executable, ...]
 
@@ -88,6 +89,7 @@ class BatchStatements:
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
+        start = select(PhoneNumber.id).where(overdue).order_by(PhoneNumber.id).limit(1)
         # `overdue` again in the purge: the re-check under the lock (see `purge`).
         if dialect == "postgresql":
             # One statement: the DELETE returns the rows it removed and the INSERT tombstones
@@ -106,6 +108,7 @@ class BatchStatements:
             )
             return cls(
                 pick,
+                start,
                 # SQLAlchemy keeps an INSERT's row count only when asked to.
                 (
                     insert(tombstones)
@@ -121,11 +124,23 @@ class BatchStatements:
         )
         return cls(
             pick,
+            start,
             (
                 insert(tombstones).from_select(TOMBSTONE_COLUMNS, stones),
                 delete(numbers).where(locked),
             ),
         )
+
+    def start(self, session: Session) -> int:
+        """The keyset's start: just below the first overdue id, found without any lock.
+
+        After a large purge the primary key's first pages are full of entries of deleted rows
+        until VACUUM runs; the first scan past them pays for it (and marks them dead for the
+        next). Paid here, in a read-only statement, rather than inside the first batch's
+        transaction, whose locks the API may be waiting on.
+        """
+        first = session.scalar(self.start_statement)
+        return 0 if first is None else int(first) - 1
 
     def pick(self, session: Session, *, after: int, limit: int) -> list[int]:
         """Lock up to `limit` overdue numbers with ids above `after`; their ids, ascending."""
