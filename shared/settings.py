@@ -38,9 +38,9 @@ class Settings(BaseSettings):
     # The batch transaction time the adaptive size aims at: it grows by at most a tenth while
     # batches are faster, and shrinks at once in proportion when one is slower.
     purge_batch_target_ms: float = Field(default=100.0, gt=0, le=10_000)
-    # PostgreSQL: batches in flight at once, each its own transaction on its own connection.
-    # 1 leaves a core to the API during a backlog; measured in bench/RESULTS.md.
-    purge_parallel_batches: int = Field(default=1, ge=1, le=8)
+    # PostgreSQL: batches in flight at once, each its own transaction on its own connection;
+    # all but one only while no other session is at work on the store (bench/RESULTS.md).
+    purge_parallel_batches: int = Field(default=2, ge=1, le=8)
     # Pacing: after a batch slower than 1.5 times the target (the database got busier than the
     # batch size had adapted to), rest this many times the extra time (0: never rest for it).
     purge_pressure_rest: float = Field(default=2.0, ge=0, le=100)

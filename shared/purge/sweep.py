@@ -15,6 +15,11 @@ from shared.purge.budget import BatchSizer
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 
+# Lanes after the first wait while the share of batches that found others at work is above
+# this, looking again this often.
+SOLO_WHEN_BUSY = 0.05
+LANE_WAIT_SECONDS = 0.05
+
 
 @dataclass
 class _Done:
@@ -73,11 +78,19 @@ class Sweep:
         self.report.add_batch(done.purged, done.ms, size=done.size)
 
 
-def run_batches(factory: sessionmaker[Session], sweep: Sweep) -> None:
-    """Run batches, one transaction each, until the sweep is done, halted or failed."""
+def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> None:
+    """Run batches, one transaction each, until the sweep is done, halted or failed.
+
+    Lanes after the first run only while no other session is at work on the store: parallel
+    batches pay off on an otherwise idle database (catching up a backlog), and cost the API
+    its latency when it is busy (bench/RESULTS.md).
+    """
     boundary = sweep.boundary
     try:
         while True:
+            if lane and sweep.halt is None and boundary.pacer.busy > SOLO_WHEN_BUSY:
+                boundary.stop.sleep(LANE_WAIT_SECONDS)
+                continue
             started = time.monotonic()
             with factory.begin() as session:
                 with sweep.lock:
@@ -116,8 +129,8 @@ def run_batches_in_parallel(factory: sessionmaker[Session], sweep: Sweep, worker
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="purge") as pool:
         # Each thread gets a copy of the caller's context: task_id stays bound in batch logs.
         futures = [
-            pool.submit(contextvars.copy_context().run, run_batches, factory, sweep)
-            for _ in range(workers)
+            pool.submit(contextvars.copy_context().run, run_batches, factory, sweep, lane)
+            for lane in range(workers)
         ]
         try:
             for future in futures:
