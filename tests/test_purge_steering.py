@@ -12,12 +12,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 from shared.controls import clear_pace, read_controls, set_pace
 from shared.errors import ValidationError
+from shared.models import PhoneNumber
+from shared.provider import TelnyxProvider
 from shared.purge import PurgeConfig, StopRequest, purge_expired
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.pacing import (
@@ -268,3 +270,32 @@ def test_sessions_at_work_on_the_store_are_seen_and_the_purges_own_are_not(
         other.execute(text("SELECT 1"))  # a parallel batch of the purge itself
         assert seen_at_work(pg_factory) == 0
         other.rollback()
+
+
+def test_the_pace_holds_for_the_two_phase_purge_too(
+    session_factory: Factory,
+    now: datetime,
+    telnyx: TelnyxProvider,
+    settings_env: Callable[..., None],
+) -> None:
+    settings_env(PROVIDER_BATCH_SIZE="4")
+    with session_factory.begin() as session:
+        for i in range(8):
+            number = f"+1415621{i:04d}"
+            make_number(
+                session,
+                account_id="acc_s",
+                phone_number=number,
+                released_at=now - timedelta(days=20),
+                now=now,
+            )
+            session.execute(
+                update(PhoneNumber)
+                .where(PhoneNumber.phone_number == number)
+                .values(provider_number_id=f"90{i}")
+            )
+        set_pace(session, rows_per_second=20, by="ops")
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    # Two batches of 4 at 20 rows/s: each followed by a rest to 0.2 s.
+    assert (report.status, report.purged, report.batches) == ("completed", 8, 2)
+    assert report.paced_seconds >= 0.3

@@ -86,9 +86,20 @@ class Pacer:
             self.busy_rest * self.busy * ms / 1000,
             self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
         )
-        if self.rows_per_second > 0:
-            rest = max(rest, rows / self.rows_per_second - ms / 1000)
-        rest = min(max(rest, 0.0), MAX_REST_SECONDS)
+        return self._rest(max(rest, self._under_ceiling(rows, ms)))
+
+    def ceiling_rest(self, *, rows: int, ms: float) -> float:
+        """Seconds to rest after a two-phase batch: only the rows/s ceiling applies (its time
+        is the provider's, not the database's)."""
+        return self._rest(self._under_ceiling(rows, ms))
+
+    def _under_ceiling(self, rows: int, ms: float) -> float:
+        if self.rows_per_second <= 0:
+            return 0.0
+        return rows / self.rows_per_second - ms / 1000
+
+    def _rest(self, seconds: float) -> float:
+        rest = min(max(seconds, 0.0), MAX_REST_SECONDS)
         self.rested += rest
         return rest
 

@@ -86,9 +86,10 @@ class UpstreamSweep:
                 stopping=lambda: self.boundary.stop.requested,
             )
             purged = self._settle(factory, outcome)
+            ms = round((time.monotonic() - started) * 1000, 1)
             self.report.add_batch(
                 purged,
-                round((time.monotonic() - started) * 1000, 1),
+                ms,
                 size=limit,
                 provider_released=len(outcome.released),
                 provider_failed=len(outcome.failed),
@@ -101,6 +102,7 @@ class UpstreamSweep:
                     "provider_unavailable",
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
+            self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims), ms=ms))
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
