@@ -10,6 +10,7 @@ a child process (`python bench/<name>.py --child ...`), which prints one JSON li
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -82,6 +83,15 @@ def _head() -> str:
     return str(ScriptDirectory.from_config(config).get_current_head())
 
 
+def _schema() -> str:
+    """A digest of every migration file: a revision edited in place (before it is released)
+    changes the schema without changing the head."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(migrate.MIGRATIONS) / "versions").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def template(url: str, *, numbers: int, accounts: int, rebuild: bool = False) -> str:
     """The template database holding the demo store of that shape; built if missing or stale."""
     name = scratch_name(url, f"tpl_{numbers}_{accounts}")
@@ -94,6 +104,7 @@ def template(url: str, *, numbers: int, accounts: int, rebuild: bool = False) ->
             "seed": SEED,
             "now": NOW.isoformat(),
             "head": _head(),
+            "schema": _schema(),
         },
         sort_keys=True,
     )

@@ -41,7 +41,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 def test_benchmark_runs(
     pg_url: str, redis_url: str, script: str, args: list[str], last_line: str
 ) -> None:
-    url = make_url(pg_url).set(database="bench_smoke").render_as_string(hide_password=False)
+    # The scratch databases are named after the test database: suites on one server apart.
+    name = f"{make_url(pg_url).database}_bench_smoke"
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     extra = ["--redis-url", redis_url] if script == "publish.py" else []
     done = subprocess.run(
         [sys.executable, str(BENCH / script), *args, "--url", url, *extra],

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -237,11 +238,13 @@ def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
 
 
 def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
-    pg_factory: Factory,
+    pg_factory: Factory, settings_env: Callable[..., None]
 ) -> None:
     """A session that keeps taking a lock the purge's INSERT needs, in bursts of 300 ms,
     makes batches slow: the size drops at once to what would have met the aim (half the
     target), then grows back by at most a fifth per batch once the bursts stop."""
+    # One lane: each batch is picked after the one before it has taught the size.
+    settings_env(PURGE_PARALLEL_BATCHES="1")
     overdue = seed(pg_factory)
     engine: Engine = pg_factory.kw["bind"]
     compete = threading.Event()

@@ -88,6 +88,9 @@ def purge_expired(
                         max_replica_lag=config.max_replica_lag_seconds,
                         target_ms=config.target_ms,
                         busy_rest=config.busy_rest,
+                        # Replicas are first looked at a second into the run: a short run
+                        # (the usual one between two schedules) starts at once.
+                        lag_checked_at=budget.started,
                     ),
                     stop or StopRequest(),
                 )
