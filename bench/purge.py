@@ -13,8 +13,9 @@ all rows overdue. Then, per round, on a fresh copy of that store each, in a chil
            each, commit. It writes no tombstones, so it does less work than the other two;
            `--naive-tombstones` also runs the same loop adding a tombstone per row, for reference.
 
-`--serial` also times the project's purge with one batch in flight instead of
-`PURGE_PARALLEL_BATCHES` (default 2), to show what the parallel batches add.
+`--parallel N` also times the project's purge with N batches in flight instead of
+`PURGE_PARALLEL_BATCHES` (default 1), to show what parallel batches add (or cost) now that
+each batch adapts its size to the target transaction time.
 
 All of them delete the same rows. Only the purge is timed (wall clock around the call,
 connection set-up included); the peak resident memory is the child's VmHWM, so the loader's
@@ -90,6 +91,8 @@ def run_project(url: str, *, parallel: int | None = None) -> dict[str, Any]:
         "seconds": watch.seconds,
         "worst_batch_ms": report.worst_batch_ms,
         "batches": report.batches,
+        "batch_sizes": report.batch_sizes,
+        "paced_seconds": report.paced_seconds,
         "status": report.status,
     }
 
@@ -158,7 +161,9 @@ def child(variant: str, url: str) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     runner = {
         "project": run_project,
-        "project_serial": lambda url: run_project(url, parallel=1),
+        "project_parallel": lambda url: run_project(
+            url, parallel=int(os.environ["BENCH_PARALLEL"])
+        ),
         "limit": run_limit,
         "naive": run_naive,
         "naive_tombstones": run_naive_tombstones,
@@ -183,9 +188,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--accounts", type=int, help="default: rows / 100")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default %(default)s)")
     parser.add_argument(
-        "--serial",
-        action="store_true",
-        help="also time the project's purge with one batch at a time (for reference)",
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="also time the project's purge with N batches in flight (for reference)",
     )
     parser.add_argument(
         "--naive-tombstones",
@@ -198,10 +204,14 @@ def main(argv: list[str]) -> None:
     settings = get_settings()
     print(machine(args.url))
     print(
-        f"# project defaults: batch_size={settings.purge_batch_size} "
+        f"# project defaults: batch_size(cap)={settings.purge_batch_size} "
+        f"floor={settings.purge_batch_floor} target_ms={settings.purge_batch_target_ms} "
         f"max_rows={settings.purge_max_rows} max_seconds={settings.purge_max_seconds} "
-        f"parallel_batches={settings.purge_parallel_batches}"
+        f"parallel_batches={settings.purge_parallel_batches} "
+        f"pressure_rest={settings.purge_pressure_rest}"
     )
+    if args.parallel:
+        os.environ["BENCH_PARALLEL"] = str(args.parallel)  # read by the child
     source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
     engine = store_engine(database_url(args.url, source))
     with engine.connect() as connection:
@@ -212,7 +222,7 @@ def main(argv: list[str]) -> None:
     copy = scratch_name(args.url, "purge_copy")
     variants = (
         VARIANTS
-        + (("project_serial",) if args.serial else ())
+        + (("project_parallel",) if args.parallel else ())
         + (("naive_tombstones",) if args.naive_tombstones else ())
     )
     runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
@@ -229,9 +239,11 @@ def main(argv: list[str]) -> None:
                 result["rate"] = result["rows"] / result["seconds"]
                 runs[variant].append(result)
                 extra = (
-                    f" batches={result['batches']} worst_batch_ms={result['worst_batch_ms']}"
+                    f" batches={result['batches']} sizes={result['batch_sizes']} "
+                    f"worst_batch_ms={result['worst_batch_ms']} "
+                    f"paced_seconds={result['paced_seconds']} load1={os.getloadavg()[0]:.2f}"
                     if variant.startswith("project")
-                    else ""
+                    else f" load1={os.getloadavg()[0]:.2f}"
                 )
                 print(
                     f"# round {round_ + 1} {variant} rows={result['rows']} "

@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from shared import validation
 from shared.clock import iso_timestamp, resolve_now
+from shared.errors import ValidationError
 from shared.models import PurgeControl
 
 PAUSE = "pause"
+PACE = "pace"
 REASON_MAX = 500
 
 
@@ -27,6 +29,52 @@ class Pause:
 
     def as_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "by": self.by, "at": iso_timestamp(self.at)}
+
+
+@dataclass(frozen=True)
+class Pace:
+    """An operator's ceiling on purged rows per second: who set it, when and why."""
+
+    rows_per_second: float
+    reason: str | None
+    by: str
+    at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows_per_second": self.rows_per_second,
+            "reason": self.reason,
+            "by": self.by,
+            "at": iso_timestamp(self.at),
+        }
+
+
+@dataclass(frozen=True)
+class Controls:
+    """Every live control at once: what a run reads before each batch (one query)."""
+
+    pause: Pause | None
+    pace: Pace | None
+
+
+def read_controls(session: Session) -> Controls:
+    """The stored pause and pace, read fresh (a run calls this before every batch)."""
+    rows = {
+        row.name: row
+        for row in session.scalars(select(PurgeControl).execution_options(populate_existing=True))
+    }
+    pause, pace = rows.get(PAUSE), rows.get(PACE)
+    return Controls(
+        pause=Pause(reason=pause.reason, by=pause.set_by, at=pause.set_at) if pause else None,
+        pace=Pace(
+            rows_per_second=pace.rows_per_second,
+            reason=pace.reason,
+            by=pace.set_by,
+            at=pace.set_at,
+        )
+        if pace is not None and pace.rows_per_second is not None
+        else None,
+    )
 
 
 def read_pause(session: Session) -> Pause | None:
@@ -63,11 +111,53 @@ def resume_purge(session: Session) -> dict[str, Any]:
     return {"paused": False, "was_paused": bool(lifted)}
 
 
-def pause_reason(session: Session, *, deploy_paused: bool) -> str | None:
+def set_pace(
+    session: Session,
+    *,
+    rows_per_second: float,
+    by: str,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Cap every purge run at `rows_per_second` from its next batch on, until `clear_pace`."""
+    if (
+        not isinstance(rows_per_second, int | float)
+        or isinstance(rows_per_second, bool)
+        or not 0 < rows_per_second < float("inf")
+    ):
+        raise ValidationError(
+            f"rows_per_second must be a positive number, got {rows_per_second!r}.",
+            code="invalid_pace",
+            fix="Pass a ceiling such as 2000, or clear the pace with `pace --off`.",
+        )
+    pace = Pace(
+        rows_per_second=float(rows_per_second),
+        reason=validation.text(reason, name="reason", limit=REASON_MAX),
+        by=validation.short_id(by, name="by"),
+        at=resolve_now(now),
+    )
+    row = session.get(PurgeControl, PACE, with_for_update=True)
+    if row is None:
+        row = PurgeControl(name=PACE, set_by=pace.by, set_at=pace.at)
+        session.add(row)
+    row.reason, row.set_by, row.set_at = pace.reason, pace.by, pace.at
+    row.rows_per_second = pace.rows_per_second
+    session.flush()
+    return {"pace": pace.as_dict()}
+
+
+def clear_pace(session: Session) -> dict[str, Any]:
+    """Lift the stored pace (PURGE_MAX_ROWS_PER_SECOND, a deploy-time ceiling, stays)."""
+    lifted = session.scalars(
+        delete(PurgeControl).where(PurgeControl.name == PACE).returning(PurgeControl.name)
+    ).all()
+    return {"pace": None, "was_paced": bool(lifted)}
+
+
+def pause_reason(pause: Pause | None, *, deploy_paused: bool) -> str | None:
     """Why runs must not purge now (the deploy switch or a stored pause), or None."""
     if deploy_paused:
         return "PURGE_PAUSED is set"
-    pause = read_pause(session)
     if pause is None:
         return None
     return f"paused by {pause.by}" + (f": {pause.reason}" if pause.reason else "")

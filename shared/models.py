@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -251,11 +252,16 @@ class PurgeControl(Base):
     """An operator's live control of the purge (e.g. 'pause'), read by every run per batch."""
 
     __tablename__ = "purge_controls"
+    __table_args__ = (
+        CheckConstraint("rows_per_second IS NULL OR rows_per_second > 0", name="pace_positive"),
+    )
 
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
     reason: Mapped[str | None] = mapped_column(Text)
     set_by: Mapped[str] = mapped_column(String(64))
     set_at: Mapped[datetime]
+    # The pace's rows-per-second ceiling (None for the pause).
+    rows_per_second: Mapped[float | None] = mapped_column(Float)
 
     def __repr__(self) -> str:
         return f"PurgeControl(name={self.name!r}, set_by={self.set_by!r})"

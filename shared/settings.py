@@ -49,13 +49,28 @@ class Settings(StoreSettings):
     task_retry_backoff_max: int = Field(default=120, ge=1)
 
     purge_paused: bool = False
-    # Rows per purge batch (one transaction). 2,500 purges as fast as 5,000 with two batches
-    # in flight and keeps each transaction near 100 ms on 2 cores (bench/RESULTS.md).
-    purge_batch_size: int = Field(default=2500, ge=1)
-    # PostgreSQL: batches in flight at once, each its own transaction on its own connection.
-    # The tombstone's index inserts keep one backend busy; two use both cores of a small
-    # database host (bench/RESULTS.md); 1 leaves a core to the API during a large backlog.
+    # The most rows one purge batch (one transaction) may take: the adaptive size never
+    # exceeds it (bench/RESULTS.md).
+    purge_batch_size: int = Field(default=5000, ge=1)
+    # The adaptive size never goes below this (unless the cap above is lower).
+    purge_batch_floor: int = Field(default=100, ge=1)
+    # The batch transaction time the adaptive size aims at: it grows by at most a tenth while
+    # batches are faster, and shrinks at once in proportion when one is slower.
+    purge_batch_target_ms: float = Field(default=100.0, gt=0, le=10_000)
+    # PostgreSQL: batches in flight at once, each its own transaction on its own connection;
+    # all but one only while no other session is at work on the store (bench/RESULTS.md).
     purge_parallel_batches: int = Field(default=2, ge=1, le=8)
+    # Pacing: after a batch slower than 1.5 times the target (the database got busier than the
+    # batch size had adapted to), rest this many times the extra time (0: never rest for it).
+    purge_pressure_rest: float = Field(default=2.0, ge=0, le=100)
+    # Pacing: while other sessions (the API) work on the store, rest this many times each
+    # batch's time, in proportion to how often they were found at work (0: never).
+    purge_busy_rest: float = Field(default=3.0, ge=0, le=100)
+    # Wait between batches while a streaming replica replays more than this far behind
+    # (pg_stat_replication; 0: do not look).
+    purge_max_replica_lag_seconds: float = Field(default=10.0, ge=0)
+    # A ceiling on purged rows per second (0: none); `numbers-retention pace` sets one live.
+    purge_max_rows_per_second: float = Field(default=0.0, ge=0)
     purge_max_rows: int = Field(default=1_000_000, ge=1)
     purge_max_seconds: float = Field(default=600.0, gt=0)
     # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an

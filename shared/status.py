@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.orm import Session
 
 from shared.clock import iso_timestamp, resolve_now
-from shared.controls import read_pause
+from shared.controls import read_controls
 from shared.listing import offered
 from shared.models import PhoneNumber, PurgeRun
 from shared.purge import overdue_filter
@@ -102,12 +102,14 @@ def store_status(
     purged_total = session.scalar(select(func.coalesce(func.sum(PurgeRun.purged), 0)))
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - (oldest + RETENTION)).total_seconds() if oldest is not None else 0.0
-    pause = read_pause(session)
+    controls = read_controls(session)
+    pause = controls.pause
     return {
         "now": iso_timestamp(now),
         "paused": pause is not None or deploy_paused,
         "paused_by_setting": deploy_paused,
         "pause": pause.as_dict() if pause else None,
+        "pace": controls.pace.as_dict() if controls.pace else None,
         "overdue": overdue_count,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,

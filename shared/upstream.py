@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -95,14 +95,20 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
 
 
 def release_upstream(
-    provider: Provider, claims: Sequence[Claim], *, concurrency: int, failure_streak: int
+    provider: Provider,
+    claims: Sequence[Claim],
+    *,
+    concurrency: int,
+    failure_streak: int,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> UpstreamOutcome:
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
 
     After `failure_streak` failures in a row no further call is started: the provider is
     treated as down and the rest stay claimed for a later run. After an answer that shows a
-    misconfiguration none is started either. An error of one call, whatever it is, is that
-    number's outcome, never the batch's.
+    misconfiguration none is started either, nor once `stopping()` says an operator stops
+    the run: the calls in flight finish, the rest stay claimed for the next run. An error of
+    one call, whatever it is, is that number's outcome, never the batch's.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     pending = [c for c in claims if c.provider_number_id is not None]
@@ -115,6 +121,7 @@ def release_upstream(
                 and len(running) < concurrency
                 and not outcome.provider_down
                 and outcome.stopped_by is None
+                and not stopping()
             ):
                 claim = pending.pop(0)
                 call = contextvars.copy_context().run

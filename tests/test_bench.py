@@ -35,6 +35,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
             ["--releasable", "3000", "--repeat", "2"],
             r"releasable: numbers=\d+ full_s=[\d.]+ changes=\d+ incremental_s=[\d.]+",
         ),
+        (
+            "impact.py",
+            ["--rows", "3000", "--repeat", "1", "--idle-seconds", "0.5"],
+            r"impact: list_p99_ratio=[\d.]+ write_p99_ratio=[\d.]+ purge_rows_s=\d+ "
+            r"worst_batch_ms=[\d.]+",
+        ),
     ],
 )
 def test_benchmark_runs(

@@ -30,6 +30,7 @@ from shared import purge as purge_module
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
 from shared.models import PhoneNumber, PurgedNumber
+from shared.purge import lock as purge_lock
 from shared.purge import purge_expired
 from shared.releasable import publication, read_releasable
 from shared.retention import RETENTION
@@ -480,7 +481,7 @@ def test_concurrent_purges_without_the_run_lock_still_tombstone_once(
 
         def __exit__(self, *_exc: object) -> None: ...
 
-    monkeypatch.setattr(purge_module, "run_lock", NoLock)
+    monkeypatch.setattr(purge_lock, "run_lock", NoLock)
     factory: sessionmaker[Session] = make_session_factory(pg_store)
     barrier = threading.Barrier(4)
     reports: list[purge_module.PurgeReport] = []

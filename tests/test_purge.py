@@ -276,9 +276,9 @@ def test_repurchase_after_purge_claimed_row_finds_nothing(
     number gone and is refused. Never both purged and repurchased."""
     seed(pg_factory, now, {"+14155550112": RETENTION})
     with pg_factory.begin() as purge_session:
-        from shared.purge import _purge_batch
+        from shared.purge import purge_batch
 
-        assert _purge_batch(purge_session, now=now, run_id="r1", limit=10) == 1
+        assert purge_batch(purge_session, now=now, run_id="r1", limit=10) == 1
         errors: list[shared.ApiError] = []
 
         def buy() -> None:

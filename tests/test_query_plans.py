@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session
 
 import shared
-from shared.purge import _purge_batch
+from shared.purge import purge_batch
 
 pytestmark = pytest.mark.postgres
 
@@ -118,7 +118,7 @@ def test_purge_batch_reads_indexes_between_runs(store: Connection, now: datetime
     the picked rows through an index too."""
     statements = captured(store)
     with Session(bind=store, join_transaction_mode="create_savepoint") as session:
-        purged = _purge_batch(session, now=now, run_id="plan", limit=5000)
+        purged = purge_batch(session, now=now, run_id="plan", limit=5000)
     assert purged == NUMBERS // 1000
     pick, purge = [s for s in statements if "phone_numbers" in s[0]]
     assert "FOR UPDATE SKIP LOCKED" in pick[0]

@@ -35,6 +35,8 @@ ROUNDS = 200
 RACERS = 6  # numbers at their deadline per round, one repurchase thread each
 PURGERS = 2  # purge threads per round
 ACCOUNTS = 3  # accounts per round (repurchases of one account queue on its row lock)
+REPURCHASE_SPREAD = 0.025  # seconds: random delays after the barrier
+PURGE_SPREAD = 0.002
 BASE = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 
@@ -131,7 +133,11 @@ def race(
     barrier = threading.Barrier(RACERS + PURGERS)
     # Racer 0 comes exactly at the deadline (must be refused), the others a microsecond before.
     instants = {n: rnd.now - (MICROSECOND if i else timedelta(0)) for i, n in enumerate(rnd.owners)}
-    delays = [rng.uniform(0, 0.002) for _ in range(RACERS + PURGERS)]
+    # Repurchases spread over 25 ms, purges over 2 ms: a purge takes its run lock, records the
+    # run and reads the live controls (about 8 ms here) before its first pick, so both orders
+    # happen.
+    delays = [rng.uniform(0, REPURCHASE_SPREAD) for _ in range(RACERS)]
+    delays += [rng.uniform(0, PURGE_SPREAD) for _ in range(PURGERS)]
 
     def repurchase(number: str, delay: float) -> str:
         barrier.wait(30)

@@ -12,6 +12,7 @@ from celery import Celery, signals
 from celery.schedules import crontab
 
 from shared.settings import Settings, get_settings
+from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
 from worker.logs import configure_logging
 
 
@@ -21,6 +22,13 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         redis = redis_url(settings)
         result = settings.result_backend or redis or settings.broker_url
         options: dict[str, Any] = {"broker_url": settings.broker_url, "result_backend": result}
+        if settings.broker_url.startswith(("redis", "rediss", "unix", "sentinel")):
+            # A task taken by a worker that dies comes back after the visibility timeout
+            # (Celery's default: an hour). Set it just above the longest a task can hold its
+            # message: the purge's hard time limit, or the longest retry countdown.
+            options["broker_transport_options"] = {
+                "visibility_timeout": visibility_timeout(settings)
+            }
         if redis:
             # RedBeat's Redis lock makes a second beat process safe: only one schedules.
             url, password = split_password(redis)
@@ -81,6 +89,16 @@ def split_password(url: str) -> tuple[str, str | None]:
     user = f"{parts.username}@" if parts.username else ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}{host}")), unquote(parts.password)
+# Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
+PURGE_SOFT_MARGIN = 60
+PURGE_HARD_MARGIN = 120
+VISIBILITY_MARGIN = 60
+
+
+def visibility_timeout(settings: Settings) -> int:
+    """The Redis broker's visibility timeout: above the longest run and the longest retry."""
+    longest = max(settings.purge_max_seconds + PURGE_HARD_MARGIN, settings.task_retry_backoff_max)
+    return int(longest) + VISIBILITY_MARGIN
 
 
 def redis_url(settings: Settings) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +17,7 @@ import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 
-from shared.controls import pause_purge, resume_purge
+from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError, InternalError
@@ -24,7 +26,7 @@ from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.publication import publication_status, recording_failures
-from shared.purge import purge_expired
+from shared.purge import StopRequest, purge_expired
 from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
@@ -121,10 +123,37 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
 LOCKED_EXIT_CODE = 4
 
 
+@contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """SIGTERM and SIGINT end the purge at its next batch boundary; a second one acts as usual.
+
+    The first signal only sets the request (an operator's stop is not a failure); the
+    previous handlers come back at once, so a second Ctrl-C still interrupts a stuck run.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(signum: int, _frame: object) -> None:
+        stop.request(f"{signal.Signals(signum).name} received")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Count and sample what would go; delete nothing.")
 @now_option
-@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per transaction.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Most rows per transaction (caps the adaptive size; default PURGE_BATCH_SIZE).",
+)
 @click.option("--max-rows", type=click.IntRange(min=1), help="Stop after this many rows.")
 @click.option("--max-seconds", type=click.FloatRange(min=0.001), help="Stop after this long.")
 def purge(
@@ -136,16 +165,20 @@ def purge(
 ) -> None:
     """Purge overdue released numbers now, in the foreground; prints the run summary.
 
-    Exits 4 when another run holds the lock (status `skipped`): nothing was done.
+    SIGTERM or Ctrl-C ends the run at its next batch boundary, status `interrupted`. Exits 4
+    when another run holds the lock (status `skipped`): nothing was done.
     """
-    report = purge_expired(
-        make_session_factory(_engine()),
-        now=now,
-        dry_run=dry_run,
-        batch_size=batch_size,
-        max_rows=max_rows,
-        max_seconds=max_seconds,
-    )
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        report = purge_expired(
+            make_session_factory(_engine()),
+            now=now,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            max_rows=max_rows,
+            max_seconds=max_seconds,
+            stop=stop,
+        )
     _print_json(report.as_dict())
     if report.status == "skipped":
         click.echo("purge skipped: another run holds the lock; nothing was done.", err=True)
@@ -307,6 +340,7 @@ def _status_table(report: dict[str, Any]) -> str:
         )
     else:
         paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
+    ceiling = report.get("pace")
     facts = [
         ("Paused", paused),
         ("Overdue (purgeable now)", f"{report['overdue']:,}"),
@@ -323,6 +357,12 @@ def _status_table(report: dict[str, Any]) -> str:
         facts.append(("Last successful purge", _when(report["purge_last_success_at"])))
     if report.get("publication") is not None:
         facts.append(("Last published", _published(report["publication"])))
+    if ceiling:
+        # Shown only while set: most stores never have one.
+        pace_text = f"at most {ceiling['rows_per_second']:,g} rows/s, set by {ceiling['by']}"
+        pace_text += f" since {_when(ceiling['at'])}"
+        pace_text += f": {ceiling['reason']}" if ceiling["reason"] else ""
+        facts.insert(1, ("Pace", pace_text))
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
         facts.append(("Lag limit", f"{format_duration(report['max_lag_seconds'])}: {verdict}"))
@@ -485,6 +525,26 @@ def resume() -> None:
     """Lift a pause: the next purge run (scheduled or by hand) purges again."""
     with make_session_factory(_engine()).begin() as session:
         _print_json(resume_purge(session))
+
+
+@main.command()
+@click.option(
+    "--rows-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Most rows purged per second, by every run, from its next batch.",
+)
+@click.option("--off", is_flag=True, help="Lift the stored ceiling.")
+@click.option("--reason", help="Why; shown by `status`.")
+@click.option("--by", default=_operator, show_default="login name", help="Who sets it.")
+def pace(rows_per_second: float | None, off: bool, reason: str | None, by: str) -> None:
+    """Cap the purge's rows per second on every worker, live, until `pace --off`."""
+    if off == (rows_per_second is not None):
+        raise click.UsageError("Give either --rows-per-second N or --off.")
+    with make_session_factory(_engine()).begin() as session:
+        if rows_per_second is None:
+            _print_json(clear_pace(session))
+        else:
+            _print_json(set_pace(session, rows_per_second=rows_per_second, by=by, reason=reason))
 
 
 @main.command("retry-upstream")

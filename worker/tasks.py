@@ -21,7 +21,8 @@ from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
 from shared.settings import get_settings
-from worker.app import app, redis_url
+from worker.app import PURGE_HARD_MARGIN, PURGE_SOFT_MARGIN, app, redis_url
+from worker.stopping import STOP
 
 settings = get_settings()
 
@@ -91,14 +92,17 @@ def parse_now(now: object) -> datetime | None:
 
 @app.task(
     name="numbers.purge_expired",
-    soft_time_limit=settings.purge_max_seconds + 60,
-    time_limit=settings.purge_max_seconds + 120,
+    soft_time_limit=settings.purge_max_seconds + PURGE_SOFT_MARGIN,
+    time_limit=settings.purge_max_seconds + PURGE_HARD_MARGIN,
     **RETRY,
 )
 def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
-    """Purge released numbers past their deadline; returns the run's summary."""
+    """Purge released numbers past their deadline; returns the run's summary.
+
+    A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
+    """
     when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-    report = purge_expired(session_factory(), now=when, dry_run=dry)
+    report = purge_expired(session_factory(), now=when, dry_run=dry, stop=STOP)
     return report.as_dict()
 
 

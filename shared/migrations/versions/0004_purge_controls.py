@@ -1,4 +1,4 @@
-"""Purge controls: an operator's pause (and later the pace), stored in the store.
+"""Purge controls: an operator's pause and pace (a rows-per-second ceiling), in the store.
 
 Revision ID: 0004
 Revises: 0003
@@ -25,6 +25,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text()),
         sa.Column("set_by", sa.String(64), nullable=False),
         sa.Column("set_at", UTCDateTime(), nullable=False),
+        # The pace's ceiling; NULL for the pause.
+        sa.Column("rows_per_second", sa.Float()),
+        sa.CheckConstraint("rows_per_second IS NULL OR rows_per_second > 0", name="pace_positive"),
     )
 
 

@@ -1,0 +1,267 @@
+"""What a backlog purge costs the API: list and write latency, idle and during the purge.
+
+    python bench/impact.py [--rows 1000000] [--idle-seconds 15] [--repeat 1]
+
+On a fresh copy of the purge benchmark's store (about a third of it overdue), two client
+threads work as the API service would, each call with a session from the pool:
+
+  list   `released_numbers_body` for accounts with listed numbers, in turn;
+  write  `release_number` then `repurchase_number` of active numbers of paid accounts, in turn
+         (each its own transaction).
+
+They run idle for `--idle-seconds`, then while `purge_expired` (default settings, in a child
+process, so it has its own interpreter as the worker does) purges the backlog, then idle again.
+The purge runs in windows of `--window` seconds (runs bounded by `max_seconds`, as a
+scheduled run is by PURGE_MAX_SECONDS) with idle windows as long in between: on a shared
+machine whose load drifts, the idle and the purge samples then meet the same background. A
+call belongs to the window it started in. The closing line:
+
+  impact: list_p99_ratio=<purge p99 / idle p99> write_p99_ratio=<...> purge_rows_s=<>
+          worst_batch_ms=<>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import (
+    NOW,
+    NUMBERS_PER_ACCOUNT,
+    add_database_arguments,
+    child_result,
+    drop,
+    fresh_copy,
+    machine,
+    median,
+    percentile,
+    scratch_name,
+    store_engine,
+    template,
+)
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+from shared import release_number, released_numbers_body, repurchase_number
+from shared.db import make_session_factory
+from shared.listing import offered
+from shared.models import Account, PhoneNumber
+from shared.purge import purge_expired
+from shared.settings import get_settings
+
+LIST_ACCOUNTS = 50
+WRITE_NUMBERS = 50
+
+
+@dataclass
+class Client:
+    """One API client thread: calls `call` in a loop, keeping (start, ms) per call."""
+
+    name: str
+    call: Callable[[int], None]
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        turn = 0
+        while not self.stop.is_set():
+            started = time.time()
+            clock = time.perf_counter()
+            self.call(turn)
+            self.samples.append((started, (time.perf_counter() - clock) * 1000))
+            turn += 1
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [ms for at, ms in self.samples if start <= at < end]
+
+
+def clients(engine: Engine) -> list[Client]:
+    factory = make_session_factory(engine)
+    with factory() as session:
+        listed = func.count().label("listed")
+        accounts = list(
+            session.scalars(
+                select(PhoneNumber.account_id)
+                .where(offered(NOW))
+                .group_by(PhoneNumber.account_id)
+                .having(listed >= 5)
+                .order_by(PhoneNumber.account_id)
+                .limit(LIST_ACCOUNTS)
+            )
+        )
+        numbers = session.execute(
+            select(PhoneNumber.account_id, PhoneNumber.phone_number)
+            .join(Account, Account.id == PhoneNumber.account_id)
+            .where(PhoneNumber.billing_status == "active", Account.plan == "paid")
+            .order_by(PhoneNumber.id)
+            .limit(WRITE_NUMBERS)
+        ).all()
+    if not accounts or not numbers:
+        raise SystemExit("the store has no listed numbers or no active numbers of paid accounts")
+
+    def list_call(turn: int) -> None:
+        with factory() as session:
+            released_numbers_body(session, account_id=accounts[turn % len(accounts)], now=NOW)
+
+    def write_call(turn: int) -> None:
+        account_id, number = numbers[(turn // 2) % len(numbers)]
+        change = release_number if turn % 2 == 0 else repurchase_number
+        with factory.begin() as session:
+            change(session, account_id=account_id, phone_number=number, now=NOW)
+
+    return [Client("list", list_call), Client("write", write_call)]
+
+
+def child(url: str, window: float) -> None:
+    engine = store_engine(url)
+    factory: sessionmaker[Session] = make_session_factory(engine)
+    windows, reports = [], []
+    # The batch events, kept rather than printed: their times are part of the result.
+    with capture_logs() as logs:
+        while not reports or reports[-1].status != "completed":
+            started = time.time()
+            reports.append(purge_expired(factory, now=NOW, max_seconds=window))
+            windows.append((started, time.time()))
+            if reports[-1].status not in ("completed", "limit_reached"):
+                raise SystemExit(f"purge ended {reports[-1].status}: {reports[-1].reason}")
+            time.sleep(window)
+    engine.dispose()
+    batches = [(e["batch"], e["size"], e["ms"]) for e in logs if e["event"] == "purge.batch"]
+    slowest = sorted(batches, key=lambda b: -b[2])[:5]
+    sizes = [r.batch_sizes for r in reports if r.batch_sizes]
+    child_result(
+        windows=windows,
+        rows=sum(r.purged for r in reports),
+        seconds=sum(end - start for start, end in windows),
+        runs=len(reports),
+        worst_batch_ms=max(r.worst_batch_ms for r in reports),
+        batches=len(batches),
+        batch_sizes={"min": min(b["min"] for b in sizes), "max": max(b["max"] for b in sizes)},
+        paced_seconds=round(sum(r.paced_seconds for r in reports), 3),
+        batch_ms_p50=median([ms for _, _, ms in batches]),
+        batch_ms_p99=percentile([ms for _, _, ms in batches], 0.99),
+        slowest_batches=slowest,
+    )
+
+
+def one_round(url: str, idle_seconds: float, window: float) -> dict[str, Any]:
+    engine = store_engine(url)
+    threads_of = clients(engine)
+    threads = [threading.Thread(target=c.run, name=c.name) for c in threads_of]
+    for thread in threads:
+        thread.start()
+    try:
+        began = time.time()
+        time.sleep(idle_seconds)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", url, str(window)],
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        purge: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        time.sleep(idle_seconds)
+        finished = time.time()
+    finally:
+        for c in threads_of:
+            c.stop.set()
+        for thread in threads:
+            thread.join()
+        engine.dispose()
+    result: dict[str, Any] = {"purge": purge}
+    windows = purge["windows"]
+    # Idle: before the first purge window, between two, and after the last.
+    gaps = [began, *(edge for window in windows for edge in window), finished]
+    for c in threads_of:
+        busy = [ms for start, end in windows for ms in c.between(start, end)]
+        idle = [
+            ms
+            for start, end in zip(gaps[::2], gaps[1::2], strict=True)
+            for ms in c.between(start, end)
+        ]
+        result[c.name] = {
+            "idle_calls": len(idle),
+            "busy_calls": len(busy),
+            "idle_p50": median(idle),
+            "idle_p99": percentile(idle, 0.99),
+            "busy_p50": median(busy),
+            "busy_p99": percentile(busy, 0.99),
+        }
+        result[c.name]["p99_ratio"] = result[c.name]["busy_p99"] / result[c.name]["idle_p99"]
+    return result
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        child(argv[1], float(argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--accounts", type=int, help="default: rows / 100")
+    parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--window", type=float, default=3.0, help="seconds per purge window")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds (default %(default)s)")
+    add_database_arguments(parser)
+    args = parser.parse_args(argv)
+    accounts = args.accounts or max(1, args.rows // NUMBERS_PER_ACCOUNT)
+    settings = get_settings()
+    print(machine(args.url))
+    print(
+        f"# purge settings: batch_size(cap)={settings.purge_batch_size} "
+        f"floor={settings.purge_batch_floor} target_ms={settings.purge_batch_target_ms} "
+        f"parallel_batches={settings.purge_parallel_batches} "
+        f"pressure_rest={settings.purge_pressure_rest} "
+        f"max_rows_per_second={settings.purge_max_rows_per_second} "
+        f"PURGE_* in env: {sorted(k for k in os.environ if k.startswith('PURGE_'))}"
+    )
+    source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
+    copy = scratch_name(args.url, "impact_copy")
+    rounds = []
+    try:
+        for round_ in range(args.repeat):
+            url = fresh_copy(args.url, source, copy)
+            result = one_round(url, args.idle_seconds, args.window)
+            rounds.append(result)
+            purge = result["purge"]
+            seconds = purge["seconds"]
+            print(
+                f"# round {round_ + 1} load1={os.getloadavg()[0]:.2f} purge: runs={purge['runs']} "
+                f"rows={purge['rows']} seconds={seconds:.2f} "
+                f"rows_per_s={purge['rows'] / seconds:.0f} batches={purge['batches']} "
+                f"sizes={purge['batch_sizes']} worst_batch_ms={purge['worst_batch_ms']} "
+                f"paced_seconds={purge['paced_seconds']} "
+                f"batch_ms_p50={purge['batch_ms_p50']} batch_ms_p99={purge['batch_ms_p99']} "
+                f"slowest(batch,size,ms)={purge['slowest_batches']}",
+                flush=True,
+            )
+            for name in ("list", "write"):
+                r = result[name]
+                print(
+                    f"#   {name}: idle p50={r['idle_p50']:.3f} p99={r['idle_p99']:.3f} "
+                    f"({r['idle_calls']} calls) | purge p50={r['busy_p50']:.3f} "
+                    f"p99={r['busy_p99']:.3f} ({r['busy_calls']} calls) "
+                    f"p99_ratio={r['p99_ratio']:.2f}",
+                    flush=True,
+                )
+    finally:
+        drop(args.url, copy)
+    rate = median([r["purge"]["rows"] / r["purge"]["seconds"] for r in rounds])
+    print(
+        f"impact: list_p99_ratio={median([r['list']['p99_ratio'] for r in rounds]):.2f} "
+        f"write_p99_ratio={median([r['write']['p99_ratio'] for r in rounds]):.2f} "
+        f"purge_rows_s={rate:.0f} "
+        f"worst_batch_ms={max(r['purge']['worst_batch_ms'] for r in rounds):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,51 @@
+"""What every run checks before every batch: an operator's stop, a pause, its budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from shared.controls import pause_reason, read_controls
+from shared.purge.budget import Budget
+from shared.purge.config import PurgeConfig
+from shared.purge.pacing import Pacer
+from shared.purge.stop import StopRequest
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Why a run starts no further batch: its final status and the reason shown with it."""
+
+    status: str  # completed, limit_reached, paused, interrupted, failed
+    reason: str | None = None
+
+
+@dataclass
+class Boundary:
+    """The checks between two batches; the pace the store holds is taken up here too."""
+
+    config: PurgeConfig
+    budget: Budget
+    pacer: Pacer
+    stop: StopRequest
+
+    def check(self, session: Session) -> Halt | None:
+        """A Halt when the run must end before its next batch, else None.
+
+        Reads the store's controls in the batch's own transaction: a pause or a pace set on
+        any host reaches every running purge at its next batch, without a restart.
+        """
+        if self.stop.requested:
+            return Halt("interrupted", self.stop.reason)
+        controls = read_controls(session)
+        paused = pause_reason(controls.pause, deploy_paused=self.config.paused)
+        if paused is not None:
+            return Halt("paused", paused)
+        if self.budget.over_limit():
+            return Halt("limit_reached")
+        self.pacer.rows_per_second = (
+            controls.pace.rows_per_second if controls.pace else self.config.max_rows_per_second
+        )
+        self.pacer.sample_activity(session)
+        return None

@@ -1,0 +1,46 @@
+"""One purge run at a time, on any number of workers."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+
+# Any constant works; it only has to be the same for every purge process on the database.
+PURGE_LOCK_KEY = 0x6E756D62  # "numb"
+
+
+@contextmanager
+def run_lock(engine: Engine) -> Iterator[bool]:
+    """Yield whether this process holds the one-run-at-a-time lock.
+
+    PostgreSQL: a session advisory lock on its own connection, released when the connection
+    closes, so a killed worker never leaves it behind. SQLite: flock on a file beside the
+    database, released by the kernel when the process dies.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            got = bool(conn.scalar(select(func.pg_try_advisory_lock(PURGE_LOCK_KEY))))
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.scalar(select(func.pg_advisory_unlock(PURGE_LOCK_KEY)))
+                    conn.commit()
+        return
+    database = engine.url.database or ""
+    lock_path = Path(f"{database}.purge.lock")
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,124 @@
+"""Room for the API: how long the purge rests between batches.
+
+The field's anchors: pt-archiver's `--sleep-coef` (rest in proportion to the batch's time) and
+`--check-slave-lag`, gh-ost's throttling on `Threads_running` and on replica lag. Four reasons
+to rest, the longest wins:
+
+- other sessions at work on the store (the API): sampled in `pg_stat_activity` before each
+  batch, the purge rests `busy_rest` times each batch's time in proportion to how often it
+  found them, so it takes turns with the API instead of sharing every moment with it;
+- a batch taking clearly longer than the target its size aims at (the database got busier
+  than the size had adapted to);
+- a replica replaying too far behind;
+- an operator's rows-per-second ceiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+# Batches hover around the target as their size adapts; only time beyond this factor of the
+# target counts as pressure (on a steady machine, adapting alone keeps batches below it).
+TOLERANCE = 1.5
+# Replication lag is looked up at most this often, and waited for in steps this long.
+LAG_PROBE_SECONDS = 1.0
+# One rest never exceeds this: a stop or a pause is seen within it.
+MAX_REST_SECONDS = 2.0
+
+# How fast the share of batches that found others at work follows a change (per batch).
+BUSY_SMOOTHING = 0.2
+
+# Names this batch's session for the rest of its transaction (so parallel batches do not
+# count each other, and operators see the purge in pg_stat_activity), then counts the others.
+APPLICATION_NAME = "numbers-retention purge"
+OTHERS_AT_WORK = text(
+    "SELECT set_config('application_name', :name, true), ("
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    " AND state IN ('active', 'idle in transaction')"
+    " AND application_name IS DISTINCT FROM :name)"
+).bindparams(name=APPLICATION_NAME)
+REPLICA_LAG = text(
+    "SELECT coalesce(max(extract(epoch FROM greatest(replay_lag, write_lag, flush_lag))), 0)"
+    " FROM pg_stat_replication"
+)
+
+
+def replica_lag(session: Session) -> float:
+    """Seconds the furthest-behind streaming replica lags (0 without replicas or rights)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0.0
+    return float(session.scalar(REPLICA_LAG) or 0.0)
+
+
+def others_at_work(session: Session) -> int:
+    """Other client sessions running a statement or a transaction on the store now.
+
+    PostgreSQL reads pg_stat_activity once per transaction: call it first in a fresh one
+    (each batch's), or it answers what the transaction saw before.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    return int(session.execute(OTHERS_AT_WORK).one()[1] or 0)
+
+
+@dataclass
+class Pacer:
+    """Rests after batches; its `rested` seconds go into the run's summary."""
+
+    pressure_rest: float
+    max_replica_lag: float
+    target_ms: float
+    busy_rest: float = 0.0
+    rows_per_second: float = 0.0  # the ceiling in force (the store's pace or the setting)
+    busy: float = 0.0  # smoothed share of batches that found other sessions at work
+    rested: float = 0.0
+    lag_checked_at: float | None = None
+
+    def rest_after(self, *, rows: int, ms: float) -> float:
+        """Seconds to rest after a batch of `rows` that took `ms`."""
+        # Turns with the other sessions, and the time this batch took beyond what its size
+        # was chosen to take.
+        rest = max(
+            self.busy_rest * self.busy * ms / 1000,
+            self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
+        )
+        return self._rest(max(rest, self._under_ceiling(rows, ms)))
+
+    def ceiling_rest(self, *, rows: int, ms: float) -> float:
+        """Seconds to rest after a two-phase batch: only the rows/s ceiling applies (its time
+        is the provider's, not the database's)."""
+        return self._rest(self._under_ceiling(rows, ms))
+
+    def _under_ceiling(self, rows: int, ms: float) -> float:
+        if self.rows_per_second <= 0:
+            return 0.0
+        return rows / self.rows_per_second - ms / 1000
+
+    def _rest(self, seconds: float) -> float:
+        rest = min(max(seconds, 0.0), MAX_REST_SECONDS)
+        self.rested += rest
+        return rest
+
+    def sample_activity(self, session: Session) -> None:
+        """Look whether other sessions are at work on the store (once per batch)."""
+        if self.busy_rest <= 0:
+            return
+        found = 1.0 if others_at_work(session) else 0.0
+        self.busy += BUSY_SMOOTHING * (found - self.busy)
+
+    def replica_wait(self, session: Session, now: float) -> float:
+        """Seconds to wait before the next batch because a replica lags (0: go on)."""
+        if self.max_replica_lag <= 0:
+            return 0.0
+        if self.lag_checked_at is not None and now - self.lag_checked_at < LAG_PROBE_SECONDS:
+            return 0.0
+        self.lag_checked_at = now
+        if replica_lag(session) <= self.max_replica_lag:
+            return 0.0
+        self.rested += LAG_PROBE_SECONDS
+        self.lag_checked_at = None  # look again right after the wait
+        return LAG_PROBE_SECONDS

@@ -1,0 +1,65 @@
+"""What a purge run did: the summary the task returns, the CLI prints and the record keeps."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("shared.purge")
+
+
+@dataclass
+class PurgeReport:
+    """What a purge run did; `as_dict()` is the task's JSON summary."""
+
+    run_id: str
+    status: str
+    cutoff: str
+    now: str
+    purged: int = 0
+    batches: int = 0
+    remaining: int | None = None
+    seconds: float = 0.0
+    worst_batch_ms: float = 0.0
+    # The adaptive batch sizes this run used: smallest, largest, last (None: no batch).
+    batch_sizes: dict[str, int] | None = None
+    # Seconds the run rested between batches to leave the database to others.
+    paced_seconds: float = 0.0
+    dry_run: bool = False
+    would_purge: int | None = None
+    sample: list[str] = field(default_factory=list)
+    reason: str | None = None
+    provider: str = "none"
+    provider_released: int = 0
+    provider_failed: int = 0
+    provider_skipped: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, keys in snake_case."""
+        return asdict(self)
+
+    def add_batch(self, purged: int, ms: float, *, size: int, **upstream: int) -> None:
+        """Count a committed batch of `size` rows asked for; log its `purge.batch` event."""
+        self.purged += purged
+        self.batches += 1
+        self.worst_batch_ms = max(self.worst_batch_ms, ms)
+        sizes = self.batch_sizes or {"min": size, "max": size, "last": size}
+        self.batch_sizes = {
+            "min": min(sizes["min"], size),
+            "max": max(sizes["max"], size),
+            "last": size,
+        }
+        for key, count in upstream.items():
+            setattr(self, key, getattr(self, key) + count)
+        log.info(
+            "purge.batch",
+            run_id=self.run_id,
+            batch=self.batches,
+            size=size,
+            purged=purged,
+            total=self.purged,
+            ms=ms,
+            **upstream,
+        )

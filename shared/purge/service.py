@@ -1,0 +1,189 @@
+"""`purge_expired`: take the run lock, record the run, sweep in batches, record its end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.controls import pause_reason, read_controls
+from shared.clock import iso_timestamp
+from shared.models import PhoneNumber
+from shared.provider import Provider, make_provider
+from shared.purge import lock
+from shared.purge.boundary import Boundary, Halt
+from shared.purge.budget import BatchSizer, Budget
+from shared.purge.config import PurgeConfig
+from shared.purge.pacing import Pacer
+from shared.purge.records import record_end, record_start
+from shared.purge.report import PurgeReport
+from shared.purge.statements import BatchStatements, count_overdue, overdue_filter
+from shared.purge.stop import StopRequest
+from shared.purge.sweep import Sweep, run_batches, run_batches_in_parallel
+from shared.purge.upstream_sweep import UpstreamSweep
+from shared.retention import cutoff as retention_cutoff
+from shared.clock import not_ahead, resolve_now
+from shared.settings import get_settings
+
+log = structlog.get_logger("shared.purge")
+SAMPLE_SIZE = 10
+
+
+def purge_expired(
+    session_factory: sessionmaker[Session],
+    *,
+    now: datetime | None = None,
+    batch_size: int | None = None,
+    max_rows: int | None = None,
+    max_seconds: float | None = None,
+    dry_run: bool = False,
+    paused: bool | None = None,
+    provider: Provider | None = None,
+    config: PurgeConfig | None = None,
+    stop: StopRequest | None = None,
+) -> PurgeReport:
+    """Purge released numbers past their deadline, in batches of one transaction each.
+
+    Bounded by `max_rows` and `max_seconds`; `batch_size` caps the adaptive batch (defaults:
+    `config`, else the settings). What is left waits for the next run. One run at a time: a
+    concurrent run returns `skipped`. Before every batch the run honours `stop` (status
+    `interrupted`) and a pause (`paused`). With an upstream `provider` (default: the one the
+    settings name) each number is released there first.
+    """
+    config = (config or PurgeConfig.from_settings(get_settings())).overridden(
+        batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds, paused=paused
+    )
+    now = resolve_now(now) if dry_run else not_ahead(now)
+    report = PurgeReport(
+        run_id=str(uuid.uuid4()),
+        status="running",
+        cutoff=iso_timestamp(retention_cutoff(now)),
+        now=iso_timestamp(now),
+        dry_run=dry_run,
+        provider=provider.name if provider else config.provider,
+    )
+    budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
+    with lock.run_lock(session_factory.kw["bind"]) as got_lock:
+        if not got_lock:
+            report.status, report.reason = "skipped", "locked"
+            report.seconds = round(budget.elapsed(), 3)
+            log.info("purge.skipped", **report.as_dict())
+            return report
+        record_start(session_factory, report, now)
+        log.info("purge.started", run_id=report.run_id, cutoff=report.cutoff, dry_run=dry_run)
+        try:
+            if dry_run:
+                halt = _dry_run(session_factory, report, config, now)
+            else:
+                boundary = Boundary(
+                    config,
+                    budget,
+                    Pacer(
+                        pressure_rest=config.pressure_rest,
+                        max_replica_lag=config.max_replica_lag_seconds,
+                        target_ms=config.target_ms,
+                        busy_rest=config.busy_rest,
+                        # Replicas are first looked at a second into the run: a short run
+                        # (the usual one between two schedules) starts at once.
+                        lag_checked_at=budget.started,
+                    ),
+                    stop or StopRequest(),
+                )
+                halt = _purge(session_factory, report, boundary, now, provider)
+                report.paced_seconds = round(boundary.pacer.rested, 3)
+            _finish(session_factory, report, halt, now)
+        except BaseException as error:
+            report.status, report.reason = "failed", type(error).__name__
+            report.seconds = round(budget.elapsed(), 3)
+            log.error("purge.failed", **report.as_dict())
+            try:
+                record_end(session_factory, report)
+            except SQLAlchemyError:
+                # The database is what failed: the next run marks this record failed.
+                log.warning("purge.record_failed", run_id=report.run_id)
+            raise
+        report.seconds = round(budget.elapsed(), 3)
+        record_end(session_factory, report)
+    log.info("purge.finished", **report.as_dict())
+    return report
+
+
+def _purge(
+    factory: sessionmaker[Session],
+    report: PurgeReport,
+    boundary: Boundary,
+    now: datetime,
+    provider: Provider | None,
+) -> Halt:
+    """Sweep the overdue numbers, single-phase or through the provider; why it ended."""
+    config = boundary.config
+    if report.provider != "none":
+        upstream = provider or make_provider(get_settings())
+        try:
+            return UpstreamSweep.build(factory, report, config, boundary, upstream, now).run(
+                factory
+            )
+        finally:
+            if provider is None:
+                upstream.close()
+    dialect = factory.kw["bind"].dialect.name
+    statements = BatchStatements.build(dialect, now, report.run_id)
+    with factory() as session:
+        after = statements.start(session)
+    sweep = Sweep(
+        report=report,
+        statements=statements,
+        after=after,
+        boundary=boundary,
+        sizer=BatchSizer(
+            target_ms=config.target_ms,
+            floor=config.batch_floor,
+            cap=config.batch_cap,
+            size=config.first_batch,
+        ),
+    )
+    # SQLite has one writer at a time: parallel batches would only wait for each other.
+    workers = config.parallel_batches if dialect == "postgresql" else 1
+    try:
+        if workers == 1:
+            run_batches(factory, sweep)
+        else:
+            run_batches_in_parallel(factory, sweep, workers)
+    finally:
+        # Every committed batch counts, even when another one failed.
+        sweep.report_the_rest()
+    return sweep.halt or Halt("completed")
+
+
+def _dry_run(
+    factory: sessionmaker[Session], report: PurgeReport, config: PurgeConfig, now: datetime
+) -> Halt:
+    """Count and sample what a run would purge; delete nothing."""
+    with factory() as session:
+        paused = pause_reason(read_controls(session).pause, deploy_paused=config.paused)
+        if paused is not None:
+            return Halt("paused", paused)
+        report.would_purge = count_overdue(session, now)
+        report.sample = list(
+            session.scalars(
+                select(PhoneNumber.phone_number)
+                .where(overdue_filter(now))
+                .order_by(PhoneNumber.released_at, PhoneNumber.id)
+                .limit(SAMPLE_SIZE)
+            )
+        )
+    return Halt("dry_run")
+
+
+def _finish(factory: sessionmaker[Session], report: PurgeReport, halt: Halt, now: datetime) -> None:
+    """The run's status and what is left overdue."""
+    report.status, report.reason = halt.status, halt.reason
+    with factory() as session:
+        report.remaining = count_overdue(session, now)
+    if report.status == "limit_reached" and report.remaining == 0:
+        report.status = "completed"

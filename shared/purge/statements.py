@@ -1,0 +1,171 @@
+"""The purge's statements: which rows are overdue, and one batch's pick, tombstone and delete.
+
+`BatchStatements.purge` is the one place a batch tombstones and deletes numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Executable,
+    Select,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
+
+from shared.events import record_purged
+from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
+from shared.retention import purgeable_clause
+from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
+
+
+def overdue_filter(now: datetime) -> Any:
+    """Released numbers past their deadline at `now` and not on hold: the purge's rows."""
+    return purgeable_clause(PhoneNumber.released_at, PhoneNumber.purge_hold, now)
+
+
+def count_overdue(session: Session, now: datetime) -> int:
+    """How many numbers the purge would remove at `now`."""
+    return session.scalar(select(func.count()).where(overdue_filter(now))) or 0
+
+
+@dataclass(frozen=True)
+class BatchStatements:
+    """The statements of one run's batches, built once; each batch binds its own ids."""
+
+    pick_statement: Select[int]
+    start_statement: Select[int]
+    # Tombstone and delete; the row count of the last one is the number of rows purged.
+    purge_statements: tuple[Executable, ...]
+
+    @classmethod
+    def build(
+        cls,
+        dialect: str,
+        now: datetime,
+        run_id: str,
+        *,
+        claimed: bool = False,
+        provider: str | None = None,
+        resolution: str | None = None,
+    ) -> BatchStatements:
+        """Statements for the single-phase path (rows no upstream run has touched) or, with
+        `claimed`, for the rows this run claimed and settled upstream (`resolution`)."""
+        # Fail safe: the single-phase path never deletes a row with upstream state (claimed,
+        # or carrying a provider error): the carrier may still hold that number.
+        overdue = overdue_filter(now) & (
+            (PhoneNumber.purge_state == "purging")
+            if claimed
+            else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
+        )
+        stone = partial(
+            tombstone_values, now=now, run_id=run_id, provider=provider, resolution=resolution
+        )
+        # Core tables, not the ORM entities: the session runs these as plain statements with
+        # their parameters (for an entity, parameters would mean an ORM bulk INSERT).
+        numbers = Base.metadata.tables[PhoneNumber.__tablename__]
+        tombstones = Base.metadata.tables[PurgedNumber.__tablename__]
+        # A keyset on the primary key: each batch starts where the previous one stopped
+        # instead of re-reading the rows already purged, and rows come in heap order (ids grow
+        # with inserts), so a run visits each table page about once. With a large backlog the
+        # planner walks the primary key; with a few overdue rows it reads the partial index on
+        # released_at and sorts. SKIP LOCKED passes by rows another transaction holds (a
+        # repurchase in progress, a concurrent batch); they wait for the next run.
+        pick = (
+            select(PhoneNumber.id)
+            .where(overdue, PhoneNumber.id > bindparam("after"))
+            .order_by(PhoneNumber.id)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        start = select(PhoneNumber.id).where(overdue).order_by(PhoneNumber.id).limit(1)
+        # `overdue` again in the purge: the re-check under the lock (see `purge`).
+        if dialect == "postgresql":
+            # One statement: the DELETE returns the rows it removed and the INSERT tombstones
+            # exactly those, with their campaign (the cascade runs at the statement's end). The
+            # ids travel as one array parameter and are looked up through the primary key.
+            ids = bindparam("ids", type_=postgresql.ARRAY(BigInteger))
+            kept = [name for name in TOMBSTONE_COLUMNS if name in numbers.c]
+            gone = (
+                delete(numbers)
+                .where(numbers.c.id == any_(ids), overdue)
+                .returning(numbers.c.id, *(numbers.c[name] for name in kept))
+                .cte("gone")
+            )
+            stones = select(*stone(gone.c)).select_from(
+                gone.outerjoin(CampaignAssignment, CampaignAssignment.number_id == gone.c.id)
+            )
+            return cls(
+                pick,
+                start,
+                # SQLAlchemy keeps an INSERT's row count only when asked to.
+                (
+                    insert(tombstones)
+                    .from_select(TOMBSTONE_COLUMNS, stones)
+                    .execution_options(preserve_rowcount=True),
+                ),
+            )
+        locked = numbers.c.id.in_(bindparam("ids", expanding=True)) & overdue
+        stones = (
+            select(*stone(numbers.c))
+            .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
+            .where(locked)
+        )
+        return cls(
+            pick,
+            start,
+            (
+                insert(tombstones).from_select(TOMBSTONE_COLUMNS, stones),
+                delete(numbers).where(locked),
+            ),
+        )
+
+    def start(self, session: Session) -> int:
+        """The keyset's start: just below the first overdue id, found without any lock.
+
+        After a large purge the primary key's first pages are full of entries of deleted rows
+        until VACUUM runs; the first scan past them pays for it (and marks them dead for the
+        next). Paid here, in a read-only statement, rather than inside the first batch's
+        transaction, whose locks the API may be waiting on.
+        """
+        first = session.scalar(self.start_statement)
+        return 0 if first is None else int(first) - 1
+
+    def pick(self, session: Session, *, after: int, limit: int) -> list[int]:
+        """Lock up to `limit` overdue numbers with ids above `after`; their ids, ascending."""
+        return list(session.scalars(self.pick_statement, {"after": after, "limit": limit}))
+
+    def purge(self, session: Session, ids: list[int]) -> int:
+        """Tombstone and delete the locked numbers `ids` that are still overdue; rows purged.
+
+        Runs after the pick, in the same transaction, so its snapshot is taken once the rows
+        are locked: the rule is checked again on what is committed now, and a number
+        repurchased between the pick's snapshot and its lock is left alone. ON DELETE CASCADE
+        removes the campaign assignment with its number.
+        """
+        purged = 0
+        for statement in self.purge_statements:
+            result = session.execute(statement, {"ids": ids})
+            purged = int(cast(CursorResult[Any], result).rowcount)
+        if purged:
+            record_purged(session, number_ids=ids)
+        return purged
+
+
+def purge_batch(session: Session, *, now: datetime, run_id: str, limit: int, after: int = 0) -> int:
+    """One batch in the caller's transaction: lock, tombstone, delete. Returns rows purged."""
+    batches = BatchStatements.build(session.get_bind().dialect.name, now, run_id)
+    ids = batches.pick(session, after=after, limit=limit)
+    return batches.purge(session, ids) if ids else 0

@@ -1,0 +1,133 @@
+"""The two-phase sweep: claim (committed), release upstream (no transaction open), settle."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.provider import Provider, UpstreamResult
+from shared.purge.boundary import Boundary, Halt
+from shared.purge.config import PurgeConfig
+from shared.purge.report import PurgeReport
+from shared.purge.statements import BatchStatements
+from shared.upstream import UpstreamOutcome, claim_batch, record_failures, release_upstream
+
+RESOLUTIONS = ("provider", "not_found", "no_provider_id")
+
+
+@dataclass(frozen=True)
+class UpstreamSweep:
+    """One run's claim, release and settle batches; each tombstone says how its release was
+    proven (one set of statements per way)."""
+
+    report: PurgeReport
+    config: PurgeConfig
+    boundary: Boundary
+    provider: Provider
+    settle: dict[str, BatchStatements]
+    now: datetime
+
+    @classmethod
+    def build(
+        cls,
+        factory: sessionmaker[Session],
+        report: PurgeReport,
+        config: PurgeConfig,
+        boundary: Boundary,
+        provider: Provider,
+        now: datetime,
+    ) -> UpstreamSweep:
+        dialect = factory.kw["bind"].dialect.name
+        settle = {
+            resolution: BatchStatements.build(
+                dialect,
+                now,
+                report.run_id,
+                claimed=True,
+                provider=None if resolution == "no_provider_id" else provider.name,
+                resolution=resolution,
+            )
+            for resolution in RESOLUTIONS
+        }
+        return cls(report, config, boundary, provider, settle, now)
+
+    def run(self, factory: sessionmaker[Session]) -> Halt:
+        """Batches until the backlog is done or something halts the run; why it ended."""
+        # Before anything is claimed: a read-only call proving the base URL and the key work.
+        refused = self.provider.check()
+        if refused is not None:
+            return _provider_halt(refused)
+        after = 0
+        while True:
+            started = time.monotonic()
+            with factory.begin() as session:
+                halt = self.boundary.check(session)
+                if halt is not None:
+                    return halt
+                wait = self.boundary.pacer.replica_wait(session, started)
+                if not wait:
+                    limit = min(self.config.provider_batch_size, self.boundary.budget.rows_left())
+                    claims = claim_batch(session, now=self.now, after=after, limit=limit)
+            if wait:
+                self.boundary.stop.sleep(wait)
+                continue
+            if not claims:
+                return Halt("completed")
+            after = claims[-1].id
+            self.boundary.budget.take(len(claims))
+            outcome = release_upstream(
+                self.provider,
+                claims,
+                concurrency=self.config.provider_concurrency,
+                failure_streak=self.config.provider_failure_streak,
+                stopping=lambda: self.boundary.stop.requested,
+            )
+            purged = self._settle(factory, outcome)
+            ms = round((time.monotonic() - started) * 1000, 1)
+            self.report.add_batch(
+                purged,
+                ms,
+                size=limit,
+                provider_released=len(outcome.released),
+                provider_failed=len(outcome.failed),
+                provider_skipped=len(outcome.skipped),
+            )
+            if outcome.stopped_by is not None:
+                return _provider_halt(outcome.stopped_by)
+            if outcome.provider_down:
+                return Halt(
+                    "provider_unavailable",
+                    f"{self.config.provider_failure_streak} upstream failures in a row",
+                )
+            self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims), ms=ms))
+
+    def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
+        """Tombstone and delete what the provider released; keep the failures with their
+        errors. One transaction; the rows purged."""
+        # An answer showing a misconfiguration casts doubt on the batch's other answers (the
+        # same wrong host gave them): nothing of it is deleted; the next run asks again.
+        settled = {} if outcome.stopped_by else outcome.settled()
+        with factory.begin() as session:
+            purged = sum(
+                self.settle[resolution].purge(session, ids) for resolution, ids in settled.items()
+            )
+            record_failures(
+                session,
+                outcome.failed,
+                now=self.now,
+                base=self.config.provider_backoff_seconds,
+                cap=self.config.provider_backoff_max_seconds,
+            )
+        return purged
+
+
+def _provider_halt(result: UpstreamResult) -> Halt:
+    """The run's end on an answer that forbids going on: a misconfiguration, or no provider."""
+    status = (
+        "provider_misconfigured" if result.outcome == "misconfigured" else "provider_unavailable"
+    )
+    error = result.error
+    return Halt(status, f"{error.message} Fix: {error.fix}" if error else result.outcome)

@@ -1,0 +1,296 @@
+"""Steering a running purge from outside, with real processes on real PostgreSQL: pause and
+resume, SIGTERM/SIGINT to `numbers-retention purge`, a warm shutdown of a real worker, a
+SIGKILLed run's record, and the batch size adapting to a competing session's locks.
+
+Each run is slowed down (small batches, a rows-per-second ceiling) so that the stop lands in
+its middle; every test ends with the next run finishing the backlog, each number tombstoned
+exactly once.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+from shared.demo import seed_demo
+from shared.models import PhoneNumber, PurgedNumber, PurgeRun
+from shared.purge import purge_expired
+from shared.retention import RETENTION
+from tests.processes import Process, service_env, start_worker, wait_for
+from tests.servers import celery_client, wait_task
+
+pytestmark = [pytest.mark.postgres]
+
+Factory = sessionmaker[Session]
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+NUMBERS = 6_000  # about 3,900 overdue
+SLOW = {"PURGE_BATCH_SIZE": "20", "PURGE_MAX_ROWS_PER_SECOND": "500"}  # ~8 s for the backlog
+
+
+def seed(factory: Factory) -> set[int]:
+    """Demo numbers around the host's clock, most released and overdue; the overdue ids."""
+    now = datetime.now(UTC)
+    engine: Engine = factory.kw["bind"]
+    seed_demo(engine, numbers=NUMBERS, accounts=40, now=now, released_share=0.95, window_days=60)
+    cut = now - RETENTION
+    with factory.begin() as session:
+        # The processes decide with their own clock, later: no deadline may fall in the test.
+        session.execute(
+            update(PhoneNumber)
+            .where(
+                PhoneNumber.released_at > cut, PhoneNumber.released_at <= cut + timedelta(hours=1)
+            )
+            .values(released_at=cut + timedelta(hours=2))
+        )
+        overdue = set(
+            session.scalars(
+                select(PhoneNumber.id).where(
+                    PhoneNumber.released_at <= cut, PhoneNumber.purge_hold.is_(False)
+                )
+            )
+        )
+    assert len(overdue) > 1_000
+    return overdue
+
+
+def tombstones(factory: Factory, run_id: str | None = None) -> int:
+    with factory() as session:
+        query = select(func.count()).select_from(PurgedNumber)
+        if run_id is not None:
+            query = query.where(PurgedNumber.run_id == run_id)
+        return int(session.scalar(query) or 0)
+
+
+def run_record(factory: Factory, run_id: str) -> PurgeRun:
+    with factory() as session:
+        run = session.get(PurgeRun, run_id)
+        assert run is not None
+        return run
+
+
+def assert_all_purged_once(factory: Factory, overdue: set[int]) -> None:
+    with factory() as session:
+        stones = Counter(session.scalars(select(PurgedNumber.number_id)))
+        left = set(session.scalars(select(PhoneNumber.id))) & overdue
+    assert [number for number, n in stones.items() if n > 1] == []
+    assert set(stones) == overdue
+    assert left == set()
+
+
+def start_purge(env: dict[str, str], log: Path) -> Process:
+    return Process([CLI, "purge"], env, log)
+
+
+def finished(process: Process) -> dict[str, Any]:
+    [summary] = [e for e in process.events() if e["event"] == "purge.finished"]
+    return summary
+
+
+@pytest.fixture
+def cli_env(pg_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **SLOW)
+
+
+def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_on(
+    pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    overdue = seed(pg_factory)
+    purge = start_purge(cli_env, tmp_path / "purge.log")
+    try:
+        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+        paused = subprocess.run(
+            [CLI, "pause", "--reason", "carrier audit", "--by", "ops"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert '"paused": true' in paused.stdout
+        assert purge.popen.wait(30) == 0  # the running purge ends by itself, soon
+    finally:
+        purge.stop()
+    summary = finished(purge)
+    assert summary["status"] == "paused"
+    assert summary["reason"] == "paused by ops: carrier audit"
+    cut_at = tombstones(pg_factory)
+    assert 0 < summary["purged"] == cut_at < len(overdue)
+    assert summary["remaining"] == len(overdue) - cut_at
+    run = run_record(pg_factory, summary["run_id"])
+    assert (run.status, run.purged) == ("paused", cut_at)
+
+    # While paused, a new run purges nothing; after `resume` the next run finishes.
+    assert purge_expired(pg_factory).status == "paused"
+    assert tombstones(pg_factory) == cut_at
+    subprocess.run([CLI, "resume"], env=cli_env, capture_output=True, timeout=60, check=True)
+    after = purge_expired(pg_factory)
+    assert (after.status, after.purged, after.remaining) == ("completed", len(overdue) - cut_at, 0)
+    assert_all_purged_once(pg_factory, overdue)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
+    pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, sig: signal.Signals
+) -> None:
+    overdue = seed(pg_factory)
+    purge = start_purge(cli_env, tmp_path / "purge.log")
+    try:
+        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+        purge.popen.send_signal(sig)
+        asked = time.monotonic()
+        assert purge.popen.wait(30) == 0
+        took = time.monotonic() - asked
+    finally:
+        purge.stop()
+    summary = finished(purge)
+    assert summary["status"] == "interrupted"
+    assert summary["reason"] == f"{sig.name} received"
+    assert took < 5  # the next batch boundary, not the rest of the backlog (~8 s)
+    cut_at = tombstones(pg_factory)
+    assert 0 < summary["purged"] == cut_at < len(overdue)
+    run = run_record(pg_factory, summary["run_id"])
+    assert (run.status, run.purged, run.batches) == ("interrupted", cut_at, summary["batches"])
+    # An operator's stop is not a failure.
+    assert [e for e in purge.events() if e.get("level") in ("error", "critical")] == []
+    assert "Traceback" not in purge.output()
+
+    after = purge_expired(pg_factory)
+    assert (after.status, after.remaining) == ("completed", 0)
+    assert_all_purged_once(pg_factory, overdue)
+
+
+def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
+    pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    overdue = seed(pg_factory)
+    purge = start_purge(cli_env, tmp_path / "purge.log")
+    try:
+        wait_for(lambda: tombstones(pg_factory) > 100, timeout=60, interval=0.02, what="batches")
+        purge.kill(signal.SIGKILL)
+        purge.popen.wait(10)
+    finally:
+        purge.stop()
+    with pg_factory() as session:
+        [dead] = session.scalars(select(PurgeRun).where(PurgeRun.status == "running")).all()
+    cut_at = tombstones(pg_factory, dead.id)
+    assert 100 < cut_at < len(overdue)
+
+    after = purge_expired(pg_factory)
+    run = run_record(pg_factory, dead.id)
+    assert (run.status, run.purged) == ("failed", cut_at)
+    assert run.summary is not None
+    assert "without recording its end" in run.summary["reason"]
+    assert after.purged == len(overdue) - cut_at
+    assert_all_purged_once(pg_factory, overdue)
+
+
+@pytest.mark.redis
+@pytest.mark.processes
+def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
+    pg_factory: Factory,
+    pg_url: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    overdue = seed(pg_factory)
+    env = service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **SLOW)
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        with celery_client(redis_url) as client:
+            task_id = client.send_task("numbers.purge_expired").id
+        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+        # What `docker stop` does: SIGTERM to the main process only (pool children too would
+        # be killed, not stopped, by it).
+        worker.popen.send_signal(signal.SIGTERM)
+        asked = time.monotonic()
+        assert worker.popen.wait(30) == 0
+        took = time.monotonic() - asked
+        meta = wait_task(redis_client, task_id, timeout=10)
+    finally:
+        worker.stop()
+    summary = meta["result"]
+    assert summary["status"] == "interrupted"
+    assert summary["reason"].startswith("worker ")
+    assert took < 10, took
+    cut_at = tombstones(pg_factory)
+    assert 0 < summary["purged"] == cut_at < len(overdue)
+    assert run_record(pg_factory, summary["run_id"]).status == "interrupted"
+    assert "purge.failed" not in worker.output()
+
+    after = purge_expired(pg_factory)
+    assert (after.status, after.remaining) == ("completed", 0)
+    assert_all_purged_once(pg_factory, overdue)
+
+
+def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
+    pg_factory: Factory, settings_env: Callable[..., None]
+) -> None:
+    """A session that keeps taking a lock the purge's INSERT needs, in bursts of 300 ms,
+    makes batches slow: the size drops at once to what would have met the aim (half the
+    target), then grows back by at most a fifth per batch once the bursts stop."""
+    # One lane: each batch is picked after the one before it has taught the size.
+    settings_env(PURGE_PARALLEL_BATCHES="1")
+    overdue = seed(pg_factory)
+    engine: Engine = pg_factory.kw["bind"]
+    compete = threading.Event()
+    done = threading.Event()
+
+    def competitor() -> None:
+        with engine.connect() as connection:
+            while not done.is_set():
+                if not compete.wait(0.01):
+                    continue
+                with connection.begin():
+                    connection.execute(text("LOCK TABLE purged_numbers IN SHARE MODE"))
+                    time.sleep(0.3)
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=competitor)
+    thread.start()
+    reports: list[Any] = []
+    try:
+        with capture_logs() as logs:
+            runner = threading.Thread(
+                target=lambda: reports.append(
+                    purge_expired(pg_factory, batch_size=400, max_rows=len(overdue))
+                )
+            )
+            runner.start()
+            wait_for(lambda: tombstones(pg_factory) > 800, timeout=60, interval=0.01)
+            compete.set()
+            time.sleep(2)
+            compete.clear()
+            runner.join(120)
+    finally:
+        done.set()
+        thread.join(10)
+    [report] = reports
+    assert (report.status, report.remaining) == ("completed", 0)
+    batches = [(e["size"], e["purged"], e["ms"]) for e in logs if e["event"] == "purge.batch"]
+    target = 100.0
+    slow = [i for i, (_, _, ms) in enumerate(batches[:-1]) if ms > 200]
+    assert slow, batches  # the competitor really slowed batches down
+    for i, (size, purged, ms) in enumerate(batches[:-1]):
+        following = batches[i + 1][0]
+        if ms > target:  # shrinks at once, to what would have met the aim
+            assert following <= max(100, int(purged * 0.5 * target / ms)), (i, batches)
+        else:  # grows by at most a fifth
+            assert following <= max(size + 1, int(size * 1.2)), (i, batches)
+    assert min(size for size, _, _ in batches[slow[0] + 1 :]) <= 200
+    assert report.batch_sizes["max"] == 400  # reached the cap when nothing competed
+    assert_all_purged_once(pg_factory, overdue)

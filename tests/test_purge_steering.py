@@ -1,0 +1,301 @@
+"""The purge's steering parts: the adaptive batch size, the budget, the pacing, the live pace
+control, the cap on the batch size, and the configuration built once from the settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
+
+from shared.controls import clear_pace, read_controls, set_pace
+from shared.errors import ValidationError
+from shared.models import PhoneNumber
+from shared.provider import TelnyxProvider
+from shared.purge import PurgeConfig, StopRequest, purge_expired
+from shared.purge.budget import BatchSizer, Budget
+from shared.purge.pacing import (
+    APPLICATION_NAME,
+    MAX_REST_SECONDS,
+    Pacer,
+    others_at_work,
+    replica_lag,
+)
+from shared.settings import Settings, get_settings
+from tests.factories import make_number
+from worker.app import create_app, visibility_timeout
+
+Factory = sessionmaker[Session]
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+
+
+def seed(factory: Factory, now: datetime, count: int) -> None:
+    with factory.begin() as session:
+        for i in range(count):
+            make_number(
+                session,
+                account_id="acc_s",
+                phone_number=f"+1415620{i:04d}",
+                released_at=now - timedelta(days=20),
+                now=now,
+            )
+
+
+# --- the adaptive batch size (pure) ----------------------------------------------------------
+
+
+def sizer(size: int = 1000) -> BatchSizer:
+    return BatchSizer(target_ms=100, floor=50, cap=4000, size=size)
+
+
+@pytest.mark.parametrize(
+    ("rows", "ms", "after"),
+    [
+        (1000, 30, 1200),  # fast: grows by a fifth, no more
+        (1000, 45, 1111),  # near the aim (half the target): grows only towards it
+        (1000, 50, 1000),  # at the aim: stays
+        (1000, 100, 1000),  # up to the target: stays
+        (1000, 200, 250),  # twice the target: to what would have met the aim, at once
+        (1000, 1000, 50),  # ten times
+        (1000, 100_000, 50),  # never below the floor
+        (300, 20, 1000),  # a short batch (the backlog's end) says nothing about larger ones
+        (300, 300, 50),  # ... unless it was slow: scaled by the rows it had
+        (0, 500, 1000),  # an empty batch: nothing learnt
+    ],
+)
+def test_the_batch_size_grows_slowly_and_shrinks_at_once(rows: int, ms: float, after: int) -> None:
+    adaptive = sizer()
+    adaptive.observe(asked=1000, rows=rows, ms=ms)
+    assert adaptive.size == after
+
+
+def test_the_batch_size_never_exceeds_its_cap() -> None:
+    adaptive = sizer(3900)
+    for _ in range(5):
+        adaptive.observe(asked=adaptive.size, rows=adaptive.size, ms=1)
+    assert adaptive.size == 4000
+
+
+def test_the_batch_size_settles_near_the_target_on_a_steady_machine() -> None:
+    """A machine where a batch costs 5 ms plus 40 us per row: from any start the size settles
+    where a batch takes between the aim (half the target) and the target."""
+    for start in (50, 4000):
+        adaptive = sizer(start)
+        for _ in range(60):
+            size = adaptive.size
+            adaptive.observe(asked=size, rows=size, ms=5 + 0.04 * size)
+        assert 45 <= 5 + 0.04 * adaptive.size <= 100, adaptive.size
+
+
+# --- the budget and the pacing (pure) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reserved", "elapsed", "over"),
+    [(0, 0.0, False), (99, 9.9, False), (100, 0.0, True), (0, 10.0, True)],
+)
+def test_the_budget_is_over_at_its_rows_or_its_seconds(
+    reserved: int, elapsed: float, over: bool
+) -> None:
+    budget = Budget(max_rows=100, max_seconds=10, started=time.monotonic() - elapsed)
+    budget.take(reserved)
+    assert budget.over_limit() is over
+    assert budget.rows_left() == 100 - reserved
+
+
+def pacer(**kw: float) -> Pacer:
+    return Pacer(**({"pressure_rest": 2.0, "max_replica_lag": 0, "target_ms": 100} | kw))
+
+
+def test_no_rest_while_batches_keep_under_one_and_a_half_targets() -> None:
+    quiet = pacer()
+    rests = [quiet.rest_after(rows=1000, ms=ms) for ms in (50, 95, 140, 60, 150)]
+    assert rests == [0.0] * 5
+    assert quiet.rested == 0
+
+
+def test_a_batch_far_slower_than_the_target_rests_in_proportion() -> None:
+    pressed = pacer()
+    # 250 ms: 100 ms beyond 1.5 times the target; rest twice that.
+    assert pressed.rest_after(rows=1000, ms=250) == pytest.approx(0.2)
+    assert pressed.rest_after(rows=1000, ms=100_000) == MAX_REST_SECONDS
+    assert pressed.rested == pytest.approx(0.2 + MAX_REST_SECONDS)
+
+
+def test_the_purge_takes_turns_with_sessions_found_at_work() -> None:
+    shared_ = pacer(busy_rest=3.0)
+    assert shared_.rest_after(rows=1000, ms=60) == 0  # no one else seen yet
+    shared_.busy = 0.5  # found others at work before half of the recent batches
+    assert shared_.rest_after(rows=1000, ms=60) == pytest.approx(0.09)
+
+
+def test_a_rows_per_second_ceiling_spreads_the_batches() -> None:
+    ceiling = pacer(pressure_rest=0, rows_per_second=1000)
+    # 500 rows may take half a second: after a 100 ms batch, rest 400 ms.
+    assert ceiling.rest_after(rows=500, ms=100) == pytest.approx(0.4)
+    assert ceiling.rest_after(rows=500, ms=600) == 0
+
+
+def test_a_stop_ends_a_rest_early() -> None:
+    stop = StopRequest()
+    stop.request("test")
+    started = time.monotonic()
+    stop.sleep(5)
+    assert time.monotonic() - started < 0.1
+
+
+# --- on the stores ----------------------------------------------------------------------------
+
+
+def test_batches_never_exceed_the_cap_and_the_summary_shows_the_sizes(
+    session_factory: Factory, now: datetime
+) -> None:
+    seed(session_factory, now, 23)
+    with capture_logs() as logs:
+        report = purge_expired(session_factory, now=now, batch_size=5)
+    sizes = [e["size"] for e in logs if e["event"] == "purge.batch"]
+    assert sizes == [5, 5, 5, 5, 5]
+    assert report.batch_sizes == {"min": 5, "max": 5, "last": 5}
+    assert (report.purged, report.status) == (23, "completed")
+
+
+def test_a_pace_in_the_store_slows_every_run_until_cleared(
+    session_factory: Factory, now: datetime
+) -> None:
+    seed(session_factory, now, 60)
+    with session_factory.begin() as session:
+        set_pace(session, rows_per_second=200, by="ops", reason="API latency")
+    report = purge_expired(session_factory, now=now, batch_size=20)
+    # 60 rows at 200 rows/s: three batches, each followed by a rest to 100 ms.
+    assert report.purged == 60
+    assert report.paced_seconds >= 0.2
+    assert report.seconds >= 0.2
+    with session_factory.begin() as session:
+        assert read_controls(session).pace is not None
+        assert clear_pace(session) == {"pace": None, "was_paced": True}
+        assert read_controls(session).pace is None
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("inf"), float("nan"), True, "100"])
+def test_a_bad_pace_is_refused_with_the_envelope(session_factory: Factory, bad: object) -> None:
+    with session_factory.begin() as session, pytest.raises(ValidationError) as refused:
+        set_pace(session, rows_per_second=bad, by="ops")  # type: ignore[arg-type]
+    assert refused.value.code == "invalid_pace"
+
+
+def test_pace_and_status_from_the_command_line(pg_url: str, pg_factory: Factory) -> None:
+    env = {"DATABASE_URL": pg_url, "LOG_FORMAT": "json", "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    set_ = cli("pace", "--rows-per-second", "2500", "--reason", "peak hours", "--by", "ops")
+    assert set_.returncode == 0, set_.stderr
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["pace"]["rows_per_second"] == 2500
+    assert (status["pace"]["by"], status["pace"]["reason"]) == ("ops", "peak hours")
+    assert "at most 2,500 rows/s, set by ops" in cli("status").stdout
+    assert cli("pace").returncode == 2  # neither a ceiling nor --off
+    assert json.loads(cli("pace", "--off").stdout) == {"pace": None, "was_paced": True}
+    assert json.loads(cli("status", "--json").stdout)["pace"] is None
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_the_configuration_comes_from_the_settings_and_the_callers_bounds(
+    settings_env: Callable[..., None],
+) -> None:
+    settings_env(
+        PURGE_BATCH_SIZE="3000",
+        PURGE_BATCH_FLOOR="200",
+        PURGE_BATCH_TARGET_MS="80",
+        PURGE_MAX_ROWS_PER_SECOND="5000",
+    )
+    config = PurgeConfig.from_settings(get_settings())
+    assert (config.batch_cap, config.batch_floor, config.target_ms) == (3000, 200, 80)
+    assert config.max_rows_per_second == 5000
+    capped = config.overridden(batch_size=50, max_rows=7)
+    # A cap below the floor lowers the floor: the cap is never exceeded.
+    assert (capped.batch_cap, capped.batch_floor, capped.first_batch, capped.max_rows) == (
+        50,
+        50,
+        50,
+        7,
+    )
+    assert config.first_batch == 500
+
+
+def test_the_redis_visibility_timeout_outlasts_the_longest_run() -> None:
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0", purge_max_seconds=600)
+    app = create_app(settings)
+    timeout = app.conf.broker_transport_options["visibility_timeout"]
+    assert timeout == visibility_timeout(settings) == 780
+    # Above the purge task's hard time limit, far below Celery's default hour.
+    assert 600 + 120 < timeout < 3600
+
+
+def seen_at_work(factory: Factory) -> int:
+    # Each look in a transaction of its own, as each batch has: PostgreSQL keeps one snapshot
+    # of pg_stat_activity per transaction.
+    with factory() as session:
+        return others_at_work(session)
+
+
+@pytest.mark.postgres
+def test_sessions_at_work_on_the_store_are_seen_and_the_purges_own_are_not(
+    pg_factory: Factory,
+) -> None:
+    engine = pg_factory.kw["bind"]
+    assert seen_at_work(pg_factory) == 0
+    with pg_factory() as session:
+        assert replica_lag(session) == 0  # no replica here
+    with engine.connect() as other:
+        other.execute(text("SELECT 1"))  # now idle in a transaction: at work
+        assert seen_at_work(pg_factory) == 1
+        other.rollback()
+        assert seen_at_work(pg_factory) == 0
+        name = {"n": APPLICATION_NAME}
+        other.execute(text("SELECT set_config('application_name', :n, false)"), name)
+        other.execute(text("SELECT 1"))  # a parallel batch of the purge itself
+        assert seen_at_work(pg_factory) == 0
+        other.rollback()
+
+
+def test_the_pace_holds_for_the_two_phase_purge_too(
+    session_factory: Factory,
+    now: datetime,
+    telnyx: TelnyxProvider,
+    settings_env: Callable[..., None],
+) -> None:
+    settings_env(PROVIDER_BATCH_SIZE="4")
+    with session_factory.begin() as session:
+        for i in range(8):
+            number = f"+1415621{i:04d}"
+            make_number(
+                session,
+                account_id="acc_s",
+                phone_number=number,
+                released_at=now - timedelta(days=20),
+                now=now,
+            )
+            session.execute(
+                update(PhoneNumber)
+                .where(PhoneNumber.phone_number == number)
+                .values(provider_number_id=f"90{i}")
+            )
+        set_pace(session, rows_per_second=20, by="ops")
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    # Two batches of 4 at 20 rows/s: each followed by a rest to 0.2 s.
+    assert (report.status, report.purged, report.batches) == ("completed", 8, 2)
+    assert report.paced_seconds >= 0.3
