@@ -44,7 +44,7 @@ class Boundary:
             return Halt("paused", paused)
         if self.budget.over_limit():
             return Halt("limit_reached")
-        self.pacer.rows_per_second = (
+        self.pacer.set_ceiling(
             controls.pace.rows_per_second if controls.pace else self.config.max_rows_per_second
         )
         self.pacer.sample_activity(session)

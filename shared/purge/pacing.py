@@ -15,6 +15,7 @@ to rest, the longest wins:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -74,6 +75,10 @@ class Pacer:
     target_ms: float
     busy_rest: float = 0.0
     rows_per_second: float = 0.0  # the ceiling in force (the store's pace or the setting)
+    # Rows purged since the ceiling took effect, and when: the ceiling holds for the whole run,
+    # whatever the number of lanes.
+    ceiling_rows: int = 0
+    ceiling_since: float = 0.0
     busy: float = 0.0  # smoothed share of batches that found other sessions at work
     rested: float = 0.0
     lag_checked_at: float | None = None
@@ -86,17 +91,26 @@ class Pacer:
             self.busy_rest * self.busy * ms / 1000,
             self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
         )
-        return self._rest(max(rest, self._under_ceiling(rows, ms)))
+        return self._rest(max(rest, self._under_ceiling(rows)))
 
     def ceiling_rest(self, *, rows: int, ms: float) -> float:
         """Seconds to rest after a two-phase batch: only the rows/s ceiling applies (its time
         is the provider's, not the database's)."""
-        return self._rest(self._under_ceiling(rows, ms))
+        return self._rest(self._under_ceiling(rows))
 
-    def _under_ceiling(self, rows: int, ms: float) -> float:
+    def set_ceiling(self, rows_per_second: float) -> None:
+        """The ceiling in force from now on (0: none); a new one starts its own count."""
+        if rows_per_second != self.rows_per_second:
+            self.rows_per_second = rows_per_second
+            self.ceiling_rows, self.ceiling_since = 0, time.monotonic()
+
+    def _under_ceiling(self, rows: int) -> float:
+        """The rest that brings the rows purged under this ceiling back to its rate."""
         if self.rows_per_second <= 0:
             return 0.0
-        return rows / self.rows_per_second - ms / 1000
+        self.ceiling_rows += rows
+        due = self.ceiling_rows / self.rows_per_second
+        return due - (time.monotonic() - self.ceiling_since)
 
     def _rest(self, seconds: float) -> float:
         rest = min(max(seconds, 0.0), MAX_REST_SECONDS)
