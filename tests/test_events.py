@@ -96,7 +96,8 @@ def test_the_purge_writes_purged_events_from_its_tombstones(
     assert report.purged == 7
     with session_factory() as session:
         purged = [e for e in events(session) if e[0] == "purged"]
-    assert purged == [("purged", n, "acc_ev", now, now) for n in overdue]
+    # Batches on two lanes commit in either order: one event per number, whatever the order.
+    assert sorted(purged) == [("purged", n, "acc_ev", now, now) for n in overdue]
 
 
 def test_claims_upstream_failures_and_resets_write_events(

@@ -89,6 +89,8 @@ def split_password(url: str) -> tuple[str, str | None]:
     user = f"{parts.username}@" if parts.username else ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}{host}")), unquote(parts.password)
+
+
 # Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
 PURGE_SOFT_MARGIN = 60
 PURGE_HARD_MARGIN = 120

@@ -7,10 +7,10 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import utcnow
 from shared.models import PurgedNumber, PurgeRun
 from shared.purge.report import PurgeReport
 from shared.retention import cutoff as retention_cutoff
-from shared.clock import utcnow
 
 DIED = "the run ended without recording its end (worker killed or database lost)"
 

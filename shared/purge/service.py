@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.controls import pause_reason, read_controls
-from shared.clock import iso_timestamp
 from shared.models import PhoneNumber
 from shared.provider import Provider, make_provider
 from shared.purge import lock
@@ -27,7 +27,6 @@ from shared.purge.stop import StopRequest
 from shared.purge.sweep import Sweep, run_batches, run_batches_in_parallel
 from shared.purge.upstream_sweep import UpstreamSweep
 from shared.retention import cutoff as retention_cutoff
-from shared.clock import not_ahead, resolve_now
 from shared.settings import get_settings
 
 log = structlog.get_logger("shared.purge")
