@@ -53,9 +53,9 @@ from structlog.testing import capture_logs
 
 from shared import release_number, released_numbers_body, repurchase_number
 from shared.db import make_session_factory
-from shared.listing import offered
 from shared.models import Account, PhoneNumber
 from shared.purge import purge_expired
+from shared.retention import repurchasable_numbers
 from shared.settings import get_settings
 
 LIST_ACCOUNTS = 50
@@ -91,7 +91,7 @@ def clients(engine: Engine) -> list[Client]:
         accounts = list(
             session.scalars(
                 select(PhoneNumber.account_id)
-                .where(offered(NOW))
+                .where(repurchasable_numbers(NOW))
                 .group_by(PhoneNumber.account_id)
                 .having(listed >= 5)
                 .order_by(PhoneNumber.account_id)

@@ -43,8 +43,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from shared import RETENTION, released_numbers_body
-from shared.listing import offered
 from shared.models import PhoneNumber
+from shared.retention import repurchasable_numbers
 
 LISTED = 50
 WARM_UP = 50
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
             # The account whose list is closest to 50 numbers (the demo store has several at 50).
             account_id, count = session.execute(
                 select(PhoneNumber.account_id, listed)
-                .where(offered(NOW))
+                .where(repurchasable_numbers(NOW))
                 .group_by(PhoneNumber.account_id)
                 .order_by(func.abs(listed - LISTED), PhoneNumber.account_id)
                 .limit(1)

@@ -55,8 +55,8 @@ from sqlalchemy.orm import Session
 
 from shared.db import make_session_factory
 from shared.models import CampaignAssignment, PhoneNumber, PurgedNumber
-from shared.purge import TOMBSTONE_COLUMNS, overdue_filter, purge_expired
-from shared.retention import cutoff
+from shared.purge import TOMBSTONE_COLUMNS, purge_expired
+from shared.retention import cutoff, purgeable_numbers
 from shared.settings import get_settings
 
 VARIANTS = ("project", "limit", "naive")
@@ -113,7 +113,7 @@ def run_limit(url: str) -> dict[str, Any]:
 def run_naive(url: str) -> dict[str, Any]:
     engine = store_engine(url)
     with Stopwatch() as watch, Session(engine) as session:
-        found = session.scalars(select(PhoneNumber).where(overdue_filter(NOW))).all()
+        found = session.scalars(select(PhoneNumber).where(purgeable_numbers(NOW))).all()
         for number in found:
             session.delete(number)
         session.commit()
@@ -128,7 +128,7 @@ def run_naive_tombstones(url: str) -> dict[str, Any]:
         found = session.execute(
             select(PhoneNumber, CampaignAssignment.campaign_id, CampaignAssignment.status)
             .outerjoin(CampaignAssignment, CampaignAssignment.number_id == PhoneNumber.id)
-            .where(overdue_filter(NOW))
+            .where(purgeable_numbers(NOW))
         ).all()
         for number, campaign_id, a2p_status in found:
             session.add(
@@ -173,7 +173,7 @@ def child(variant: str, url: str) -> None:
     # Not timed: every variant must leave the same store behind.
     engine = store_engine(url)
     with engine.connect() as connection:
-        result["left"] = connection.scalar(select(func.count()).where(overdue_filter(NOW)))
+        result["left"] = connection.scalar(select(func.count()).where(purgeable_numbers(NOW)))
         result["tombstones"] = connection.scalar(select(func.count()).select_from(PurgedNumber))
     engine.dispose()
     child_result(**result)
@@ -215,7 +215,7 @@ def main(argv: list[str]) -> None:
     source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
     engine = store_engine(database_url(args.url, source))
     with engine.connect() as connection:
-        overdue = int(connection.scalar(select(func.count()).where(overdue_filter(NOW))) or 0)
+        overdue = int(connection.scalar(select(func.count()).where(purgeable_numbers(NOW))) or 0)
         numbers = int(connection.scalar(select(func.count()).select_from(PhoneNumber)) or 0)
     engine.dispose()
     print(f"# store: numbers={numbers} accounts={accounts} overdue={overdue}")

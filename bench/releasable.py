@@ -46,10 +46,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-from shared.listing import offered
 from shared.models import PhoneNumber
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
+from shared.retention import repurchasable_numbers
 
 # Released within the last 13 days: every number is inside its 14-day window at NOW.
 WINDOW_DAYS = 13
@@ -61,7 +61,7 @@ def apply_changes(factory: sessionmaker[Session], count: int) -> int:
         # One number per account keeps every account far below the plan's cap.
         picks = session.execute(
             select(PhoneNumber.account_id, func.min(PhoneNumber.phone_number))
-            .where(offered(NOW))
+            .where(repurchasable_numbers(NOW))
             .group_by(PhoneNumber.account_id)
             .order_by(PhoneNumber.account_id)
             .limit(count // 2 + 1)
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
             flush=True,
         )
         with factory() as session:
-            offered_now = session.scalar(select(func.count()).where(offered(NOW)))
+            offered_now = session.scalar(select(func.count()).where(repurchasable_numbers(NOW)))
         assert report.remaining == 0
         assert client.zcard("releasable:all") == offered_now, "the relay left the set behind"
     finally:

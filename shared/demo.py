@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 
 from shared.clock import resolve_now
 from shared.models import PLANS, Account, Base, PhoneNumber, PurgedNumber
-from shared.retention import RETENTION
+from shared.retention import cutoff as retention_cutoff
 
 if TYPE_CHECKING:
     import psycopg
@@ -172,7 +172,7 @@ class DemoGenerator:
     def numbers(self) -> Iterator[tuple[Row, Row | None]]:
         """(number row, campaign row or None) per number, in NUMBER/CAMPAIGN_COLUMNS order."""
         rng, uniform, now = self.rng, self.rng.random, self.now
-        cutoff = now - RETENTION
+        cutoff = retention_cutoff(now)
         today = now.date()
         billing = {day: _next_billing_date(day, today) for day in range(1, 32)}
         block_cum = _cumulative([block.weight for block in BLOCKS])

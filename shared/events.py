@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ColumnElement, Interval, Table, any_, insert, literal, select
+from sqlalchemy import BigInteger, ColumnElement, Table, any_, insert, literal, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from shared.models import Base, NumberEvent, PhoneNumber, PurgedNumber
-from shared.retention import RETENTION, repurchase_deadline
+from shared.retention import deadline_clause, repurchase_deadline
 
 EVENTS: Table = Base.metadata.tables[NumberEvent.__tablename__]
 COLUMNS = ("kind", "phone_number", "account_id", "number_id", "deadline", "occurred_at")
@@ -90,7 +90,7 @@ def _insert_from(
             source.c.phone_number,
             source.c.account_id,
             number_id,
-            source.c.released_at + literal(RETENTION, Interval()),
+            deadline_clause(source.c.released_at),
             occurred_at,
         ).where(number_id == any_(ids))
         session.execute(insert(EVENTS).from_select(COLUMNS, rows.order_by(number_id)))

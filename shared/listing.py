@@ -6,14 +6,14 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Engine, and_, bindparam, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session
 
 from shared import validation
 from shared.accounts import require_account
 from shared.clock import iso_timestamp, resolve_now
 from shared.models import CampaignAssignment, PhoneNumber
-from shared.retention import cutoff, repurchasable_after, repurchasable_clause
+from shared.retention import cutoff, repurchasable_after, repurchasable_where
 
 
 def number_body(number: PhoneNumber, campaign_status: str | None) -> dict[str, Any]:
@@ -55,17 +55,6 @@ def _body(
     return body
 
 
-def offered(now: datetime) -> ColumnElement[bool]:
-    """Numbers the account can buy back at `now`: released, in their window, not claimed."""
-    return _offered(repurchasable_clause(PhoneNumber.released_at, now))
-
-
-def _offered(in_window: ColumnElement[bool]) -> ColumnElement[bool]:
-    return and_(
-        PhoneNumber.billing_status == "released", PhoneNumber.purge_state.is_(None), in_window
-    )
-
-
 # The list as plain Core columns, built once: rows come back as tuples, with no ORM objects
 # to build (identity map, instance state) and no statement to build per call, which was most
 # of the call's time (bench/RESULTS.md). The account and the cutoff are its parameters.
@@ -89,7 +78,7 @@ _LIST = (
     )
     .where(
         _NUMBERS.account_id == bindparam("account_id"),
-        _offered(repurchasable_after(_NUMBERS.released_at, bindparam("cutoff"))),
+        repurchasable_where(repurchasable_after(_NUMBERS.released_at, bindparam("cutoff"))),
     )
     .order_by(_NUMBERS.released_at.desc(), _NUMBERS.id.desc())
 )

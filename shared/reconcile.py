@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.errors import InternalError
-from shared.listing import offered
 from shared.models import PhoneNumber
 from shared.releasable import (
     PREFIX,
@@ -42,7 +41,7 @@ from shared.releasable import (
     meta_key,
     writer_lock,
 )
-from shared.retention import repurchase_deadline
+from shared.retention import repurchasable_numbers, repurchase_deadline
 
 log = structlog.get_logger("shared.reconcile")
 
@@ -150,7 +149,7 @@ def _build(
     )
     rows = session.execute(
         select(PhoneNumber.phone_number, PhoneNumber.account_id, PhoneNumber.released_at)
-        .where(offered(now))
+        .where(repurchasable_numbers(now))
         .execution_options(yield_per=CHUNK)
     )
     per_account: defaultdict[str, int] = defaultdict(int)

@@ -1,13 +1,20 @@
-"""The retention rule, written once: a released number is repurchasable until its deadline."""
+"""The retention rule, written once: a released number is repurchasable until its deadline.
+
+Every predicate of the rule lives here, in Python and in SQL, named alike: `is_repurchasable`
+and `repurchasable_numbers` (the list, repurchase, the releasable set), `is_purgeable` and
+`purgeable_numbers` (the purge and its re-check under the lock), `claimable_numbers` (the
+two-phase purge's claims). Decisions take `now` from the caller, never the database's clock.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, SQLColumnExpression, and_, false
+from sqlalchemy import ColumnElement, Interval, SQLColumnExpression, and_, false, literal, or_
 
 from shared.clock import as_utc
+from shared.models import PhoneNumber
 from shared.settings import get_store_settings
 
 RETENTION: timedelta = timedelta(days=get_store_settings().retention_days)
@@ -53,3 +60,38 @@ def purgeable_clause(
 ) -> ColumnElement[bool]:
     """SQL twin of `is_purgeable`, for the purge (and its re-check under the lock)."""
     return and_(released_at <= cutoff(now), held == false())
+
+
+def deadline_clause(released_at: SQLColumnExpression[datetime]) -> ColumnElement[datetime]:
+    """SQL twin of `repurchase_deadline` (for statements that write the deadline)."""
+    return released_at + literal(RETENTION, Interval())
+
+
+def repurchasable_numbers(now: datetime) -> ColumnElement[bool]:
+    """Numbers their account can buy back at `now`: released, in their window, not claimed."""
+    return repurchasable_where(repurchasable_clause(PhoneNumber.released_at, now))
+
+
+def repurchasable_where(in_window: ColumnElement[bool]) -> ColumnElement[bool]:
+    """The same with the window's test given (a statement built once binds its cutoff)."""
+    return and_(
+        PhoneNumber.billing_status == "released", PhoneNumber.purge_state.is_(None), in_window
+    )
+
+
+def purgeable_numbers(now: datetime) -> ColumnElement[bool]:
+    """Released numbers past their deadline at `now` and not on hold: the purge's rows."""
+    return purgeable_clause(PhoneNumber.released_at, PhoneNumber.purge_hold, now)
+
+
+def claimable_numbers(now: datetime) -> ColumnElement[bool]:
+    """Purgeable numbers not yet claimed, or claimed and due for another upstream attempt."""
+    return (
+        purgeable_numbers(now)
+        & PhoneNumber.provider_failed_permanently.is_(False)
+        & or_(
+            PhoneNumber.purge_state.is_(None),
+            PhoneNumber.provider_next_attempt_at.is_(None),
+            PhoneNumber.provider_next_attempt_at <= now,
+        )
+    )

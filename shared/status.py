@@ -10,10 +10,12 @@ from sqlalchemy.orm import Session
 
 from shared.clock import iso_timestamp, resolve_now
 from shared.controls import read_controls
-from shared.listing import offered
 from shared.models import PhoneNumber, PurgeRun
-from shared.purge import overdue_filter
-from shared.retention import RETENTION
+from shared.retention import (
+    purgeable_numbers,
+    repurchasable_numbers,
+    repurchase_deadline,
+)
 
 STUCK_SHOWN = 20
 # A run that did its job: everything overdue purged, or its share of a larger backlog.
@@ -52,7 +54,7 @@ def store_status(
     """
     now = resolve_now(now)
     # One pass over the released numbers for every count (each a FILTER of the same scan).
-    overdue = overdue_filter(now)
+    overdue = purgeable_numbers(now)
     failed_upstream = PhoneNumber.provider_error_code.is_not(None)
     # Claimed by a run that stopped before the provider answered (killed, provider down or
     # misconfigured): only a run with the provider configured, or a person, settles them.
@@ -70,7 +72,7 @@ def store_status(
             func.count().filter(overdue),
             func.min(PhoneNumber.released_at).filter(overdue),
             func.count().filter(PhoneNumber.purge_hold.is_(True)),
-            func.count().filter(offered(now)),
+            func.count().filter(repurchasable_numbers(now)),
             func.count().filter(failed_upstream),
             func.count().filter(failed_upstream & PhoneNumber.provider_failed_permanently),
             func.count().filter(claimed),
@@ -101,7 +103,7 @@ def store_status(
     )
     purged_total = session.scalar(select(func.coalesce(func.sum(PurgeRun.purged), 0)))
     # An overdue number's lag is how long it has been past its deadline.
-    oldest_seconds = (now - (oldest + RETENTION)).total_seconds() if oldest is not None else 0.0
+    oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
     controls = read_controls(session)
     pause = controls.pause
     return {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import ColumnElement, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import events, validation
@@ -26,7 +26,7 @@ from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.provider import Provider, Resolution, UpstreamResult
-from shared.retention import is_purgeable, purgeable_clause
+from shared.retention import claimable_numbers, is_purgeable
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 
@@ -57,19 +57,6 @@ class UpstreamOutcome:
         return {resolution: ids for resolution, ids in groups.items() if ids}
 
 
-def claimable(now: datetime) -> ColumnElement[bool]:
-    """Overdue rows not yet claimed, or claimed and due for another upstream attempt."""
-    return (
-        purgeable_clause(PhoneNumber.released_at, PhoneNumber.purge_hold, now)
-        & PhoneNumber.provider_failed_permanently.is_(False)
-        & or_(
-            PhoneNumber.purge_state.is_(None),
-            PhoneNumber.provider_next_attempt_at.is_(None),
-            PhoneNumber.provider_next_attempt_at <= now,
-        )
-    )
-
-
 def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> list[Claim]:
     """Lock and claim up to `limit` claimable rows with ids above `after`; commit follows.
 
@@ -78,7 +65,7 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
     """
     rows = session.execute(
         select(PhoneNumber.id, PhoneNumber.provider_number_id)
-        .where(claimable(now), PhoneNumber.id > after)
+        .where(claimable_numbers(now), PhoneNumber.id > after)
         .order_by(PhoneNumber.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -18,7 +18,6 @@ from structlog.testing import capture_logs
 
 import shared
 from shared.events import EVENTS
-from shared.listing import offered
 from shared.models import PhoneNumber
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
@@ -32,7 +31,7 @@ from shared.releasable import (
     read_releasable,
     writer_lock,
 )
-from shared.retention import RETENTION
+from shared.retention import RETENTION, repurchasable_numbers
 from tests.factories import make_number
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -50,7 +49,9 @@ def published(client: redis.Redis, now: datetime, account_id: str | None = None)
 
 def store_offers(factory: Factory, now: datetime) -> set[str]:
     with factory() as session:
-        return set(session.scalars(select(PhoneNumber.phone_number).where(offered(now))))
+        return set(
+            session.scalars(select(PhoneNumber.phone_number).where(repurchasable_numbers(now)))
+        )
 
 
 def outbox(factory: Factory) -> int:

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import shared
 from shared.db import make_session_factory
-from shared.listing import offered
 from shared.models import PhoneNumber
 from shared.purge import purge_expired
 from shared.relay import relay_events
 from shared.releasable import STREAM, read_releasable
+from shared.retention import repurchasable_numbers
 from tests.factories import make_number
 from tests.stores import delete_all_rows
 
@@ -94,7 +94,9 @@ def test_after_the_relay_catches_up_the_set_is_the_stores(
     while relay_events(factory, redis_client, now=now).remaining:
         pass
     with factory() as session:
-        offered_now = set(session.scalars(select(PhoneNumber.phone_number).where(offered(now))))
+        offered_now = set(
+            session.scalars(select(PhoneNumber.phone_number).where(repurchasable_numbers(now)))
+        )
     assert {n for n, _ in read_releasable(redis_client, now=now)} == offered_now
     for account_id in ACCOUNTS:
         mine = {n for i, n in enumerate(NUMBERS) if ACCOUNTS[i % 2] == account_id}

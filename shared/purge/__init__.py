@@ -12,7 +12,7 @@ from shared.purge.config import PurgeConfig
 from shared.purge.lock import PURGE_LOCK_KEY, run_lock
 from shared.purge.report import PurgeReport
 from shared.purge.service import SAMPLE_SIZE, purge_expired
-from shared.purge.statements import BatchStatements, count_overdue, overdue_filter, purge_batch
+from shared.purge.statements import BatchStatements, count_overdue, purge_batch
 from shared.purge.stop import StopRequest
 from shared.tombstones import TOMBSTONE_COLUMNS
 
@@ -25,7 +25,6 @@ __all__ = [
     "PurgeReport",
     "StopRequest",
     "count_overdue",
-    "overdue_filter",
     "purge_batch",
     "purge_expired",
     "run_lock",

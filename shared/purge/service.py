@@ -22,11 +22,12 @@ from shared.purge.config import PurgeConfig
 from shared.purge.pacing import Pacer
 from shared.purge.records import record_end, record_start
 from shared.purge.report import PurgeReport
-from shared.purge.statements import BatchStatements, count_overdue, overdue_filter
+from shared.purge.statements import BatchStatements, count_overdue
 from shared.purge.stop import StopRequest
 from shared.purge.sweep import Sweep, run_batches, run_batches_in_parallel
 from shared.purge.upstream_sweep import UpstreamSweep
 from shared.retention import cutoff as retention_cutoff
+from shared.retention import purgeable_numbers
 from shared.settings import get_settings
 
 log = structlog.get_logger("shared.purge")
@@ -171,7 +172,7 @@ def _dry_run(
         report.sample = list(
             session.scalars(
                 select(PhoneNumber.phone_number)
-                .where(overdue_filter(now))
+                .where(purgeable_numbers(now))
                 .order_by(PhoneNumber.released_at, PhoneNumber.id)
                 .limit(SAMPLE_SIZE)
             )

@@ -27,18 +27,13 @@ from sqlalchemy.orm import Session
 
 from shared.events import record_purged
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
-from shared.retention import purgeable_clause
+from shared.retention import purgeable_numbers
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
-
-
-def overdue_filter(now: datetime) -> Any:
-    """Released numbers past their deadline at `now` and not on hold: the purge's rows."""
-    return purgeable_clause(PhoneNumber.released_at, PhoneNumber.purge_hold, now)
 
 
 def count_overdue(session: Session, now: datetime) -> int:
     """How many numbers the purge would remove at `now`."""
-    return session.scalar(select(func.count()).where(overdue_filter(now))) or 0
+    return session.execute(select(func.count()).where(purgeable_numbers(now))).scalar_one()
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,7 @@ class BatchStatements:
         `claimed`, for the rows this run claimed and settled upstream (`resolution`)."""
         # Fail safe: the single-phase path never deletes a row with upstream state (claimed,
         # or carrying a provider error): the carrier may still hold that number.
-        overdue = overdue_filter(now) & (
+        overdue = purgeable_numbers(now) & (
             (PhoneNumber.purge_state == "purging")
             if claimed
             else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
