@@ -57,7 +57,14 @@ def record_purged(session: Session, *, number_ids: Sequence[int]) -> None:
     """
     if number_ids:
         stones = Base.metadata.tables[PurgedNumber.__tablename__]
-        _insert_from(session, "purged", stones, stones.c.number_id, number_ids, stones.c.purged_at)
+        _insert_from(
+            session,
+            "purged",
+            source=stones,
+            number_id=stones.c.number_id,
+            number_ids=number_ids,
+            occurred_at=stones.c.purged_at,
+        )
 
 
 def _record_numbers(session: Session, kind: str, number_ids: Sequence[int], now: datetime) -> None:
@@ -66,16 +73,17 @@ def _record_numbers(session: Session, kind: str, number_ids: Sequence[int], now:
         _insert_from(
             session,
             kind,
-            numbers,
-            numbers.c.id,
-            number_ids,
-            literal(now, EVENTS.c.occurred_at.type),
+            source=numbers,
+            number_id=numbers.c.id,
+            number_ids=number_ids,
+            occurred_at=literal(now, EVENTS.c.occurred_at.type),
         )
 
 
 def _insert_from(
     session: Session,
     kind: str,
+    *,
     source: Table,
     number_id: ColumnElement[int],
     number_ids: Sequence[int],

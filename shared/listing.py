@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Engine, bindparam, select
@@ -19,25 +18,21 @@ from shared.retention import cutoff, repurchasable_after, repurchasable_where
 def number_body(number: PhoneNumber, campaign_status: str | None) -> dict[str, Any]:
     """The seed's PhoneNumber object: camelCase, optional keys left out when empty."""
     return _body(
-        number.phone_number, number.label, number.created_at, number.country_code,
-        number.number_type, number.billing_status, number.next_billing_date,
-        number.monthly_price, number.released_at, campaign_status,
+        (
+            number.phone_number, number.label, number.created_at, number.country_code,
+            number.number_type, number.billing_status, number.next_billing_date,
+            number.monthly_price, number.released_at, campaign_status,
+        )
     )  # fmt: skip
 
 
-def _body(
-    phone_number: str,
-    label: str | None,
-    created_at: datetime,
-    country_code: str,
-    number_type: str,
-    billing_status: str,
-    next_billing_date: date,
-    monthly_price: Decimal,
-    released_at: datetime | None,
-    campaign_status: str | None,
-) -> dict[str, Any]:
-    # Plain values, not a model: the list builds its bodies straight from its rows.
+def _body(row: tuple[Any, ...]) -> dict[str, Any]:
+    # Plain values, not a model: the list builds its bodies straight from its rows (the
+    # columns of _LIST, in order).
+    (
+        phone_number, label, created_at, country_code, number_type, billing_status,
+        next_billing_date, monthly_price, released_at, campaign_status,
+    ) = row  # fmt: skip
     body: dict[str, Any] = {"phoneNumber": phone_number}
     if label:
         body["label"] = label
@@ -102,7 +97,7 @@ def released_numbers_body(
             rows = connection.execute(_LIST, params).all()
     else:
         rows = session.connection().execute(_LIST, params).all()
-    numbers = [_body(*row) for row in cast(list[tuple[Any, ...]], rows)]
+    numbers = [_body(row) for row in cast(list[tuple[Any, ...]], rows)]
     if not numbers:
         # Only an empty list needs to tell "no numbers" from "no such account" (one query less
         # on the hot path).

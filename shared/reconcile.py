@@ -96,8 +96,18 @@ def publish_releasable(
             fix="Run the publication again; check for a relay that does not finish.",
         )
     try:
-        replayed = _replay(client, mark, now, staging, per_account, stream)
-        summary = _swap(client, lock, now, staging, per_account, drift, prefix)
+        replayed = _replay(
+            client, mark, now=now, staging=staging, per_account=per_account, stream=stream
+        )
+        summary = _swap(
+            client,
+            lock,
+            now=now,
+            staging=staging,
+            per_account=per_account,
+            drift=drift,
+            prefix=prefix,
+        )
     except LockLost:
         raise InternalError(
             "The releasable set's writers' lock expired during the swap; nothing was replaced.",
@@ -179,6 +189,7 @@ def _build(
 def _replay(
     client: redis.Redis,
     mark: StreamMark,
+    *,
     now: datetime,
     staging: str,
     per_account: defaultdict[str, int],
@@ -213,6 +224,7 @@ def _replay(
 def _swap(
     client: redis.Redis,
     lock: Any,
+    *,
     now: datetime,
     staging: str,
     per_account: defaultdict[str, int],

@@ -92,8 +92,19 @@ def relay_events(
     try:
         done = _forget_committed(session_factory, client, prefix)
         while report.status == "running":
-            if not _batch(session_factory, client, lock, report, done, now, batch_size,
-                          stream_maxlen, prefix, stream):  # fmt: skip
+            relayed = _batch(
+                session_factory,
+                client,
+                lock=lock,
+                report=report,
+                done=done,
+                now=now,
+                batch_size=batch_size,
+                stream_maxlen=stream_maxlen,
+                prefix=prefix,
+                stream=stream,
+            )
+            if not relayed:
                 report.status = "completed"
             elif time.monotonic() - clock >= max_seconds:
                 report.status = "limit_reached"
@@ -129,6 +140,7 @@ def _forget_committed(factory: sessionmaker[Session], client: redis.Redis, prefi
 def _batch(
     factory: sessionmaker[Session],
     client: redis.Redis,
+    *,
     lock: Any,
     report: RelayReport,
     done: set[int],

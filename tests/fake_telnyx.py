@@ -40,6 +40,74 @@ OK = Reply(200, None)
 NOT_FOUND = telnyx_error(404, "10005", "Resource not found")
 
 
+class _Server(ThreadingHTTPServer):
+    fake: FakeTelnyx
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers as Telnyx does, from the script of the server's FakeTelnyx."""
+
+    server: _Server
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") == f"Bearer {API_KEY}":
+            return True
+        self.server.fake.unauthorized += 1
+        self._send(telnyx_error(401, "10009", "Authentication failed"))
+        return False
+
+    def do_GET(self) -> None:
+        if not self._authorized():
+            return
+        if self.path.split("?")[0] != "/v2/phone_numbers":
+            self._send(NOT_FOUND)
+            return
+        self.server.fake.checks += 1
+        self._send(Reply(200, json.dumps({"data": [], "meta": {"total_results": 0}})))
+
+    def do_DELETE(self) -> None:
+        if not self._authorized():
+            return
+        self.server.fake.paths.append(self.path)
+        prefix = "/v2/phone_numbers/"
+        if not self.path.startswith(prefix):
+            self._send(NOT_FOUND)
+            return
+        with self.server.fake._lock:
+            self.server.fake.in_flight += 1
+            self.server.fake.max_in_flight = max(
+                self.server.fake.max_in_flight, self.server.fake.in_flight
+            )
+        try:
+            number_id = self.path[len(prefix) :]
+            reply = self.server.fake.answer(number_id)
+            time.sleep(reply.delay)
+            if reply.status in (200, 404):
+                with self.server.fake._lock:
+                    self.server.fake.released.add(number_id)
+            self._send(reply)
+        finally:
+            with self.server.fake._lock:
+                self.server.fake.in_flight -= 1
+
+    def _send(self, reply: Reply) -> None:
+        payload = (reply.body if reply.body is not None else "").encode()
+        try:
+            self.send_response(reply.status)
+            if "Content-Type" not in reply.headers:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in reply.headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout tests)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
 class FakeTelnyx:
     """Scripted answers per number id (consumed in order, the last one repeats); records calls."""
 
@@ -69,66 +137,8 @@ class FakeTelnyx:
 
     @contextmanager
     def running(self) -> Iterator[FakeTelnyx]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _authorized(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {API_KEY}":
-                    return True
-                fake.unauthorized += 1
-                self._send(telnyx_error(401, "10009", "Authentication failed"))
-                return False
-
-            def do_GET(self) -> None:
-                if not self._authorized():
-                    return
-                if self.path.split("?")[0] != "/v2/phone_numbers":
-                    self._send(NOT_FOUND)
-                    return
-                fake.checks += 1
-                self._send(Reply(200, json.dumps({"data": [], "meta": {"total_results": 0}})))
-
-            def do_DELETE(self) -> None:
-                if not self._authorized():
-                    return
-                fake.paths.append(self.path)
-                prefix = "/v2/phone_numbers/"
-                if not self.path.startswith(prefix):
-                    self._send(NOT_FOUND)
-                    return
-                with fake._lock:
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    number_id = self.path[len(prefix) :]
-                    reply = fake.answer(number_id)
-                    time.sleep(reply.delay)
-                    if reply.status in (200, 404):
-                        with fake._lock:
-                            fake.released.add(number_id)
-                    self._send(reply)
-                finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
-
-            def _send(self, reply: Reply) -> None:
-                payload = (reply.body if reply.body is not None else "").encode()
-                try:
-                    self.send_response(reply.status)
-                    if "Content-Type" not in reply.headers:
-                        self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    for key, value in reply.headers.items():
-                        self.send_header(key, value)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout tests)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.fake = self
         server.daemon_threads = True
         server.block_on_close = False  # a slow scripted reply must not hold up the test
         self.url = f"http://127.0.0.1:{server.server_address[1]}"

@@ -325,24 +325,24 @@ def _when(iso: str | None) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _status_table(report: dict[str, Any]) -> str:
+def _set_by(control: dict[str, Any]) -> str:
+    """`by <who> since <when>[: <reason>]` of a stored control (a pause, a pace)."""
+    text = f"by {control['by']} since {_when(control['at'])}"
+    return text + (f": {control['reason']}" if control["reason"] else "")
+
+
+def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The status table's label/value lines."""
+    oldest = "-"
     if report["overdue"]:
         oldest = (
             f"{format_duration(report['oldest_overdue_seconds'])} past its deadline"
             f" (released {_when(report['oldest_overdue_released_at'])})"
         )
-    else:
-        oldest = "-"
-    pause = report["pause"]
-    if pause:
-        paused = f"yes, by {pause['by']} since {_when(pause['at'])}" + (
-            f": {pause['reason']}" if pause["reason"] else ""
-        )
-    else:
-        paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
-    ceiling = report.get("pace")
+    pause, ceiling = report["pause"], report.get("pace")
+    paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
     facts = [
-        ("Paused", paused),
+        ("Paused", f"yes, {_set_by(pause)}" if pause else paused),
         ("Overdue (purgeable now)", f"{report['overdue']:,}"),
         ("Oldest overdue", oldest),
         ("On hold", f"{report['held']:,}"),
@@ -353,19 +353,22 @@ def _status_table(report: dict[str, Any]) -> str:
         ),
         ("Claimed, not yet called", f"{report['upstream_claimed']:,}"),
     ]
+    if ceiling:  # shown only while set: most stores never have one
+        facts.insert(
+            1, ("Pace", f"at most {ceiling['rows_per_second']:,g} rows/s, {_set_by(ceiling)}")
+        )
     if "purge_last_success_at" in report:
         facts.append(("Last successful purge", _when(report["purge_last_success_at"])))
     if report.get("publication") is not None:
         facts.append(("Last published", _published(report["publication"])))
-    if ceiling:
-        # Shown only while set: most stores never have one.
-        pace_text = f"at most {ceiling['rows_per_second']:,g} rows/s, set by {ceiling['by']}"
-        pace_text += f" since {_when(ceiling['at'])}"
-        pace_text += f": {ceiling['reason']}" if ceiling["reason"] else ""
-        facts.insert(1, ("Pace", pace_text))
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
         facts.append(("Lag limit", f"{format_duration(report['max_lag_seconds'])}: {verdict}"))
+    return facts
+
+
+def _status_table(report: dict[str, Any]) -> str:
+    facts = _facts(report)
     lines = [f"Retention status at {_when(report['now'])}", ""]
     lines += [f"  {label:<25}{value}" for label, value in facts]
     lines += ["", "Last purge runs"]

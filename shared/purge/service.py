@@ -125,9 +125,9 @@ def _purge(
     if report.provider != "none":
         upstream = provider or make_provider(get_settings())
         try:
-            return UpstreamSweep.build(factory, report, config, boundary, upstream, now).run(
-                factory
-            )
+            return UpstreamSweep.build(
+                factory, report, config=config, boundary=boundary, provider=upstream, now=now
+            ).run(factory)
         finally:
             if provider is None:
                 upstream.close()

@@ -35,6 +35,7 @@ class UpstreamSweep:
         cls,
         factory: sessionmaker[Session],
         report: PurgeReport,
+        *,
         config: PurgeConfig,
         boundary: Boundary,
         provider: Provider,
