@@ -41,7 +41,7 @@ def lock_number(session: Session, phone_number: object) -> PhoneNumber | None:
     ).one_or_none()
 
 
-def _lock_number(session: Session, account_id: str | None, phone_number: object) -> PhoneNumber:
+def _require_number(session: Session, account_id: str | None, phone_number: object) -> PhoneNumber:
     """The number, locked, or number_not_found; with `account_id`, only that account's."""
     row = lock_number(session, phone_number)
     if row is None or (account_id is not None and row.account_id != account_id):
@@ -164,7 +164,7 @@ def assign_campaign(
     validation.phone_number(phone_number)
     campaign = validation.short_id(campaign_id, name="campaign_id")
     a2p = validation.a2p_status(status)
-    number = _lock_number(session, None, phone_number)
+    number = _require_number(session, None, phone_number)
     if number.country_code != "US":
         raise ValidationError(
             "10DLC campaigns apply to US numbers only.",
@@ -190,7 +190,7 @@ def release_number(
     """DELETE /numbers/{phoneNumber}: the number joins the released list for the window."""
     now = resolve_now(now)
     account = require_account(session, account_id)
-    number = _lock_number(session, account.id, phone_number)
+    number = _require_number(session, account.id, phone_number)
     if number.billing_status != "active":
         raise ValidationError(
             f"Number {number.phone_number} is already released.",
@@ -214,7 +214,7 @@ def repurchase_number(
     """Buy a released number back within its window; keeps createdAt, bills a month on."""
     now = resolve_now(now)
     account = require_account(session, account_id, lock=True)
-    number = _lock_number(session, account.id, phone_number)
+    number = _require_number(session, account.id, phone_number)
     if number.billing_status != "released" or number.released_at is None:
         raise ValidationError(
             f"Number {number.phone_number} is active, not released.",
@@ -255,7 +255,7 @@ def set_purge_hold(
     now = resolve_now(now)
     validation.phone_number(phone_number)
     hold = validation.flag(held, name="held")
-    number = _lock_number(session, None, phone_number)
+    number = _require_number(session, None, phone_number)
     if number.purge_hold != hold:
         number.purge_hold = hold
         events.record(session, kind="held" if hold else "unheld", number=number, now=now)
