@@ -94,7 +94,10 @@ def store_status(
     ).one_or_none()
     last_finished = session.scalars(
         select(PurgeRun)
-        .where(real, PurgeRun.finished_at.is_not(None), PurgeRun.status != "running")
+        # A run that found the lock taken did nothing: the last one that ran counts.
+        .where(
+            real, PurgeRun.finished_at.is_not(None), PurgeRun.status.not_in(("running", "skipped"))
+        )
         .order_by(PurgeRun.finished_at.desc())
         .limit(1)
     ).one_or_none()

@@ -215,6 +215,10 @@ def test_a_concurrent_run_is_skipped(session_factory: Factory, now: datetime) ->
     assert (report.status, report.reason, report.purged) == ("skipped", "locked", 0)
     assert [e["event"] for e in logs] == ["purge.skipped"]
     assert phone_numbers(session_factory) == {"+14155550109"}
+    with session_factory() as session:  # recorded, so `status` shows the overlap
+        run = session.get(PurgeRun, report.run_id)
+    assert run is not None
+    assert (run.status, run.purged, run.summary) == ("skipped", 0, report.as_dict())
     assert purge_expired(session_factory, now=now).purged == 1
 
 

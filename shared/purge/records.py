@@ -34,6 +34,24 @@ def record_start(factory: sessionmaker[Session], report: PurgeReport, now: datet
         )
 
 
+def record_skipped(factory: sessionmaker[Session], report: PurgeReport, now: datetime) -> None:
+    """Record a run that found the lock taken and did nothing (operators see the overlap)."""
+    at = utcnow()
+    with factory.begin() as session:
+        session.add(
+            PurgeRun(
+                id=report.run_id,
+                started_at=at,
+                finished_at=at,
+                cutoff=retention_cutoff(now),
+                status="skipped",
+                purged=0,
+                batches=0,
+                summary=report.as_dict(),
+            )
+        )
+
+
 def close_dead_runs(session: Session, *, at: datetime) -> None:
     """Mark runs still 'running' as failed, with the rows they really purged.
 

@@ -20,7 +20,7 @@ from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.config import PurgeConfig
 from shared.purge.pacing import Pacer
-from shared.purge.records import record_end, record_start
+from shared.purge.records import record_end, record_skipped, record_start
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements, count_overdue
 from shared.purge.stop import StopRequest
@@ -72,6 +72,7 @@ def purge_expired(
         if not got_lock:
             report.status, report.reason = "skipped", "locked"
             report.seconds = round(budget.elapsed(), 3)
+            record_skipped(session_factory, report, now)
             log.info("purge.skipped", **report.as_dict())
             return report
         record_start(session_factory, report, now)
