@@ -76,8 +76,8 @@ def make_embedded_folders(settings: Settings) -> None:
 @signals.beat_init.connect
 def _make_embedded_folders(**_kwargs: Any) -> None:
     # Made where a worker or beat uses the embedded broker (and by `run` before it sends its
-    # first task), not when a module is imported: `numbers-retention status` against
-    # PostgreSQL leaves no ./data behind.
+    # first task, and when the app's tasks are first used), not when a module is imported:
+    # `numbers-retention status` against PostgreSQL leaves no ./data behind.
     make_embedded_folders(get_settings())
 
 
@@ -163,6 +163,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@app.on_after_finalize.connect
+def _make_folders_when_used(**_kwargs: Any) -> None:
+    # The app is finalized when its tasks are first used (called, applied, sent by a worker):
+    # the embedded broker's folders and the results folder must exist from then on.
+    make_embedded_folders(get_settings())
 
 
 @signals.setup_logging.connect

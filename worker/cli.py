@@ -355,7 +355,7 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if ceiling:  # shown only while set: most stores never have one
         facts.insert(
-            1, ("Pace", f"at most {ceiling['rows_per_second']:,g} rows/s, {_set_by(ceiling)}")
+            1, ("Pace", f"at most {ceiling['rows_per_second']:,g} rows/s, set {_set_by(ceiling)}")
         )
     if "purge_last_success_at" in report:
         facts.append(("Last successful purge", _when(report["purge_last_success_at"])))
