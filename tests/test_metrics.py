@@ -23,6 +23,7 @@ from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number
+from tests.metric_names import CONTRACT, EXTRAS
 from tests.servers import free_port
 from worker.metrics import Reader, Reading, RetentionCollector, exporter_engine, families
 
@@ -288,19 +289,4 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
     assert names == {f"numbers_retention_{name}" for name in EXPORTED}
 
 
-# The contract (DESIGN.md, docs/runbook.md) and the extras the dashboard uses.
-CONTRACT = (
-    "up",
-    "overdue",
-    "oldest_overdue_seconds",
-    "held",
-    "releasable",
-    "upstream_failed",
-    "paused",
-    "purge_last_success_timestamp_seconds",
-    "publish_last_success_timestamp_seconds",
-    "purge_last_run_seconds",
-    "purged",  # a counter family: its sample is numbers_retention_purged_total
-)
-EXTRAS = ("purge_last_run_purged", "purge_last_run_worst_batch_seconds", "publish_failing")
 EXPORTED = CONTRACT + EXTRAS
