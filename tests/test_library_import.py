@@ -68,3 +68,21 @@ def test_the_worker_still_refuses_its_own_bad_settings(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "purge_batch_size" in done.stderr
+
+
+def test_the_command_line_answers_bad_settings_with_the_envelope(tmp_path: Path) -> None:
+    """Which variables are wrong and why, exit 2; never their values (one may be a secret)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "numbers-retention"), "status"],
+        env=_env(tmp_path, PURGE_BATCH_SIZE="hunter2-secret", PROVIDER="twilio"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = json.loads(done.stderr)["error"]
+    assert error["code"] == "invalid_settings"
+    assert "PURGE_BATCH_SIZE" in error["message"]
+    assert "PROVIDER" in error["message"]
+    assert "hunter2" not in done.stderr
+    assert "Traceback" not in done.stderr
