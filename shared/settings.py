@@ -112,6 +112,12 @@ class Settings(StoreSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
 
+    def resolved_redis_url(self) -> str:
+        """Redis for the releasable set and RedBeat: REDIS_URL, or a Redis broker's URL."""
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith(("redis", "unix")) else ""
+
     @model_validator(mode="after")
     def _lock_outlives_a_loop(self) -> Settings:
         # The holder extends the lock once per loop; a lock shorter than two loops can lapse

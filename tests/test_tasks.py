@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from freezegun import freeze_time
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import get_contextvars, merge_contextvars
 from structlog.testing import capture_logs
 
-import worker.tasks as tasks
 from shared.errors import ValidationError
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
 from tests.factories import make_number, snapshot
-from worker.app import app, beat_schedule, broker_options
+from tests.fake_telnyx import API_KEY, FakeTelnyx
+from worker.app import app, beat_schedule, broker_options, create_app
+from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN
 
 Factory = sessionmaker[Session]
 
 
+def app_for(store: Factory, data: Path, **settings: Any) -> Celery:
+    """An app configured for the test's store: its settings passed in, nothing patched."""
+    url = store.kw["bind"].url.render_as_string(hide_password=False)
+    return create_app(Settings(database_url=url, NUMBERS_RETENTION_DATA=data, **settings))
+
+
 @pytest.fixture
-def task_store(session_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> Factory:
-    """Point the tasks at the test store (the real task code, the test's database)."""
-    monkeypatch.setattr(tasks, "session_factory", lambda: session_factory)
+def task_store(session_factory: Factory) -> Factory:
+    """The test's store, emptied after the test."""
     return session_factory
+
+
+@pytest.fixture
+def task_app(task_store: Factory, tmp_path: Path) -> Celery:
+    """An app whose tasks use the test's store."""
+    return app_for(task_store, tmp_path)
 
 
 def test_celery_accepts_json_only_and_acks_late() -> None:
@@ -68,7 +83,9 @@ def test_embedded_default_uses_a_filesystem_broker(tmp_path) -> None:
     assert redis_options["beat_scheduler"] == "worker.beat:ResilientRedBeatScheduler"
 
 
-def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> None:
+def test_purge_task_at_a_frozen_instant(
+    task_store: Factory, task_app: Celery, now: datetime
+) -> None:
     with task_store.begin() as session:
         make_number(
             session,
@@ -83,7 +100,7 @@ def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> N
             released_at=now - timedelta(days=13, hours=23),
         )
     with freeze_time(now), capture_logs() as logs:
-        result = tasks.purge_expired_task.apply().get()
+        result = task_app.tasks[PURGE].apply().get()
     assert (result["status"], result["purged"], result["remaining"]) == ("completed", 1, 0)
     assert result["now"] == "2026-11-27T12:00:00Z"
     finished = [e for e in logs if e["event"] == "purge.finished"]
@@ -91,19 +108,21 @@ def test_purge_task_at_a_frozen_instant(task_store: Factory, now: datetime) -> N
     assert finished[0]["purged"] == 1
     # An hour later the second number's deadline has passed too.
     with freeze_time(now + timedelta(hours=1)):
-        assert tasks.purge_expired_task.apply().get()["purged"] == 1
+        assert task_app.tasks[PURGE].apply().get()["purged"] == 1
 
 
-def test_purge_task_binds_task_id_and_name_and_clears_them(task_store: Factory) -> None:
+def test_purge_task_binds_task_id_and_name_and_clears_them(task_app: Celery) -> None:
     with capture_logs(processors=[merge_contextvars]) as logs:
-        result = tasks.purge_expired_task.apply(task_id="t-123")
+        result = task_app.tasks[PURGE].apply(task_id="t-123")
     assert result.successful()
     started = next(e for e in logs if e["event"] == "purge.started")
     assert (started["task_id"], started["task_name"]) == ("t-123", "numbers.purge_expired")
     assert "task_id" not in get_contextvars()
 
 
-def test_purge_task_takes_now_and_dry_run(task_store: Factory, now: datetime) -> None:
+def test_purge_task_takes_now_and_dry_run(
+    task_store: Factory, task_app: Celery, now: datetime
+) -> None:
     with task_store.begin() as session:
         make_number(
             session,
@@ -111,9 +130,9 @@ def test_purge_task_takes_now_and_dry_run(task_store: Factory, now: datetime) ->
             phone_number="+14155550303",
             released_at=now - timedelta(days=20),
         )
-    result = tasks.purge_expired_task.apply(
-        kwargs={"now": "2026-11-27T12:00:00Z", "dry_run": True}
-    ).get()
+    result = (
+        task_app.tasks[PURGE].apply(kwargs={"now": "2026-11-27T12:00:00Z", "dry_run": True}).get()
+    )
     assert (result["status"], result["would_purge"]) == ("dry_run", 1)
 
 
@@ -127,7 +146,7 @@ def test_purge_task_takes_now_and_dry_run(task_store: Factory, now: datetime) ->
     ],
 )
 def test_purge_task_refuses_bad_arguments_and_changes_nothing(
-    task_store: Factory, now: datetime, kwargs: dict[str, object]
+    task_store: Factory, task_app: Celery, now: datetime, kwargs: dict[str, object]
 ) -> None:
     with task_store.begin() as session:
         make_number(
@@ -138,7 +157,7 @@ def test_purge_task_refuses_bad_arguments_and_changes_nothing(
         )
     with task_store() as session:
         before = snapshot(session)
-    result = tasks.purge_expired_task.apply(kwargs=kwargs)
+    result = task_app.tasks[PURGE].apply(kwargs=kwargs)
     assert result.failed()
     assert isinstance(result.result, ValidationError)
     with task_store() as session:
@@ -147,9 +166,9 @@ def test_purge_task_refuses_bad_arguments_and_changes_nothing(
 
 @pytest.mark.redis
 def test_publish_task(
-    task_store: Factory, redis_client: redis.Redis, now: datetime, monkeypatch: pytest.MonkeyPatch
+    task_store: Factory, redis_url: str, redis_client: redis.Redis, now: datetime, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(tasks, "redis_client", lambda: redis_client)
+    task_app = app_for(task_store, tmp_path, redis_url=redis_url)
     with task_store.begin() as session:
         make_number(
             session,
@@ -158,6 +177,41 @@ def test_publish_task(
             released_at=now - timedelta(days=1),
         )
     with freeze_time(now):
-        result = tasks.publish_releasable_task.apply().get()
+        result = task_app.tasks[PUBLISH].apply().get()
     assert result["published"] == 1
     assert redis_client.zcard("releasable:all") == 1
+
+
+def test_tasks_take_their_limits_and_retry_policy_from_the_settings_passed_in(
+    task_store: Factory, tmp_path: Path
+) -> None:
+    tuned = app_for(task_store, tmp_path, purge_max_seconds=30, task_retry_backoff=7)
+    purge = tuned.tasks[PURGE]
+    assert (purge.soft_time_limit, purge.time_limit) == (90, 150)
+    # Autoretry keeps the backoff it was registered with: the app's own, not the process's.
+    assert purge.retry_backoff == 7
+    assert app.tasks[PURGE].time_limit == get_settings().purge_max_seconds + PURGE_HARD_MARGIN
+
+
+@pytest.mark.postgres
+def test_purge_task_releases_through_the_provider_its_settings_name(
+    pg_factory: Factory, fake_telnyx: FakeTelnyx, now: datetime, tmp_path: Path
+) -> None:
+    with pg_factory.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550306",
+            released_at=now - timedelta(days=20),
+            provider_number_id="306",
+        )
+    telnyx = app_for(
+        pg_factory,
+        tmp_path,
+        provider="telnyx",
+        telnyx_base_url=fake_telnyx.url,
+        telnyx_api_key=API_KEY,
+    )
+    result = telnyx.tasks[PURGE].apply().get()
+    assert (result["provider"], result["purged"]) == ("telnyx", 1)
+    assert fake_telnyx.released == {"306"}

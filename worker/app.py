@@ -14,12 +14,13 @@ from celery.schedules import crontab
 from shared.settings import Settings, get_settings
 from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
 from worker.logs import configure_logging
+from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, register_tasks
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     """Broker, result backend and beat scheduler: Redis when configured, else the filesystem."""
     if settings.broker_url:
-        redis = redis_url(settings)
+        redis = settings.resolved_redis_url()
         result = settings.result_backend or redis or settings.broker_url
         options: dict[str, Any] = {"broker_url": settings.broker_url, "result_backend": result}
         if settings.broker_url.startswith(("redis", "rediss", "unix", "sentinel")):
@@ -72,15 +73,6 @@ def make_embedded_folders(settings: Settings) -> None:
             folder.mkdir(parents=True, exist_ok=True)
 
 
-@signals.celeryd_init.connect
-@signals.beat_init.connect
-def _make_embedded_folders(**_kwargs: Any) -> None:
-    # Made where a worker or beat uses the embedded broker (and by `run` before it sends its
-    # first task, and when the app's tasks are first used), not when a module is imported:
-    # `numbers-retention status` against PostgreSQL leaves no ./data behind.
-    make_embedded_folders(get_settings())
-
-
 def split_password(url: str) -> tuple[str, str | None]:
     """The URL without its password, and the password (percent-decoded) or None."""
     parts = urlsplit(url)
@@ -91,9 +83,6 @@ def split_password(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(netloc=f"{user}{host}")), unquote(parts.password)
 
 
-# Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
-PURGE_SOFT_MARGIN = 60
-PURGE_HARD_MARGIN = 120
 VISIBILITY_MARGIN = 60
 
 
@@ -101,13 +90,6 @@ def visibility_timeout(settings: Settings) -> int:
     """The Redis broker's visibility timeout: above the longest run and the longest retry."""
     longest = max(settings.purge_max_seconds + PURGE_HARD_MARGIN, settings.task_retry_backoff_max)
     return int(longest) + VISIBILITY_MARGIN
-
-
-def redis_url(settings: Settings) -> str:
-    """Redis for the releasable set (and RedBeat): REDIS_URL, or a Redis broker's URL."""
-    if settings.redis_url:
-        return settings.redis_url
-    return settings.broker_url if settings.broker_url.startswith(("redis", "unix")) else ""
 
 
 def _every(seconds: int, task: str) -> dict[str, Any]:
@@ -123,19 +105,17 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
     """Purge, reconcile and relay in UTC; the last two only where a Redis is configured."""
-    schedule = {"purge-expired": _every(settings.purge_every_seconds, "numbers.purge_expired")}
-    if redis_url(settings):
-        schedule["publish-releasable"] = _every(
-            settings.publish_every_seconds, "numbers.publish_releasable"
-        )
-        schedule["relay-events"] = _every(settings.relay_every_seconds, "numbers.relay_events")
+    schedule = {"purge-expired": _every(settings.purge_every_seconds, PURGE)}
+    if settings.resolved_redis_url():
+        schedule["publish-releasable"] = _every(settings.publish_every_seconds, PUBLISH)
+        schedule["relay-events"] = _every(settings.relay_every_seconds, RELAY)
     return schedule
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app for `settings` (default: from the environment)."""
+    """A Celery app for `settings` (default: from the environment), its tasks registered."""
     settings = settings or get_settings()
-    celery = Celery("numbers_retention", include=["worker.tasks"])
+    celery = Celery("numbers_retention")
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -159,17 +139,20 @@ def create_app(settings: Settings | None = None) -> Celery:
         beat_max_loop_interval=settings.beat_max_loop_seconds,
         **broker_options(settings),
     )
+    register_tasks(celery, settings)
+
+    def make_folders(**_kwargs: Any) -> None:
+        # The app is finalized when a worker or beat starts and when its tasks are first used
+        # (called, applied): the embedded broker's folders and the results folder must exist
+        # from then on, and not before: `numbers-retention status` against PostgreSQL leaves
+        # no ./data behind.
+        make_embedded_folders(settings)
+
+    celery.on_after_finalize.connect(make_folders, weak=False)
     return celery
 
 
 app = create_app()
-
-
-@app.on_after_finalize.connect
-def _make_folders_when_used(**_kwargs: Any) -> None:
-    # The app is finalized when its tasks are first used (called, applied, sent by a worker):
-    # the embedded broker's folders and the results folder must exist from then on.
-    make_embedded_folders(get_settings())
 
 
 @signals.setup_logging.connect

@@ -31,10 +31,11 @@ from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
-from worker.app import app, make_embedded_folders, redis_url
+from worker.app import app, make_embedded_folders
+from worker.connections import redis_client, session_factory
 from worker.logs import configure_logging, redact
 from worker.metrics import make_collector, serve
-from worker.tasks import parse_now, redis_client, session_factory
+from worker.tasks import PUBLISH, PURGE, parse_now
 
 
 def _print_json(value: Any) -> None:
@@ -111,9 +112,9 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     upgrade(_engine())
     make_embedded_folders(get_settings())
     # Purge and publish once at start-up: their crontabs' first slots may be far away.
-    app.send_task("numbers.purge_expired", expires=600)
-    if redis_url(get_settings()):
-        app.send_task("numbers.publish_releasable", expires=600)
+    app.send_task(PURGE, expires=600)
+    if get_settings().resolved_redis_url():
+        app.send_task(PUBLISH, expires=600)
     app.worker_main(
         ["worker", "--beat", "--loglevel=INFO", f"--concurrency={concurrency}", *celery_args]
     )
@@ -189,8 +190,8 @@ def purge(
 @now_option
 def publish(now: datetime | None) -> None:
     """Reconcile the releasable set in Redis with the store now; prints the drift repaired."""
-    client = redis_client()
-    with recording_failures(client), session_factory()() as session:
+    client = redis_client(get_settings())
+    with recording_failures(client), session_factory(get_settings())() as session:
         _print_json(publish_releasable(session, client, now=now))
 
 
@@ -306,7 +307,7 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
 
 def _publication(now: datetime | None) -> dict[str, Any] | None:
     """The releasable set's publication as Redis records it; None when no Redis is configured."""
-    url = redis_url(get_settings())
+    url = get_settings().resolved_redis_url()
     if not url:
         return None
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)

@@ -29,7 +29,6 @@ from shared.db import make_engine, make_session_factory, normalize_url
 from shared.publication import publication_status
 from shared.settings import Settings
 from shared.status import store_status
-from worker.app import redis_url
 
 log = structlog.get_logger("worker.metrics")
 
@@ -206,7 +205,7 @@ def exporter_engine(settings: Settings) -> Engine:
 
 def make_collector(settings: Settings) -> RetentionCollector:
     """The collector on the configured store and Redis (no Redis: no publication metrics)."""
-    url = redis_url(settings)
+    url = settings.resolved_redis_url()
     timeout = settings.metrics_statement_timeout_seconds
     client = (
         redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -1,72 +1,59 @@
-"""Thin Celery tasks: open a session, call one function of `shared`, return its JSON summary."""
+"""Thin Celery tasks: open a session, call one function of `shared`, return its JSON summary.
+
+`register_tasks` adds them to an app with the limits, retry policy and connections of the
+settings it is given (as arq's `Worker(**kwargs)` takes its configuration): nothing here reads
+the environment, at import or later.
+"""
 
 from __future__ import annotations
 
+from contextlib import closing
 from datetime import datetime
-from functools import lru_cache
+from functools import partial
 from typing import Any
 
 import redis
-from celery import signals
-from sqlalchemy import Engine
+from celery import Celery
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from shared import validation
 from shared.clock import as_utc
-from shared.db import make_engine, make_session_factory
 from shared.errors import ValidationError
+from shared.provider import make_provider
 from shared.publication import recording_failures
 from shared.purge import purge_expired
+from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
-from shared.settings import get_settings
-from worker.app import PURGE_HARD_MARGIN, PURGE_SOFT_MARGIN, app, redis_url
+from shared.settings import Settings
+from worker.connections import redis_client, session_factory
 from worker.stopping import STOP
 
-settings = get_settings()
+PURGE = "numbers.purge_expired"
+PUBLISH = "numbers.publish_releasable"
+RELAY = "numbers.relay_events"
+
+# Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
+PURGE_SOFT_MARGIN = 60
+PURGE_HARD_MARGIN = 120
+
+# Set while a reconciliation asked for by the relay is pending, so it is asked for once.
+RECONCILE_REQUESTED = "releasable:reconcile-requested"
 
 # Retried with backoff and jitter: a database or Redis that is briefly away. Anything else
 # (bad input, a bug) fails the task at once.
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
-RETRY: dict[str, Any] = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": settings.task_retry_backoff,
-    "retry_backoff_max": settings.task_retry_backoff_max,
-    "retry_jitter": True,
-    "max_retries": 8,
-}
 
 
-@lru_cache(maxsize=1)
-def engine() -> Engine:
-    """This process's engine, made on first use (after the pool has forked)."""
-    return make_engine()
-
-
-def session_factory() -> sessionmaker[Session]:
-    """Sessions on this process's engine."""
-    return make_session_factory(engine())
-
-
-@lru_cache(maxsize=1)
-def redis_client() -> redis.Redis:
-    """This process's Redis client for the releasable set."""
-    url = redis_url(get_settings())
-    if not url:
-        raise ValidationError(
-            "No Redis is configured for the releasable set.",
-            code="redis_not_configured",
-            fix="Set REDIS_URL, e.g. redis://localhost:6379/0.",
-        )
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-
-
-@signals.worker_process_init.connect
-def _fresh_connections(**_kwargs: Any) -> None:
-    # A forked child must not reuse the parent's sockets.
-    engine.cache_clear()
-    redis_client.cache_clear()
+def retry_policy(settings: Settings) -> dict[str, Any]:
+    """Celery's autoretry options for a task that may meet a store or Redis briefly away."""
+    return {
+        "autoretry_for": TRANSIENT,
+        "retry_backoff": settings.task_retry_backoff,
+        "retry_backoff_max": settings.task_retry_backoff_max,
+        "retry_jitter": True,
+        "max_retries": 8,
+    }
 
 
 def parse_now(now: object) -> datetime | None:
@@ -90,60 +77,70 @@ def parse_now(now: object) -> datetime | None:
     return as_utc(parsed)
 
 
-@app.task(
-    name="numbers.purge_expired",
-    soft_time_limit=settings.purge_max_seconds + PURGE_SOFT_MARGIN,
-    time_limit=settings.purge_max_seconds + PURGE_HARD_MARGIN,
-    **RETRY,
-)
-def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
-    """Purge released numbers past their deadline; returns the run's summary.
+def register_tasks(celery: Celery, settings: Settings) -> None:
+    """Add the purge, the reconciliation and the relay to `celery`, configured by `settings`."""
+    retry = retry_policy(settings)
+    # Not shared: Celery would add a shared task to every app made later, with these settings.
+    task = partial(celery.task, shared=False)
 
-    A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
-    """
-    when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-    report = purge_expired(session_factory(), now=when, dry_run=dry, stop=STOP)
-    return report.as_dict()
-
-
-# Set while a reconciliation asked for by the relay is pending, so it is asked for once.
-RECONCILE_REQUESTED = "releasable:reconcile-requested"
-
-
-# A reconciliation of a million numbers takes tens of seconds on a busy host; it runs hourly.
-@app.task(name="numbers.publish_releasable", soft_time_limit=600, time_limit=660, **RETRY)
-def publish_releasable_task(now: object = None) -> dict[str, Any]:
-    """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
-    when = parse_now(now)
-    client = redis_client()
-    # A failure leaves its marker in Redis for `status` and the exporter, then retries as before.
-    with recording_failures(client), session_factory()() as session:
-        summary = publish_releasable(session, client, now=when)
-    client.delete(RECONCILE_REQUESTED)
-    return summary
-
-
-# No retries: beat sends the next run within seconds, and a retry would only queue behind it.
-# No stored result: one run every few seconds; Flower still shows each summary.
-@app.task(
-    name="numbers.relay_events",
-    soft_time_limit=settings.relay_max_seconds + 30,
-    time_limit=settings.relay_max_seconds + 60,
-    ignore_result=True,
-)
-def relay_events_task(now: object = None) -> dict[str, Any]:
-    """Apply committed lifecycle events to the releasable set and the event stream."""
-    when = parse_now(now)
-    client = redis_client()
-    report = relay_events(
-        session_factory(),
-        client,
-        now=when,
-        batch_size=settings.relay_batch_size,
-        max_seconds=settings.relay_max_seconds,
-        stream_maxlen=settings.events_stream_maxlen,
+    @task(
+        name=PURGE,
+        soft_time_limit=settings.purge_max_seconds + PURGE_SOFT_MARGIN,
+        time_limit=settings.purge_max_seconds + PURGE_HARD_MARGIN,
+        **retry,
     )
-    # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an hour.
-    if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
-        publish_releasable_task.apply_async(expires=600)
-    return report.as_dict()
+    def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
+        """Purge released numbers past their deadline; returns the run's summary.
+
+        A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
+        """
+        when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
+        with closing(make_provider(settings)) as provider:
+            report = purge_expired(
+                session_factory(settings),
+                now=when,
+                dry_run=dry,
+                config=PurgeConfig.from_settings(settings),
+                provider=provider,
+                stop=STOP,
+            )
+        return report.as_dict()
+
+    # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
+    # hourly.
+    @task(name=PUBLISH, soft_time_limit=600, time_limit=660, **retry)
+    def publish_releasable_task(now: object = None) -> dict[str, Any]:
+        """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
+        when = parse_now(now)
+        client = redis_client(settings)
+        # A failure leaves its marker in Redis for `status` and the exporter, then retries.
+        with recording_failures(client), session_factory(settings)() as session:
+            summary = publish_releasable(session, client, now=when)
+        client.delete(RECONCILE_REQUESTED)
+        return summary
+
+    # No retries: beat sends the next run within seconds, and a retry would only queue behind
+    # it. No stored result: one run every few seconds; Flower still shows each summary.
+    @task(
+        name=RELAY,
+        soft_time_limit=settings.relay_max_seconds + 30,
+        time_limit=settings.relay_max_seconds + 60,
+        ignore_result=True,
+    )
+    def relay_events_task(now: object = None) -> dict[str, Any]:
+        """Apply committed lifecycle events to the releasable set and the event stream."""
+        when = parse_now(now)
+        client = redis_client(settings)
+        report = relay_events(
+            session_factory(settings),
+            client,
+            now=when,
+            batch_size=settings.relay_batch_size,
+            max_seconds=settings.relay_max_seconds,
+            stream_maxlen=settings.events_stream_maxlen,
+        )
+        # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an
+        # hour.
+        if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
+            publish_releasable_task.apply_async(expires=600)
+        return report.as_dict()
