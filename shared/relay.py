@@ -114,7 +114,7 @@ def relay_events(
         if lock.owned():
             lock.release()
     with session_factory() as session:
-        report.remaining = session.scalar(select(func.count()).select_from(EVENTS)) or 0
+        report.remaining = session.execute(select(func.count()).select_from(EVENTS)).scalar_one()
     report.unpublished = not client.exists(meta_key(prefix))
     report.seconds = round(time.monotonic() - clock, 3)
     if report.applied or report.already_applied or report.status == "lost_lock":

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import Engine
 
 from tests.processes import Process, json_events, wait_for
+from tests.runbook import first_column, table_after
 
 CLI = [sys.executable, "-m", "worker.cli"]
 
@@ -110,6 +111,14 @@ def test_run_purges_demo_numbers_on_the_embedded_default(tmp_path: Path) -> None
     status = json.loads(cli(tmp_path, "status", "--json").stdout)
     assert status["overdue"] == 0
     assert status["last_runs"][0]["purged"] == seeded["overdue"]
+
+
+def test_the_runbook_names_every_key_of_status_json(tmp_path: Path) -> None:
+    assert cli(tmp_path, "migrate").returncode == 0
+    status = cli(tmp_path, "status", "--json", "--max-lag", "1h")
+    assert status.returncode == 0, status.stderr
+    documented = first_column(table_after("`status --json` prints the same as JSON")) - {"key"}
+    assert documented == set(json.loads(status.stdout))
 
 
 def test_an_unmigrated_store_gets_the_envelope_not_a_traceback(tmp_path: Path) -> None:

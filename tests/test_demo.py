@@ -22,7 +22,7 @@ COUNTRY_PREFIXES = {"US": "+1", "GB": "+44", "DE": "+49"}
 
 def count(session: Session, *where: ColumnElement[bool]) -> int:
     query = select(func.count()).select_from(PhoneNumber).where(*where)
-    return session.scalar(query) or 0
+    return session.execute(query).scalar_one()
 
 
 def test_seeds_the_requested_counts_and_a_matching_summary(

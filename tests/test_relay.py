@@ -56,7 +56,7 @@ def store_offers(factory: Factory, now: datetime) -> set[str]:
 
 def outbox(factory: Factory) -> int:
     with factory() as session:
-        return session.scalar(select(func.count()).select_from(EVENTS)) or 0
+        return session.execute(select(func.count()).select_from(EVENTS)).scalar_one()
 
 
 def test_release_repurchase_purge_reach_the_sets_and_the_stream(
