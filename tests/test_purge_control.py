@@ -30,7 +30,7 @@ from shared.demo import seed_demo
 from shared.models import PhoneNumber, PurgedNumber, PurgeRun
 from shared.purge import purge_expired
 from shared.retention import RETENTION
-from tests.processes import Process, service_env, start_worker, wait_for
+from tests.processes import Process, start_worker, wait_for
 from tests.servers import celery_client, wait_task
 
 pytestmark = [pytest.mark.postgres]
@@ -101,8 +101,8 @@ def finished(process: Process) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cli_env(pg_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    return service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **SLOW)
+def cli_env(process_env: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return process_env(**SLOW)
 
 
 def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_on(
@@ -202,14 +202,13 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
 @pytest.mark.processes
 def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
     pg_factory: Factory,
-    pg_url: str,
+    cli_env: dict[str, str],
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
     overdue = seed(pg_factory)
-    env = service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **SLOW)
-    worker = start_worker(env, tmp_path / "worker.log")
+    worker = start_worker(cli_env, tmp_path / "worker.log")
     try:
         with celery_client(redis_url) as client:
             task_id = client.send_task("numbers.purge_expired").id

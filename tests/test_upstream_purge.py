@@ -23,7 +23,7 @@ from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
 from tests.factories import make_number
 from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
-from tests.processes import service_env, start_worker, wait_for
+from tests.processes import start_worker, wait_for
 
 Factory = sessionmaker[Session]
 OVERDUE = timedelta(days=15)
@@ -279,7 +279,10 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
 @pytest.mark.redis
 @pytest.mark.processes
 def test_a_worker_killed_between_claim_and_delete(
-    pg_factory: Factory, pg_url: str, redis_url: str, fake_telnyx: FakeTelnyx, tmp_path: Path
+    pg_factory: Factory,
+    process_env: Callable[..., dict[str, str]],
+    fake_telnyx: FakeTelnyx,
+    tmp_path: Path,
 ) -> None:
     """A real worker claims rows and is SIGKILLed while its upstream calls hang; the next run
     picks the claimed rows up, the provider sees those numbers twice, and every number is
@@ -287,10 +290,7 @@ def test_a_worker_killed_between_claim_and_delete(
     now = datetime.now(UTC)
     numbers = seed(pg_factory, now, 12)
     fake_telnyx.default = Reply(200, "{}", delay=30)  # every call hangs: the worker dies mid-call
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
+    env = process_env(
         PROVIDER="telnyx",
         TELNYX_BASE_URL=fake_telnyx.url,
         TELNYX_API_KEY=API_KEY,
