@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
@@ -30,12 +30,12 @@ from structlog.testing import capture_logs
 from shared import purge as purge_module
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
-from shared.models import PhoneNumber, PurgedNumber
+from shared.models import PurgedNumber
 from shared.purge import lock as purge_lock
 from shared.purge import purge_expired
 from shared.releasable import publication, read_releasable
 from shared.retention import RETENTION
-from tests.factories import make_number
+from tests.factories import make_numbers
 from tests.processes import (
     Process,
     service_env,
@@ -45,6 +45,7 @@ from tests.processes import (
     wait_for,
 )
 from tests.servers import PostgresServer, RedisServer, celery_client, task_meta, wait_task
+from tests.stores import clear_the_next_hour
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
@@ -131,17 +132,9 @@ def seed_store(engine: Engine, *, numbers: int, now: datetime) -> Seeded:
         window_days=60,
         seed=7,
     )
-    # The worker decides with its own clock, a little after `now`: no deadline may fall
-    # inside the test, so numbers due in the next hour are moved two hours later.
-    cut = now - RETENTION
     with engine.begin() as connection:
-        connection.execute(
-            update(PhoneNumber)
-            .where(
-                PhoneNumber.released_at > cut, PhoneNumber.released_at <= cut + timedelta(hours=1)
-            )
-            .values(released_at=cut + timedelta(hours=2))
-        )
+        clear_the_next_hour(connection, now)
+    cut = now - RETENTION
     before = read_state(engine)
     overdue = {
         id_
@@ -336,14 +329,12 @@ def _seed_releasable(engine: Engine, now: datetime, count: int = 12) -> set[str]
     factory = make_session_factory(engine)
     fresh = {f"+1415440{i:04d}" for i in range(count)}
     with factory.begin() as session:
-        for number in sorted(fresh):
-            make_number(
-                session,
-                account_id="acc_pub",
-                phone_number=number,
-                released_at=now - timedelta(days=3),
-                now=now,
-            )
+        make_numbers(
+            session,
+            account_id="acc_pub",
+            ages=dict.fromkeys(sorted(fresh), timedelta(days=3)),
+            now=now,
+        )
     return fresh
 
 

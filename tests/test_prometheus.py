@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
-from tests.factories import make_number
+from tests.factories import make_number, make_numbers
 from tests.processes import Process, service_env, wait_for
 from tests.servers import free_port
 from tests.test_metrics import Samples, expected
@@ -153,14 +153,12 @@ def test_prometheus_sees_what_status_says_before_and_after_a_purge(
 ) -> None:
     now = utcnow()
     with pg_factory.begin() as session:
-        for i in range(3):
-            make_number(
-                session,
-                account_id="acc_1",
-                phone_number=f"+1415555010{i}",
-                released_at=now - (15 + i) * DAY,
-                now=now,
-            )
+        make_numbers(
+            session,
+            account_id="acc_1",
+            ages={f"+1415555010{i}": (15 + i) * DAY for i in range(3)},
+            now=now,
+        )
         make_number(
             session, account_id="acc_2", phone_number="+14155550200", released_at=now - DAY, now=now
         )

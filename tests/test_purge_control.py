@@ -9,20 +9,21 @@ exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
@@ -32,6 +33,7 @@ from shared.purge import purge_expired
 from shared.retention import RETENTION
 from tests.processes import Process, start_worker, wait_for
 from tests.servers import celery_client, wait_task
+from tests.stores import clear_the_next_hour
 
 pytestmark = [pytest.mark.postgres]
 
@@ -48,14 +50,7 @@ def seed(factory: Factory) -> set[int]:
     seed_demo(engine, numbers=NUMBERS, accounts=40, now=now, released_share=0.95, window_days=60)
     cut = now - RETENTION
     with factory.begin() as session:
-        # The processes decide with their own clock, later: no deadline may fall in the test.
-        session.execute(
-            update(PhoneNumber)
-            .where(
-                PhoneNumber.released_at > cut, PhoneNumber.released_at <= cut + timedelta(hours=1)
-            )
-            .values(released_at=cut + timedelta(hours=2))
-        )
+        clear_the_next_hour(session, now)
         overdue = set(
             session.scalars(
                 select(PhoneNumber.id).where(
@@ -91,8 +86,18 @@ def assert_all_purged_once(factory: Factory, overdue: set[int]) -> None:
     assert left == set()
 
 
-def start_purge(env: dict[str, str], log: Path) -> Process:
-    return Process([CLI, "purge"], env, log)
+@contextlib.contextmanager
+def purge_under_way(
+    factory: Factory, env: dict[str, str], log: Path, *, past: int, what: str
+) -> Iterator[Process]:
+    """`numbers-retention purge`, once it has tombstoned more than `past` numbers; stopped
+    when the block ends."""
+    purge = Process([CLI, "purge"], env, log)
+    try:
+        wait_for(lambda: tombstones(factory) > past, timeout=60, interval=0.02, what=what)
+        yield purge
+    finally:
+        purge.stop()
 
 
 def finished(process: Process) -> dict[str, Any]:
@@ -109,9 +114,8 @@ def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_o
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     overdue = seed(pg_factory)
-    purge = start_purge(cli_env, tmp_path / "purge.log")
-    try:
-        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+    log = tmp_path / "purge.log"
+    with purge_under_way(pg_factory, cli_env, log, past=0, what="a batch") as purge:
         paused = subprocess.run(
             [CLI, "pause", "--reason", "carrier audit", "--by", "ops"],
             env=cli_env,
@@ -122,8 +126,6 @@ def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_o
         )
         assert '"paused": true' in paused.stdout
         assert purge.popen.wait(30) == 0  # the running purge ends by itself, soon
-    finally:
-        purge.stop()
     summary = finished(purge)
     assert summary["status"] == "paused"
     assert summary["reason"] == "paused by ops: carrier audit"
@@ -147,15 +149,12 @@ def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, sig: signal.Signals
 ) -> None:
     overdue = seed(pg_factory)
-    purge = start_purge(cli_env, tmp_path / "purge.log")
-    try:
-        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+    log = tmp_path / "purge.log"
+    with purge_under_way(pg_factory, cli_env, log, past=0, what="a batch") as purge:
         purge.popen.send_signal(sig)
         asked = time.monotonic()
         assert purge.popen.wait(30) == 0
         took = time.monotonic() - asked
-    finally:
-        purge.stop()
     summary = finished(purge)
     assert summary["status"] == "interrupted"
     assert summary["reason"] == f"{sig.name} received"
@@ -177,13 +176,10 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     overdue = seed(pg_factory)
-    purge = start_purge(cli_env, tmp_path / "purge.log")
-    try:
-        wait_for(lambda: tombstones(pg_factory) > 100, timeout=60, interval=0.02, what="batches")
+    log = tmp_path / "purge.log"
+    with purge_under_way(pg_factory, cli_env, log, past=100, what="batches") as purge:
         purge.kill(signal.SIGKILL)
         purge.popen.wait(10)
-    finally:
-        purge.stop()
     with pg_factory() as session:
         [dead] = session.scalars(select(PurgeRun).where(PurgeRun.status == "running")).all()
     cut_at = tombstones(pg_factory, dead.id)

@@ -32,7 +32,7 @@ from shared.releasable import (
     writer_lock,
 )
 from shared.retention import RETENTION, repurchasable_numbers
-from tests.factories import make_number
+from tests.factories import make_number, make_numbers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -229,13 +229,12 @@ def test_reconciliation_repairs_and_reports_drift(
     pg_factory: Factory, redis_client: redis.Redis, now: datetime
 ) -> None:
     with pg_factory.begin() as session:
-        for i in range(4):
-            make_number(
-                session,
-                account_id="acc_d",
-                phone_number=f"+1415555044{i}",
-                released_at=now - timedelta(days=i),
-            )
+        make_numbers(
+            session,
+            account_id="acc_d",
+            ages={f"+1415555044{i}": timedelta(days=i) for i in range(4)},
+            now=now,
+        )
     with pg_factory() as session:
         first = publish_releasable(session, redis_client, now=now)
     assert (first["first"], first["drift_added"], first["published"]) == (True, 4, 4)
