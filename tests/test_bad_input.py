@@ -222,12 +222,14 @@ def every_number_call(value: object) -> list[Call]:
     ]
 
 
-def every_now_call(value: object) -> list[Call]:
+def every_call(**argument: object) -> list[Call]:
+    """A register, a release, a repurchase and a listing, each with `argument` (`now` or
+    `account_id`) and valid otherwise."""
     return [
-        register(now=value),
-        release(now=value),
-        repurchase(now=value),
-        listing(now=value),
+        register(**argument),
+        release(**argument),
+        repurchase(**argument),
+        listing(**argument),
     ]
 
 
@@ -258,7 +260,7 @@ def test_naive_out_of_range_and_non_datetimes(
     @example(value=datetime.min.replace(tzinfo=timezone(timedelta(hours=5))))
     def check(value: object) -> None:
         codes = {"naive_datetime", "datetime_out_of_range", "invalid_datetime"}
-        refused(world, every_now_call(value), codes, error_validator)
+        refused(world, every_call(now=value), codes, error_validator)
 
     check()
     for call, code in [
@@ -358,10 +360,7 @@ def test_bad_and_unknown_account_ids(world: Session, error_validator: Draft20201
         refused(
             world,
             [
-                register(account_id=bad),
-                release(account_id=bad),
-                repurchase(account_id=bad),
-                listing(account_id=bad),
+                *every_call(account_id=bad),
                 lambda s: shared.open_account(s, account_id=bad, plan="paid"),  # type: ignore[arg-type]
             ],
             {"invalid_account_id"},
@@ -369,12 +368,7 @@ def test_bad_and_unknown_account_ids(world: Session, error_validator: Draft20201
         )
         refused(
             world,
-            [
-                register(account_id=unknown),
-                release(account_id=unknown),
-                repurchase(account_id=unknown),
-                listing(account_id=unknown),
-            ],
+            every_call(account_id=unknown),
             {"account_not_found"},
             error_validator,
         )

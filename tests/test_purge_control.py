@@ -88,11 +88,11 @@ def assert_all_purged_once(factory: Factory, overdue: set[int]) -> None:
 
 @contextlib.contextmanager
 def purge_under_way(
-    factory: Factory, env: dict[str, str], log: Path, *, past: int, what: str
+    factory: Factory, env: dict[str, str], folder: Path, *, past: int, what: str
 ) -> Iterator[Process]:
-    """`numbers-retention purge`, once it has tombstoned more than `past` numbers; stopped
-    when the block ends."""
-    purge = Process([CLI, "purge"], env, log)
+    """`numbers-retention purge` (its log purge.log in `folder`), once it has tombstoned more
+    than `past` numbers; stopped when the block ends."""
+    purge = Process([CLI, "purge"], env, folder / "purge.log")
     try:
         wait_for(lambda: tombstones(factory) > past, timeout=60, interval=0.02, what=what)
         yield purge
@@ -114,8 +114,7 @@ def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_o
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     overdue = seed(pg_factory)
-    log = tmp_path / "purge.log"
-    with purge_under_way(pg_factory, cli_env, log, past=0, what="a batch") as purge:
+    with purge_under_way(pg_factory, cli_env, tmp_path, past=0, what="a batch") as purge:
         paused = subprocess.run(
             [CLI, "pause", "--reason", "carrier audit", "--by", "ops"],
             env=cli_env,
@@ -149,8 +148,7 @@ def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, sig: signal.Signals
 ) -> None:
     overdue = seed(pg_factory)
-    log = tmp_path / "purge.log"
-    with purge_under_way(pg_factory, cli_env, log, past=0, what="a batch") as purge:
+    with purge_under_way(pg_factory, cli_env, tmp_path, past=0, what="a batch") as purge:
         purge.popen.send_signal(sig)
         asked = time.monotonic()
         assert purge.popen.wait(30) == 0
@@ -176,8 +174,7 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     overdue = seed(pg_factory)
-    log = tmp_path / "purge.log"
-    with purge_under_way(pg_factory, cli_env, log, past=100, what="batches") as purge:
+    with purge_under_way(pg_factory, cli_env, tmp_path, past=100, what="batches") as purge:
         purge.kill(signal.SIGKILL)
         purge.popen.wait(10)
     with pg_factory() as session:
