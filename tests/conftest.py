@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from shared.provider import TelnyxProvider
 from shared.settings import get_settings, get_store_settings
 from tests.factories import NOW
 from tests.fake_telnyx import API_KEY, FakeTelnyx
+from tests.processes import service_env
 from tests.stores import delete_all_rows, service_missing
 
 # The private PostgreSQL and Redis servers' fixtures (fault_pg_server, fault_pg, fault_redis).
@@ -70,6 +72,15 @@ def redis_url() -> str:
     except (redis.ConnectionError, redis.TimeoutError) as error:
         service_missing("Redis", error)
     return url
+
+
+@pytest.fixture
+def process_env(pg_url: str, redis_url: str, tmp_path: Path) -> Callable[..., dict[str, str]]:
+    """`service_env` on the test PostgreSQL and Redis with its data in `tmp_path`: call it with
+    the settings of the test's processes, `process_env(PURGE_BATCH_SIZE="7")`."""
+    return functools.partial(
+        service_env, database_url=pg_url, redis_url=redis_url, data_dir=tmp_path
+    )
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,19 @@ def ensure_account(session: Session, account_id: str, *, plan: str = "paid") -> 
             raise
 
 
+def valid_order(**overrides: Any) -> dict[str, Any]:
+    """register_number's arguments for a valid order (acc_a's +14155550999, a local US number at
+    1.00, on NOW), overridden field by field."""
+    return {
+        "account_id": "acc_a",
+        "phone_number": "+14155550999",
+        "country_code": "US",
+        "number_type": "local",
+        "monthly_price": "1.00",
+        "now": NOW,
+    } | overrides
+
+
 def make_number(
     session: Session,
     *,

@@ -86,6 +86,12 @@ def start_beat(env: dict[str, str], log: Path, schedule: Path) -> Process:
     return celery(["beat", "--loglevel=INFO", "-s", str(schedule)], env, log)
 
 
+def start_worker_and_beat(env: dict[str, str], folder: Path) -> tuple[Process, Process]:
+    """A worker and a beat logging to worker.log and beat.log in `folder`, the schedule there."""
+    worker = start_worker(env, folder / "worker.log")
+    return worker, start_beat(env, folder / "beat.log", folder / "beat-schedule")
+
+
 def wait_for(
     check: Callable[[], T | None],
     *,

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 import shared
 from shared.db import make_session_factory
 from shared.models import E164_PATTERN, Account, PhoneNumber, PurgeRun
-from tests.factories import NOW, REGISTERED_BEFORE, make_number, snapshot
+from tests.factories import NOW, REGISTERED_BEFORE, make_number, snapshot, valid_order
 from tests.processes import Process, service_env, start_worker, wait_for
 from tests.servers import celery_client, task_meta, wait_task
 
@@ -178,14 +178,7 @@ def refused(
 
 
 def register(**overrides: Any) -> Call:
-    order: dict[str, Any] = {
-        "account_id": A,
-        "phone_number": "+14155550999",
-        "country_code": "US",
-        "number_type": "local",
-        "monthly_price": "1.00",
-        "now": NOW,
-    } | overrides
+    order = valid_order(account_id=A) | overrides
     return lambda s: shared.register_number(s, **order)
 
 
@@ -229,12 +222,14 @@ def every_number_call(value: object) -> list[Call]:
     ]
 
 
-def every_now_call(value: object) -> list[Call]:
+def every_call(**argument: object) -> list[Call]:
+    """A register, a release, a repurchase and a listing, each with `argument` (`now` or
+    `account_id`) and valid otherwise."""
     return [
-        register(now=value),
-        release(now=value),
-        repurchase(now=value),
-        listing(now=value),
+        register(**argument),
+        release(**argument),
+        repurchase(**argument),
+        listing(**argument),
     ]
 
 
@@ -265,7 +260,7 @@ def test_naive_out_of_range_and_non_datetimes(
     @example(value=datetime.min.replace(tzinfo=timezone(timedelta(hours=5))))
     def check(value: object) -> None:
         codes = {"naive_datetime", "datetime_out_of_range", "invalid_datetime"}
-        refused(world, every_now_call(value), codes, error_validator)
+        refused(world, every_call(now=value), codes, error_validator)
 
     check()
     for call, code in [
@@ -302,42 +297,60 @@ def test_instants_before_the_rows_own_history(
     check()
 
 
-def test_bad_country_codes(world: Session, error_validator: Draft202012Validator) -> None:
-    @settings(max_examples=EXAMPLES)
-    @given(value=bad_country)
-    def check(value: object) -> None:
-        refused(world, [register(country_code=value)], {"invalid_country_code"}, error_validator)
+def refuses_every_bad_field(
+    world: Session,
+    validator: Draft202012Validator,
+    field: str,
+    values: st.SearchStrategy[object],
+    code: str,
+    *examples: object,
+) -> None:
+    """A register order with `field` set to any of `values` (the `examples` first) is refused
+    with `code`; the examples run in the order given, as stacked @example decorators do."""
 
-    check()
+    def check(value: object) -> None:
+        refused(world, [register(**{field: value})], {code}, validator)
+
+    for value in reversed(examples):
+        check = example(value=value)(check)
+    settings(max_examples=EXAMPLES)(given(value=values)(check))()
+
+
+def test_bad_country_codes(world: Session, error_validator: Draft202012Validator) -> None:
+    refuses_every_bad_field(
+        world, error_validator, "country_code", bad_country, "invalid_country_code"
+    )
 
 
 def test_negative_non_numeric_and_odd_prices(
     world: Session, error_validator: Draft202012Validator
 ) -> None:
-    @settings(max_examples=EXAMPLES)
-    @given(value=bad_price)
-    @example(value=-1)
-    @example(value=Decimal("-0.0001"))
-    @example(value="abc")
-    @example(value="")
-    def check(value: object) -> None:
-        refused(world, [register(monthly_price=value)], {"invalid_price"}, error_validator)
-
-    check()
+    refuses_every_bad_field(
+        world,
+        error_validator,
+        "monthly_price",
+        bad_price,
+        "invalid_price",
+        -1,
+        Decimal("-0.0001"),
+        "abc",
+        "",
+    )
 
 
 def test_oversized_and_invalid_labels(
     world: Session, error_validator: Draft202012Validator
 ) -> None:
-    @settings(max_examples=EXAMPLES)
-    @given(value=bad_label)
-    @example(value="x" * 256)
-    @example(value="front\x00desk")
-    @example(value="front desk \ud800")
-    def check(value: object) -> None:
-        refused(world, [register(label=value)], {"invalid_label"}, error_validator)
-
-    check()
+    refuses_every_bad_field(
+        world,
+        error_validator,
+        "label",
+        bad_label,
+        "invalid_label",
+        "x" * 256,
+        "front\x00desk",
+        "front desk \ud800",
+    )
 
 
 def test_bad_and_unknown_account_ids(world: Session, error_validator: Draft202012Validator) -> None:
@@ -347,10 +360,7 @@ def test_bad_and_unknown_account_ids(world: Session, error_validator: Draft20201
         refused(
             world,
             [
-                register(account_id=bad),
-                release(account_id=bad),
-                repurchase(account_id=bad),
-                listing(account_id=bad),
+                *every_call(account_id=bad),
                 lambda s: shared.open_account(s, account_id=bad, plan="paid"),  # type: ignore[arg-type]
             ],
             {"invalid_account_id"},
@@ -358,12 +368,7 @@ def test_bad_and_unknown_account_ids(world: Session, error_validator: Draft20201
         )
         refused(
             world,
-            [
-                register(account_id=unknown),
-                release(account_id=unknown),
-                repurchase(account_id=unknown),
-                listing(account_id=unknown),
-            ],
+            every_call(account_id=unknown),
             {"account_not_found"},
             error_validator,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import signal
-import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import PhoneNumber, PurgeRun
 from tests.factories import make_numbers
-from tests.processes import Process, celery, service_env, start_beat, start_worker, wait_for
+from tests.processes import Process, celery, start_beat, start_worker_and_beat, wait_for
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
@@ -35,13 +36,6 @@ def took_lock(output: str) -> bool:
 
 # Beat sends a run every second; a second send of the same slot would come within milliseconds.
 SLOT_SECONDS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def queued(client: redis.Redis, task: str) -> list[datetime]:
@@ -63,12 +57,9 @@ def gaps(times: list[datetime]) -> list[float]:
 
 
 def test_a_second_beat_waits_on_the_lock_and_takes_over_when_the_first_dies(
-    pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    process_env: Callable[..., dict[str, str]], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
+    env = process_env(
         PUBLISH_EVERY_SECONDS="1",
         PURGE_EVERY_SECONDS="3600",
         # A short lock and loop, so that the standby notices a dead holder within seconds.
@@ -165,8 +156,7 @@ def summary(task: dict[str, Any]) -> dict[str, Any]:
 
 def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
     pg_factory: sessionmaker[Session],
-    pg_url: str,
-    redis_url: str,
+    process_env: Callable[..., dict[str, str]],
     redis_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
@@ -176,13 +166,7 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         make_numbers(
             session, account_id="acc_ops", ages=dict.fromkeys(overdue, timedelta(days=15)), now=now
         )
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        PURGE_EVERY_SECONDS="2",
-        PUBLISH_EVERY_SECONDS="3600",
-    )
+    env = process_env(PURGE_EVERY_SECONDS="2", PUBLISH_EVERY_SECONDS="3600")
     port, user, password = free_port(), "ops", "flower-test-secret"
     flower = Flower(port, user, password)
     processes: list[Process] = []
@@ -201,8 +185,7 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
             )
         )
         wait_for(flower.up, timeout=30, what="Flower to answer")
-        processes.append(start_worker(env, tmp_path / "worker.log"))
-        processes.append(start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule"))
+        processes.extend(start_worker_and_beat(env, tmp_path))
 
         def purge_that_purged() -> str | None:
             tasks = flower.api("/api/tasks", taskname=PURGE, state="SUCCESS")

@@ -15,7 +15,7 @@ from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
 from shared.retention import RETENTION
 from shared.upstream import reset_upstream
-from tests.factories import ensure_account, make_number
+from tests.factories import ensure_account, make_number, valid_order
 from tests.fake_telnyx import FakeTelnyx, telnyx_error
 
 NUMBER = "+14155550300"
@@ -36,13 +36,7 @@ def test_register_release_repurchase_hold_write_one_event_each(
     registered = now - timedelta(days=30)
     released = now - timedelta(days=3)
     shared.register_number(
-        session,
-        account_id="acc_ev",
-        phone_number=NUMBER,
-        country_code="US",
-        number_type="local",
-        monthly_price="1.00",
-        now=registered,
+        session, **valid_order(account_id="acc_ev", phone_number=NUMBER, now=registered)
     )
     shared.release_number(session, account_id="acc_ev", phone_number=NUMBER, now=released)
     shared.set_purge_hold(session, phone_number=NUMBER, held=True, now=now)
@@ -50,13 +44,7 @@ def test_register_release_repurchase_hold_write_one_event_each(
     shared.set_purge_hold(session, phone_number=NUMBER, held=False, now=now)
     # Ordering a number the account released within its window is a repurchase.
     shared.register_number(
-        session,
-        account_id="acc_ev",
-        phone_number=NUMBER,
-        country_code="US",
-        number_type="local",
-        monthly_price="1.00",
-        now=now,
+        session, **valid_order(account_id="acc_ev", phone_number=NUMBER, now=now)
     )
     deadline = released + RETENTION
     assert events(session) == [

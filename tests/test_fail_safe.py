@@ -17,12 +17,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-from shared.models import NumberEvent, PhoneNumber, PurgedNumber, PurgeRun
+from shared.models import NumberEvent, PhoneNumber, PurgeRun
 from shared.provider import TelnyxProvider
 from shared.status import store_status
 from shared.upstream import resolve_by_operator
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, StaticServer, record
+from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]
 # Every purge here decides a day before the suite's instant: never ahead of the host's clock.
@@ -46,16 +47,6 @@ def seed(factory: Factory, count: int, *, ids: Callable[[int], str | None] = str
     return numbers
 
 
-def numbers_left(factory: Factory) -> dict[str, PhoneNumber]:
-    with factory() as session:
-        return {n.phone_number: n for n in session.scalars(select(PhoneNumber))}
-
-
-def tombstones(factory: Factory) -> dict[str, PurgedNumber]:
-    with factory() as session:
-        return {t.phone_number: t for t in session.scalars(select(PurgedNumber))}
-
-
 def telnyx_at(url: str) -> TelnyxProvider:
     return TelnyxProvider(base_url=url, api_key=API_KEY, timeout=0.5)
 
@@ -77,8 +68,8 @@ def test_an_extra_path_in_the_base_url_deletes_nothing(
     assert report.reason is not None
     assert "TELNYX_BASE_URL" in report.reason
     assert dict(fake_telnyx.calls) == {}  # the pre-flight check stopped it: no DELETE sent
-    assert set(numbers_left(session_factory)) == set(numbers)
-    assert tombstones(session_factory) == {}
+    assert set(numbers_by_phone(session_factory)) == set(numbers)
+    assert tombstones_by_phone(session_factory) == {}
     with session_factory() as session:
         run = session.scalars(select(PurgeRun)).one()
     assert run.status == "provider_misconfigured"
@@ -96,8 +87,8 @@ def test_a_web_server_answering_html_deletes_nothing(
         finally:
             provider.close()
     assert (report.status, report.purged) == ("provider_misconfigured", 0)
-    assert set(numbers_left(session_factory)) == set(numbers)
-    assert tombstones(session_factory) == {}
+    assert set(numbers_by_phone(session_factory)) == set(numbers)
+    assert tombstones_by_phone(session_factory) == {}
 
 
 @pytest.mark.parametrize(
@@ -120,12 +111,12 @@ def test_an_answer_that_does_not_prove_the_release_keeps_the_row_and_stops_the_r
     fake_telnyx.script["900"] = [reply]
     report = shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
     assert (report.status, report.purged) == ("provider_misconfigured", 0)
-    left = numbers_left(session_factory)
+    left = numbers_by_phone(session_factory)
     assert set(left) == set(numbers)
     assert left[numbers[0]].provider_error_code == "provider_misconfigured"
     # The run stopped calling: at most the calls already in flight were made.
     assert fake_telnyx.calls["900"] == 1
-    assert tombstones(session_factory) == {}
+    assert tombstones_by_phone(session_factory) == {}
     with session_factory() as session:
         last = store_status(session, now=WHEN)["last_runs"][0]
     assert last["status"] == "provider_misconfigured"
@@ -142,7 +133,7 @@ def test_an_undecodable_answer_is_a_transient_failure_of_that_number(
     fake_telnyx.script["900"] = [Reply(200, "not gzip at all", {"Content-Encoding": "gzip"})]
     report = shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
     assert (report.status, report.purged, report.provider_failed) == ("completed", 2, 1)
-    kept = numbers_left(session_factory)[numbers[0]]
+    kept = numbers_by_phone(session_factory)[numbers[0]]
     assert kept.provider_error_code == "provider_unreachable"
     assert not kept.provider_failed_permanently
     assert kept.provider_next_attempt_at is not None
@@ -152,7 +143,7 @@ def test_an_undecodable_answer_is_a_transient_failure_of_that_number(
     fake_telnyx.script["900"] = []
     later = WHEN + timedelta(hours=1)
     assert shared.purge_expired(session_factory, now=later, provider=telnyx).purged == 1
-    assert numbers_left(session_factory) == {}
+    assert numbers_by_phone(session_factory) == {}
 
 
 # --- 3. a stored provider id can never address another resource --------------------------------
@@ -189,7 +180,7 @@ def test_a_crafted_id_already_in_the_store_is_never_sent(
     assert fake_telnyx.paths == []
     assert all(
         row.provider_error_code == "invalid_provider_number_id" and row.provider_failed_permanently
-        for row in numbers_left(session_factory).values()
+        for row in numbers_by_phone(session_factory).values()
     )
 
 
@@ -226,7 +217,7 @@ def test_rows_with_upstream_state_wait_for_the_provider_or_a_person(
     # PROVIDER=none now: only the number no upstream run touched goes.
     report = shared.purge_expired(session_factory, now=WHEN + timedelta(hours=1))
     assert (report.provider, report.purged) == ("none", 1)
-    assert set(numbers_left(session_factory)) == {transient, permanent, claimed}
+    assert set(numbers_by_phone(session_factory)) == {transient, permanent, claimed}
     with session_factory() as session:
         status = store_status(session, now=WHEN)
     assert (status["upstream_failed"], status["upstream_claimed"]) == (2, 1)
@@ -237,14 +228,14 @@ def test_rows_with_upstream_state_wait_for_the_provider_or_a_person(
             session, phone_number=permanent, reason="released in the portal, T-42", by="ops"
         )
     assert answer["resolution"] == "operator"
-    stone = tombstones(session_factory)[permanent]
+    stone = tombstones_by_phone(session_factory)[permanent]
     assert (stone.resolution, stone.resolved_by, stone.resolution_note) == (
         "operator",
         "ops",
         "released in the portal, T-42",
     )
     assert stone.upstream_released_at is None
-    assert set(numbers_left(session_factory)) == {transient, claimed}
+    assert set(numbers_by_phone(session_factory)) == {transient, claimed}
     with session_factory() as session:
         purged = session.scalars(select(NumberEvent).where(NumberEvent.kind == "purged"))
         assert permanent in {event.phone_number for event in purged}
@@ -272,7 +263,7 @@ def test_settling_by_hand_refuses_what_it_cannot_prove(session_factory: Factory)
     with session_factory.begin() as session, pytest.raises(shared.ValidationError) as refused:
         resolve_by_operator(session, phone_number=number, reason="done", by="ops")
     assert refused.value.code == "number_not_due"
-    assert tombstones(session_factory) == {}
+    assert tombstones_by_phone(session_factory) == {}
 
 
 # --- 5. a future instant is refused by the library, not only by the task ------------------------
@@ -293,7 +284,7 @@ def test_a_real_run_ahead_of_the_clock_is_refused_and_a_dry_run_may_look_ahead(
     with pytest.raises(shared.ValidationError) as refused:
         shared.purge_expired(session_factory, now=future)
     assert refused.value.code == "now_in_future"
-    assert len(numbers_left(session_factory)) == 1
+    assert len(numbers_by_phone(session_factory)) == 1
     dry = shared.purge_expired(session_factory, now=future, dry_run=True)
     assert (dry.status, dry.would_purge) == ("dry_run", 1)
     with session_factory() as session:
@@ -396,6 +387,6 @@ def test_repurchases_racing_a_purge_end_in_the_envelope_or_a_tombstone(
     assert all(isinstance(r, dict | shared.ApiError | shared.PurgeReport) for r in results)
     for error in (r for r in results if isinstance(r, shared.ApiError)):
         assert error.code in ("repurchase_window_closed", "number_being_purged", "number_not_found")
-    gone, left = tombstones(session_factory), numbers_left(session_factory)
+    gone, left = tombstones_by_phone(session_factory), numbers_by_phone(session_factory)
     assert set(gone) | set(left) == set(numbers)
     assert not set(gone) & set(left)

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
@@ -29,14 +30,22 @@ from structlog.testing import capture_logs
 from shared import purge as purge_module
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
-from shared.models import PhoneNumber, PurgedNumber
+from shared.models import PurgedNumber
 from shared.purge import lock as purge_lock
 from shared.purge import purge_expired
 from shared.releasable import publication, read_releasable
 from shared.retention import RETENTION
-from tests.factories import make_number
-from tests.processes import Process, service_env, start_beat, start_worker, wait_for
+from tests.factories import make_numbers
+from tests.processes import (
+    Process,
+    service_env,
+    start_beat,
+    start_worker,
+    start_worker_and_beat,
+    wait_for,
+)
 from tests.servers import PostgresServer, RedisServer, celery_client, task_meta, wait_task
+from tests.stores import clear_the_next_hour
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
@@ -123,17 +132,9 @@ def seed_store(engine: Engine, *, numbers: int, now: datetime) -> Seeded:
         window_days=60,
         seed=7,
     )
-    # The worker decides with its own clock, a little after `now`: no deadline may fall
-    # inside the test, so numbers due in the next hour are moved two hours later.
-    cut = now - RETENTION
     with engine.begin() as connection:
-        connection.execute(
-            update(PhoneNumber)
-            .where(
-                PhoneNumber.released_at > cut, PhoneNumber.released_at <= cut + timedelta(hours=1)
-            )
-            .values(released_at=cut + timedelta(hours=2))
-        )
+        clear_the_next_hour(connection, now)
+    cut = now - RETENTION
     before = read_state(engine)
     overdue = {
         id_
@@ -194,13 +195,13 @@ def retry_countdowns(process: Process, task_name: str) -> list[int]:
 
 
 def test_sigkill_mid_purge_then_restart_finishes_exactly_once(
-    pg_store: Engine, pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    pg_store: Engine,
+    process_env: Callable[..., dict[str, str]],
+    redis_client: redis.Redis,
+    tmp_path: Path,
 ) -> None:
     seeded = seed_store(pg_store, numbers=KILL_NUMBERS, now=datetime.now(UTC))
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
+    env = process_env(
         PURGE_EVERY_SECONDS="2",
         PUBLISH_EVERY_SECONDS="3600",
         # Not the relay: its runs over the seed's 60,000 events would be what `stop()` cuts.
@@ -328,20 +329,18 @@ def _seed_releasable(engine: Engine, now: datetime, count: int = 12) -> set[str]
     factory = make_session_factory(engine)
     fresh = {f"+1415440{i:04d}" for i in range(count)}
     with factory.begin() as session:
-        for number in sorted(fresh):
-            make_number(
-                session,
-                account_id="acc_pub",
-                phone_number=number,
-                released_at=now - timedelta(days=3),
-                now=now,
-            )
+        make_numbers(
+            session,
+            account_id="acc_pub",
+            ages=dict.fromkeys(sorted(fresh), timedelta(days=3)),
+            now=now,
+        )
     return fresh
 
 
 def test_publish_retries_with_backoff_while_redis_is_away(
     pg_store: Engine,
-    pg_url: str,
+    process_env: Callable[..., dict[str, str]],
     redis_url: str,
     redis_client: redis.Redis,
     fault_redis: RedisServer,
@@ -350,7 +349,7 @@ def test_publish_retries_with_backoff_while_redis_is_away(
     """The releasable set's Redis is down when the task runs: it retries with growing,
     capped, jittered delays, and publishes once Redis is back. The broker stays up."""
     fresh = _seed_releasable(pg_store, datetime.now(UTC))
-    env = service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **FAST_RETRIES)
+    env = process_env(**FAST_RETRIES)
     env |= {"REDIS_URL": fault_redis.url(), "RESULT_BACKEND": redis_url}
     fault_redis.stop()
     worker = start_worker(env, tmp_path / "worker.log")
@@ -393,8 +392,7 @@ def test_worker_and_beat_recover_when_redis_comes_back(
         BEAT_LOCK_TIMEOUT_SECONDS="10",
         **FAST_RETRIES,
     )
-    worker = start_worker(env, tmp_path / "worker.log")
-    beat = start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    worker, beat = start_worker_and_beat(env, tmp_path)
     client = fault_redis.client()
     try:
         wait_for(lambda: publication(client), timeout=60, what="a first publication")
@@ -421,16 +419,14 @@ def test_worker_and_beat_recover_when_redis_comes_back(
 
 
 def test_several_workers_purging_at_once_reach_the_one_worker_end_state(
-    pg_store: Engine, pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    pg_store: Engine,
+    process_env: Callable[..., dict[str, str]],
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
 ) -> None:
     seeded = seed_store(pg_store, numbers=RACING_NUMBERS, now=datetime.now(UTC))
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        PURGE_BATCH_SIZE="100",
-        PURGE_MAX_ROWS=str(RACING_MAX_ROWS),
-    )
+    env = process_env(PURGE_BATCH_SIZE="100", PURGE_MAX_ROWS=str(RACING_MAX_ROWS))
     workers = [
         start_worker(env, tmp_path / f"worker-{i}.log", name=f"w{i}", concurrency=2)
         for i in range(RACING_WORKERS)

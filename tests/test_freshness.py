@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared.releasable import STREAM, publication, read_releasable
 from tests.factories import make_number
-from tests.processes import Process, service_env, wait_for
+from tests.processes import Process, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
@@ -34,8 +35,7 @@ def seconds_until(check: object, what: str) -> float:
 
 def test_release_and_repurchase_reach_the_published_set_within_10_seconds(
     pg_factory: sessionmaker[Session],
-    pg_url: str,
-    redis_url: str,
+    process_env: Callable[..., dict[str, str]],
     redis_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
@@ -50,8 +50,7 @@ def test_release_and_repurchase_reach_the_published_set_within_10_seconds(
             now=now,
         )
     # Default settings: only the services are named.
-    env = service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path)
-    run = Process([*CLI, "run"], env, tmp_path / "run.log")
+    run = Process([*CLI, "run"], process_env(), tmp_path / "run.log")
     try:
         # Started: the start-up reconciliation published what the store offers.
         wait_for(lambda: publication(redis_client), timeout=60, what="the first publication")

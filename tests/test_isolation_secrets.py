@@ -28,7 +28,7 @@ from shared.models import E164_PATTERN
 from shared.reconcile import publish_releasable
 from shared.releasable import read_releasable
 from tests.factories import NOW, make_number, make_numbers, snapshot
-from tests.processes import service_env, start_beat, start_worker, wait_for
+from tests.processes import service_env, start_worker_and_beat, wait_for
 from tests.servers import RedisServer, celery_client, free_port, wait_task
 from worker.app import app
 
@@ -195,8 +195,7 @@ def test_url_passwords_never_leave_the_process(
         PUBLISH_EVERY_SECONDS="1",
         LOG_LEVEL="DEBUG",
     )
-    worker = start_worker(env, tmp_path / "worker.log")
-    beat = start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    worker, beat = start_worker_and_beat(env, tmp_path)
     outputs: list[str] = []
     try:
         results = fault_redis.client()

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 import shared
 from shared.models import CampaignAssignment, PhoneNumber
-from tests.factories import NOW, REGISTERED_BEFORE, make_number, snapshot
+from tests.factories import NOW, REGISTERED_BEFORE, make_number, snapshot, valid_order
 
 SECOND = timedelta(seconds=1)
 MICROSECOND = timedelta(microseconds=1)
@@ -25,15 +25,7 @@ CREATED_AT = "2026-10-28T12:00:00Z"  # NOW - 30 days, as make_number registers
 
 def register(session: Session, **overrides: Any) -> dict[str, Any]:
     """register_number with a valid order, overridden field by field."""
-    order: dict[str, Any] = {
-        "account_id": "acc_a",
-        "phone_number": "+14155550999",
-        "country_code": "US",
-        "number_type": "local",
-        "monthly_price": "1.00",
-        "now": NOW,
-    } | overrides
-    return shared.register_number(session, **order)
+    return shared.register_number(session, **valid_order(**overrides))
 
 
 def stored(session: Session, phone_number: str) -> PhoneNumber:

@@ -22,9 +22,10 @@ from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.settings import get_settings
 from shared.status import store_status
-from tests.factories import NOW, make_number
+from tests.factories import NOW, make_number, make_numbers
 from tests.metric_names import CONTRACT, EXTRAS
 from tests.servers import free_port
+from tests.stores import fail_upstream
 from worker.metrics import Reader, Reading, RetentionCollector, exporter_engine, families
 
 DAY = timedelta(days=1)
@@ -87,13 +88,9 @@ def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) 
 def seed(factory: sessionmaker[Session]) -> None:
     """Three overdue numbers (one a day past its deadline), one held, one fresh, two stuck."""
     with factory.begin() as session:
-        for i in range(3):
-            make_number(
-                session,
-                account_id="acc_1",
-                phone_number=f"+1415555010{i}",
-                released_at=NOW - (15 + i) * DAY,
-            )
+        make_numbers(
+            session, account_id="acc_1", ages={f"+1415555010{i}": (15 + i) * DAY for i in range(3)}
+        )
         make_number(
             session, account_id="acc_1", phone_number="+14155550110", released_at=NOW - 20 * DAY
         )
@@ -104,17 +101,7 @@ def seed(factory: sessionmaker[Session]) -> None:
             make_number(
                 session, account_id="acc_3", phone_number=phone_number, released_at=NOW - 30 * DAY
             )
-            session.execute(
-                update(PhoneNumber)
-                .where(PhoneNumber.phone_number == phone_number)
-                .values(
-                    purge_state="purging",
-                    provider_attempts=1,
-                    provider_error_code="provider_refused",
-                    provider_failed_permanently=permanent,
-                    provider_next_attempt_at=None if permanent else NOW + DAY,
-                )
-            )
+            fail_upstream(session, phone_number, permanent=permanent)
         session.execute(
             update(PhoneNumber)
             .where(PhoneNumber.phone_number == "+14155550110")

@@ -83,30 +83,27 @@ def test_the_exporter_exports_the_contract() -> None:
     assert exported() >= CONTRACT
 
 
-def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+def promtool_passes(*args: str, timeout: float) -> str:
+    """`promtool <args>` in deploy/prometheus, which must exit 0; its standard output."""
     done = subprocess.run(
-        [promtool(), "test", "rules", "alerts.test.yml"],
+        [promtool(), *args],
         cwd=PROMETHEUS,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS" in done.stdout
+    return done.stdout
+
+
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    assert "SUCCESS" in promtool_passes("test", "rules", "alerts.test.yml", timeout=120)
 
 
 def test_prometheus_config_and_rules_check() -> None:
-    done = subprocess.run(
-        [promtool(), "check", "config", "prometheus.yml"],
-        cwd=PROMETHEUS,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout
+    checked = promtool_passes("check", "config", "prometheus.yml", timeout=60)
+    assert "SUCCESS: 9 rules found" in checked
 
 
 def test_every_alert_rule_fires_in_a_unit_test() -> None:

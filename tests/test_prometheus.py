@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
-from tests.factories import make_number
+from tests.factories import make_number, make_numbers
 from tests.processes import Process, service_env, wait_for
 from tests.servers import free_port
 from tests.test_metrics import Samples, expected
@@ -131,6 +131,20 @@ def scraped(base: str) -> Samples:
     return samples
 
 
+def run_then_scrape(
+    env: dict[str, str], prometheus: str, command: str, *, timeout: float, seen: str, what: str
+) -> Samples:
+    """`numbers-retention <command>`, which must succeed; then Prometheus's values, once its
+    latest scrape shows `seen` at 3."""
+    done = subprocess.run([CLI, command], env=env, capture_output=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return wait_for(
+        lambda: values if (values := scraped(prometheus)).get((seen, ())) == 3 else None,
+        timeout=60,
+        what=what,
+    )
+
+
 def status(env: dict[str, str]) -> dict[str, Any]:
     done = subprocess.run(
         [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -153,42 +167,33 @@ def test_prometheus_sees_what_status_says_before_and_after_a_purge(
 ) -> None:
     now = utcnow()
     with pg_factory.begin() as session:
-        for i in range(3):
-            make_number(
-                session,
-                account_id="acc_1",
-                phone_number=f"+1415555010{i}",
-                released_at=now - (15 + i) * DAY,
-                now=now,
-            )
+        make_numbers(
+            session,
+            account_id="acc_1",
+            ages={f"+1415555010{i}": (15 + i) * DAY for i in range(3)},
+            now=now,
+        )
         make_number(
             session, account_id="acc_2", phone_number="+14155550200", released_at=now - DAY, now=now
         )
-    published = subprocess.run([CLI, "publish"], env=env, capture_output=True, timeout=60)
-    assert published.returncode == 0, published.stderr
-
-    before = wait_for(
-        lambda: (
-            values
-            if (values := scraped(prometheus)).get(("numbers_retention_overdue", ())) == 3
-            else None
-        ),
+    before = run_then_scrape(
+        env,
+        prometheus,
+        "publish",
         timeout=60,
+        seen="numbers_retention_overdue",
         what="Prometheus to scrape the seeded store",
     )
     agree(before, status(env))
     assert ("numbers_retention_purge_last_success_timestamp_seconds", ()) not in before
     assert before[("numbers_retention_oldest_overdue_seconds", ())] >= 3 * 86400 - CLOCK_SLACK
 
-    purged = subprocess.run([CLI, "purge"], env=env, capture_output=True, timeout=120)
-    assert purged.returncode == 0, purged.stderr
-    after = wait_for(
-        lambda: (
-            values
-            if (values := scraped(prometheus)).get(("numbers_retention_purged_total", ())) == 3
-            else None
-        ),
-        timeout=60,
+    after = run_then_scrape(
+        env,
+        prometheus,
+        "purge",
+        timeout=120,
+        seen="numbers_retention_purged_total",
         what="Prometheus to scrape the purged store",
     )
     report = status(env)

@@ -9,20 +9,21 @@ exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
@@ -30,8 +31,9 @@ from shared.demo import seed_demo
 from shared.models import PhoneNumber, PurgedNumber, PurgeRun
 from shared.purge import purge_expired
 from shared.retention import RETENTION
-from tests.processes import Process, service_env, start_worker, wait_for
+from tests.processes import Process, start_worker, wait_for
 from tests.servers import celery_client, wait_task
+from tests.stores import clear_the_next_hour
 
 pytestmark = [pytest.mark.postgres]
 
@@ -48,14 +50,7 @@ def seed(factory: Factory) -> set[int]:
     seed_demo(engine, numbers=NUMBERS, accounts=40, now=now, released_share=0.95, window_days=60)
     cut = now - RETENTION
     with factory.begin() as session:
-        # The processes decide with their own clock, later: no deadline may fall in the test.
-        session.execute(
-            update(PhoneNumber)
-            .where(
-                PhoneNumber.released_at > cut, PhoneNumber.released_at <= cut + timedelta(hours=1)
-            )
-            .values(released_at=cut + timedelta(hours=2))
-        )
+        clear_the_next_hour(session, now)
         overdue = set(
             session.scalars(
                 select(PhoneNumber.id).where(
@@ -91,8 +86,18 @@ def assert_all_purged_once(factory: Factory, overdue: set[int]) -> None:
     assert left == set()
 
 
-def start_purge(env: dict[str, str], log: Path) -> Process:
-    return Process([CLI, "purge"], env, log)
+@contextlib.contextmanager
+def purge_under_way(
+    factory: Factory, env: dict[str, str], folder: Path, *, past: int, what: str
+) -> Iterator[Process]:
+    """`numbers-retention purge` (its log purge.log in `folder`), once it has tombstoned more
+    than `past` numbers; stopped when the block ends."""
+    purge = Process([CLI, "purge"], env, folder / "purge.log")
+    try:
+        wait_for(lambda: tombstones(factory) > past, timeout=60, interval=0.02, what=what)
+        yield purge
+    finally:
+        purge.stop()
 
 
 def finished(process: Process) -> dict[str, Any]:
@@ -101,17 +106,15 @@ def finished(process: Process) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cli_env(pg_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
-    return service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **SLOW)
+def cli_env(process_env: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return process_env(**SLOW)
 
 
 def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_on(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     overdue = seed(pg_factory)
-    purge = start_purge(cli_env, tmp_path / "purge.log")
-    try:
-        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+    with purge_under_way(pg_factory, cli_env, tmp_path, past=0, what="a batch") as purge:
         paused = subprocess.run(
             [CLI, "pause", "--reason", "carrier audit", "--by", "ops"],
             env=cli_env,
@@ -122,8 +125,6 @@ def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_o
         )
         assert '"paused": true' in paused.stdout
         assert purge.popen.wait(30) == 0  # the running purge ends by itself, soon
-    finally:
-        purge.stop()
     summary = finished(purge)
     assert summary["status"] == "paused"
     assert summary["reason"] == "paused by ops: carrier audit"
@@ -147,15 +148,11 @@ def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, sig: signal.Signals
 ) -> None:
     overdue = seed(pg_factory)
-    purge = start_purge(cli_env, tmp_path / "purge.log")
-    try:
-        wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
+    with purge_under_way(pg_factory, cli_env, tmp_path, past=0, what="a batch") as purge:
         purge.popen.send_signal(sig)
         asked = time.monotonic()
         assert purge.popen.wait(30) == 0
         took = time.monotonic() - asked
-    finally:
-        purge.stop()
     summary = finished(purge)
     assert summary["status"] == "interrupted"
     assert summary["reason"] == f"{sig.name} received"
@@ -177,13 +174,9 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     overdue = seed(pg_factory)
-    purge = start_purge(cli_env, tmp_path / "purge.log")
-    try:
-        wait_for(lambda: tombstones(pg_factory) > 100, timeout=60, interval=0.02, what="batches")
+    with purge_under_way(pg_factory, cli_env, tmp_path, past=100, what="batches") as purge:
         purge.kill(signal.SIGKILL)
         purge.popen.wait(10)
-    finally:
-        purge.stop()
     with pg_factory() as session:
         [dead] = session.scalars(select(PurgeRun).where(PurgeRun.status == "running")).all()
     cut_at = tombstones(pg_factory, dead.id)
@@ -202,14 +195,13 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
 @pytest.mark.processes
 def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
     pg_factory: Factory,
-    pg_url: str,
+    cli_env: dict[str, str],
     redis_url: str,
     redis_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
     overdue = seed(pg_factory)
-    env = service_env(database_url=pg_url, redis_url=redis_url, data_dir=tmp_path, **SLOW)
-    worker = start_worker(env, tmp_path / "worker.log")
+    worker = start_worker(cli_env, tmp_path / "worker.log")
     try:
         with celery_client(redis_url) as client:
             task_id = client.send_task("numbers.purge_expired").id

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from shared.releasable import (
     writer_lock,
 )
 from shared.retention import RETENTION, repurchasable_numbers
-from tests.factories import make_number
+from tests.factories import make_number, make_numbers
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -52,6 +53,20 @@ def store_offers(factory: Factory, now: datetime) -> set[str]:
         return set(
             session.scalars(select(PhoneNumber.phone_number).where(repurchasable_numbers(now)))
         )
+
+
+def after_the_snapshot(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> None:
+    """Run `then` in the reconciliation, just after it has read the store's releasable numbers."""
+    import shared.reconcile as reconcile
+
+    build = reconcile._build
+
+    def build_then(*args: object, **kwargs: object) -> object:
+        per_account = build(*args, **kwargs)  # type: ignore[arg-type]
+        then()
+        return per_account
+
+    monkeypatch.setattr(reconcile, "_build", build_then)
 
 
 def outbox(factory: Factory) -> int:
@@ -229,13 +244,12 @@ def test_reconciliation_repairs_and_reports_drift(
     pg_factory: Factory, redis_client: redis.Redis, now: datetime
 ) -> None:
     with pg_factory.begin() as session:
-        for i in range(4):
-            make_number(
-                session,
-                account_id="acc_d",
-                phone_number=f"+1415555044{i}",
-                released_at=now - timedelta(days=i),
-            )
+        make_numbers(
+            session,
+            account_id="acc_d",
+            ages={f"+1415555044{i}": timedelta(days=i) for i in range(4)},
+            now=now,
+        )
     with pg_factory() as session:
         first = publish_releasable(session, redis_client, now=now)
     assert (first["first"], first["drift_added"], first["published"]) == (True, 4, 4)
@@ -268,12 +282,8 @@ def test_events_relayed_during_a_reconciliation_survive_its_swap(
         make_number(session, account_id="acc_s", phone_number="+14155550452", released_at=now)
         make_number(session, account_id="acc_t", phone_number="+14155550453")
     relay_events(pg_factory, redis_client, now=now)
-    import shared.reconcile as reconcile
 
-    build = reconcile._build
-
-    def build_then_change(*args: object, **kwargs: object) -> object:
-        per_account = build(*args, **kwargs)  # type: ignore[arg-type]
+    def change() -> None:
         # After the snapshot: a repurchase and a release commit and the relay applies them.
         with pg_factory.begin() as session:
             shared.repurchase_number(
@@ -281,9 +291,8 @@ def test_events_relayed_during_a_reconciliation_survive_its_swap(
             )
             shared.release_number(session, account_id="acc_t", phone_number="+14155550453", now=now)
         assert relay_events(pg_factory, redis_client, now=now).applied == 2
-        return per_account
 
-    monkeypatch.setattr(reconcile, "_build", build_then_change)
+    after_the_snapshot(monkeypatch, change)
     with pg_factory() as session:
         summary = publish_releasable(session, redis_client, now=now)
     assert summary["replayed"] == 2
@@ -298,21 +307,16 @@ def test_a_stream_trimmed_during_a_reconciliation_replaces_nothing(
     with pg_factory.begin() as session:
         make_number(session, account_id="acc_s", phone_number="+14155550461", released_at=now)
     relay_events(pg_factory, redis_client, now=now)
-    import shared.reconcile as reconcile
 
-    build = reconcile._build
-
-    def build_then_trim(*args: object, **kwargs: object) -> object:
-        per_account = build(*args, **kwargs)  # type: ignore[arg-type]
+    def repurchase_then_trim() -> None:
         with pg_factory.begin() as session:
             shared.repurchase_number(
                 session, account_id="acc_s", phone_number="+14155550461", now=now
             )
         relay_events(pg_factory, redis_client, now=now)
         redis_client.xtrim(STREAM, maxlen=0)
-        return per_account
 
-    monkeypatch.setattr(reconcile, "_build", build_then_trim)
+    after_the_snapshot(monkeypatch, repurchase_then_trim)
     with pg_factory() as session, pytest.raises(shared.InternalError) as refused:
         publish_releasable(session, redis_client, now=now)
     assert refused.value.code == "publication_stream_trimmed"

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select
 
 from shared import migrate
 from shared.db import make_engine, make_session_factory
-from shared.models import PhoneNumber
 from shared.purge import PURGE_LOCK_KEY
 from tests.factories import NOW, make_number
+from tests.stores import fail_upstream
 from worker.cli import (
     LAG_EXIT_CODE,
     LOCKED_EXIT_CODE,
@@ -408,18 +408,7 @@ def _fail_upstream(engine: Engine, failures: dict[str, tuple[str, bool]]) -> Non
     """Leave numbers claimed with a provider error, as a failed upstream release does."""
     with make_session_factory(engine).begin() as session:
         for phone_number, (provider_code, permanent) in failures.items():
-            session.execute(
-                update(PhoneNumber)
-                .where(PhoneNumber.phone_number == phone_number)
-                .values(
-                    purge_state="purging",
-                    provider_attempts=1,
-                    provider_error_code="provider_refused",
-                    provider_code=provider_code,
-                    provider_failed_permanently=permanent,
-                    provider_next_attempt_at=None if permanent else NOW + DAY,
-                )
-            )
+            fail_upstream(session, phone_number, permanent=permanent, provider_code=provider_code)
 
 
 @pytest.mark.postgres

@@ -11,19 +11,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 import shared
-from shared.models import PhoneNumber, PurgedNumber
+from shared.models import PhoneNumber
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
 from shared.status import store_status
 from shared.upstream import claim_batch, reset_upstream
 from tests.factories import make_number
 from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
-from tests.processes import service_env, start_worker, wait_for
+from tests.processes import start_worker, wait_for
+from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]
 OVERDUE = timedelta(days=15)
@@ -48,16 +49,6 @@ def seed(
     return numbers
 
 
-def rows(factory: Factory) -> dict[str, PhoneNumber]:
-    with factory() as session:
-        return {n.phone_number: n for n in session.scalars(select(PhoneNumber))}
-
-
-def stones(factory: Factory) -> dict[str, PurgedNumber]:
-    with factory() as session:
-        return {t.phone_number: t for t in session.scalars(select(PurgedNumber))}
-
-
 def test_released_upstream_then_tombstoned(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
@@ -67,12 +58,12 @@ def test_released_upstream_then_tombstoned(
     assert (report.status, report.purged, report.provider) == ("completed", 5, "telnyx")
     assert (report.provider_released, report.provider_failed, report.provider_skipped) == (5, 0, 0)
     assert dict(fake_telnyx.calls) == {f"70{i}": 1 for i in range(5)}
-    tombstones = stones(session_factory)
+    tombstones = tombstones_by_phone(session_factory)
     assert sorted(tombstones) == numbers
     assert all(
         t.provider == "telnyx" and t.upstream_released_at == now for t in tombstones.values()
     )
-    assert list(rows(session_factory)) == fresh
+    assert list(numbers_by_phone(session_factory)) == fresh
 
 
 def test_404_counts_as_released_and_no_id_skips_the_call(
@@ -89,7 +80,7 @@ def test_404_counts_as_released_and_no_id_skips_the_call(
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_released, report.provider_skipped) == (2, 1, 1)
     assert dict(fake_telnyx.calls) == {"700": 1}
-    providers = {t.provider for t in stones(session_factory).values()}
+    providers = {t.provider for t in tombstones_by_phone(session_factory).values()}
     assert providers == {"telnyx", None}
 
 
@@ -103,7 +94,7 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     ]
     first = purge_expired(session_factory, now=now, provider=telnyx)
     assert (first.purged, first.provider_failed, first.remaining) == (0, 1, 1)
-    kept = rows(session_factory)[number]
+    kept = numbers_by_phone(session_factory)[number]
     assert (kept.purge_state, kept.provider_attempts, kept.provider_code) == ("purging", 1, "90001")
     assert kept.provider_error_code == "provider_release_failed"
     assert kept.provider_next_attempt_at == now + timedelta(seconds=60)
@@ -122,7 +113,7 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     done = purge_expired(session_factory, now=now + timedelta(seconds=60), provider=telnyx)
     assert (done.purged, done.provider_released) == (1, 1)
     assert fake_telnyx.calls["700"] == 2
-    assert list(stones(session_factory)) == [number]
+    assert list(tombstones_by_phone(session_factory)) == [number]
 
 
 def test_429_waits_as_long_as_retry_after_says(
@@ -133,7 +124,8 @@ def test_429_waits_as_long_as_retry_after_says(
         Reply(429, '{"errors": [{"code": "10011"}]}', {"Retry-After": "900"})
     ]
     purge_expired(session_factory, now=now, provider=telnyx)
-    assert rows(session_factory)[number].provider_next_attempt_at == now + timedelta(seconds=900)
+    retry_at = numbers_by_phone(session_factory)[number].provider_next_attempt_at
+    assert retry_at == now + timedelta(seconds=900)
 
 
 def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
@@ -148,7 +140,7 @@ def test_a_permanent_error_stops_retrying_until_a_person_resets_it(
     purge_expired(session_factory, now=now, provider=telnyx)
     purge_expired(session_factory, now=now + timedelta(days=3), provider=telnyx)
     assert fake_telnyx.calls["700"] == 1
-    kept = rows(session_factory)[number]
+    kept = numbers_by_phone(session_factory)[number]
     assert kept.provider_failed_permanently
     assert kept.provider_next_attempt_at is None
     assert "port-out" in (kept.provider_error_message or "")
@@ -176,10 +168,10 @@ def test_slow_and_malformed_answers_keep_the_row(
     fake_telnyx.script["700"] = [reply]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.purged, report.provider_failed) == (0, 1)
-    kept = rows(session_factory)[number]
+    kept = numbers_by_phone(session_factory)[number]
     assert kept.provider_error_message
     assert not kept.provider_failed_permanently
-    assert stones(session_factory) == {}
+    assert tombstones_by_phone(session_factory) == {}
 
 
 def test_a_provider_down_for_the_whole_run_is_not_hammered(
@@ -196,7 +188,7 @@ def test_a_provider_down_for_the_whole_run_is_not_hammered(
     assert (report.status, report.purged) == ("provider_unavailable", 0)
     # The streak stops new calls; at most the calls already in flight finish.
     assert 5 <= sum(fake_telnyx.calls.values()) <= 5 + 1
-    assert len(rows(session_factory)) == 30
+    assert len(numbers_by_phone(session_factory)) == 30
 
 
 def test_upstream_calls_are_bounded_in_concurrency(
@@ -226,7 +218,7 @@ def test_rows_left_claimed_by_a_dead_run_are_picked_up_and_called_again(
     assert (report.purged, report.provider_released) == (3, 3)
     # The second call for each number was harmless; each is tombstoned exactly once.
     assert dict(fake_telnyx.calls) == {"700": 2, "701": 2, "702": 2}
-    assert sorted(stones(session_factory)) == numbers
+    assert sorted(tombstones_by_phone(session_factory)) == numbers
 
 
 def test_the_key_never_reaches_logs_or_summaries(
@@ -262,8 +254,8 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
     for _ in range(8):
         purge_expired(session_factory, now=when, provider=telnyx)
         when += timedelta(hours=7)  # past every backoff of the first attempts
-    tombstones = stones(session_factory)
-    kept = rows(session_factory)
+    tombstones = tombstones_by_phone(session_factory)
+    kept = numbers_by_phone(session_factory)
     assert set(tombstones) | set(kept) == set(numbers)
     assert not set(tombstones) & set(kept)
     for number, stone in tombstones.items():
@@ -279,7 +271,10 @@ def test_repeated_runs_with_a_flaky_provider_lose_nothing(
 @pytest.mark.redis
 @pytest.mark.processes
 def test_a_worker_killed_between_claim_and_delete(
-    pg_factory: Factory, pg_url: str, redis_url: str, fake_telnyx: FakeTelnyx, tmp_path: Path
+    pg_factory: Factory,
+    process_env: Callable[..., dict[str, str]],
+    fake_telnyx: FakeTelnyx,
+    tmp_path: Path,
 ) -> None:
     """A real worker claims rows and is SIGKILLed while its upstream calls hang; the next run
     picks the claimed rows up, the provider sees those numbers twice, and every number is
@@ -287,10 +282,7 @@ def test_a_worker_killed_between_claim_and_delete(
     now = datetime.now(UTC)
     numbers = seed(pg_factory, now, 12)
     fake_telnyx.default = Reply(200, "{}", delay=30)  # every call hangs: the worker dies mid-call
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
+    env = process_env(
         PROVIDER="telnyx",
         TELNYX_BASE_URL=fake_telnyx.url,
         TELNYX_API_KEY=API_KEY,
@@ -313,9 +305,9 @@ def test_a_worker_killed_between_claim_and_delete(
         worker.popen.wait(10)
     finally:
         worker.stop()
-    claimed = {n for n, row in rows(pg_factory).items() if row.purge_state == "purging"}
+    claimed = {n for n, row in numbers_by_phone(pg_factory).items() if row.purge_state == "purging"}
     assert len(claimed) == 6
-    assert stones(pg_factory) == {}
+    assert tombstones_by_phone(pg_factory) == {}
     fake_telnyx.default = OK
     provider = TelnyxProvider(base_url=fake_telnyx.url, api_key=API_KEY, timeout=5)
     try:
@@ -323,7 +315,7 @@ def test_a_worker_killed_between_claim_and_delete(
     finally:
         provider.close()
     assert (report.status, report.purged) == ("completed", 12)
-    assert sorted(stones(pg_factory)) == numbers
+    assert sorted(tombstones_by_phone(pg_factory)) == numbers
     called_twice = {pid for pid, count in fake_telnyx.calls.items() if count == 2}
     assert len(called_twice) == 6
     assert set(fake_telnyx.calls.values()) == {1, 2}

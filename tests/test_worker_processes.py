@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,15 +14,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.models import PhoneNumber, PurgedNumber
 from shared.releasable import read_releasable
 from tests.factories import make_numbers
-from tests.processes import service_env, start_beat, start_worker, wait_for
+from tests.processes import start_worker_and_beat, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
 
 def test_worker_and_beat_purge_overdue_and_publish_fresh(
     pg_factory: sessionmaker[Session],
-    pg_url: str,
-    redis_url: str,
+    process_env: Callable[..., dict[str, str]],
     redis_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
@@ -39,16 +39,8 @@ def test_worker_and_beat_purge_overdue_and_publish_fresh(
             now=now,
         )
 
-    env = service_env(
-        database_url=pg_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        PURGE_EVERY_SECONDS="2",
-        PUBLISH_EVERY_SECONDS="2",
-        PURGE_BATCH_SIZE="7",
-    )
-    worker = start_worker(env, tmp_path / "worker.log")
-    beat = start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    env = process_env(PURGE_EVERY_SECONDS="2", PUBLISH_EVERY_SECONDS="2", PURGE_BATCH_SIZE="7")
+    worker, beat = start_worker_and_beat(env, tmp_path)
     try:
 
         def purged() -> bool:
