@@ -18,7 +18,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sqlalchemy.engine import make_url
 from shared import migrate
 from shared.db import make_engine
 from shared.demo import seed_demo
+from shared.settings import get_settings
 
 # The instant every benchmark decides at: the demo data is laid out around it.
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -54,6 +56,45 @@ def add_database_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rebuild", action="store_true", help="reload the template even if it matches"
+    )
+
+
+def add_store_arguments(parser: argparse.ArgumentParser, *, rows: int) -> None:
+    """--rows and --accounts: the shape of the demo store (see `store_template`)."""
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--accounts", type=int, help="default: rows / 100")
+
+
+def add_redis_argument(parser: argparse.ArgumentParser) -> None:
+    """--redis-url: the benchmark's own Redis database (see `emptied_redis`)."""
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        help="a Redis database of the benchmark's own; it is emptied (default: %(default)s)",
+    )
+
+
+def store_accounts(args: argparse.Namespace) -> int:
+    """The store's accounts: --accounts, or one per NUMBERS_PER_ACCOUNT of --rows."""
+    accounts: int = args.accounts or max(1, args.rows // NUMBERS_PER_ACCOUNT)
+    return accounts
+
+
+def store_template(args: argparse.Namespace) -> str:
+    """The template of the store --rows and --accounts describe, on --url (see `template`)."""
+    return template(
+        args.url, numbers=args.rows, accounts=store_accounts(args), rebuild=args.rebuild
+    )
+
+
+def purge_settings() -> str:
+    """The purge's batch and pacing settings in effect, as the benchmarks print them."""
+    settings = get_settings()
+    return (
+        f"batch_size(cap)={settings.purge_batch_size} floor={settings.purge_batch_floor} "
+        f"target_ms={settings.purge_batch_target_ms} "
+        f"parallel_batches={settings.purge_parallel_batches} "
+        f"pressure_rest={settings.purge_pressure_rest}"
     )
 
 
@@ -164,6 +205,31 @@ def drop(url: str, name: str) -> None:
 def store_engine(url: str) -> Engine:
     """An engine as the worker builds one (make_engine), for a benchmark database."""
     return make_engine(url)
+
+
+@contextmanager
+def scratch_store(url: str, source: str, suffix: str) -> Iterator[Engine]:
+    """An engine on a fresh copy of `source` (`scratch_name(url, suffix)`); on the way out the
+    engine is disposed of and the copy dropped."""
+    name = scratch_name(url, suffix)
+    engine = store_engine(fresh_copy(url, source, name))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        drop(url, name)
+
+
+@contextmanager
+def emptied_redis(url: str) -> Iterator[redis.Redis]:
+    """A client of the benchmark's own Redis database, emptied before and after."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def peak_rss_mb() -> float:

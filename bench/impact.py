@@ -35,17 +35,18 @@ from typing import Any
 
 from common import (
     NOW,
-    NUMBERS_PER_ACCOUNT,
     add_database_arguments,
+    add_store_arguments,
     child_result,
     drop,
     fresh_copy,
     machine,
     median,
     percentile,
+    purge_settings,
     scratch_name,
     store_engine,
-    template,
+    store_template,
 )
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -205,25 +206,19 @@ def main(argv: list[str]) -> None:
         child(argv[1], float(argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--accounts", type=int, help="default: rows / 100")
+    add_store_arguments(parser, rows=1_000_000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per purge window")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (default %(default)s)")
     add_database_arguments(parser)
     args = parser.parse_args(argv)
-    accounts = args.accounts or max(1, args.rows // NUMBERS_PER_ACCOUNT)
-    settings = get_settings()
     print(machine(args.url))
     print(
-        f"# purge settings: batch_size(cap)={settings.purge_batch_size} "
-        f"floor={settings.purge_batch_floor} target_ms={settings.purge_batch_target_ms} "
-        f"parallel_batches={settings.purge_parallel_batches} "
-        f"pressure_rest={settings.purge_pressure_rest} "
-        f"max_rows_per_second={settings.purge_max_rows_per_second} "
+        f"# purge settings: {purge_settings()} "
+        f"max_rows_per_second={get_settings().purge_max_rows_per_second} "
         f"PURGE_* in env: {sorted(k for k in os.environ if k.startswith('PURGE_'))}"
     )
-    source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
+    source = store_template(args)
     copy = scratch_name(args.url, "impact_copy")
     rounds = []
     try:

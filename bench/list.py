@@ -27,19 +27,15 @@ from typing import Any
 import psycopg
 from common import (
     NOW,
-    NUMBERS_PER_ACCOUNT,
     add_database_arguments,
-    drop,
-    fresh_copy,
+    add_store_arguments,
     machine,
     median,
     percentile,
-    scratch_name,
-    store_engine,
-    template,
+    scratch_store,
+    store_template,
 )
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from shared import RETENTION, released_numbers_body
@@ -93,68 +89,72 @@ def floor_body(connection: psycopg.Connection[Any], account_id: str) -> dict[str
     return {"numbers": numbers}
 
 
+def pick_account(engine: Engine) -> tuple[str, int]:
+    """The account whose list is closest to 50 numbers (the demo store has several at 50)."""
+    with Session(engine) as session:
+        listed = func.count().label("listed")
+        account_id, count = session.execute(
+            select(PhoneNumber.account_id, listed)
+            .where(repurchasable_numbers(NOW))
+            .group_by(PhoneNumber.account_id)
+            .order_by(func.abs(listed - LISTED), PhoneNumber.account_id)
+            .limit(1)
+        ).one()
+    return account_id, count
+
+
+def measure(
+    engine: Engine, floor: psycopg.Connection[Any], *, calls: int, repeat: int
+) -> dict[str, list[tuple[float, float]]]:
+    """`repeat` series of `calls` calls of each way, interleaved; (median, p99) per series."""
+    account_id, count = pick_account(engine)
+    print(f"# account={account_id} listed={count}")
+    with Session(engine) as session:
+        assert released_numbers_body(session, account_id=account_id, now=NOW) == floor_body(
+            floor, account_id
+        ), "the floor's body differs from the project's"
+    results: dict[str, list[tuple[float, float]]] = {"project": [], "floor": []}
+    for series in range(repeat):
+        timings: dict[str, list[float]] = {"project": [], "floor": []}
+        for call in range(WARM_UP + calls):
+            # Alternate which goes first, so neither always meets a warmer cache.
+            order = ("project", "floor") if call % 2 else ("floor", "project")
+            for variant in order:
+                started = time.perf_counter()
+                if variant == "project":
+                    with Session(engine) as session:
+                        body = released_numbers_body(session, account_id=account_id, now=NOW)
+                else:
+                    body = floor_body(floor, account_id)
+                elapsed = (time.perf_counter() - started) * 1000
+                if call >= WARM_UP:
+                    timings[variant].append(elapsed)
+                assert len(body["numbers"]) == count
+        for variant, values in timings.items():
+            results[variant].append((median(values), percentile(values, 0.99)))
+        project, floor_ms = results["project"][-1], results["floor"][-1]
+        print(
+            f"# series {series + 1} calls={calls} project median_ms={project[0]:.3f} "
+            f"p99_ms={project[1]:.3f} floor median_ms={floor_ms[0]:.3f} "
+            f"p99_ms={floor_ms[1]:.3f} ratio={project[0] / floor_ms[0]:.2f}",
+            flush=True,
+        )
+    return results
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--accounts", type=int, help="default: rows / 100")
+    add_store_arguments(parser, rows=1_000_000)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3, help="series of calls")
     add_database_arguments(parser)
     args = parser.parse_args(argv)
-    accounts = args.accounts or max(1, args.rows // NUMBERS_PER_ACCOUNT)
     print(machine(args.url))
-    source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
-    copy = scratch_name(args.url, "list_copy")
-    url = fresh_copy(args.url, source, copy)
-    engine = store_engine(url)
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    floor = psycopg.connect(conninfo, autocommit=True)
-    try:
-        with Session(engine) as session:
-            listed = func.count().label("listed")
-            # The account whose list is closest to 50 numbers (the demo store has several at 50).
-            account_id, count = session.execute(
-                select(PhoneNumber.account_id, listed)
-                .where(repurchasable_numbers(NOW))
-                .group_by(PhoneNumber.account_id)
-                .order_by(func.abs(listed - LISTED), PhoneNumber.account_id)
-                .limit(1)
-            ).one()
-        print(f"# account={account_id} listed={count}")
-        with Session(engine) as session:
-            assert released_numbers_body(session, account_id=account_id, now=NOW) == floor_body(
-                floor, account_id
-            ), "the floor's body differs from the project's"
-        results: dict[str, list[tuple[float, float]]] = {"project": [], "floor": []}
-        for series in range(args.repeat):
-            timings: dict[str, list[float]] = {"project": [], "floor": []}
-            for call in range(WARM_UP + args.calls):
-                # Alternate which goes first, so neither always meets a warmer cache.
-                order = ("project", "floor") if call % 2 else ("floor", "project")
-                for variant in order:
-                    started = time.perf_counter()
-                    if variant == "project":
-                        with Session(engine) as session:
-                            body = released_numbers_body(session, account_id=account_id, now=NOW)
-                    else:
-                        body = floor_body(floor, account_id)
-                    elapsed = (time.perf_counter() - started) * 1000
-                    if call >= WARM_UP:
-                        timings[variant].append(elapsed)
-                    assert len(body["numbers"]) == count
-            for variant, values in timings.items():
-                results[variant].append((median(values), percentile(values, 0.99)))
-            project, floor_ms = results["project"][-1], results["floor"][-1]
-            print(
-                f"# series {series + 1} calls={args.calls} project median_ms={project[0]:.3f} "
-                f"p99_ms={project[1]:.3f} floor median_ms={floor_ms[0]:.3f} "
-                f"p99_ms={floor_ms[1]:.3f} ratio={project[0] / floor_ms[0]:.2f}",
-                flush=True,
-            )
-    finally:
-        floor.close()
-        engine.dispose()
-        drop(args.url, copy)
+    source = store_template(args)
+    with scratch_store(args.url, source, "list_copy") as engine:
+        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(conninfo, autocommit=True) as floor:
+            results = measure(engine, floor, calls=args.calls, repeat=args.repeat)
     project_ms = median([m for m, _ in results["project"]])
     floor_ms = median([m for m, _ in results["floor"]])
     print(

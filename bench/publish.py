@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-import redis
 import structlog
 from common import (
-    DEFAULT_REDIS_URL,
     NOW,
-    NUMBERS_PER_ACCOUNT,
     Stopwatch,
     add_database_arguments,
-    drop,
-    fresh_copy,
+    add_redis_argument,
+    add_store_arguments,
+    emptied_redis,
     machine,
     median,
-    scratch_name,
-    store_engine,
-    template,
+    scratch_store,
+    store_template,
 )
 from sqlalchemy.orm import Session
 
@@ -40,27 +36,20 @@ from shared.reconcile import publish_releasable
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=321_000)
-    parser.add_argument("--accounts", type=int, help="default: rows / 100")
+    add_store_arguments(parser, rows=321_000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
-        help="a Redis database of the benchmark's own; it is emptied (default: %(default)s)",
-    )
+    add_redis_argument(parser)
     add_database_arguments(parser)
     args = parser.parse_args(argv)
     # The summary event of each publication would only interleave with the figures.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    accounts = args.accounts or max(1, args.rows // NUMBERS_PER_ACCOUNT)
     print(machine(args.url, args.redis_url))
-    source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
-    copy = scratch_name(args.url, "publish_copy")
-    engine = store_engine(fresh_copy(args.url, source, copy))
-    client = redis.Redis.from_url(args.redis_url)
-    client.flushdb()
+    source = store_template(args)
     seconds: list[float] = []
-    try:
+    with (
+        scratch_store(args.url, source, "publish_copy") as engine,
+        emptied_redis(args.redis_url) as client,
+    ):
         for round_ in range(args.repeat):
             with Stopwatch() as watch, Session(engine) as session:
                 summary = publish_releasable(session, client, now=NOW)
@@ -70,11 +59,6 @@ def main(argv: list[str]) -> None:
                 f"accounts={summary['accounts']} seconds={watch.seconds:.3f}",
                 flush=True,
             )
-    finally:
-        client.flushdb()
-        client.close()
-        engine.dispose()
-        drop(args.url, copy)
     print(f"publish: numbers={summary['published']} seconds={median(seconds):.3f}")
 
 

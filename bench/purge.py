@@ -35,9 +35,9 @@ from typing import Any
 import structlog
 from common import (
     NOW,
-    NUMBERS_PER_ACCOUNT,
     Stopwatch,
     add_database_arguments,
+    add_store_arguments,
     child_result,
     database_url,
     drop,
@@ -46,9 +46,11 @@ from common import (
     machine,
     median,
     peak_rss_mb,
+    purge_settings,
     scratch_name,
+    store_accounts,
     store_engine,
-    template,
+    store_template,
 )
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -184,8 +186,7 @@ def main(argv: list[str]) -> None:
         child(argv[1], argv[2])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--accounts", type=int, help="default: rows / 100")
+    add_store_arguments(parser, rows=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default %(default)s)")
     parser.add_argument(
         "--parallel",
@@ -200,25 +201,21 @@ def main(argv: list[str]) -> None:
     )
     add_database_arguments(parser)
     args = parser.parse_args(argv)
-    accounts = args.accounts or max(1, args.rows // NUMBERS_PER_ACCOUNT)
     settings = get_settings()
     print(machine(args.url))
     print(
-        f"# project defaults: batch_size(cap)={settings.purge_batch_size} "
-        f"floor={settings.purge_batch_floor} target_ms={settings.purge_batch_target_ms} "
-        f"max_rows={settings.purge_max_rows} max_seconds={settings.purge_max_seconds} "
-        f"parallel_batches={settings.purge_parallel_batches} "
-        f"pressure_rest={settings.purge_pressure_rest}"
+        f"# project defaults: {purge_settings()} max_rows={settings.purge_max_rows} "
+        f"max_seconds={settings.purge_max_seconds}"
     )
     if args.parallel:
         os.environ["BENCH_PARALLEL"] = str(args.parallel)  # read by the child
-    source = template(args.url, numbers=args.rows, accounts=accounts, rebuild=args.rebuild)
+    source = store_template(args)
     engine = store_engine(database_url(args.url, source))
     with engine.connect() as connection:
         overdue = int(connection.scalar(select(func.count()).where(purgeable_numbers(NOW))) or 0)
         numbers = int(connection.scalar(select(func.count()).select_from(PhoneNumber)) or 0)
     engine.dispose()
-    print(f"# store: numbers={numbers} accounts={accounts} overdue={overdue}")
+    print(f"# store: numbers={numbers} accounts={store_accounts(args)} overdue={overdue}")
     copy = scratch_name(args.url, "purge_copy")
     variants = (
         VARIANTS

@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from datetime import timedelta
 
-import redis
 import structlog
 from common import (
-    DEFAULT_REDIS_URL,
     NOW,
     NUMBERS_PER_ACCOUNT,
     Stopwatch,
     add_database_arguments,
-    drop,
-    fresh_copy,
+    add_redis_argument,
+    emptied_redis,
     machine,
     median,
-    scratch_name,
-    store_engine,
+    scratch_store,
     template,
 )
 from sqlalchemy import func, select
@@ -92,11 +88,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--releasable", type=int, default=1_000_000)
     parser.add_argument("--changes", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=2, help="full publications in a row")
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
-        help="a Redis database of the benchmark's own; it is emptied (default: %(default)s)",
-    )
+    add_redis_argument(parser)
     add_database_arguments(parser)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -110,12 +102,11 @@ def main(argv: list[str]) -> None:
         released_share=1.0,
         window_days=WINDOW_DAYS,
     )
-    copy = scratch_name(args.url, "releasable_copy")
-    engine = store_engine(fresh_copy(args.url, source, copy))
-    factory = sessionmaker(engine, expire_on_commit=False)
-    client = redis.Redis.from_url(args.redis_url)
-    client.flushdb()
-    try:
+    with (
+        scratch_store(args.url, source, "releasable_copy") as engine,
+        emptied_redis(args.redis_url) as client,
+    ):
+        factory = sessionmaker(engine, expire_on_commit=False)
         fulls: list[float] = []
         for round_ in range(args.repeat):
             with Stopwatch() as watch, factory() as session:
@@ -141,11 +132,6 @@ def main(argv: list[str]) -> None:
             offered_now = session.scalar(select(func.count()).where(repurchasable_numbers(NOW)))
         assert report.remaining == 0
         assert client.zcard("releasable:all") == offered_now, "the relay left the set behind"
-    finally:
-        client.flushdb()
-        client.close()
-        engine.dispose()
-        drop(args.url, copy)
     full_s = median(fulls[1:]) if len(fulls) > 1 else fulls[0]
     print(
         f"releasable: numbers={numbers} full_s={full_s:.3f} changes={changes} "

@@ -19,6 +19,20 @@ PACE = "pace"
 REASON_MAX = 500
 
 
+def operator_record(
+    *, by: object, reason: object, now: datetime | None
+) -> tuple[str | None, str, datetime]:
+    """An operator's act as recorded (a pause, a pace, a hold): (reason, by, at), checked.
+
+    A 400 for a reason over REASON_MAX characters or a bad `by`; `now` defaults to the clock.
+    """
+    return (
+        validation.text(reason, name="reason", limit=REASON_MAX),
+        validation.short_id(by, name="by"),
+        resolve_now(now),
+    )
+
+
 @dataclass(frozen=True)
 class Pause:
     """Who paused the purge, when and why."""
@@ -89,11 +103,7 @@ def pause_purge(
     session: Session, *, by: str, reason: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """Pause every purge run at its next batch, until `resume_purge`; pausing again updates it."""
-    pause = Pause(
-        reason=validation.text(reason, name="reason", limit=REASON_MAX),
-        by=validation.short_id(by, name="by"),
-        at=resolve_now(now),
-    )
+    pause = Pause(*operator_record(by=by, reason=reason, now=now))
     row = session.get(PurgeControl, PAUSE, with_for_update=True)
     if row is None:
         session.add(PurgeControl(name=PAUSE, reason=pause.reason, set_by=pause.by, set_at=pause.at))
@@ -130,12 +140,7 @@ def set_pace(
             code="invalid_pace",
             fix="Pass a ceiling such as 2000, or clear the pace with `pace --off`.",
         )
-    pace = Pace(
-        rows_per_second=float(rows_per_second),
-        reason=validation.text(reason, name="reason", limit=REASON_MAX),
-        by=validation.short_id(by, name="by"),
-        at=resolve_now(now),
-    )
+    pace = Pace(float(rows_per_second), *operator_record(by=by, reason=reason, now=now))
     row = session.get(PurgeControl, PACE, with_for_update=True)
     if row is None:
         row = PurgeControl(name=PACE, set_by=pace.by, set_at=pace.at)

@@ -8,13 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import validation
 from shared.clock import iso_timestamp, resolve_now
+from shared.controls import operator_record
 from shared.lifecycle import lock_number, set_purge_hold
 from shared.models import PhoneNumber
 from shared.retention import is_purgeable, repurchase_deadline
-
-REASON_MAX = 500
 
 
 def hold_number(
@@ -26,11 +24,7 @@ def hold_number(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Keep a number from the purge, recording who, when and why; holding again updates it."""
-    record = (
-        validation.text(reason, name="reason", limit=REASON_MAX),
-        validation.short_id(by, name="by"),
-        resolve_now(now),
-    )
+    record = operator_record(by=by, reason=reason, now=now)
     body = set_purge_hold(session, phone_number=phone_number, held=True)
     # set_purge_hold locked the row for the rest of this transaction.
     number = session.scalars(

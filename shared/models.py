@@ -69,6 +69,11 @@ class Account(Base):
         return f"Account(id={self.id!r}, plan={self.plan!r})"
 
 
+def _partial_index(name: str, *columns: str, where: str) -> Index:
+    """An index of the rows `where` holds for, the same on PostgreSQL and SQLite."""
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
+
+
 class PhoneNumber(Base):
     __tablename__ = "phone_numbers"
     __table_args__ = (
@@ -85,41 +90,28 @@ class PhoneNumber(Base):
         ),
         # Pattern checks differ per dialect; the migration creates them (regex or GLOB).
         # The list query: one account's released numbers, newest release first.
-        Index(
+        _partial_index(
             "ix_phone_numbers_account_released",
             "account_id",
             "released_at",
-            postgresql_where=text("released_at IS NOT NULL"),
-            sqlite_where=text("released_at IS NOT NULL"),
+            where="released_at IS NOT NULL",
         ),
         # The purge and the releasable set: released numbers by release time.
-        Index(
+        _partial_index(
             "ix_phone_numbers_released_at",
             "released_at",
             "id",
-            postgresql_where=text("released_at IS NOT NULL AND NOT purge_hold"),
-            sqlite_where=text("released_at IS NOT NULL AND NOT purge_hold"),
+            where="released_at IS NOT NULL AND NOT purge_hold",
         ),
         # Claimed rows waiting for their upstream release, by next attempt.
-        Index(
-            "ix_phone_numbers_claimed",
-            "provider_next_attempt_at",
-            postgresql_where=text("purge_state = 'purging'"),
-            sqlite_where=text("purge_state = 'purging'"),
+        _partial_index(
+            "ix_phone_numbers_claimed", "provider_next_attempt_at", where="purge_state = 'purging'"
         ),
         # `numbers-retention holds` and status's count: the held numbers only.
-        Index(
-            "ix_phone_numbers_held",
-            "hold_set_at",
-            postgresql_where=text("purge_hold"),
-            sqlite_where=text("purge_hold"),
-        ),
+        _partial_index("ix_phone_numbers_held", "hold_set_at", where="purge_hold"),
         # The plan cap: active numbers per account.
-        Index(
-            "ix_phone_numbers_account_active",
-            "account_id",
-            postgresql_where=text("billing_status = 'active'"),
-            sqlite_where=text("billing_status = 'active'"),
+        _partial_index(
+            "ix_phone_numbers_account_active", "account_id", where="billing_status = 'active'"
         ),
         # Never reuse an id on SQLite: tombstones are unique per number id.
         {"sqlite_autoincrement": True},

@@ -16,23 +16,22 @@ _NUMBER_TYPE = re.compile(r"^[a-z][a-z_]{0,31}$")
 MAX_PRICE = Decimal("99999999")
 
 
+def _shown(value: object) -> str:
+    """How a refused value is named in its message: a short string as it is, else its type."""
+    return value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+
+
 def account_id(value: object) -> str:
     """A non-empty account id of at most 64 printable characters."""
-    if not isinstance(value, str) or not value or len(value) > 64 or not value.isprintable():
-        raise ValidationError(
-            "account_id must be a non-empty string of at most 64 printable characters.",
-            code="invalid_account_id",
-            fix="Pass the account's id as it was given by open_account, e.g. 'acc_123'.",
-        )
-    return value
+    fix = "Pass the account's id as it was given by open_account, e.g. 'acc_123'."
+    return short_id(value, name="account_id", fix=fix)
 
 
 def phone_number(value: object) -> str:
     """An E.164 number: '+', a non-zero digit, at most 15 digits in all."""
     if not isinstance(value, str) or not _E164.fullmatch(value):
-        shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
         raise ValidationError(
-            f"phone_number {shown!r} is not in E.164 format.",
+            f"phone_number {_shown(value)!r} is not in E.164 format.",
             code="invalid_phone_number",
             fix="Write the number as '+' then country code and digits only, e.g. +14155550123.",
         )
@@ -46,9 +45,8 @@ def country_code(value: object) -> str:
         or not re.fullmatch(r"[A-Z]{2}", value)
         or pycountry.countries.get(alpha_2=value) is None
     ):
-        shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
         raise ValidationError(
-            f"country_code {shown!r} is not an ISO 3166-1 alpha-2 code.",
+            f"country_code {_shown(value)!r} is not an ISO 3166-1 alpha-2 code.",
             code="invalid_country_code",
             fix="Use two upper-case letters of an existing country, e.g. US, GB, DE.",
         )
@@ -153,13 +151,16 @@ def a2p_status(value: object) -> str:
     return value
 
 
-def short_id(value: object, *, name: str) -> str:
-    """An id (a campaign's, an operator's): printable, at most 64 characters."""
+def short_id(value: object, *, name: str, fix: str | None = None) -> str:
+    """An id (an account's, a campaign's, an operator's): printable, at most 64 characters.
+
+    `fix`: the hint of the refusal (default: pass it as the provider gave it).
+    """
     if not isinstance(value, str) or not value or len(value) > 64 or not value.isprintable():
         raise ValidationError(
             f"{name} must be a non-empty string of at most 64 printable characters.",
             code=f"invalid_{name}",
-            fix=f"Pass {name} as the provider gave it.",
+            fix=fix or f"Pass {name} as the provider gave it.",
         )
     return value
 
