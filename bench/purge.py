@@ -212,8 +212,10 @@ def main(argv: list[str]) -> None:
     source = store_template(args)
     engine = store_engine(database_url(args.url, source))
     with engine.connect() as connection:
-        overdue = int(connection.scalar(select(func.count()).where(purgeable_numbers(NOW))) or 0)
-        numbers = int(connection.scalar(select(func.count()).select_from(PhoneNumber)) or 0)
+        overdue = connection.execute(
+            select(func.count()).where(purgeable_numbers(NOW))
+        ).scalar_one()
+        numbers = connection.execute(select(func.count()).select_from(PhoneNumber)).scalar_one()
     engine.dispose()
     print(f"# store: numbers={numbers} accounts={store_accounts(args)} overdue={overdue}")
     copy = scratch_name(args.url, "purge_copy")

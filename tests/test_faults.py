@@ -147,7 +147,7 @@ def seed_store(engine: Engine, *, numbers: int, now: datetime) -> Seeded:
 
 def tombstone_count(engine: Engine) -> int:
     with engine.connect() as connection:
-        return int(connection.scalar(text("SELECT count(*) FROM purged_numbers")) or 0)
+        return int(connection.execute(text("SELECT count(*) FROM purged_numbers")).scalar_one())
 
 
 def assert_consistent(engine: Engine, seeded: Seeded) -> StoreState:

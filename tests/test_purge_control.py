@@ -67,7 +67,7 @@ def tombstones(factory: Factory, run_id: str | None = None) -> int:
         query = select(func.count()).select_from(PurgedNumber)
         if run_id is not None:
             query = query.where(PurgedNumber.run_id == run_id)
-        return int(session.scalar(query) or 0)
+        return int(session.execute(query).scalar_one())
 
 
 def run_record(factory: Factory, run_id: str) -> PurgeRun:

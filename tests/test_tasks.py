@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from shared.errors import ValidationError
 from shared.settings import Settings, get_settings
-from tests.factories import make_number, snapshot
+from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from worker.app import app, beat_schedule, broker_options, create_app
 from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN
@@ -87,17 +87,10 @@ def test_purge_task_at_a_frozen_instant(
     task_store: Factory, task_app: Celery, now: datetime
 ) -> None:
     with task_store.begin() as session:
-        make_number(
+        make_numbers(
             session,
             account_id="acc_a",
-            phone_number="+14155550301",
-            released_at=now - timedelta(days=14),
-        )
-        make_number(
-            session,
-            account_id="acc_a",
-            phone_number="+14155550302",
-            released_at=now - timedelta(days=13, hours=23),
+            ages={"+14155550301": timedelta(days=14), "+14155550302": timedelta(days=13, hours=23)},
         )
     with freeze_time(now), capture_logs() as logs:
         result = task_app.tasks[PURGE].apply().get()
@@ -124,12 +117,7 @@ def test_purge_task_takes_now_and_dry_run(
     task_store: Factory, task_app: Celery, now: datetime
 ) -> None:
     with task_store.begin() as session:
-        make_number(
-            session,
-            account_id="acc_a",
-            phone_number="+14155550303",
-            released_at=now - timedelta(days=20),
-        )
+        make_numbers(session, account_id="acc_a", ages={"+14155550303": timedelta(days=20)})
     result = (
         task_app.tasks[PURGE].apply(kwargs={"now": "2026-11-27T12:00:00Z", "dry_run": True}).get()
     )
@@ -149,12 +137,7 @@ def test_purge_task_refuses_bad_arguments_and_changes_nothing(
     task_store: Factory, task_app: Celery, now: datetime, kwargs: dict[str, object]
 ) -> None:
     with task_store.begin() as session:
-        make_number(
-            session,
-            account_id="acc_a",
-            phone_number="+14155550304",
-            released_at=now - timedelta(days=20),
-        )
+        make_numbers(session, account_id="acc_a", ages={"+14155550304": timedelta(days=20)})
     with task_store() as session:
         before = snapshot(session)
     result = task_app.tasks[PURGE].apply(kwargs=kwargs)
@@ -170,12 +153,7 @@ def test_publish_task(
 ) -> None:
     task_app = app_for(task_store, tmp_path, redis_url=redis_url)
     with task_store.begin() as session:
-        make_number(
-            session,
-            account_id="acc_a",
-            phone_number="+14155550305",
-            released_at=now - timedelta(days=1),
-        )
+        make_numbers(session, account_id="acc_a", ages={"+14155550305": timedelta(days=1)})
     with freeze_time(now):
         result = task_app.tasks[PUBLISH].apply().get()
     assert result["published"] == 1
