@@ -57,6 +57,10 @@ class Provider(Protocol):
         """None when the provider answers as configured; else why a run must not start."""
         ...
 
+    def holds(self, provider_number_id: str) -> bool:
+        """Whether the key's account holds this number: True only on its record."""
+        ...
+
     def release(self, provider_number_id: str) -> UpstreamResult: ...
 
     def close(self) -> None: ...
@@ -69,6 +73,9 @@ class NoProvider:
 
     def check(self) -> UpstreamResult | None:
         return None
+
+    def holds(self, provider_number_id: str) -> bool:
+        return False
 
     def release(self, provider_number_id: str) -> UpstreamResult:
         return RELEASED
@@ -135,7 +142,8 @@ def _telnyx_error(response: httpx.Response, errors: list[dict[str, Any]]) -> Pro
     )
 
 
-def _misconfigured(what: str) -> UpstreamResult:
+def misconfigured(what: str) -> UpstreamResult:
+    """An answer that does not prove a release: the run stops, nothing of its batch is purged."""
     return UpstreamResult(
         "misconfigured",
         _error(
@@ -144,6 +152,21 @@ def _misconfigured(what: str) -> UpstreamResult:
             fix="Check TELNYX_BASE_URL (Telnyx's API root, e.g. https://api.telnyx.com, no path) "
             "and TELNYX_API_KEY; nothing is purged until the provider answers as Telnyx does.",
         ),
+    )
+
+
+def _number_path(provider_number_id: str) -> str:
+    # One path segment, percent-encoded: the id can never address another resource.
+    return f"/v2/phone_numbers/{quote(provider_number_id, safe='')}"
+
+
+def _is_record_of(payload: object, provider_number_id: str) -> bool:
+    """Whether a JSON body is Telnyx's phone-number record of that very id."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    return (
+        isinstance(data, dict)
+        and str(data.get("id")) == provider_number_id
+        and data.get("record_type") == "phone_number"
     )
 
 
@@ -174,7 +197,7 @@ class TelnyxProvider:
         try:
             return self._client.request(method, path, **kwargs)
         except httpx.UnsupportedProtocol:
-            return _misconfigured("TELNYX_BASE_URL has no http(s) scheme")
+            return misconfigured("TELNYX_BASE_URL has no http(s) scheme")
         except httpx.HTTPError as exc:  # timeouts, refused connections, undecodable bodies
             return UpstreamResult(
                 "transient",
@@ -196,7 +219,16 @@ class TelnyxProvider:
             return None
         if response.status_code == 429 or response.status_code >= 500:
             return _failure(response, _telnyx_errors(payload))
-        return _misconfigured(f"listing numbers answered {_answer(response)}")
+        return misconfigured(f"listing numbers answered {_answer(response)}")
+
+    def holds(self, provider_number_id: str) -> bool:
+        """`GET /v2/phone_numbers/{id}`: True only on that number's record, else False."""
+        if not _NUMBER_ID.fullmatch(provider_number_id):
+            return False
+        response = self._call("GET", _number_path(provider_number_id))
+        if isinstance(response, UpstreamResult) or response.status_code != 200:
+            return False
+        return _is_record_of(_json(response), provider_number_id)
 
     def release(self, provider_number_id: str) -> UpstreamResult:
         if not _NUMBER_ID.fullmatch(provider_number_id):
@@ -209,24 +241,18 @@ class TelnyxProvider:
                     fix="Correct the id in the store, then `numbers-retention retry-upstream`.",
                 ),
             )
-        # One path segment, percent-encoded: the id can never address another resource.
-        response = self._call("DELETE", f"/v2/phone_numbers/{quote(provider_number_id, safe='')}")
+        response = self._call("DELETE", _number_path(provider_number_id))
         if isinstance(response, UpstreamResult):
             return response
         payload = _json(response)
         status = response.status_code
         if 200 <= status < 300:
-            data = payload.get("data") if isinstance(payload, dict) else None
-            if (
-                isinstance(data, dict)
-                and str(data.get("id")) == provider_number_id
-                and data.get("record_type") == "phone_number"
-            ):
+            if _is_record_of(payload, provider_number_id):
                 return RELEASED
-            return _misconfigured(f"{_answer(response)} is not the record of {provider_number_id}")
+            return misconfigured(f"{_answer(response)} is not the record of {provider_number_id}")
         errors = _telnyx_errors(payload)
         if status in (401, 403):
-            return _misconfigured(f"{_answer(response)}: the key is refused")
+            return misconfigured(f"{_answer(response)}: the key is refused")
         if status == 404 and errors is not None:
             # Gone upstream already: what we wanted, and what makes the call safe to repeat.
             return UpstreamResult("released", resolution="not_found")
@@ -234,7 +260,7 @@ class TelnyxProvider:
             return _failure(response, errors)
         if 400 <= status < 500 and errors is not None:
             return UpstreamResult("permanent", _telnyx_error(response, errors))
-        return _misconfigured(f"{_answer(response)} is not Telnyx's answer")
+        return misconfigured(f"{_answer(response)} is not Telnyx's answer")
 
     def close(self) -> None:
         self._client.close()

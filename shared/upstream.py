@@ -25,7 +25,7 @@ from shared.controls import REASON_MAX
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
-from shared.provider import Provider, Resolution, UpstreamResult
+from shared.provider import Provider, Resolution, UpstreamResult, misconfigured
 from shared.retention import claimable_numbers, is_purgeable
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
@@ -61,7 +61,8 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
     """Lock and claim up to `limit` claimable rows with ids above `after`; commit follows.
 
     A row a killed worker left claimed is claimable again: calling the provider twice for a
-    number is harmless (404 counts as released).
+    number is harmless (its 404 counts as released where the account is proven, see
+    `account_probe`).
     """
     rows = session.execute(
         select(PhoneNumber.id, PhoneNumber.provider_number_id)
@@ -81,12 +82,40 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
     return claims
 
 
+def account_probe(session: Session) -> str | None:
+    """The provider id of one number the store holds active (None: no such number).
+
+    The provider's record of it proves that the key's account is the one holding this
+    store's numbers: only then does a "not found" prove that a number was released.
+    """
+    return session.scalar(
+        select(PhoneNumber.provider_number_id)
+        .where(PhoneNumber.released_at.is_(None), PhoneNumber.provider_number_id.is_not(None))
+        .order_by(PhoneNumber.id)
+        .limit(1)
+    )
+
+
+def account_proven(provider: Provider, probe: str | None) -> bool:
+    """Whether the provider holds the probe number for this key (see `account_probe`)."""
+    return probe is not None and provider.holds(probe)
+
+
+def _unproven(claim: Claim) -> UpstreamResult:
+    return misconfigured(
+        f"Telnyx knows no number {claim.provider_number_id} for this key, and the key's "
+        "account was not seen holding any active number of this store (another account's "
+        "key?)"
+    )
+
+
 def release_upstream(
     provider: Provider,
     claims: Sequence[Claim],
     *,
     concurrency: int,
     failure_streak: int,
+    account_proven: bool,
     stopping: Callable[[], bool] = lambda: False,
 ) -> UpstreamOutcome:
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
@@ -95,7 +124,9 @@ def release_upstream(
     treated as down and the rest stay claimed for a later run. After an answer that shows a
     misconfiguration none is started either, nor once `stopping()` says an operator stops
     the run: the calls in flight finish, the rest stay claimed for the next run. An error of
-    one call, whatever it is, is that number's outcome, never the batch's.
+    one call, whatever it is, is that number's outcome, never the batch's. Unless
+    `account_proven`, a "not found" proves nothing (the key may be another account's): it
+    counts as a misconfiguration.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     pending = [c for c in claims if c.provider_number_id is not None]
@@ -120,6 +151,8 @@ def release_upstream(
             for future in done:
                 claim = running.pop(future)
                 result = _result(future)
+                if result.resolution == "not_found" and not account_proven:
+                    result = _unproven(claim)
                 if result.outcome == "released":
                     outcome.released[claim.id] = result.resolution or "provider"
                     streak = 0

@@ -1,4 +1,4 @@
-"""A real HTTP server on loopback that answers like Telnyx's `DELETE /v2/phone_numbers/{id}`."""
+"""A real HTTP server on loopback that answers like Telnyx's `/v2/phone_numbers` endpoints."""
 
 from __future__ import annotations
 
@@ -59,7 +59,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if not self._authorized():
             return
-        if self.path.split("?")[0] != "/v2/phone_numbers":
+        path, prefix = self.path.split("?")[0], "/v2/phone_numbers/"
+        if path.startswith(prefix):  # retrieve one number: its record while the account holds it
+            number_id = path[len(prefix) :]
+            self._send(record(number_id) if self.server.fake.holds(number_id) else NOT_FOUND)
+            return
+        if path != "/v2/phone_numbers":
             self._send(NOT_FOUND)
             return
         self.server.fake.checks += 1
@@ -119,6 +124,8 @@ class FakeTelnyx:
         self.unauthorized = 0
         self.checks = 0  # read-only GET /v2/phone_numbers calls (the run's pre-flight check)
         self.paths: list[str] = []  # every DELETE's path, as sent
+        # The ids the key's account holds (None: every id not released through this server).
+        self.held: set[str] | None = None
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -134,6 +141,11 @@ class FakeTelnyx:
             if reply.status == 200 and reply.body is None:  # the record of the id asked for
                 return Reply(200, record(number_id).body, reply.headers, reply.delay)
             return reply
+
+    def holds(self, number_id: str) -> bool:
+        with self._lock:
+            held = self.held is None or number_id in self.held
+            return held and number_id not in self.released
 
     @contextmanager
     def running(self) -> Iterator[FakeTelnyx]:

@@ -8,7 +8,7 @@ import pytest
 
 from shared.provider import NoProvider, TelnyxProvider, make_provider
 from shared.settings import Settings
-from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
+from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, StaticServer, record, telnyx_error
 
 
 def test_200_releases(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
@@ -116,3 +116,22 @@ def test_settings_choose_the_provider() -> None:
     telnyx = make_provider(Settings(provider="telnyx", telnyx_api_key="k"))
     assert isinstance(telnyx, TelnyxProvider)
     telnyx.close()
+
+
+def test_holds_is_true_only_on_the_record_of_that_id(
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    assert telnyx.holds("555")
+    fake_telnyx.held = {"556"}
+    assert not telnyx.holds("555")  # Telnyx's 404: another account's key
+    assert telnyx.holds("556")
+    assert not telnyx.holds("../556")  # never sent
+    foreign = Reply(200, record("557").body, {"Content-Type": "application/json"})
+    with StaticServer(foreign) as wrong:
+        other = TelnyxProvider(base_url=wrong.url, api_key=API_KEY, timeout=0.5)
+        assert not other.holds("556")  # a record, but of another id
+        other.close()
+    with StaticServer(Reply(200, "<h1>Hi</h1>", {"Content-Type": "text/html"})) as proxy:
+        other = TelnyxProvider(base_url=proxy.url, api_key=API_KEY, timeout=0.5)
+        assert not other.holds("556")
+        other.close()

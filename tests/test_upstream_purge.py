@@ -66,9 +66,23 @@ def test_released_upstream_then_tombstoned(
     assert list(numbers_by_phone(session_factory)) == fresh
 
 
+def hold_active(factory: Factory, now: datetime, provider_number_id: str = "799") -> str:
+    """An active number with a provider id: the key's account is seen to hold it."""
+    with factory.begin() as session:
+        make_number(
+            session,
+            account_id="acc_up",
+            phone_number="+14157399999",
+            provider_number_id=provider_number_id,
+            now=now,
+        )
+    return provider_number_id
+
+
 def test_404_counts_as_released_and_no_id_skips_the_call(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
+    hold_active(session_factory, now)
     seed(session_factory, now, 2)
     with session_factory.begin() as session:
         session.execute(
@@ -82,6 +96,44 @@ def test_404_counts_as_released_and_no_id_skips_the_call(
     assert dict(fake_telnyx.calls) == {"700": 1}
     providers = {t.provider for t in tombstones_by_phone(session_factory).values()}
     assert providers == {"telnyx", None}
+
+
+@pytest.mark.parametrize("active", ["another account's", "none"])
+def test_a_404_proves_nothing_unless_the_keys_account_holds_an_active_number(
+    session_factory: Factory,
+    now: datetime,
+    fake_telnyx: FakeTelnyx,
+    telnyx: TelnyxProvider,
+    active: str,
+) -> None:
+    """A valid key of another account (a sandbox's) answers every number with Telnyx's 404:
+    that must stop the run with every row kept, not purge them all as "already gone"."""
+    if active != "none":
+        hold_active(session_factory, now)
+    numbers = seed(session_factory, now, 3)
+    fake_telnyx.held = set()  # the key's account holds none of this store's numbers
+    fake_telnyx.default = telnyx_error(404, "10005", "Resource not found")
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged) == ("provider_misconfigured", 0)
+    assert "another account's key" in (report.reason or "")
+    assert "TELNYX_API_KEY" in (report.reason or "")
+    assert tombstones_by_phone(session_factory) == {}
+    kept = numbers_by_phone(session_factory)
+    assert set(numbers) <= set(kept)
+    failed = [n for n in numbers if kept[n].provider_error_code is not None]
+    assert failed
+    assert {kept[n].provider_error_code for n in failed} == {"provider_misconfigured"}
+    # With the right key (the account holds its active numbers), the same 404s release them.
+    fake_telnyx.held = None
+    if active == "none":
+        hold_active(session_factory, now)
+    with session_factory.begin() as session:
+        for number in failed:
+            reset_upstream(session, phone_number=number)
+    again = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (again.status, again.purged) == ("completed", 3)
+    resolutions = {t.resolution for t in tombstones_by_phone(session_factory).values()}
+    assert resolutions == {"not_found"}
 
 
 def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(

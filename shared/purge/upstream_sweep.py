@@ -13,7 +13,14 @@ from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
-from shared.upstream import UpstreamOutcome, claim_batch, record_failures, release_upstream
+from shared.upstream import (
+    UpstreamOutcome,
+    account_probe,
+    account_proven,
+    claim_batch,
+    record_failures,
+    release_upstream,
+)
 
 RESOLUTIONS = ("provider", "not_found", "no_provider_id")
 
@@ -61,6 +68,8 @@ class UpstreamSweep:
         refused = self.provider.check()
         if refused is not None:
             return _provider_halt(refused)
+        with factory() as session:
+            proven = account_proven(self.provider, account_probe(session))
         after = 0
         while True:
             started = time.monotonic()
@@ -84,6 +93,7 @@ class UpstreamSweep:
                 claims,
                 concurrency=self.config.provider_concurrency,
                 failure_streak=self.config.provider_failure_streak,
+                account_proven=proven,
                 stopping=lambda: self.boundary.stop.requested,
             )
             purged = self._settle(factory, outcome)
