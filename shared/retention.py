@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Interval, SQLColumnExpression, and_, false, literal, or_
+from sqlalchemy import ColumnElement, Float, SQLColumnExpression, and_, false, func, literal, or_
 
 from shared.clock import as_utc
 from shared.models import PhoneNumber
@@ -63,8 +63,13 @@ def purgeable_clause(
 
 
 def deadline_clause(released_at: SQLColumnExpression[datetime]) -> ColumnElement[datetime]:
-    """SQL twin of `repurchase_deadline` (for statements that write the deadline)."""
-    return released_at + literal(RETENTION, Interval())
+    """SQL twin of `repurchase_deadline` (for statements that write the deadline).
+
+    The window is added as seconds: an interval of days would be added in the session's time
+    zone and land an hour off across a daylight-saving change.
+    """
+    seconds = literal(RETENTION.total_seconds(), Float())
+    return released_at + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def repurchasable_numbers(now: datetime) -> ColumnElement[bool]:

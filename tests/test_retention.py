@@ -8,12 +8,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, update
+from sqlalchemy import DateTime, Engine, literal, select, update
 from sqlalchemy.orm import Session
 
 import shared
 from shared.models import PhoneNumber
 from shared.retention import (
+    deadline_clause,
     is_purgeable,
     is_repurchasable,
     purgeable_clause,
@@ -203,3 +204,22 @@ def test_sql_clauses_agree_with_python(session: Session) -> None:
         assert bool(purgeable) is is_purgeable(released_at, now, held=held)
 
     check()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Australia/Lord_Howe"])
+def test_the_sql_deadline_is_the_python_deadline_in_any_session_time_zone(
+    pg_engine: Engine, zone: str
+) -> None:
+    """The deadline an event carries is computed in SQL: an interval of days would be added in
+    the session's time zone and land an hour off across a DST change."""
+    across_dst = [
+        datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),
+    ]
+    with pg_engine.connect() as connection:
+        connection.exec_driver_sql(f"SET TIME ZONE '{zone}'")
+        for released_at in across_dst:
+            value = literal(released_at, DateTime(timezone=True))
+            deadline = connection.execute(select(deadline_clause(value))).scalar_one()
+            assert deadline == repurchase_deadline(released_at), (zone, released_at)
