@@ -20,7 +20,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import events, validation
-from shared.clock import resolve_now
+from shared.clock import not_ahead, resolve_now
 from shared.controls import REASON_MAX
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
@@ -251,8 +251,9 @@ def resolve_by_operator(
 ) -> dict[str, object]:
     """A person settled a number upstream by hand: tombstone and delete it now, recording
     who and why. Only for a number that is due and carries upstream state (claimed, or kept
-    by a provider error), which the purge itself would never delete without the provider."""
-    now = resolve_now(now)
+    by a provider error), which the purge itself would never delete without the provider.
+    Like a purge run, it refuses an instant ahead of this host's clock."""
+    now = not_ahead(now)
     note = validation.text(reason, name="reason", limit=REASON_MAX)
     if note is None:
         raise ValidationError(

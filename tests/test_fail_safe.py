@@ -263,6 +263,15 @@ def test_settling_by_hand_refuses_what_it_cannot_prove(session_factory: Factory)
     with session_factory.begin() as session, pytest.raises(shared.ValidationError) as refused:
         resolve_by_operator(session, phone_number=number, reason="done", by="ops")
     assert refused.value.code == "number_not_due"
+    # Settled as of an instant ahead of the host's clock: refused, as a real purge run is.
+    with session_factory.begin() as session:
+        session.execute(
+            update(PhoneNumber).where(PhoneNumber.phone_number == number).values(purge_hold=False)
+        )
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    with session_factory.begin() as session, pytest.raises(shared.ValidationError) as refused:
+        resolve_by_operator(session, phone_number=number, reason="done", by="ops", now=ahead)
+    assert refused.value.code == "now_in_future"
     assert tombstones_by_phone(session_factory) == {}
 
 
