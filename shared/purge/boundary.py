@@ -47,5 +47,4 @@ class Boundary:
         self.pacer.set_ceiling(
             controls.pace.rows_per_second if controls.pace else self.config.max_rows_per_second
         )
-        self.pacer.sample_activity(session)
         return None

@@ -93,7 +93,7 @@ class Pacer:
         )
         return self._rest(max(rest, self._under_ceiling(rows)))
 
-    def ceiling_rest(self, *, rows: int, ms: float) -> float:
+    def ceiling_rest(self, *, rows: int) -> float:
         """Seconds to rest after a two-phase batch: only the rows/s ceiling applies (its time
         is the provider's, not the database's)."""
         return self._rest(self._under_ceiling(rows))

@@ -100,6 +100,9 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                     if halt is not None:
                         sweep.halt = halt
                         return
+                    # Only these batches rest for the API's sessions (the provider's batches
+                    # wait on the provider, not the database).
+                    boundary.pacer.sample_activity(session)
                     wait = boundary.pacer.replica_wait(session, started)
                     if not wait:
                         size = min(sweep.sizer.size, boundary.budget.rows_left())

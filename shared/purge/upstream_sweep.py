@@ -113,7 +113,7 @@ class UpstreamSweep:
                     "provider_unavailable",
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
-            self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims), ms=ms))
+            self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims)))
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
