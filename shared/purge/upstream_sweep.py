@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import get_args
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.provider import Provider, UpstreamResult
+from shared.provider import Provider, Resolution, UpstreamResult
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
 from shared.purge.report import PurgeReport
@@ -22,7 +23,8 @@ from shared.upstream import (
     release_upstream,
 )
 
-RESOLUTIONS = ("provider", "not_found", "no_provider_id")
+# How a tombstone's release was proven: each way the provider proves one, or no id to release.
+RESOLUTIONS = (*get_args(Resolution), "no_provider_id")
 
 
 @dataclass(frozen=True)
