@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
@@ -31,9 +30,10 @@ from shared.demo import seed_demo
 from shared.models import PhoneNumber, PurgedNumber, PurgeRun
 from shared.purge import purge_expired
 from shared.retention import RETENTION
+from shared.settings import Settings
 from tests.processes import Process, start_worker, wait_for
-from tests.servers import celery_client, wait_task
 from tests.stores import clear_the_next_hour
+from worker.app import create_app, make_embedded_folders
 
 pytestmark = [pytest.mark.postgres]
 
@@ -193,18 +193,26 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
 
 @pytest.mark.redis
 @pytest.mark.processes
+@pytest.mark.parametrize("broker", ["redis", "embedded"])
 def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
-    pg_factory: Factory,
-    cli_env: dict[str, str],
-    redis_url: str,
-    redis_client: redis.Redis,
-    tmp_path: Path,
+    pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, broker: str
 ) -> None:
+    """On both brokers: the embedded one runs a thread-backed prefork pool whose children
+    billiard guards against every signal of its full list (SIGUSR1, SIGUSR2, ...); a stop sent
+    with one of those killed the running purge instead of stopping it."""
+    env = cli_env if broker == "redis" else cli_env | {"BROKER_URL": "", "REDIS_URL": ""}
+    settings = Settings(
+        database_url=env["DATABASE_URL"],
+        broker_url=env["BROKER_URL"],
+        redis_url=env["REDIS_URL"],
+        NUMBERS_RETENTION_DATA=tmp_path,
+    )
+    make_embedded_folders(settings)  # before the producer's result backend looks for them
+    producer = create_app(settings)
     overdue = seed(pg_factory)
-    worker = start_worker(cli_env, tmp_path / "worker.log")
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
-        with celery_client(redis_url) as client:
-            task_id = client.send_task("numbers.purge_expired").id
+        task = producer.send_task("numbers.purge_expired")
         wait_for(lambda: tombstones(pg_factory) > 0, timeout=60, interval=0.02, what="a batch")
         # What `docker stop` does: SIGTERM to the main process only (pool children too would
         # be killed, not stopped, by it).
@@ -212,10 +220,9 @@ def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
         asked = time.monotonic()
         assert worker.popen.wait(30) == 0
         took = time.monotonic() - asked
-        meta = wait_task(redis_client, task_id, timeout=10)
+        summary = task.get(timeout=10)
     finally:
         worker.stop()
-    summary = meta["result"]
     assert summary["status"] == "interrupted"
     assert summary["reason"].startswith("worker ")
     assert took < 10, took
@@ -223,6 +230,7 @@ def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
     assert 0 < summary["purged"] == cut_at < len(overdue)
     assert run_record(pg_factory, summary["run_id"]).status == "interrupted"
     assert "purge.failed" not in worker.output()
+    assert "exitcode" not in worker.output()  # no pool child was killed
 
     after = purge_expired(pg_factory)
     assert (after.status, after.remaining) == ("completed", 0)

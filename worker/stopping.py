@@ -19,9 +19,12 @@ from celery import signals
 
 from shared.purge import StopRequest
 
-# Not SIGTERM (Celery terminates pool children with it) nor SIGUSR1 (a child's soft time
-# limit): a signal of our own, handled only in pool children that installed the handler.
-STOP_SIGNAL = signal.SIGUSR2
+# A signal of our own, handled only in pool children that installed the handler. Not one of
+# billiard's: with a thread-backed pool (the embedded broker's) it re-installs its exit
+# handler for SIGTERM, SIGUSR1, SIGUSR2 and the rest of its full list after the children's
+# initialiser, so a stop sent with one of them killed the running purge. SIGURG is on no such
+# list, no terminal sends it, and a process without the handler ignores it by default.
+STOP_SIGNAL = signal.SIGURG
 STOP = StopRequest()
 
 log = structlog.get_logger("worker.stopping")
