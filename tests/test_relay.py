@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 import shared
 from shared.events import EVENTS
 from shared.models import PhoneNumber
+from shared.publication import recording_failures
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
@@ -29,6 +30,7 @@ from shared.releasable import (
     account_key,
     applied_key,
     fenced,
+    meta_key,
     read_releasable,
     writer_lock,
 )
@@ -272,6 +274,25 @@ def test_reconciliation_repairs_and_reports_drift(
     meta = {k.decode(): v.decode() for k, v in redis_client.hgetall("releasable:meta").items()}
     assert meta["generated_at"] == summary["generated_at"]
     assert (meta["count"], meta["drift_added"], meta["trimmed"]) == ("4", "1", "1")
+
+
+def test_a_failed_first_publication_still_counts_as_nothing_published(
+    pg_factory: Factory, redis_client: redis.Redis, now: datetime
+) -> None:
+    """A failure marker shares the metadata hash with the last success; it is no success."""
+    with pg_factory.begin() as session:
+        make_number(session, account_id="acc_f", phone_number="+14155550471", released_at=now)
+    with pytest.raises(RuntimeError), recording_failures(redis_client):
+        raise RuntimeError("the first reconciliation on an empty Redis failed")
+    assert redis_client.exists(meta_key())
+    assert relay_events(pg_factory, redis_client, now=now).unpublished  # one is still due
+    with pg_factory.begin() as session:  # not relayed: the first publication adds it
+        make_number(session, account_id="acc_f", phone_number="+14155550472", released_at=now)
+    with pg_factory() as session, capture_logs() as logs:
+        summary = publish_releasable(session, redis_client, now=now)
+    assert (summary["first"], summary["drift_added"]) == (True, 1)
+    assert [e["event"] for e in logs] == ["releasable.published"]  # a first one repairs nothing
+    assert not relay_events(pg_factory, redis_client, now=now).unpublished
 
 
 def test_events_relayed_during_a_reconciliation_survive_its_swap(
