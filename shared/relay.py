@@ -114,8 +114,10 @@ def relay_events(
     finally:
         if lock.owned():
             lock.release()
-    with session_factory() as session:
-        report.remaining = session.execute(select(func.count()).select_from(EVENTS)).scalar_one()
+    if report.status != "completed":  # completed: the last batch found the outbox empty
+        with session_factory() as session:
+            count = select(func.count()).select_from(EVENTS)
+            report.remaining = session.execute(count).scalar_one()
     # The last success, not the hash: a failed publication leaves its marker there too.
     report.unpublished = not client.hexists(meta_key(prefix), LAST_SUCCESS)
     report.seconds = round(time.monotonic() - clock, 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
@@ -114,6 +114,33 @@ def test_release_repurchase_purge_reach_the_sets_and_the_stream(
     again = relay_events(pg_factory, redis_client, now=now)
     assert (again.applied, again.batches) == (0, 0)
     assert len(stream_ids(redis_client)) == len(set(stream_ids(redis_client))) == 8
+
+
+def test_remaining_is_the_outbox_left_and_an_emptied_outbox_is_not_counted(
+    pg_factory: Factory, redis_client: redis.Redis, now: datetime
+) -> None:
+    with pg_factory.begin() as session:
+        for i in range(5):  # registered and released: 10 events
+            make_number(
+                session, account_id="acc_m", phone_number=f"+1415555048{i}", released_at=now
+            )
+    cut = relay_events(pg_factory, redis_client, now=now, batch_size=4, max_seconds=0)
+    assert (cut.status, cut.applied, cut.remaining) == ("limit_reached", 4, 6)
+    counts: list[str] = []
+
+    def note_counts(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "count(" in statement.lower():
+            counts.append(statement)
+
+    engine = pg_factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", note_counts)
+    try:
+        done = relay_events(pg_factory, redis_client, now=now)
+    finally:
+        event.remove(engine, "before_cursor_execute", note_counts)
+    assert (done.status, done.applied, done.remaining) == ("completed", 6, 0)
+    assert counts == []  # the run ended on an empty outbox: nothing to count
+    assert outbox(pg_factory) == 0
 
 
 def test_a_lower_id_committed_late_is_not_skipped(
