@@ -91,14 +91,6 @@ def read_controls(session: Session) -> Controls:
     )
 
 
-def read_pause(session: Session) -> Pause | None:
-    """The stored pause, or None when the purge may run."""
-    row = session.get(PurgeControl, PAUSE, populate_existing=True)
-    if row is None:
-        return None
-    return Pause(reason=row.reason, by=row.set_by, at=row.set_at)
-
-
 def pause_purge(
     session: Session, *, by: str, reason: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:

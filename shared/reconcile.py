@@ -276,7 +276,7 @@ def _swap(
     }
     # The last successful publication: read by `status` and the metrics exporter.
     meta: dict[FieldT, EncodableT] = {"count": summary["published"]}
-    meta |= {key: value for key, value in summary.items() if key != "first"}
+    meta |= {key: value for key, value in summary.items() if key not in {"published", "first"}}
     client.hset(meta_key(prefix), mapping=meta)
     return summary
 

@@ -301,6 +301,7 @@ def test_reconciliation_repairs_and_reports_drift(
     meta = {k.decode(): v.decode() for k, v in redis_client.hgetall("releasable:meta").items()}
     assert meta["generated_at"] == summary["generated_at"]
     assert (meta["count"], meta["drift_added"], meta["trimmed"]) == ("4", "1", "1")
+    assert {"published", "first", "replayed", "seconds"}.isdisjoint(meta)  # the summary's only
 
 
 def test_a_failed_first_publication_still_counts_as_nothing_published(
