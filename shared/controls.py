@@ -28,7 +28,12 @@ def operator_record(
     """
     return (
         validation.text(reason, name="reason", limit=REASON_MAX),
-        validation.short_id(by, name="by"),
+        validation.short_id(
+            by,
+            name="by",
+            fix="Pass who acts, e.g. --by alice or an operator id of at most 64 printable "
+            "characters.",
+        ),
         resolve_now(now),
     )
 

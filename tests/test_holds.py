@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import shared
+from shared.controls import pause_purge, set_pace
 from shared.errors import ValidationError
 from shared.holds import hold_number, list_holds, unhold_number
 from shared.models import NumberEvent, PhoneNumber
@@ -167,3 +169,16 @@ def test_set_purge_hold_takes_a_record_only_with_a_hold_and_checks_it(numbers: S
     assert [(h["reason"], h["by"], h["at"]) for h in held] == [
         ("dispute", "alice", "2026-11-27T12:00:00Z")
     ]
+
+
+@pytest.mark.parametrize("act", [hold_number, pause_purge, set_pace])
+def test_a_bad_by_is_refused_with_a_hint_for_an_operator(
+    numbers: Session, act: Callable[..., object]
+) -> None:
+    kwargs = {"hold_number": {"phone_number": "+14155550101"}, "set_pace": {"rows_per_second": 5}}
+    with pytest.raises(ValidationError) as refused:
+        act(numbers, by="x" * 65, now=NOW, **kwargs.get(act.__name__, {}))
+    assert (refused.value.code, refused.value.fix) == (
+        "invalid_by",
+        "Pass who acts, e.g. --by alice or an operator id of at most 64 printable characters.",
+    )
