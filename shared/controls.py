@@ -28,7 +28,12 @@ def operator_record(
     """
     return (
         validation.text(reason, name="reason", limit=REASON_MAX),
-        validation.short_id(by, name="by"),
+        validation.short_id(
+            by,
+            name="by",
+            fix="Pass who acts, e.g. --by alice or an operator id of at most 64 printable "
+            "characters.",
+        ),
         resolve_now(now),
     )
 
@@ -91,34 +96,43 @@ def read_controls(session: Session) -> Controls:
     )
 
 
-def read_pause(session: Session) -> Pause | None:
-    """The stored pause, or None when the purge may run."""
-    row = session.get(PurgeControl, PAUSE, populate_existing=True)
+def _store(
+    session: Session,
+    name: str,
+    record: tuple[str | None, str, datetime],
+    *,
+    rows_per_second: float | None = None,
+) -> None:
+    """Insert or replace the control `name` with an operator's record (and a pace's rate)."""
+    row = session.get(PurgeControl, name, with_for_update=True)
     if row is None:
-        return None
-    return Pause(reason=row.reason, by=row.set_by, at=row.set_at)
+        row = PurgeControl(name=name)
+        session.add(row)
+    row.reason, row.set_by, row.set_at = record
+    row.rows_per_second = rows_per_second
+    session.flush()
+
+
+def _lift(session: Session, name: str) -> bool:
+    """Delete the control `name`; whether there was one."""
+    lifted = session.scalars(
+        delete(PurgeControl).where(PurgeControl.name == name).returning(PurgeControl.name)
+    ).all()
+    return bool(lifted)
 
 
 def pause_purge(
     session: Session, *, by: str, reason: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     """Pause every purge run at its next batch, until `resume_purge`; pausing again updates it."""
-    pause = Pause(*operator_record(by=by, reason=reason, now=now))
-    row = session.get(PurgeControl, PAUSE, with_for_update=True)
-    if row is None:
-        session.add(PurgeControl(name=PAUSE, reason=pause.reason, set_by=pause.by, set_at=pause.at))
-    else:
-        row.reason, row.set_by, row.set_at = pause.reason, pause.by, pause.at
-    session.flush()
-    return {"paused": True, **pause.as_dict()}
+    record = operator_record(by=by, reason=reason, now=now)
+    _store(session, PAUSE, record)
+    return {"paused": True, **Pause(*record).as_dict()}
 
 
 def resume_purge(session: Session) -> dict[str, Any]:
     """Lift the stored pause (PURGE_PAUSED, a deploy-time switch, is not touched)."""
-    lifted = session.scalars(
-        delete(PurgeControl).where(PurgeControl.name == PAUSE).returning(PurgeControl.name)
-    ).all()
-    return {"paused": False, "was_paused": bool(lifted)}
+    return {"paused": False, "was_paused": _lift(session, PAUSE)}
 
 
 def set_pace(
@@ -140,23 +154,15 @@ def set_pace(
             code="invalid_pace",
             fix="Pass a ceiling such as 2000, or clear the pace with `pace --off`.",
         )
-    pace = Pace(float(rows_per_second), *operator_record(by=by, reason=reason, now=now))
-    row = session.get(PurgeControl, PACE, with_for_update=True)
-    if row is None:
-        row = PurgeControl(name=PACE, set_by=pace.by, set_at=pace.at)
-        session.add(row)
-    row.reason, row.set_by, row.set_at = pace.reason, pace.by, pace.at
-    row.rows_per_second = pace.rows_per_second
-    session.flush()
+    record = operator_record(by=by, reason=reason, now=now)
+    pace = Pace(float(rows_per_second), *record)
+    _store(session, PACE, record, rows_per_second=pace.rows_per_second)
     return {"pace": pace.as_dict()}
 
 
 def clear_pace(session: Session) -> dict[str, Any]:
     """Lift the stored pace (PURGE_MAX_ROWS_PER_SECOND, a deploy-time ceiling, stays)."""
-    lifted = session.scalars(
-        delete(PurgeControl).where(PurgeControl.name == PACE).returning(PurgeControl.name)
-    ).all()
-    return {"pace": None, "was_paced": bool(lifted)}
+    return {"pace": None, "was_paced": _lift(session, PACE)}
 
 
 def pause_reason(pause: Pause | None, *, deploy_paused: bool) -> str | None:

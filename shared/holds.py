@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import iso_timestamp, resolve_now
 from shared.controls import operator_record
-from shared.lifecycle import lock_number, set_purge_hold
+from shared.lifecycle import set_purge_hold
 from shared.models import PhoneNumber
 from shared.retention import is_purgeable, repurchase_deadline
 
@@ -25,24 +25,15 @@ def hold_number(
 ) -> dict[str, Any]:
     """Keep a number from the purge, recording who, when and why; holding again updates it."""
     record = operator_record(by=by, reason=reason, now=now)
-    body = set_purge_hold(session, phone_number=phone_number, held=True)
-    # set_purge_hold locked the row for the rest of this transaction.
-    number = session.scalars(
-        select(PhoneNumber).where(PhoneNumber.phone_number == body["phoneNumber"])
-    ).one()
-    number.hold_reason, number.hold_set_by, number.hold_set_at = record
-    session.flush()
+    # The `held` event is dated like the record.
+    body = set_purge_hold(
+        session, phone_number=phone_number, held=True, now=record[2], record=record
+    )
     return body | {"reason": record[0], "by": record[1], "at": iso_timestamp(record[2])}
 
 
 def unhold_number(session: Session, *, phone_number: str) -> dict[str, Any]:
     """Lift a number's hold and forget its record."""
-    number = lock_number(session, phone_number)
-    if number is not None:
-        # The record goes first: the schema allows one only on a held number.
-        number.hold_reason = number.hold_set_by = None
-        number.hold_set_at = None
-        session.flush()
     return set_purge_hold(session, phone_number=phone_number, held=False)
 
 

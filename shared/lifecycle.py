@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from shared import events, provider, validation
 from shared.accounts import require_account
 from shared.clock import iso_timestamp, resolve_now
+from shared.controls import operator_record
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import number_body
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
@@ -249,13 +250,36 @@ def repurchase_number(
 
 
 def set_purge_hold(
-    session: Session, *, phone_number: str, held: bool, now: datetime | None = None
+    session: Session,
+    *,
+    phone_number: str,
+    held: bool,
+    now: datetime | None = None,
+    record: tuple[str | None, str, datetime] | None = None,
 ) -> dict[str, Any]:
-    """Put a number on hold (never purged while held) or lift the hold."""
+    """Put a number on hold (never purged while held) or lift the hold.
+
+    `record`: who holds it, as `controls.operator_record` gives it (reason, by, at), stored
+    with the hold (replacing an earlier one); only with `held=True`. Lifting a hold forgets
+    its record (the schema allows one only on a held number).
+    """
     now = resolve_now(now)
     validation.phone_number(phone_number)
     hold = validation.flag(held, name="held")
+    if record is not None:
+        if not hold:
+            raise ValidationError(
+                "A hold record goes with a hold, not with lifting one.",
+                code="invalid_hold_record",
+                fix="Pass record only with held=True.",
+            )
+        record = operator_record(by=record[1], reason=record[0], now=record[2])
     number = _require_number(session, None, phone_number)
+    if not hold:
+        # The record goes first: the schema allows one only on a held number.
+        number.hold_reason = number.hold_set_by = number.hold_set_at = None
+    elif record is not None:
+        number.hold_reason, number.hold_set_by, number.hold_set_at = record
     if number.purge_hold != hold:
         number.purge_hold = hold
         events.record(session, kind="held" if hold else "unheld", number=number, now=now)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.errors import InternalError
 from shared.models import PhoneNumber
+from shared.publication import LAST_SUCCESS
 from shared.releasable import (
     PREFIX,
     STREAM,
@@ -239,8 +240,9 @@ def _swap(
         exists.exists(account_key(account_id, staging))
     accounts = [a for a, found in zip(candidates, exists.execute(), strict=True) if found]
     previous = {a.decode() for a in cast(set[bytes], client.smembers(accounts_key(prefix)))}
-    # Without an earlier publication (a new or emptied Redis) everything is "added".
-    first = not client.exists(meta_key(prefix))
+    # Without an earlier publication (a new or emptied Redis) everything is "added". The last
+    # success, not the hash: a failed publication leaves its marker there too.
+    first = not client.hexists(meta_key(prefix), LAST_SUCCESS)
     generated_at = iso_timestamp(resolve_now(None))
 
     def queue(pipe: Pipeline) -> None:
@@ -274,7 +276,7 @@ def _swap(
     }
     # The last successful publication: read by `status` and the metrics exporter.
     meta: dict[FieldT, EncodableT] = {"count": summary["published"]}
-    meta |= {key: value for key, value in summary.items() if key != "first"}
+    meta |= {key: value for key, value in summary.items() if key not in {"published", "first"}}
     client.hset(meta_key(prefix), mapping=meta)
     return summary
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import iso_timestamp, not_ahead
 from shared.events import EVENTS
+from shared.publication import LAST_SUCCESS
 from shared.releasable import (
     PREFIX,
     STREAM,
@@ -113,9 +114,12 @@ def relay_events(
     finally:
         if lock.owned():
             lock.release()
-    with session_factory() as session:
-        report.remaining = session.execute(select(func.count()).select_from(EVENTS)).scalar_one()
-    report.unpublished = not client.exists(meta_key(prefix))
+    if report.status != "completed":  # completed: the last batch found the outbox empty
+        with session_factory() as session:
+            count = select(func.count()).select_from(EVENTS)
+            report.remaining = session.execute(count).scalar_one()
+    # The last success, not the hash: a failed publication leaves its marker there too.
+    report.unpublished = not client.hexists(meta_key(prefix), LAST_SUCCESS)
     report.seconds = round(time.monotonic() - clock, 3)
     if report.applied or report.already_applied or report.status == "lost_lock":
         log.info("relay.applied", **report.as_dict())

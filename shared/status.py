@@ -104,7 +104,7 @@ def store_status(
     last_success = session.scalar(
         select(func.max(PurgeRun.finished_at)).where(real, PurgeRun.status.in_(SUCCEEDED))
     )
-    purged_total = session.scalar(select(func.coalesce(func.sum(PurgeRun.purged), 0)))
+    purged_total = session.execute(select(func.coalesce(func.sum(PurgeRun.purged), 0))).scalar_one()
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
     controls = read_controls(session)
@@ -146,5 +146,5 @@ def store_status(
         | {"worst_batch_ms": (last_finished.summary or {}).get("worst_batch_ms")}
         if last_finished
         else None,
-        "purged_total": int(purged_total or 0),
+        "purged_total": int(purged_total),
     }

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import shared
+from shared.controls import pause_purge, set_pace
 from shared.errors import ValidationError
 from shared.holds import hold_number, list_holds, unhold_number
-from shared.models import PhoneNumber
+from shared.models import NumberEvent, PhoneNumber
 from tests.factories import NOW, make_number
 
 DAY = timedelta(days=1)
@@ -118,4 +121,64 @@ def test_the_schema_refuses_a_hold_record_on_a_number_not_held(numbers: Session)
     assert (
         numbers.scalar(text("SELECT count(*) FROM phone_numbers WHERE hold_set_by IS NOT NULL"))
         == 0
+    )
+
+
+def test_lifting_a_recorded_hold_through_set_purge_hold_forgets_the_record(
+    numbers: Session,
+) -> None:
+    hold_number(numbers, phone_number="+14155550101", by="alice", reason="dispute", now=NOW)
+    assert shared.set_purge_hold(numbers, phone_number="+14155550101", held=False, now=NOW) == {
+        "phoneNumber": "+14155550101",
+        "held": False,
+    }
+    row = numbers.query(PhoneNumber).filter_by(phone_number="+14155550101").one()
+    assert (row.purge_hold, row.hold_reason, row.hold_set_by, row.hold_set_at) == (
+        False,
+        None,
+        None,
+        None,
+    )
+    assert list_holds(numbers, now=NOW) == []
+
+
+def test_the_held_event_is_dated_like_the_hold_record(numbers: Session) -> None:
+    hold_number(numbers, phone_number="+14155550102", by="alice", now=NOW - DAY)
+    row = numbers.query(PhoneNumber).filter_by(phone_number="+14155550102").one()
+    occurred = numbers.scalars(
+        select(NumberEvent.occurred_at).where(
+            NumberEvent.phone_number == "+14155550102", NumberEvent.kind == "held"
+        )
+    ).all()
+    assert occurred == [row.hold_set_at] == [NOW - DAY]
+
+
+def test_set_purge_hold_takes_a_record_only_with_a_hold_and_checks_it(numbers: Session) -> None:
+    record = ("dispute", "alice", NOW)
+    with pytest.raises(ValidationError) as refused:
+        shared.set_purge_hold(numbers, phone_number="+14155550101", held=False, record=record)
+    assert refused.value.code == "invalid_hold_record"
+    with pytest.raises(ValidationError) as refused:
+        shared.set_purge_hold(
+            numbers, phone_number="+14155550101", held=True, record=("dispute", "", NOW)
+        )
+    assert refused.value.code == "invalid_by"
+    assert list_holds(numbers, now=NOW) == []
+    shared.set_purge_hold(numbers, phone_number="+14155550101", held=True, now=NOW, record=record)
+    held = list_holds(numbers, now=NOW)
+    assert [(h["reason"], h["by"], h["at"]) for h in held] == [
+        ("dispute", "alice", "2026-11-27T12:00:00Z")
+    ]
+
+
+@pytest.mark.parametrize("act", [hold_number, pause_purge, set_pace])
+def test_a_bad_by_is_refused_with_a_hint_for_an_operator(
+    numbers: Session, act: Callable[..., object]
+) -> None:
+    kwargs = {"hold_number": {"phone_number": "+14155550101"}, "set_pace": {"rows_per_second": 5}}
+    with pytest.raises(ValidationError) as refused:
+        act(numbers, by="x" * 65, now=NOW, **kwargs.get(act.__name__, {}))
+    assert (refused.value.code, refused.value.fix) == (
+        "invalid_by",
+        "Pass who acts, e.g. --by alice or an operator id of at most 64 printable characters.",
     )

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 import shared
 from shared.events import EVENTS
 from shared.models import PhoneNumber
+from shared.publication import recording_failures
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
@@ -29,6 +30,7 @@ from shared.releasable import (
     account_key,
     applied_key,
     fenced,
+    meta_key,
     read_releasable,
     writer_lock,
 )
@@ -112,6 +114,33 @@ def test_release_repurchase_purge_reach_the_sets_and_the_stream(
     again = relay_events(pg_factory, redis_client, now=now)
     assert (again.applied, again.batches) == (0, 0)
     assert len(stream_ids(redis_client)) == len(set(stream_ids(redis_client))) == 8
+
+
+def test_remaining_is_the_outbox_left_and_an_emptied_outbox_is_not_counted(
+    pg_factory: Factory, redis_client: redis.Redis, now: datetime
+) -> None:
+    with pg_factory.begin() as session:
+        for i in range(5):  # registered and released: 10 events
+            make_number(
+                session, account_id="acc_m", phone_number=f"+1415555048{i}", released_at=now
+            )
+    cut = relay_events(pg_factory, redis_client, now=now, batch_size=4, max_seconds=0)
+    assert (cut.status, cut.applied, cut.remaining) == ("limit_reached", 4, 6)
+    counts: list[str] = []
+
+    def note_counts(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "count(" in statement.lower():
+            counts.append(statement)
+
+    engine = pg_factory.kw["bind"]
+    event.listen(engine, "before_cursor_execute", note_counts)
+    try:
+        done = relay_events(pg_factory, redis_client, now=now)
+    finally:
+        event.remove(engine, "before_cursor_execute", note_counts)
+    assert (done.status, done.applied, done.remaining) == ("completed", 6, 0)
+    assert counts == []  # the run ended on an empty outbox: nothing to count
+    assert outbox(pg_factory) == 0
 
 
 def test_a_lower_id_committed_late_is_not_skipped(
@@ -272,6 +301,26 @@ def test_reconciliation_repairs_and_reports_drift(
     meta = {k.decode(): v.decode() for k, v in redis_client.hgetall("releasable:meta").items()}
     assert meta["generated_at"] == summary["generated_at"]
     assert (meta["count"], meta["drift_added"], meta["trimmed"]) == ("4", "1", "1")
+    assert {"published", "first", "replayed", "seconds"}.isdisjoint(meta)  # the summary's only
+
+
+def test_a_failed_first_publication_still_counts_as_nothing_published(
+    pg_factory: Factory, redis_client: redis.Redis, now: datetime
+) -> None:
+    """A failure marker shares the metadata hash with the last success; it is no success."""
+    with pg_factory.begin() as session:
+        make_number(session, account_id="acc_f", phone_number="+14155550471", released_at=now)
+    with pytest.raises(RuntimeError), recording_failures(redis_client):
+        raise RuntimeError("the first reconciliation on an empty Redis failed")
+    assert redis_client.exists(meta_key())
+    assert relay_events(pg_factory, redis_client, now=now).unpublished  # one is still due
+    with pg_factory.begin() as session:  # not relayed: the first publication adds it
+        make_number(session, account_id="acc_f", phone_number="+14155550472", released_at=now)
+    with pg_factory() as session, capture_logs() as logs:
+        summary = publish_releasable(session, redis_client, now=now)
+    assert (summary["first"], summary["drift_added"]) == (True, 1)
+    assert [e["event"] for e in logs] == ["releasable.published"]  # a first one repairs nothing
+    assert not relay_events(pg_factory, redis_client, now=now).unpublished
 
 
 def test_events_relayed_during_a_reconciliation_survive_its_swap(
