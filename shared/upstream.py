@@ -19,9 +19,9 @@ from typing import cast
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from shared import events, validation
+from shared import events
 from shared.clock import not_ahead, resolve_now
-from shared.controls import REASON_MAX
+from shared.controls import operator_record
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
@@ -253,15 +253,13 @@ def resolve_by_operator(
     who and why. Only for a number that is due and carries upstream state (claimed, or kept
     by a provider error), which the purge itself would never delete without the provider.
     Like a purge run, it refuses an instant ahead of this host's clock."""
-    now = not_ahead(now)
-    note = validation.text(reason, name="reason", limit=REASON_MAX)
+    note, who, now = operator_record(by=by, reason=reason, now=not_ahead(now))
     if note is None:
         raise ValidationError(
             "A reason is required to settle a number upstream by hand.",
             code="invalid_reason",
             fix="Say what was done, e.g. --reason 'released in the Telnyx portal, ticket 123'.",
         )
-    who = validation.short_id(by, name="by")
     number = lock_number(session, phone_number)
     if number is None or (number.purge_state is None and number.provider_error_code is None):
         raise ValidationError(

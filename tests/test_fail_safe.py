@@ -254,6 +254,10 @@ def test_settling_by_hand_refuses_what_it_cannot_prove(session_factory: Factory)
         with session_factory.begin() as session, pytest.raises(shared.ValidationError) as refused:
             resolve_by_operator(session, phone_number=phone, reason=reason, by="ops")
         assert refused.value.code == code
+    with session_factory.begin() as session, pytest.raises(shared.ValidationError) as refused:
+        resolve_by_operator(session, phone_number=number, reason="done", by="")
+    assert refused.value.code == "invalid_by"
+    assert refused.value.fix.startswith("Pass who acts")
     with session_factory.begin() as session:
         session.execute(
             update(PhoneNumber)
