@@ -16,6 +16,7 @@ import click
 import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
@@ -92,6 +93,15 @@ def main() -> None:
 
 def _engine() -> Engine:
     return make_engine()
+
+
+def _read_sessions() -> sessionmaker[Session]:
+    """Sessions for a command that only reads.
+
+    On SQLite they begin DEFERRED (shared/db.py): under WAL such a reader never waits behind a
+    purge batch's write lock, where BEGIN IMMEDIATE would wait up to busy_timeout (30 s).
+    """
+    return make_session_factory(_engine().execution_options(sqlite_begin="DEFERRED"))
 
 
 @main.command()
@@ -200,7 +210,7 @@ def publish(now: datetime | None) -> None:
 @now_option
 def list_released(account_id: str, now: datetime | None) -> None:
     """Print GET /numbers/released's 200 body for an account."""
-    with make_session_factory(_engine())() as session:
+    with _read_sessions()() as session:
         _print_json(released_numbers_body(session, account_id=account_id, now=now))
 
 
@@ -283,7 +293,7 @@ def _parse_max_lag(
 @now_option
 def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | None) -> None:
     """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
-    with make_session_factory(_engine())() as session:
+    with _read_sessions()() as session:
         report = store_status(
             session, now=now, runs=runs, deploy_paused=get_settings().purge_paused
         )
@@ -481,7 +491,7 @@ def unhold(phone_number: str) -> None:
 @now_option
 def holds(as_json: bool, now: datetime | None) -> None:
     """List the numbers on hold: who held them, when and why, oldest hold first."""
-    with make_session_factory(_engine())() as session:
+    with _read_sessions()() as session:
         held = list_holds(session, now=now)
     if as_json:
         _print_json(held)

@@ -191,8 +191,9 @@ def exporter_engine(settings: Settings) -> Engine:
     """The store, with a statement timeout so that a slow query cannot pile up scrapes."""
     url = normalize_url(settings.resolved_database_url())
     if make_url(url).get_backend_name() != "postgresql":
-        # SQLite: under WAL a reader never waits for the purge's writes.
-        return make_engine(url)
+        # SQLite: a transaction that begins DEFERRED only reads, and under WAL such a reader
+        # never waits for the purge's writes (BEGIN IMMEDIATE, the default, would: shared/db.py).
+        return make_engine(url, execution_options={"sqlite_begin": "DEFERRED"})
     timeout = settings.metrics_statement_timeout_seconds
     return make_engine(
         url,
