@@ -143,3 +143,19 @@ def test_status_without_redis_has_no_publication(tmp_path: Path) -> None:
         [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
     )
     assert json.loads(done.stdout)["publication"] is None
+
+
+def test_publish_with_redis_unreachable_prints_the_envelope_without_the_password(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = _env(tmp_path, REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
+    done = subprocess.run([CLI, "publish"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = json.loads(done.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "redis_unavailable"
+    assert f"redis://:***@127.0.0.1:{port}/0" in error["message"]
+    assert "REDIS_URL" in error["fix"]
+    assert "s3cret-pw" not in done.stderr + done.stdout

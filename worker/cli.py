@@ -44,7 +44,10 @@ def _print_json(value: Any) -> None:
 
 
 class Commands(click.Group):
-    """Commands whose ApiErrors print the seed's envelope on stderr and exit 2 (1 for 5xx)."""
+    """Commands whose ApiErrors print the seed's envelope on stderr and exit 2 (1 for 5xx).
+
+    A store or Redis that fails prints the 500 envelope and exits 1.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,6 +58,9 @@ class Commands(click.Group):
         except SQLAlchemyError as error:
             # The driver's text can name hosts and users: say what failed, in our words.
             click.echo(json.dumps(store_error(error).body()), err=True)
+            ctx.exit(1)
+        except redis.RedisError as error:
+            click.echo(json.dumps(redis_error(error).body()), err=True)
             ctx.exit(1)
 
 
@@ -71,6 +77,17 @@ def store_error(error: SQLAlchemyError) -> InternalError:
         f"The store at {where} could not be used ({type(error).__name__}).",
         code="store_unavailable",
         fix="Check that the database is up and DATABASE_URL points at it.",
+    )
+
+
+def redis_error(error: redis.RedisError) -> InternalError:
+    """An unreachable or failing Redis, as the API's 500 envelope (its URL without a password)."""
+    # The query string is left out too: a Redis URL may carry `?password=`.
+    where = redact_url(get_settings().resolved_redis_url()).partition("?")[0]
+    return InternalError(
+        f"The Redis at {where} could not be used ({type(error).__name__}).",
+        code="redis_unavailable",
+        fix="Check that Redis is up and REDIS_URL (or BROKER_URL) points at it.",
     )
 
 
