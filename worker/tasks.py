@@ -45,6 +45,30 @@ RECONCILE_REQUESTED = "releasable:reconcile-requested"
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
 
 
+def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Each task's soft and hard time limits (seconds) under `settings`, by task name."""
+    return {
+        PURGE: {
+            "soft_time_limit": settings.purge_max_seconds + PURGE_SOFT_MARGIN,
+            "time_limit": settings.purge_max_seconds + PURGE_HARD_MARGIN,
+        },
+        # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
+        # hourly.
+        PUBLISH: {"soft_time_limit": 600, "time_limit": 660},
+        RELAY: {
+            "soft_time_limit": settings.relay_max_seconds + 30,
+            "time_limit": settings.relay_max_seconds + 60,
+        },
+    }
+
+
+def longest_hold(settings: Settings) -> float:
+    """The longest a task can hold its message: the largest hard time limit, or the longest
+    retry countdown (a retry waits out its countdown on a worker, its message unacknowledged)."""
+    hardest = max(limits["time_limit"] for limits in time_limits(settings).values())
+    return max(hardest, settings.task_retry_backoff_max)
+
+
 def retry_policy(settings: Settings) -> dict[str, Any]:
     """Celery's autoretry options for a task that may meet a store or Redis briefly away."""
     return {
@@ -79,16 +103,11 @@ def parse_now(now: object) -> datetime | None:
 
 def register_tasks(celery: Celery, settings: Settings) -> None:
     """Add the purge, the reconciliation and the relay to `celery`, configured by `settings`."""
-    retry = retry_policy(settings)
+    retry, limits = retry_policy(settings), time_limits(settings)
     # Not shared: Celery would add a shared task to every app made later, with these settings.
     task = partial(celery.task, shared=False)
 
-    @task(
-        name=PURGE,
-        soft_time_limit=settings.purge_max_seconds + PURGE_SOFT_MARGIN,
-        time_limit=settings.purge_max_seconds + PURGE_HARD_MARGIN,
-        **retry,
-    )
+    @task(name=PURGE, **limits[PURGE], **retry)
     def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
         """Purge released numbers past their deadline; returns the run's summary.
 
@@ -106,9 +125,7 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
             )
         return report.as_dict()
 
-    # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
-    # hourly.
-    @task(name=PUBLISH, soft_time_limit=600, time_limit=660, **retry)
+    @task(name=PUBLISH, **limits[PUBLISH], **retry)
     def publish_releasable_task(now: object = None) -> dict[str, Any]:
         """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
         when = parse_now(now)
@@ -121,12 +138,7 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
 
     # No retries: beat sends the next run within seconds, and a retry would only queue behind
     # it. No stored result: one run every few seconds; Flower still shows each summary.
-    @task(
-        name=RELAY,
-        soft_time_limit=settings.relay_max_seconds + 30,
-        time_limit=settings.relay_max_seconds + 60,
-        ignore_result=True,
-    )
+    @task(name=RELAY, **limits[RELAY], ignore_result=True)
     def relay_events_task(now: object = None) -> dict[str, Any]:
         """Apply committed lifecycle events to the releasable set and the event stream."""
         when = parse_now(now)
