@@ -26,17 +26,15 @@ from shared.holds import hold_number, list_holds, unhold_number
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
-from shared.publication import publication_status, recording_failures
-from shared.purge import StopRequest, purge_expired
-from shared.reconcile import publish_releasable
+from shared.publication import publication_status
+from shared.purge import StopRequest
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app, make_embedded_folders
-from worker.connections import redis_client, session_factory
 from worker.logs import configure_logging, redact
 from worker.metrics import make_collector, serve
-from worker.tasks import PUBLISH, PURGE, parse_now
+from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
 
 
 def _print_json(value: Any) -> None:
@@ -198,14 +196,14 @@ def purge(
     """
     stop = StopRequest()
     with stop_on_signals(stop):
-        report = purge_expired(
-            make_session_factory(_engine()),
+        report = run_purge(
+            get_settings(),
             now=now,
             dry_run=dry_run,
+            stop=stop,
             batch_size=batch_size,
             max_rows=max_rows,
             max_seconds=max_seconds,
-            stop=stop,
         )
     _print_json(report.as_dict())
     if report.status == "skipped":
@@ -217,9 +215,7 @@ def purge(
 @now_option
 def publish(now: datetime | None) -> None:
     """Reconcile the releasable set in Redis with the store now; prints the drift repaired."""
-    client = redis_client(get_settings())
-    with recording_failures(client), session_factory(get_settings())() as session:
-        _print_json(publish_releasable(session, client, now=now))
+    _print_json(publish_now(get_settings(), now=now))
 
 
 @main.command("list")
