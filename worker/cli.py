@@ -32,6 +32,8 @@ from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app, make_embedded_folders
+from worker.connections import engine as store_engine
+from worker.connections import make_redis, session_factory
 from worker.logs import configure_logging, redact
 from worker.metrics import make_collector, serve
 from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
@@ -107,16 +109,22 @@ def main() -> None:
 
 
 def _engine() -> Engine:
+    """An engine of its own, for `migrate`, `run` (which forks) and `seed-demo`."""
     return make_engine()
 
 
-def _read_sessions() -> sessionmaker[Session]:
-    """Sessions for a command that only reads.
+def _sessions(*, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on the configured store, through this process's engine for its URL.
 
-    On SQLite they begin DEFERRED (shared/db.py): under WAL such a reader never waits behind a
-    purge batch's write lock, where BEGIN IMMEDIATE would wait up to busy_timeout (30 s).
+    `read_only`: for a command that only reads. On SQLite those sessions begin DEFERRED
+    (shared/db.py): under WAL such a reader never waits behind a purge batch's write lock,
+    where BEGIN IMMEDIATE would wait up to busy_timeout (30 s).
     """
-    return make_session_factory(_engine().execution_options(sqlite_begin="DEFERRED"))
+    settings = get_settings()
+    if not read_only:
+        return session_factory(settings)
+    engine = store_engine(settings.resolved_database_url())
+    return make_session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
 
 
 @main.command()
@@ -223,7 +231,7 @@ def publish(now: datetime | None) -> None:
 @now_option
 def list_released(account_id: str, now: datetime | None) -> None:
     """Print GET /numbers/released's 200 body for an account."""
-    with _read_sessions()() as session:
+    with _sessions(read_only=True)() as session:
         _print_json(released_numbers_body(session, account_id=account_id, now=now))
 
 
@@ -306,7 +314,7 @@ def _parse_max_lag(
 @now_option
 def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | None) -> None:
     """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
-    with _read_sessions()() as session:
+    with _sessions(read_only=True)() as session:
         report = store_status(
             session, now=now, runs=runs, deploy_paused=get_settings().purge_paused
         )
@@ -333,7 +341,7 @@ def _publication(now: datetime | None) -> dict[str, Any] | None:
     url = get_settings().resolved_redis_url()
     if not url:
         return None
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = make_redis(url, timeout=5)
     try:
         return {"reachable": True, **publication_status(client, now=now)}
     except redis.RedisError:
@@ -487,7 +495,7 @@ def _operator() -> str:
 @click.option("--by", default=_operator, show_default="login name", help="Who holds it.")
 def hold(phone_number: str, reason: str | None, by: str) -> None:
     """Put a number on hold: the purge never removes it until `unhold`."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(hold_number(session, phone_number=phone_number, by=by, reason=reason))
 
 
@@ -495,7 +503,7 @@ def hold(phone_number: str, reason: str | None, by: str) -> None:
 @click.argument("phone_number", metavar="PHONE")
 def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(unhold_number(session, phone_number=phone_number))
 
 
@@ -504,7 +512,7 @@ def unhold(phone_number: str) -> None:
 @now_option
 def holds(as_json: bool, now: datetime | None) -> None:
     """List the numbers on hold: who held them, when and why, oldest hold first."""
-    with _read_sessions()() as session:
+    with _sessions(read_only=True)() as session:
         held = list_holds(session, now=now)
     if as_json:
         _print_json(held)
@@ -543,14 +551,14 @@ def metrics(host: str, port: int) -> None:
 @click.option("--by", default=_operator, show_default="login name", help="Who pauses.")
 def pause(reason: str | None, by: str) -> None:
     """Pause every purge at its next batch boundary, on every worker, until `resume`."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(pause_purge(session, by=by, reason=reason))
 
 
 @main.command()
 def resume() -> None:
     """Lift a pause: the next purge run (scheduled or by hand) purges again."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(resume_purge(session))
 
 
@@ -567,7 +575,7 @@ def pace(rows_per_second: float | None, off: bool, reason: str | None, by: str) 
     """Cap the purge's rows per second on every worker, live, until `pace --off`."""
     if off == (rows_per_second is not None):
         raise click.UsageError("Give either --rows-per-second N or --off.")
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         if rows_per_second is None:
             _print_json(clear_pace(session))
         else:
@@ -590,7 +598,7 @@ def retry_upstream(
         raise click.UsageError("Give PHONE numbers or --all-permanent (one of the two).")
     if provider_code is not None and not all_permanent:
         raise click.UsageError("--provider-code filters --all-permanent.")
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         if len(phone_numbers) == 1:
             _print_json(reset_upstream(session, phone_number=phone_numbers[0]))
             return
@@ -615,7 +623,7 @@ def retry_upstream(
 @click.option("--by", default=_operator, show_default="login name", help="Who settled it.")
 def resolve_upstream(phone_number: str, reason: str, by: str) -> None:
     """Purge a number kept upstream that a person settled at the provider by hand."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(resolve_by_operator(session, phone_number=phone_number, reason=reason, by=by))
 
 

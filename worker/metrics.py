@@ -29,6 +29,7 @@ from shared.db import make_engine, make_session_factory, normalize_url
 from shared.publication import publication_status
 from shared.settings import Settings
 from shared.status import store_status
+from worker.connections import make_redis
 
 log = structlog.get_logger("worker.metrics")
 
@@ -208,11 +209,7 @@ def make_collector(settings: Settings) -> RetentionCollector:
     """The collector on the configured store and Redis (no Redis: no publication metrics)."""
     url = settings.resolved_redis_url()
     timeout = settings.metrics_statement_timeout_seconds
-    client = (
-        redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        if url
-        else None
-    )
+    client = make_redis(url, timeout=timeout, connect_timeout=timeout) if url else None
     reader = Reader(
         make_session_factory(exporter_engine(settings)),
         client,
