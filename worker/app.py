@@ -23,7 +23,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         redis = settings.resolved_redis_url()
         result = settings.result_backend or redis or settings.broker_url
         options: dict[str, Any] = {"broker_url": settings.broker_url, "result_backend": result}
-        if settings.broker_url.startswith(("redis", "rediss", "unix", "sentinel")):
+        if settings.broker_url.startswith(("redis", "unix", "sentinel")):
             # A task taken by a worker that dies comes back after the visibility timeout
             # (Celery's default: an hour). Set it just above the longest a task can hold its
             # message: the largest hard time limit of the tasks, or the longest retry countdown.

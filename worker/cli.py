@@ -34,7 +34,7 @@ from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app, make_embedded_folders
 from worker.connections import engine as store_engine
 from worker.connections import make_redis, session_factory
-from worker.logs import configure_logging, redact
+from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
 from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
 
@@ -132,7 +132,7 @@ def migrate() -> None:
     """Apply the database migrations."""
     engine = _engine()
     upgrade(engine)
-    click.echo(f"migrated {redact(engine.url.render_as_string(hide_password=False))}")
+    click.echo(f"migrated {engine.url.render_as_string(hide_password=True)}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
