@@ -190,6 +190,24 @@ def test_secrets_come_from_the_environment_only(config: dict[str, Any]) -> None:
         assert re.search(rf"^{name}=", example, re.MULTILINE), name
 
 
+def test_the_exporter_gets_what_it_reads_and_no_provider_key(config: dict[str, Any]) -> None:
+    services = config["services"]
+    metrics, worker = services["metrics"]["environment"], services["worker"]["environment"]
+    assert "TELNYX_API_KEY" in worker
+    assert not [key for key in metrics if key.startswith(("TELNYX_", "PROVIDER"))]
+    for key in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "RETENTION_DAYS",
+        "PURGE_PAUSED",
+        "METRICS_CACHE_SECONDS",
+        "METRICS_STATEMENT_TIMEOUT_SECONDS",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+    ):
+        assert metrics[key] == worker[key], key
+
+
 def test_compose_defaults_are_the_settings_defaults(config: dict[str, Any]) -> None:
     """A setting left out of .env behaves in compose as it does anywhere else."""
     fields = {name.upper(): name for name in Settings.model_fields}

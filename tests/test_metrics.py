@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.models import PhoneNumber
 from shared.publication import publication_status
@@ -256,6 +258,29 @@ def test_a_query_past_the_statement_timeout_is_up_0(
         assert scrape(collector)[("numbers_retention_up", ())] == 1
     finally:
         engine.dispose()
+
+
+def test_a_scrape_of_the_embedded_store_never_waits_for_a_writer(
+    tmp_path: Path, settings_env: Callable[..., None]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'numbers.db'}"
+    settings_env(DATABASE_URL=url)
+    writer = make_engine(url)
+    migrate.upgrade(writer)
+    engine = exporter_engine(get_settings())
+    collector = RetentionCollector(Reader(make_session_factory(engine), None), cache_seconds=0)
+    try:
+        assert scrape(collector)[("numbers_retention_up", ())] == 1
+        # A purge batch under way: its transaction holds the file's write lock until it ends.
+        with writer.begin() as batch:
+            batch.execute(update(PhoneNumber).values(purge_hold=False))
+            started = time.monotonic()
+            assert scrape(collector)[("numbers_retention_up", ())] == 1
+            # A reader that asked for the write lock would wait busy_timeout (30 s) for it.
+            assert time.monotonic() - started < 5, "the scrape waited for the writer's lock"
+    finally:
+        engine.dispose()
+        writer.dispose()
 
 
 def test_families_name_only_the_contract_and_its_extras() -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared import migrate
 from shared.db import make_engine
-from shared.models import Base
+from shared.models import EVENT_KINDS, Base
 from tests.factories import NOW, make_number
 
 TABLES = {
@@ -157,6 +157,20 @@ def test_other_tables_constraints(connection: Connection, statement: str) -> Non
     insert_number(connection)
     with pytest.raises(IntegrityError), connection.begin_nested():
         connection.execute(text(statement), {"at": NOW.isoformat()})
+
+
+def test_the_migrated_store_takes_every_event_kind_of_the_models_and_no_other(
+    connection: Connection,
+) -> None:
+    """The migrations freeze their own copy of the kinds: they must still agree with the models."""
+    insert = text(
+        "INSERT INTO number_events (kind, phone_number, account_id, number_id, occurred_at)"
+        " VALUES (:kind, '+14155550100', 'acc_raw', 1, :at)"
+    )
+    for kind in EVENT_KINDS:
+        connection.execute(insert, {"kind": kind, "at": NOW.isoformat()})
+    with pytest.raises(IntegrityError), connection.begin_nested():
+        connection.execute(insert, {"kind": "exploded", "at": NOW.isoformat()})
 
 
 def test_deleting_a_number_deletes_its_assignment(connection: Connection) -> None:

@@ -17,6 +17,7 @@ from shared.releasable import meta_key
 from tests.factories import NOW, make_number
 from tests.servers import free_port
 from tests.test_status_cli import CLI, _env
+from worker.tasks import RECONCILE_REQUESTED
 
 pytestmark = pytest.mark.redis
 
@@ -126,6 +127,19 @@ def test_status_shows_the_publication_and_a_failing_publish(
     assert "(OperationalError)" in table
 
 
+@pytest.mark.redis
+def test_publish_from_the_cli_settles_the_relays_pending_request(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = _env(tmp_path, REDIS_URL=redis_url)
+    subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
+    # The relay found no publication and asked for one: this reconciliation is it.
+    redis_client.set(RECONCILE_REQUESTED, 1, ex=600)
+    done = subprocess.run([CLI, "publish"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not redis_client.exists(RECONCILE_REQUESTED)
+
+
 def test_status_says_when_redis_is_unreachable(tmp_path: Path) -> None:
     env = _env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
@@ -143,3 +157,19 @@ def test_status_without_redis_has_no_publication(tmp_path: Path) -> None:
         [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
     )
     assert json.loads(done.stdout)["publication"] is None
+
+
+def test_publish_with_redis_unreachable_prints_the_envelope_without_the_password(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = _env(tmp_path, REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
+    done = subprocess.run([CLI, "publish"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = json.loads(done.stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "redis_unavailable"
+    assert f"redis://:***@127.0.0.1:{port}/0" in error["message"]
+    assert "REDIS_URL" in error["fix"]
+    assert "s3cret-pw" not in done.stderr + done.stdout

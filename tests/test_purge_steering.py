@@ -32,6 +32,7 @@ from shared.purge.pacing import (
 from shared.settings import Settings, get_settings
 from tests.factories import make_number
 from worker.app import create_app, visibility_timeout
+from worker.tasks import PUBLISH, PURGE, RELAY
 
 Factory = sessionmaker[Session]
 CLI = str(Path(sys.executable).parent / "numbers-retention")
@@ -244,6 +245,17 @@ def test_the_redis_visibility_timeout_outlasts_the_longest_run() -> None:
     assert timeout == visibility_timeout(settings) == 780
     # Above the purge task's hard time limit, far below Celery's default hour.
     assert 600 + 120 < timeout < 3600
+
+
+def test_the_redis_visibility_timeout_outlasts_every_tasks_hard_limit() -> None:
+    # A short purge: the reconciliation's hard limit is then the longest a task holds its message.
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0", purge_max_seconds=60)
+    app = create_app(settings)
+    timeout = app.conf.broker_transport_options["visibility_timeout"]
+    limits = {name: task.time_limit for name, task in app.tasks.items() if task.time_limit}
+    assert set(limits) == {PURGE, PUBLISH, RELAY}
+    assert timeout > max(limits.values())
+    assert timeout > settings.task_retry_backoff_max
 
 
 def seen_at_work(factory: Factory) -> int:

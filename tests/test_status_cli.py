@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from shared import migrate
 from shared.db import make_engine, make_session_factory
+from shared.models import PhoneNumber
 from shared.purge import PURGE_LOCK_KEY
 from tests.factories import NOW, make_number
 from tests.stores import fail_upstream
@@ -462,3 +464,18 @@ def test_purge_paused_by_the_setting_shows_in_status(sqlite_cli: Store) -> None:
     assert (report["paused"], report["paused_by_setting"], report["pause"]) == (True, True, None)
     table = sqlite_cli.cli("status", "--now", NOW.isoformat()).stdout
     assert "  Paused                   yes, PURGE_PAUSED is set\n" in table
+
+
+def test_read_only_commands_never_wait_for_a_writer_on_the_embedded_store(
+    sqlite_cli: Store, sqlite_default: Engine
+) -> None:
+    # A purge batch under way: its transaction holds the file's write lock until it ends.
+    with sqlite_default.begin() as batch:
+        batch.execute(update(PhoneNumber).values(purge_hold=False))
+        for args in (("status", "--json"), ("list", "--account", "acc_1"), ("holds", "--json")):
+            started = time.monotonic()
+            done = sqlite_cli.cli(*args, "--now", NOW.isoformat())
+            took = time.monotonic() - started
+            # A command that asked for the write lock would wait busy_timeout (30 s), then fail.
+            assert done.returncode == 0, done.stderr
+            assert took < 15, f"{args[0]} waited {took:.1f}s for the writer's lock"

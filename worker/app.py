@@ -14,7 +14,7 @@ from celery.schedules import crontab
 from shared.settings import Settings, get_settings
 from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
 from worker.logs import configure_logging
-from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, register_tasks
+from worker.tasks import PUBLISH, PURGE, RELAY, longest_hold, register_tasks
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -23,10 +23,10 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         redis = settings.resolved_redis_url()
         result = settings.result_backend or redis or settings.broker_url
         options: dict[str, Any] = {"broker_url": settings.broker_url, "result_backend": result}
-        if settings.broker_url.startswith(("redis", "rediss", "unix", "sentinel")):
+        if settings.broker_url.startswith(("redis", "unix", "sentinel")):
             # A task taken by a worker that dies comes back after the visibility timeout
             # (Celery's default: an hour). Set it just above the longest a task can hold its
-            # message: the purge's hard time limit, or the longest retry countdown.
+            # message: the largest hard time limit of the tasks, or the longest retry countdown.
             options["broker_transport_options"] = {
                 "visibility_timeout": visibility_timeout(settings)
             }
@@ -87,9 +87,9 @@ VISIBILITY_MARGIN = 60
 
 
 def visibility_timeout(settings: Settings) -> int:
-    """The Redis broker's visibility timeout: above the longest run and the longest retry."""
-    longest = max(settings.purge_max_seconds + PURGE_HARD_MARGIN, settings.task_retry_backoff_max)
-    return int(longest) + VISIBILITY_MARGIN
+    """The Redis broker's visibility timeout: above every task's hard time limit and the
+    longest retry countdown, so that no message comes back while a worker still holds it."""
+    return int(longest_hold(settings)) + VISIBILITY_MARGIN
 
 
 def _every(seconds: int, task: str) -> dict[str, Any]:

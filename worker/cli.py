@@ -16,6 +16,7 @@ import click
 import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
@@ -25,17 +26,17 @@ from shared.holds import hold_number, list_holds, unhold_number
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
-from shared.publication import publication_status, recording_failures
-from shared.purge import StopRequest, purge_expired
-from shared.reconcile import publish_releasable
+from shared.publication import publication_status
+from shared.purge import StopRequest
 from shared.settings import get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app, make_embedded_folders
-from worker.connections import redis_client, session_factory
-from worker.logs import configure_logging, redact
+from worker.connections import engine as store_engine
+from worker.connections import make_redis, session_factory
+from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
-from worker.tasks import PUBLISH, PURGE, parse_now
+from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
 
 
 def _print_json(value: Any) -> None:
@@ -43,7 +44,10 @@ def _print_json(value: Any) -> None:
 
 
 class Commands(click.Group):
-    """Commands whose ApiErrors print the seed's envelope on stderr and exit 2 (1 for 5xx)."""
+    """Commands whose ApiErrors print the seed's envelope on stderr and exit 2 (1 for 5xx).
+
+    A store or Redis that fails prints the 500 envelope and exits 1.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -54,6 +58,9 @@ class Commands(click.Group):
         except SQLAlchemyError as error:
             # The driver's text can name hosts and users: say what failed, in our words.
             click.echo(json.dumps(store_error(error).body()), err=True)
+            ctx.exit(1)
+        except redis.RedisError as error:
+            click.echo(json.dumps(redis_error(error).body()), err=True)
             ctx.exit(1)
 
 
@@ -70,6 +77,17 @@ def store_error(error: SQLAlchemyError) -> InternalError:
         f"The store at {where} could not be used ({type(error).__name__}).",
         code="store_unavailable",
         fix="Check that the database is up and DATABASE_URL points at it.",
+    )
+
+
+def redis_error(error: redis.RedisError) -> InternalError:
+    """An unreachable or failing Redis, as the API's 500 envelope (its URL without a password)."""
+    # The query string is left out too: a Redis URL may carry `?password=`.
+    where = redact_url(get_settings().resolved_redis_url()).partition("?")[0]
+    return InternalError(
+        f"The Redis at {where} could not be used ({type(error).__name__}).",
+        code="redis_unavailable",
+        fix="Check that Redis is up and REDIS_URL (or BROKER_URL) points at it.",
     )
 
 
@@ -91,7 +109,22 @@ def main() -> None:
 
 
 def _engine() -> Engine:
+    """An engine of its own, for `migrate`, `run` (which forks) and `seed-demo`."""
     return make_engine()
+
+
+def _sessions(*, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on the configured store, through this process's engine for its URL.
+
+    `read_only`: for a command that only reads. On SQLite those sessions begin DEFERRED
+    (shared/db.py): under WAL such a reader never waits behind a purge batch's write lock,
+    where BEGIN IMMEDIATE would wait up to busy_timeout (30 s).
+    """
+    settings = get_settings()
+    if not read_only:
+        return session_factory(settings)
+    engine = store_engine(settings.resolved_database_url())
+    return make_session_factory(engine.execution_options(sqlite_begin="DEFERRED"))
 
 
 @main.command()
@@ -99,7 +132,7 @@ def migrate() -> None:
     """Apply the database migrations."""
     engine = _engine()
     upgrade(engine)
-    click.echo(f"migrated {redact(engine.url.render_as_string(hide_password=False))}")
+    click.echo(f"migrated {engine.url.render_as_string(hide_password=True)}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -171,14 +204,14 @@ def purge(
     """
     stop = StopRequest()
     with stop_on_signals(stop):
-        report = purge_expired(
-            make_session_factory(_engine()),
+        report = run_purge(
+            get_settings(),
             now=now,
             dry_run=dry_run,
+            stop=stop,
             batch_size=batch_size,
             max_rows=max_rows,
             max_seconds=max_seconds,
-            stop=stop,
         )
     _print_json(report.as_dict())
     if report.status == "skipped":
@@ -190,9 +223,7 @@ def purge(
 @now_option
 def publish(now: datetime | None) -> None:
     """Reconcile the releasable set in Redis with the store now; prints the drift repaired."""
-    client = redis_client(get_settings())
-    with recording_failures(client), session_factory(get_settings())() as session:
-        _print_json(publish_releasable(session, client, now=now))
+    _print_json(publish_now(get_settings(), now=now))
 
 
 @main.command("list")
@@ -200,7 +231,7 @@ def publish(now: datetime | None) -> None:
 @now_option
 def list_released(account_id: str, now: datetime | None) -> None:
     """Print GET /numbers/released's 200 body for an account."""
-    with make_session_factory(_engine())() as session:
+    with _sessions(read_only=True)() as session:
         _print_json(released_numbers_body(session, account_id=account_id, now=now))
 
 
@@ -283,7 +314,7 @@ def _parse_max_lag(
 @now_option
 def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | None) -> None:
     """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
-    with make_session_factory(_engine())() as session:
+    with _sessions(read_only=True)() as session:
         report = store_status(
             session, now=now, runs=runs, deploy_paused=get_settings().purge_paused
         )
@@ -310,7 +341,7 @@ def _publication(now: datetime | None) -> dict[str, Any] | None:
     url = get_settings().resolved_redis_url()
     if not url:
         return None
-    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    client = make_redis(url, timeout=5)
     try:
         return {"reachable": True, **publication_status(client, now=now)}
     except redis.RedisError:
@@ -464,7 +495,7 @@ def _operator() -> str:
 @click.option("--by", default=_operator, show_default="login name", help="Who holds it.")
 def hold(phone_number: str, reason: str | None, by: str) -> None:
     """Put a number on hold: the purge never removes it until `unhold`."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(hold_number(session, phone_number=phone_number, by=by, reason=reason))
 
 
@@ -472,7 +503,7 @@ def hold(phone_number: str, reason: str | None, by: str) -> None:
 @click.argument("phone_number", metavar="PHONE")
 def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(unhold_number(session, phone_number=phone_number))
 
 
@@ -481,7 +512,7 @@ def unhold(phone_number: str) -> None:
 @now_option
 def holds(as_json: bool, now: datetime | None) -> None:
     """List the numbers on hold: who held them, when and why, oldest hold first."""
-    with make_session_factory(_engine())() as session:
+    with _sessions(read_only=True)() as session:
         held = list_holds(session, now=now)
     if as_json:
         _print_json(held)
@@ -520,14 +551,14 @@ def metrics(host: str, port: int) -> None:
 @click.option("--by", default=_operator, show_default="login name", help="Who pauses.")
 def pause(reason: str | None, by: str) -> None:
     """Pause every purge at its next batch boundary, on every worker, until `resume`."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(pause_purge(session, by=by, reason=reason))
 
 
 @main.command()
 def resume() -> None:
     """Lift a pause: the next purge run (scheduled or by hand) purges again."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(resume_purge(session))
 
 
@@ -544,7 +575,7 @@ def pace(rows_per_second: float | None, off: bool, reason: str | None, by: str) 
     """Cap the purge's rows per second on every worker, live, until `pace --off`."""
     if off == (rows_per_second is not None):
         raise click.UsageError("Give either --rows-per-second N or --off.")
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         if rows_per_second is None:
             _print_json(clear_pace(session))
         else:
@@ -567,7 +598,7 @@ def retry_upstream(
         raise click.UsageError("Give PHONE numbers or --all-permanent (one of the two).")
     if provider_code is not None and not all_permanent:
         raise click.UsageError("--provider-code filters --all-permanent.")
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         if len(phone_numbers) == 1:
             _print_json(reset_upstream(session, phone_number=phone_numbers[0]))
             return
@@ -592,7 +623,7 @@ def retry_upstream(
 @click.option("--by", default=_operator, show_default="login name", help="Who settled it.")
 def resolve_upstream(phone_number: str, reason: str, by: str) -> None:
     """Purge a number kept upstream that a person settled at the provider by hand."""
-    with make_session_factory(_engine()).begin() as session:
+    with _sessions().begin() as session:
         _print_json(resolve_by_operator(session, phone_number=phone_number, reason=reason, by=by))
 
 

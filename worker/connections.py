@@ -26,9 +26,15 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(engine(settings.resolved_database_url()))
 
 
+def make_redis(url: str, *, timeout: float = 10, connect_timeout: float = 5) -> redis.Redis:
+    """A new client for the Redis at `url`: a connection gives up after `connect_timeout`
+    seconds, a reply after `timeout`, so that a dead Redis fails a call instead of hanging it."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout)
+
+
 @lru_cache(maxsize=4)
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    return make_redis(url)
 
 
 def redis_client(settings: Settings) -> redis.Redis:

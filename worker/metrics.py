@@ -29,6 +29,7 @@ from shared.db import make_engine, make_session_factory, normalize_url
 from shared.publication import publication_status
 from shared.settings import Settings
 from shared.status import store_status
+from worker.connections import make_redis
 
 log = structlog.get_logger("worker.metrics")
 
@@ -191,8 +192,9 @@ def exporter_engine(settings: Settings) -> Engine:
     """The store, with a statement timeout so that a slow query cannot pile up scrapes."""
     url = normalize_url(settings.resolved_database_url())
     if make_url(url).get_backend_name() != "postgresql":
-        # SQLite: under WAL a reader never waits for the purge's writes.
-        return make_engine(url)
+        # SQLite: a transaction that begins DEFERRED only reads, and under WAL such a reader
+        # never waits for the purge's writes (BEGIN IMMEDIATE, the default, would: shared/db.py).
+        return make_engine(url, execution_options={"sqlite_begin": "DEFERRED"})
     timeout = settings.metrics_statement_timeout_seconds
     return make_engine(
         url,
@@ -207,11 +209,7 @@ def make_collector(settings: Settings) -> RetentionCollector:
     """The collector on the configured store and Redis (no Redis: no publication metrics)."""
     url = settings.resolved_redis_url()
     timeout = settings.metrics_statement_timeout_seconds
-    client = (
-        redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        if url
-        else None
-    )
+    client = make_redis(url, timeout=timeout, connect_timeout=timeout) if url else None
     reader = Reader(
         make_session_factory(exporter_engine(settings)),
         client,

@@ -21,7 +21,7 @@ from shared.clock import as_utc
 from shared.errors import ValidationError
 from shared.provider import make_provider
 from shared.publication import recording_failures
-from shared.purge import purge_expired
+from shared.purge import PurgeReport, StopRequest, purge_expired
 from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
@@ -43,6 +43,30 @@ RECONCILE_REQUESTED = "releasable:reconcile-requested"
 # Retried with backoff and jitter: a database or Redis that is briefly away. Anything else
 # (bad input, a bug) fails the task at once.
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+
+
+def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
+    """Each task's soft and hard time limits (seconds) under `settings`, by task name."""
+    return {
+        PURGE: {
+            "soft_time_limit": settings.purge_max_seconds + PURGE_SOFT_MARGIN,
+            "time_limit": settings.purge_max_seconds + PURGE_HARD_MARGIN,
+        },
+        # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
+        # hourly.
+        PUBLISH: {"soft_time_limit": 600, "time_limit": 660},
+        RELAY: {
+            "soft_time_limit": settings.relay_max_seconds + 30,
+            "time_limit": settings.relay_max_seconds + 60,
+        },
+    }
+
+
+def longest_hold(settings: Settings) -> float:
+    """The longest a task can hold its message: the largest hard time limit, or the longest
+    retry countdown (a retry waits out its countdown on a worker, its message unacknowledged)."""
+    hardest = max(limits["time_limit"] for limits in time_limits(settings).values())
+    return max(hardest, settings.task_retry_backoff_max)
 
 
 def retry_policy(settings: Settings) -> dict[str, Any]:
@@ -77,56 +101,70 @@ def parse_now(now: object) -> datetime | None:
     return as_utc(parsed)
 
 
+def run_purge(
+    settings: Settings,
+    *,
+    now: datetime | None,
+    dry_run: bool,
+    stop: StopRequest,
+    batch_size: int | None = None,
+    max_rows: int | None = None,
+    max_seconds: float | None = None,
+) -> PurgeReport:
+    """One purge run on the store, provider and limits the settings name; the bounds given
+    (the CLI's flags) override the settings'. The task and `numbers-retention purge` run this."""
+    config = PurgeConfig.from_settings(settings).overridden(
+        batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
+    )
+    with closing(make_provider(settings)) as provider:
+        return purge_expired(
+            session_factory(settings),
+            now=now,
+            dry_run=dry_run,
+            config=config,
+            provider=provider,
+            stop=stop,
+        )
+
+
+def publish_now(settings: Settings, *, now: datetime | None) -> dict[str, Any]:
+    """Reconcile the releasable set in Redis with the store; returns the drift repaired.
+
+    A failure leaves its marker in Redis for `status` and the exporter. A success settles the
+    relay's pending request for a reconciliation. The task and `numbers-retention publish`
+    run this.
+    """
+    client = redis_client(settings)
+    with recording_failures(client), session_factory(settings)() as session:
+        summary = publish_releasable(session, client, now=now)
+    client.delete(RECONCILE_REQUESTED)
+    return summary
+
+
 def register_tasks(celery: Celery, settings: Settings) -> None:
     """Add the purge, the reconciliation and the relay to `celery`, configured by `settings`."""
-    retry = retry_policy(settings)
+    retry, limits = retry_policy(settings), time_limits(settings)
     # Not shared: Celery would add a shared task to every app made later, with these settings.
     task = partial(celery.task, shared=False)
 
-    @task(
-        name=PURGE,
-        soft_time_limit=settings.purge_max_seconds + PURGE_SOFT_MARGIN,
-        time_limit=settings.purge_max_seconds + PURGE_HARD_MARGIN,
-        **retry,
-    )
+    @task(name=PURGE, **limits[PURGE], **retry)
     def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
         """Purge released numbers past their deadline; returns the run's summary.
 
         A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
         """
         when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-        with closing(make_provider(settings)) as provider:
-            report = purge_expired(
-                session_factory(settings),
-                now=when,
-                dry_run=dry,
-                config=PurgeConfig.from_settings(settings),
-                provider=provider,
-                stop=STOP,
-            )
-        return report.as_dict()
+        return run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
 
-    # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
-    # hourly.
-    @task(name=PUBLISH, soft_time_limit=600, time_limit=660, **retry)
+    @task(name=PUBLISH, **limits[PUBLISH], **retry)
     def publish_releasable_task(now: object = None) -> dict[str, Any]:
         """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
-        when = parse_now(now)
-        client = redis_client(settings)
         # A failure leaves its marker in Redis for `status` and the exporter, then retries.
-        with recording_failures(client), session_factory(settings)() as session:
-            summary = publish_releasable(session, client, now=when)
-        client.delete(RECONCILE_REQUESTED)
-        return summary
+        return publish_now(settings, now=parse_now(now))
 
     # No retries: beat sends the next run within seconds, and a retry would only queue behind
     # it. No stored result: one run every few seconds; Flower still shows each summary.
-    @task(
-        name=RELAY,
-        soft_time_limit=settings.relay_max_seconds + 30,
-        time_limit=settings.relay_max_seconds + 60,
-        ignore_result=True,
-    )
+    @task(name=RELAY, **limits[RELAY], ignore_result=True)
     def relay_events_task(now: object = None) -> dict[str, Any]:
         """Apply committed lifecycle events to the releasable set and the event stream."""
         when = parse_now(now)
