@@ -321,6 +321,23 @@ def test_the_cli_refuses_a_future_purge_and_publication(tmp_path: Path) -> None:
         assert json.loads(done.stderr)["error"]["code"] == "now_in_future"
 
 
+@pytest.mark.parametrize("where", ["html", "closed port"])
+def test_the_cli_purge_stopped_by_the_provider_exits_5(tmp_path: Path, where: str) -> None:
+    """A cron job or CI step must not read a run the provider stopped as a success."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+    env |= {"NUMBERS_RETENTION_DATA": str(tmp_path), "PROVIDER": "telnyx"}
+    env |= {"TELNYX_API_KEY": API_KEY, "PROVIDER_FAILURE_STREAK": "1"}
+    cli = [sys.executable, "-m", "worker.cli"]
+    with StaticServer(Reply(200, "<h1>Hi</h1>", {"Content-Type": "text/html"})) as proxy:
+        env["TELNYX_BASE_URL"] = proxy.url if where == "html" else "http://127.0.0.1:1"
+        assert subprocess.run([*cli, "migrate"], env=env, timeout=60).returncode == 0
+        done = subprocess.run([*cli, "purge"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 5, done.stderr
+    status = "provider_misconfigured" if where == "html" else "provider_unavailable"
+    assert json.loads(done.stdout)["status"] == status
+    assert f"purge stopped ({status})" in done.stderr
+
+
 # --- 9. the embedded default (SQLite) enforces the rules PostgreSQL's row locks do --------------
 
 

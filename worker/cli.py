@@ -155,6 +155,10 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
 
 # `purge` exits with this when another run held the lock and this one did nothing.
 LOCKED_EXIT_CODE = 4
+# ... and this when the provider stopped the run (misconfigured or unavailable): the rows are
+# kept, and a cron job or CI step must not read the run as a success.
+PROVIDER_EXIT_CODE = 5
+PROVIDER_HALTS = ("provider_misconfigured", "provider_unavailable")
 
 
 @contextmanager
@@ -200,7 +204,8 @@ def purge(
     """Purge overdue released numbers now, in the foreground; prints the run summary.
 
     SIGTERM or Ctrl-C ends the run at its next batch boundary, status `interrupted`. Exits 4
-    when another run holds the lock (status `skipped`): nothing was done.
+    when another run holds the lock (status `skipped`): nothing was done; exits 5 when the
+    provider stopped the run (`provider_misconfigured`, `provider_unavailable`).
     """
     stop = StopRequest()
     with stop_on_signals(stop):
@@ -217,6 +222,9 @@ def purge(
     if report.status == "skipped":
         click.echo("purge skipped: another run holds the lock; nothing was done.", err=True)
         sys.exit(LOCKED_EXIT_CODE)
+    if report.status in PROVIDER_HALTS:
+        click.echo(f"purge stopped ({report.status}): {report.reason}", err=True)
+        sys.exit(PROVIDER_EXIT_CODE)
 
 
 @main.command()
