@@ -30,6 +30,17 @@ def numbers(session: Session) -> Session:
     return session
 
 
+def assert_unheld_without_record(numbers: Session, phone_number: str) -> None:
+    """The number is not held and keeps no trace of its hold (who, why, when)."""
+    row = numbers.query(PhoneNumber).filter_by(phone_number=phone_number).one()
+    assert (row.purge_hold, row.hold_reason, row.hold_set_by, row.hold_set_at) == (
+        False,
+        None,
+        None,
+        None,
+    )
+
+
 def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session) -> None:
     body = hold_number(
         numbers, phone_number="+14155550101", by="alice", reason="dispute #4411", now=NOW - DAY
@@ -72,13 +83,7 @@ def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session)
         "phoneNumber": "+14155550101",
         "held": False,
     }
-    row = numbers.query(PhoneNumber).filter_by(phone_number="+14155550101").one()
-    assert (row.purge_hold, row.hold_reason, row.hold_set_by, row.hold_set_at) == (
-        False,
-        None,
-        None,
-        None,
-    )
+    assert_unheld_without_record(numbers, "+14155550101")
     assert [h["phone_number"] for h in list_holds(numbers, now=NOW)] == [
         "+14155550103",
         "+14155550102",
@@ -132,13 +137,7 @@ def test_lifting_a_recorded_hold_through_set_purge_hold_forgets_the_record(
         "phoneNumber": "+14155550101",
         "held": False,
     }
-    row = numbers.query(PhoneNumber).filter_by(phone_number="+14155550101").one()
-    assert (row.purge_hold, row.hold_reason, row.hold_set_by, row.hold_set_at) == (
-        False,
-        None,
-        None,
-        None,
-    )
+    assert_unheld_without_record(numbers, "+14155550101")
     assert list_holds(numbers, now=NOW) == []
 
 
