@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run demo test lint types pytest bench clean
+.PHONY: install install-dev run demo test lint types pytest test-clock bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ types: install-dev
 pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
-test: lint types pytest
+# The tests on the host's clock (real processes, `wall_now`) again, with every Python process's
+# clock moved a year ahead, then a year back (tests/clock_shift): no calendar date breaks them.
+test-clock: install-dev
+	TESTS_CLOCK_SHIFT_DAYS=365 PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
+	TESTS_CLOCK_SHIFT_DAYS=-365 PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
+
+test: lint types pytest test-clock
 
 bench: install-dev
 	$(BIN)/python bench/purge.py --rows 1000000

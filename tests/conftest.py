@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import shared
 from shared import migrate
+from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory
 from shared.provider import TelnyxProvider
 from shared.settings import get_settings, get_store_settings
@@ -49,6 +50,30 @@ BACKENDS = [
 def now() -> datetime:
     """The fixed instant of the tests: the one `tests.factories` registers numbers against."""
     return NOW
+
+
+@pytest.fixture
+def wall_now() -> datetime:
+    """The host's clock at the test's start: the instant of a test whose processes or library
+    defaults read the real clock (the fixed `now` lies more than a year behind it)."""
+    return utcnow()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the host's clock (real processes, `wall_now`) are marked `real_clock`, the set
+    CI runs again with the clock moved a year either way; none of them may take the fixed
+    `now`, which a process on the real clock would contradict."""
+    mixed = []
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if item.get_closest_marker("processes") or "wall_now" in fixtures:
+            item.add_marker(pytest.mark.real_clock)
+        if item.get_closest_marker("real_clock") and "now" in fixtures:
+            mixed.append(item.nodeid)
+    if mixed:
+        raise pytest.UsageError(
+            "Tests on the host's clock take `wall_now`, not the fixed `now`: " + ", ".join(mixed)
+        )
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,11 @@ from sqlalchemy.orm import Session
 import shared
 from shared.models import Base
 
-NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+# The suite's fixed instant, for tests that pass `now` to every call. It lies more than a year
+# before any date the suite runs on (the clock moved a year back included), so a test that
+# mixes it with a process or a library default on the host's clock fails at once, every day,
+# instead of on some later date: such a test takes `wall_now` (tests/conftest.py) instead.
+NOW = datetime(2025, 11, 27, 12, 0, tzinfo=UTC)
 REGISTERED_BEFORE = timedelta(days=30)
 
 

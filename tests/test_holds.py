@@ -50,7 +50,7 @@ def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session)
         "held": True,
         "reason": "dispute #4411",
         "by": "alice",
-        "at": "2026-11-26T12:00:00Z",
+        "at": "2025-11-26T12:00:00Z",
     }
     hold_number(numbers, phone_number="+14155550103", by="bob", now=NOW - 2 * DAY)
     hold_number(numbers, phone_number="+14155550102", by="carol", reason="legal", now=NOW)
@@ -67,7 +67,7 @@ def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session)
         None,
         False,
     )
-    assert (overdue["deadline"], overdue["overdue"]) == ("2026-11-26T12:00:00Z", True)
+    assert (overdue["deadline"], overdue["overdue"]) == ("2025-11-26T12:00:00Z", True)
     assert fresh["overdue"] is False
 
     # Holding again replaces the record.
@@ -76,7 +76,7 @@ def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session)
     assert (again["by"], again["reason"], again["at"]) == (
         "dave",
         "still open",
-        "2026-11-27T12:00:00Z",
+        "2025-11-27T12:00:00Z",
     )
 
     assert unhold_number(numbers, phone_number="+14155550101") == {
@@ -166,7 +166,7 @@ def test_set_purge_hold_takes_a_record_only_with_a_hold_and_checks_it(numbers: S
     shared.set_purge_hold(numbers, phone_number="+14155550101", held=True, now=NOW, record=record)
     held = list_holds(numbers, now=NOW)
     assert [(h["reason"], h["by"], h["at"]) for h in held] == [
-        ("dispute", "alice", "2026-11-27T12:00:00Z")
+        ("dispute", "alice", "2025-11-27T12:00:00Z")
     ]
 
 

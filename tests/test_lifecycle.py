@@ -20,7 +20,7 @@ SECOND = timedelta(seconds=1)
 MICROSECOND = timedelta(microseconds=1)
 TOKYO = timezone(timedelta(hours=9))
 NEW_YORK_WINTER = timezone(timedelta(hours=-5))
-CREATED_AT = "2026-10-28T12:00:00Z"  # NOW - 30 days, as make_number registers
+CREATED_AT = "2025-10-28T12:00:00Z"  # NOW - 30 days, as make_number registers
 
 
 def register(session: Session, **overrides: Any) -> dict[str, Any]:
@@ -56,11 +56,11 @@ def test_register_number(session: Session, phone_number_validator: Draft202012Va
     assert body == {
         "phoneNumber": "+14155550999",
         "label": "Front desk",
-        "createdAt": "2026-11-27T12:00:00Z",
+        "createdAt": "2025-11-27T12:00:00Z",
         "countryCode": "US",
         "numberType": "local",
         "billingStatus": "active",
-        "nextBillingDate": "2026-12-27",
+        "nextBillingDate": "2025-12-27",
         "monthlyPrice": 1.5,
     }
     phone_number_validator.validate(body)
@@ -74,7 +74,7 @@ def test_register_number(session: Session, phone_number_validator: Draft202012Va
 @pytest.mark.parametrize(
     ("now", "created_at", "next_billing_date"),
     [
-        (NOW, "2026-11-27T12:00:00Z", "2026-12-27"),
+        (NOW, "2025-11-27T12:00:00Z", "2025-12-27"),
         (datetime(2026, 1, 31, 8, 0, tzinfo=UTC), "2026-01-31T08:00:00Z", "2026-02-28"),
         (datetime(2028, 1, 31, 8, 0, tzinfo=UTC), "2028-01-31T08:00:00Z", "2028-02-29"),
         (
@@ -88,7 +88,7 @@ def test_register_number(session: Session, phone_number_validator: Draft202012Va
             "2027-01-01T04:30:00Z",
             "2027-02-01",
         ),
-        (datetime(2026, 11, 28, 1, 0, tzinfo=TOKYO), "2026-11-27T16:00:00Z", "2026-12-27"),
+        (datetime(2025, 11, 28, 1, 0, tzinfo=TOKYO), "2025-11-27T16:00:00Z", "2025-12-27"),
     ],
 )
 def test_register_times_are_utc(
@@ -149,9 +149,9 @@ def test_other_accounts_do_not_count_against_the_cap(session: Session) -> None:
 @pytest.mark.parametrize(
     ("now", "released_at"),
     [
-        (NOW, "2026-11-27T12:00:00Z"),
-        (datetime(2026, 11, 27, 21, 0, tzinfo=TOKYO), "2026-11-27T12:00:00Z"),
-        (datetime(2026, 11, 27, 7, 0, 0, 5, tzinfo=NEW_YORK_WINTER), "2026-11-27T12:00:00.000005Z"),
+        (NOW, "2025-11-27T12:00:00Z"),
+        (datetime(2025, 11, 27, 21, 0, tzinfo=TOKYO), "2025-11-27T12:00:00Z"),
+        (datetime(2025, 11, 27, 7, 0, 0, 5, tzinfo=NEW_YORK_WINTER), "2025-11-27T12:00:00.000005Z"),
         # Releasing at the very instant of registration is allowed.
         (NOW - REGISTERED_BEFORE, CREATED_AT),
     ],
@@ -165,7 +165,7 @@ def test_release_answer(session: Session, now: datetime, released_at: str) -> No
     row = stored(session, "+14155550100")
     assert (row.billing_status, row.released_at) == ("released", now)
     # No refund for the current month: the billing date is left as it was.
-    assert row.next_billing_date.isoformat() == "2026-11-28"
+    assert row.next_billing_date.isoformat() == "2025-11-28"
 
 
 def test_repurchase(session: Session, phone_number_validator: Draft202012Validator) -> None:
@@ -188,7 +188,7 @@ def test_repurchase(session: Session, phone_number_validator: Draft202012Validat
         "countryCode": "US",
         "numberType": "local",
         "billingStatus": "active",
-        "nextBillingDate": "2026-12-27",
+        "nextBillingDate": "2025-12-27",
         "monthlyPrice": 2.25,
     }
     phone_number_validator.validate(body)
@@ -246,7 +246,7 @@ def test_repurchase_window(session: Session, now: datetime, allowed: bool) -> No
     with pytest.raises(shared.ValidationError) as caught:
         shared.repurchase_number(session, account_id="acc_a", phone_number="+14155550100", now=now)
     assert caught.value.code == "repurchase_window_closed"
-    assert "2026-12-01T12:00:00Z" in caught.value.message  # the deadline, in UTC
+    assert "2025-12-01T12:00:00Z" in caught.value.message  # the deadline, in UTC
     assert snapshot(session) == before
 
 

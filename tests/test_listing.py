@@ -126,7 +126,7 @@ def test_body_fields(session: Session, released_numbers_validator: Draft202012Va
         session,
         account_id="acc_a",
         phone_number="+14155550101",
-        released_at=datetime(2026, 11, 26, 21, 30, 15, 250_000, tzinfo=TOKYO),
+        released_at=datetime(2025, 11, 26, 21, 30, 15, 250_000, tzinfo=TOKYO),
         label="Support line",
         monthly_price="1.2345",
         number_type="toll_free",
@@ -139,14 +139,14 @@ def test_body_fields(session: Session, released_numbers_validator: Draft202012Va
             {
                 "phoneNumber": "+14155550101",
                 "label": "Support line",
-                "createdAt": "2026-10-28T12:00:00Z",
+                "createdAt": "2025-10-28T12:00:00Z",
                 "countryCode": "US",
                 "numberType": "toll_free",
                 "billingStatus": "released",
-                "nextBillingDate": "2026-11-28",
+                "nextBillingDate": "2025-11-28",
                 "monthlyPrice": 1.2345,
                 "a2pStatus": "approved",
-                "releasedAt": "2026-11-26T12:30:15.250000Z",
+                "releasedAt": "2025-11-26T12:30:15.250000Z",
             }
         ]
     }
@@ -242,8 +242,8 @@ def test_monthly_price_is_a_json_number(session: Session, price: str, expected: 
     [
         NOW - SECOND,
         NOW - timedelta(days=13, hours=23),
-        datetime(2026, 11, 27, 5, 0, 0, 1, tzinfo=timezone(timedelta(hours=-6))),
-        datetime(2026, 11, 27, 20, 59, tzinfo=TOKYO),
+        datetime(2025, 11, 27, 5, 0, 0, 1, tzinfo=timezone(timedelta(hours=-6))),
+        datetime(2025, 11, 27, 20, 59, tzinfo=TOKYO),
     ],
 )
 def test_timestamps_are_utc_with_z(session: Session, released_at: datetime) -> None:
@@ -291,13 +291,13 @@ def test_validators_reject_off_contract_bodies(
     """The schema checks bite: a wrong body is caught, not waved through."""
     good = {
         "phoneNumber": "+14155550101",
-        "createdAt": "2026-10-28T12:00:00Z",
+        "createdAt": "2025-10-28T12:00:00Z",
         "countryCode": "US",
         "numberType": "local",
         "billingStatus": "released",
-        "nextBillingDate": "2026-11-28",
+        "nextBillingDate": "2025-11-28",
         "monthlyPrice": 1.0,
-        "releasedAt": "2026-11-27T12:00:00Z",
+        "releasedAt": "2025-11-27T12:00:00Z",
     }
     released_numbers_validator.validate({"numbers": [good]})
     for bad in [

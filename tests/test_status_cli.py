@@ -169,7 +169,7 @@ def test_max_lag_exits_non_zero_on_a_lagging_backlog_and_zero_after_a_purge(stor
     table = store.cli("status", "--now", NOW.isoformat(), "--max-lag", "1d")
     assert table.returncode == 0, table.stderr
     assert "Overdue (purgeable now)  3\n" in table.stdout
-    assert "1d past its deadline (released 2026-11-12 12:00:00Z)" in table.stdout
+    assert "1d past its deadline (released 2025-11-12 12:00:00Z)" in table.stdout
     assert "Lag limit                1d: ok" in table.stdout
 
     purged = store.cli("purge", "--now", NOW.isoformat())
@@ -215,8 +215,8 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_cli: Store) -> None:
         "phone_number": OVERDUE[0],
         "account_id": "acc_1",
         "billing_status": "released",
-        "released_at": "2026-11-12T12:00:00Z",
-        "deadline": "2026-11-26T12:00:00Z",
+        "released_at": "2025-11-12T12:00:00Z",
+        "deadline": "2025-11-26T12:00:00Z",
         "overdue": True,
         "reason": "billing dispute #42",
         "by": "ops",

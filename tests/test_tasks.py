@@ -95,7 +95,7 @@ def test_purge_task_at_a_frozen_instant(
     with freeze_time(now), capture_logs() as logs:
         result = task_app.tasks[PURGE].apply().get()
     assert (result["status"], result["purged"], result["remaining"]) == ("completed", 1, 0)
-    assert result["now"] == "2026-11-27T12:00:00Z"
+    assert result["now"] == "2025-11-27T12:00:00Z"
     finished = [e for e in logs if e["event"] == "purge.finished"]
     assert finished
     assert finished[0]["purged"] == 1
@@ -119,7 +119,7 @@ def test_purge_task_takes_now_and_dry_run(
     with task_store.begin() as session:
         make_numbers(session, account_id="acc_a", ages={"+14155550303": timedelta(days=20)})
     result = (
-        task_app.tasks[PURGE].apply(kwargs={"now": "2026-11-27T12:00:00Z", "dry_run": True}).get()
+        task_app.tasks[PURGE].apply(kwargs={"now": "2025-11-27T12:00:00Z", "dry_run": True}).get()
     )
     assert (result["status"], result["would_purge"]) == ("dry_run", 1)
 
