@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,24 @@ def test_a_retention_window_at_its_bound_still_gives_valid_deadlines(tmp_path: P
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- the exporter's address ---------------------------------------------------------------------
+
+
+def test_metrics_on_a_host_that_is_no_address_is_the_envelope(tmp_path: Path) -> None:
+    done = numbers_retention(_env(tmp_path), "metrics", "--host", "999.1.1.1", "--port", "9808")
+    error = refusal(done, "address_unavailable")
+    assert "999.1.1.1:9808" in error["message"]
+    assert "--host" in error["fix"]
+
+
+def test_metrics_on_a_port_in_use_is_the_envelope(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = numbers_retention(_env(tmp_path), "metrics", "--host", "127.0.0.1", "--port", port)
+    error = refusal(done, "address_in_use")
+    assert f"127.0.0.1:{port}" in error["message"]
+    assert "--port" in error["fix"]
