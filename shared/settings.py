@@ -26,8 +26,10 @@ from sqlalchemy.exc import ArgumentError
 # Upper bounds, in seconds, of the duration settings: far above any sensible value, far below
 # what overflows (a timedelta, Celery's time limits, PostgreSQL's statement_timeout in ms).
 MINUTE, HOUR, DAY, WEEK = 60, 3600, 86_400, 7 * 86_400
-# Upper bound of the row, event and batch counts (they go into SQL as parameters).
+# Upper bounds of the row and event counts (they go into SQL as parameters) and of the rows
+# of one batch (one transaction, held in memory).
 MAX_COUNT = 1_000_000_000
+MAX_BATCH = 1_000_000
 
 # The stores the worker is built and tested for: PostgreSQL through psycopg 3, and SQLite.
 DATABASE_DRIVERS = frozenset(
@@ -114,9 +116,9 @@ class Settings(StoreSettings):
     purge_paused: bool = False
     # The most rows one purge batch (one transaction) may take: the adaptive size never
     # exceeds it (bench/RESULTS.md).
-    purge_batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    purge_batch_size: int = Field(default=5000, ge=1, le=MAX_BATCH)
     # The adaptive size never goes below this (unless the cap above is lower).
-    purge_batch_floor: int = Field(default=100, ge=1, le=1_000_000)
+    purge_batch_floor: int = Field(default=100, ge=1, le=MAX_BATCH)
     # The batch transaction time the adaptive size aims at: it grows by at most a tenth while
     # batches are faster, and shrinks at once in proportion when one is slower.
     purge_batch_target_ms: float = Field(default=100.0, gt=0, le=10_000)
@@ -144,7 +146,7 @@ class Settings(StoreSettings):
     # The relay: how often beat sends it, events per batch, how long one run may go on, and
     # how many entries the numbers:events stream keeps (approximately: MAXLEN ~).
     relay_every_seconds: int = Field(default=2, ge=1, le=DAY)
-    relay_batch_size: int = Field(default=1000, ge=1, le=1_000_000)
+    relay_batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH)
     relay_max_seconds: float = Field(default=5.0, gt=0, le=HOUR)
     events_stream_maxlen: int = Field(default=100_000, ge=1000, le=MAX_COUNT)
     # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.

@@ -214,3 +214,63 @@ def test_metrics_on_a_port_in_use_is_the_envelope(tmp_path: Path) -> None:
     error = refusal(done, "address_in_use")
     assert f"127.0.0.1:{port}" in error["message"]
     assert "--port" in error["fix"]
+
+
+# --- usage errors -------------------------------------------------------------------------------
+
+USAGE_CASES = [
+    pytest.param(["--bogus"], "numbers-retention", "No such option '--bogus'", id="unknown-option"),
+    pytest.param(["nosuch"], "numbers-retention", "No such command 'nosuch'", id="unknown-command"),
+    pytest.param(["purge", "--bogus"], "numbers-retention purge", "--bogus", id="command-option"),
+    pytest.param(["hold"], "numbers-retention hold", "Missing argument 'PHONE'", id="missing-arg"),
+    pytest.param(
+        ["list"], "numbers-retention list", "Missing option '--account'", id="missing-opt"
+    ),
+    pytest.param(
+        ["purge", "--batch-size", "x"], "numbers-retention purge", "--batch-size", id="bad-value"
+    ),
+    pytest.param(
+        ["status", "--max-lag", "soon"], "numbers-retention status", "not a duration", id="lag"
+    ),
+    pytest.param(
+        ["metrics", "--port", "70000"], "numbers-retention metrics", "--port", id="bad-port"
+    ),
+    pytest.param(["pace"], "numbers-retention pace", "--rows-per-second N or --off", id="either"),
+    # A run is always bounded: a time limit that is infinite, nan or absurd is refused.
+    pytest.param(
+        ["purge", "--max-seconds", "inf"], "numbers-retention purge", "--max-seconds", id="inf"
+    ),
+    pytest.param(
+        ["purge", "--max-seconds", "nan"], "numbers-retention purge", "not a finite", id="nan"
+    ),
+    pytest.param(
+        ["purge", "--max-seconds", "1e300"], "numbers-retention purge", "range", id="absurd"
+    ),
+    pytest.param(
+        ["pace", "--rows-per-second", "nan"], "numbers-retention pace", "not a finite", id="pace"
+    ),
+    pytest.param(
+        ["purge", "--batch-size", "99999999999999999999"],
+        "numbers-retention purge",
+        "range",
+        id="batch-overflow",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "command", "says"), USAGE_CASES)
+def test_a_usage_error_is_the_envelope(
+    tmp_path: Path, args: list[str], command: str, says: str
+) -> None:
+    error = refusal(numbers_retention(_env(tmp_path), *args), "invalid_usage")
+    assert error["message"].startswith(f"{command}: ")
+    assert says in error["message"]
+    assert error["fix"] == f"See `{command} --help`."
+    assert not (tmp_path / "numbers.db").exists()
+
+
+def test_without_a_command_it_still_shows_its_help(tmp_path: Path) -> None:
+    done = numbers_retention(_env(tmp_path))
+    assert done.returncode == 2
+    assert "Usage: numbers-retention" in done.stderr
+    assert "Traceback" not in done.stderr
