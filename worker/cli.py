@@ -36,6 +36,7 @@ from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app, make_embedded_folders
 from worker.connections import engine as store_engine
 from worker.connections import make_redis, session_factory
+from worker.entry import PROG, VERSION_MESSAGE
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
 from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
@@ -159,6 +160,7 @@ now_option = click.option(
 
 
 @click.group(cls=Commands)
+@click.version_option(package_name=PROG, prog_name=PROG, message=VERSION_MESSAGE)
 def main() -> None:
     """Retention worker for released phone numbers."""
     configure_logging(get_settings())

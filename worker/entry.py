@@ -10,9 +10,18 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from importlib.metadata import version
 from typing import Any
 
 from pydantic import ValidationError as InvalidSettings
+
+PROG = "numbers-retention"
+VERSION_MESSAGE = "%(prog)s %(version)s"
+
+
+def version_line() -> str:
+    """`numbers-retention 0.1.0`: the installed distribution's version."""
+    return VERSION_MESSAGE % {"prog": PROG, "version": version(PROG)}
 
 
 def settings_error(error: InvalidSettings) -> dict[str, Any]:
@@ -51,6 +60,10 @@ def check_settings() -> dict[str, Any] | None:
 
 def main() -> None:
     """Check the settings, then run the command line (worker.cli builds the Celery app)."""
+    if sys.argv[1:] == ["--version"]:
+        # Needs no settings: the version is what an operator asks first of a broken deploy.
+        print(version_line())
+        return
     refusal = check_settings()
     if refusal is not None:
         print(json.dumps(refusal), file=sys.stderr)
