@@ -64,7 +64,7 @@ class InvalidUsage(click.ClickException):
 
     def __init__(self, error: click.UsageError) -> None:
         super().__init__(error.format_message())
-        command = error.ctx.command_path if error.ctx else "numbers-retention"
+        command = error.ctx.command_path if error.ctx else PROG
         self.error = ValidationError(
             f"{command}: {error.format_message()}",
             code="invalid_usage",
