@@ -3,30 +3,95 @@
 The library (`shared`) reads only `StoreSettings` (where the store is, the retention window),
 so a worker setting that is wrong in an API service's environment never breaks its import;
 the worker and the CLI read and validate the whole `Settings`.
+
+Every number is finite and bounded (no `inf`, no `nan`, nothing that overflows a timedelta,
+a time limit or a SQL parameter): a run must be bounded, and a typo must be refused here, with
+the variable named, not found later as a crash.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# Upper bounds, in seconds, of the duration settings: far above any sensible value, far below
+# what overflows (a timedelta, Celery's time limits, PostgreSQL's statement_timeout in ms).
+MINUTE, HOUR, DAY, WEEK = 60, 3600, 86_400, 7 * 86_400
+# Upper bounds of the row and event counts (they go into SQL as parameters) and of the rows
+# of one batch (one transaction, held in memory).
+MAX_COUNT = 1_000_000_000
+MAX_BATCH = 1_000_000
+
+# The stores the worker is built and tested for: PostgreSQL through psycopg 3, and SQLite.
+DATABASE_DRIVERS = frozenset(
+    {"postgresql", "postgresql+psycopg", "postgres", "sqlite", "sqlite+pysqlite"}
+)
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+BROKER_SCHEMES = ("redis", "rediss", "sentinel")
+
+
+def _invalid(reason: str) -> PydanticCustomError:
+    """A refused setting; `reason` says why and never repeats the value (it may be a secret)."""
+    return PydanticCustomError("invalid_setting", reason)
+
+
+def _check_url(url: str, *, schemes: tuple[str, ...], example: str) -> str:
+    """`url` when it is empty or a well-formed URL with one of `schemes`."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parses the port: a bad one raises ValueError
+    except ValueError:
+        raise _invalid(f"is not a URL; use e.g. {example}") from None
+    if parts.scheme not in schemes:
+        starts = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise _invalid(f"must be a URL starting with {starts}, e.g. {example}")
+    return url
+
+
+def check_database_url(url: str) -> str:
+    """`url` when it is empty (the embedded default) or names a supported store."""
+    if not url:
+        return url
+    try:
+        drivername = make_url(url).drivername
+    except (ArgumentError, ValueError):
+        raise _invalid(
+            "is not a database URL; use postgresql://user:password@host:5432/db or sqlite:///file"
+        ) from None
+    if drivername not in DATABASE_DRIVERS:
+        raise _invalid(
+            "names a database the worker does not support; use PostgreSQL (postgresql://, "
+            "driver psycopg 3) or SQLite (sqlite:///file)"
+        )
+    return url
 
 
 class StoreSettings(BaseSettings):
     """What the library needs: the store and the retention window (environment variables)."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", allow_inf_nan=False
+    )
 
     data_dir: Path = Field(default=Path("data"), alias="NUMBERS_RETENTION_DATA")
     # Empty means the embedded default under data_dir (SQLite file).
     database_url: str = ""
-    retention_days: int = Field(default=14, ge=1)
+    # At most ten years: a deadline or cutoff that far off stays a valid datetime.
+    retention_days: int = Field(default=14, ge=1, le=3650)
     # A pooled PostgreSQL connection idle longer than this is pinged before use (not every
     # checkout: that cost the list a round trip per call; see shared/db.py).
-    db_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
+    db_ping_after_idle_seconds: float = Field(default=1.0, ge=0, le=DAY)
 
     def resolved_database_url(self) -> str:
         """The store's URL: DATABASE_URL, or the embedded SQLite file."""
@@ -45,15 +110,15 @@ class Settings(StoreSettings):
 
     # Transient database or Redis errors retry a task after min(max, base * 2**retries) seconds,
     # with full jitter.
-    task_retry_backoff: int = Field(default=2, ge=1)
-    task_retry_backoff_max: int = Field(default=120, ge=1)
+    task_retry_backoff: int = Field(default=2, ge=1, le=HOUR)
+    task_retry_backoff_max: int = Field(default=120, ge=1, le=DAY)
 
     purge_paused: bool = False
     # The most rows one purge batch (one transaction) may take: the adaptive size never
     # exceeds it (bench/RESULTS.md).
-    purge_batch_size: int = Field(default=5000, ge=1)
+    purge_batch_size: int = Field(default=5000, ge=1, le=MAX_BATCH)
     # The adaptive size never goes below this (unless the cap above is lower).
-    purge_batch_floor: int = Field(default=100, ge=1)
+    purge_batch_floor: int = Field(default=100, ge=1, le=MAX_BATCH)
     # The batch transaction time the adaptive size aims at: it grows by at most a tenth while
     # batches are faster, and shrinks at once in proportion when one is slower.
     purge_batch_target_ms: float = Field(default=100.0, gt=0, le=10_000)
@@ -68,46 +133,47 @@ class Settings(StoreSettings):
     purge_busy_rest: float = Field(default=3.0, ge=0, le=100)
     # Wait between batches while a streaming replica replays more than this far behind
     # (pg_stat_replication; 0: do not look).
-    purge_max_replica_lag_seconds: float = Field(default=10.0, ge=0)
+    purge_max_replica_lag_seconds: float = Field(default=10.0, ge=0, le=DAY)
     # A ceiling on purged rows per second (0: none); `numbers-retention pace` sets one live.
-    purge_max_rows_per_second: float = Field(default=0.0, ge=0)
-    purge_max_rows: int = Field(default=1_000_000, ge=1)
-    purge_max_seconds: float = Field(default=600.0, gt=0)
+    purge_max_rows_per_second: float = Field(default=0.0, ge=0, le=MAX_COUNT)
+    purge_max_rows: int = Field(default=1_000_000, ge=1, le=MAX_COUNT)
+    purge_max_seconds: float = Field(default=600.0, gt=0, le=DAY)
     # Whole minutes that divide an hour run on a crontab; other values (tests, demos) on an
     # interval.
-    purge_every_seconds: int = Field(default=15 * 60, ge=1)
+    purge_every_seconds: int = Field(default=15 * MINUTE, ge=1, le=WEEK)
     # The full publication is a reconciliation now: the relay keeps the set current.
-    publish_every_seconds: int = Field(default=3600, ge=1)
+    publish_every_seconds: int = Field(default=HOUR, ge=1, le=WEEK)
     # The relay: how often beat sends it, events per batch, how long one run may go on, and
     # how many entries the numbers:events stream keeps (approximately: MAXLEN ~).
-    relay_every_seconds: int = Field(default=2, ge=1)
-    relay_batch_size: int = Field(default=1000, ge=1)
-    relay_max_seconds: float = Field(default=5.0, gt=0)
-    events_stream_maxlen: int = Field(default=100_000, ge=1000)
+    relay_every_seconds: int = Field(default=2, ge=1, le=DAY)
+    relay_batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH)
+    relay_max_seconds: float = Field(default=5.0, gt=0, le=HOUR)
+    events_stream_maxlen: int = Field(default=100_000, ge=1000, le=MAX_COUNT)
     # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.
-    beat_max_loop_seconds: int = Field(default=60, ge=1)
+    beat_max_loop_seconds: int = Field(default=60, ge=1, le=HOUR)
     # RedBeat's lock expires this long after the last tick of the beat holding it: a killed
     # beat is replaced by a standby after at most this plus beat_max_loop_seconds.
-    beat_lock_timeout_seconds: int = Field(default=300, ge=2)
+    beat_lock_timeout_seconds: int = Field(default=300, ge=2, le=DAY)
 
     provider: Literal["none", "telnyx"] = "none"
-    telnyx_api_key: SecretStr = SecretStr("")
+    # Checked even when left out: a provider without its key is refused (see below).
+    telnyx_api_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
     telnyx_base_url: str = "https://api.telnyx.com"
-    provider_timeout_seconds: float = Field(default=10.0, gt=0)
+    provider_timeout_seconds: float = Field(default=10.0, gt=0, le=10 * MINUTE)
     # At most this many upstream calls at once, so a large batch cannot flood the provider.
-    provider_concurrency: int = Field(default=8, ge=1)
+    provider_concurrency: int = Field(default=8, ge=1, le=256)
     # Rows claimed per two-phase batch: small, since each one waits on the provider's calls.
-    provider_batch_size: int = Field(default=200, ge=1)
+    provider_batch_size: int = Field(default=200, ge=1, le=100_000)
     # A failed upstream release is retried after min(max, base * 2**(attempts-1)) seconds.
-    provider_backoff_seconds: float = Field(default=60.0, gt=0)
-    provider_backoff_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    provider_backoff_seconds: float = Field(default=60.0, gt=0, le=30 * DAY)
+    provider_backoff_max_seconds: float = Field(default=6 * HOUR, gt=0, le=30 * DAY)
     # This many failures in a row end the run early (status provider_unavailable).
-    provider_failure_streak: int = Field(default=20, ge=1)
+    provider_failure_streak: int = Field(default=20, ge=1, le=1_000_000)
 
     # `numbers-retention metrics`: one reading of the store serves the scrapes of this many
     # seconds; each of its queries is cancelled after the timeout (the scrape then says up 0).
-    metrics_cache_seconds: float = Field(default=5.0, ge=0)
-    metrics_statement_timeout_seconds: float = Field(default=5.0, gt=0)
+    metrics_cache_seconds: float = Field(default=5.0, ge=0, le=HOUR)
+    metrics_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=10 * MINUTE)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
@@ -118,15 +184,51 @@ class Settings(StoreSettings):
             return self.redis_url
         return self.broker_url if self.broker_url.startswith(("redis", "unix")) else ""
 
+    @field_validator("database_url")
+    @classmethod
+    def _supported_store(cls, url: str) -> str:
+        return check_database_url(url)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        return _check_url(url, schemes=REDIS_SCHEMES, example="redis://host:6379/0")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, url: str) -> str:
+        # The broker the worker is built and tested for (visibility timeout, RedBeat): Redis.
+        return _check_url(url, schemes=BROKER_SCHEMES, example="redis://host:6379/0")
+
+    @field_validator("telnyx_base_url")
+    @classmethod
+    def _telnyx_base_url(cls, url: str) -> str:
+        _check_url(url, schemes=("https", "http"), example="https://api.telnyx.com")
+        if not urlsplit(url).hostname:
+            raise _invalid("must be an https:// URL with a host, e.g. https://api.telnyx.com")
+        return url
+
+    @field_validator("telnyx_api_key")
+    @classmethod
+    def _telnyx_needs_its_key(cls, key: SecretStr, info: ValidationInfo) -> SecretStr:
+        # Without its key every call is refused: each run would stop provider_misconfigured.
+        if info.data.get("provider") == "telnyx" and not key.get_secret_value().strip():
+            raise _invalid("must be set when PROVIDER is telnyx (the API key of the account)")
+        return key
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, level: str) -> str:
+        if level.upper() not in logging.getLevelNamesMapping():
+            raise _invalid("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level.upper()
+
     @model_validator(mode="after")
     def _lock_outlives_a_loop(self) -> Settings:
         # The holder extends the lock once per loop; a lock shorter than two loops can lapse
         # between ticks and let a standby beat send the same run again.
         if self.beat_lock_timeout_seconds < 2 * self.beat_max_loop_seconds:
-            raise ValueError(
-                f"BEAT_LOCK_TIMEOUT_SECONDS ({self.beat_lock_timeout_seconds}) must be at least "
-                f"twice BEAT_MAX_LOOP_SECONDS ({self.beat_max_loop_seconds})."
-            )
+            raise _invalid("BEAT_LOCK_TIMEOUT_SECONDS must be at least twice BEAT_MAX_LOOP_SECONDS")
         return self
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,32 @@ def test_commands_against_postgresql_leave_no_embedded_folders_behind(
     for args in (("status",), ("list", "--account", "acc_nobody"), ("purge", "--dry-run")):
         subprocess.run([*CLI, *args], env=env, cwd=tmp_path, capture_output=True, timeout=120)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "settings"),
+    [
+        pytest.param([str(Path(sys.executable).parent / "numbers-retention")], {}, id="script"),
+        # The version needs no settings: it is what an operator asks first of a broken deploy.
+        pytest.param(
+            [str(Path(sys.executable).parent / "numbers-retention")],
+            {"RETENTION_DAYS": "abc", "PROVIDER": "twilio"},
+            id="script-wrong-settings",
+        ),
+        pytest.param(CLI, {}, id="module"),
+    ],
+)
+def test_version_prints_the_installed_version(
+    tmp_path: Path, command: list[str], settings: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [*command, "--version"],
+        env=embedded_env(tmp_path) | settings,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"numbers-retention {version('numbers-retention')}\n"
+    assert done.stderr == ""

@@ -18,6 +18,11 @@ BAD_WORKER_SETTINGS = {
     "LOG_FORMAT": "text",
     "PURGE_PARALLEL_BATCHES": "99",
     "TELNYX_BASE_URL": "not a url",
+    "PURGE_MAX_SECONDS": "inf",
+    "RELAY_MAX_SECONDS": "1e300",
+    "LOG_LEVEL": "loudest",
+    "BROKER_URL": "bogus://mq.example/0",
+    "REDIS_URL": "http://cache.example/0",
 }
 
 SCRIPT = """

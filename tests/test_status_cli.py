@@ -304,7 +304,9 @@ def test_a_bad_max_lag_is_a_usage_error(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "'soon' is not a duration" in done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["code"] == "invalid_usage"
+    assert "'soon' is not a duration" in error["message"]
 
 
 def test_status_table_lists_runs_with_their_notes() -> None:
@@ -455,7 +457,7 @@ def test_retry_upstream_clears_many_numbers_at_once(pg_cli: Store, pg_engine: En
 def test_retry_upstream_needs_numbers_or_the_filter(sqlite_cli: Store, args: tuple[str]) -> None:
     done = sqlite_cli.cli("retry-upstream", *args)
     assert done.returncode == 2
-    assert "Usage:" in done.stderr
+    assert json.loads(done.stderr)["error"]["code"] == "invalid_usage"
 
 
 def test_purge_paused_by_the_setting_shows_in_status(sqlite_cli: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import re
 import signal
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 import redis
+from click.exceptions import NoArgsIsHelpError
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,37 +23,92 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
-from shared.errors import ApiError, InternalError
+from shared.errors import ApiError, InternalError, ValidationError
 from shared.holds import hold_number, list_holds, unhold_number
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.publication import publication_status
 from shared.purge import StopRequest
-from shared.settings import get_settings
+from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
 from worker.app import app, make_embedded_folders
 from worker.connections import engine as store_engine
 from worker.connections import make_redis, session_factory
+from worker.entry import PROG, VERSION_MESSAGE
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
 from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses nan (FloatRange lets it through: nan < x is False)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
+class InvalidUsage(click.ClickException):
+    """A usage error (an unknown option or command, a missing argument, a bad value) shown as
+    the envelope, `invalid_usage`, exit 2, like every other error of the command line."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message())
+        command = error.ctx.command_path if error.ctx else PROG
+        self.error = ValidationError(
+            f"{command}: {error.format_message()}",
+            code="invalid_usage",
+            fix=f"See `{command} --help`.",
+        )
+
+    def show(self, file: Any = None) -> None:
+        click.echo(json.dumps(self.error.body()), err=True)
+
+
+@contextmanager
+def usage_as_envelope() -> Iterator[None]:
+    """Click's usage errors become `InvalidUsage`; a bare `numbers-retention` still shows help."""
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise
+    except click.UsageError as error:
+        raise InvalidUsage(error) from None
+
+
 class Commands(click.Group):
     """Commands whose ApiErrors print the seed's envelope on stderr and exit 2 (1 for 5xx).
 
-    A store or Redis that fails prints the 500 envelope and exits 1.
+    A store or Redis that fails prints the 500 envelope and exits 1; usage errors are the
+    envelope too (`invalid_usage`, exit 2).
     """
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        # The group's own options (`numbers-retention --bogus`) are parsed here.
+        with usage_as_envelope():
+            return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            # A command's name, options and arguments are parsed here, and its body runs.
+            with usage_as_envelope():
+                return super().invoke(ctx)
         except ApiError as error:
             click.echo(json.dumps(error.body()), err=True)
             ctx.exit(1 if error.status >= 500 else 2)
@@ -103,6 +160,7 @@ now_option = click.option(
 
 
 @click.group(cls=Commands)
+@click.version_option(package_name=PROG, prog_name=PROG, message=VERSION_MESSAGE)
 def main() -> None:
     """Retention worker for released phone numbers."""
     configure_logging(get_settings())
@@ -189,11 +247,14 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
 @now_option
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_BATCH),
     help="Most rows per transaction (caps the adaptive size; default PURGE_BATCH_SIZE).",
 )
-@click.option("--max-rows", type=click.IntRange(min=1), help="Stop after this many rows.")
-@click.option("--max-seconds", type=click.FloatRange(min=0.001), help="Stop after this long.")
+@click.option(
+    "--max-rows", type=click.IntRange(min=1, max=MAX_COUNT), help="Stop after this many rows."
+)
+# A run is always bounded: no inf, no nan, at most the bound of PURGE_MAX_SECONDS.
+@click.option("--max-seconds", type=Finite(min=0.001, max=DAY), help="Stop after this long.")
 def purge(
     dry_run: bool,
     now: datetime | None,
@@ -573,7 +634,7 @@ def resume() -> None:
 @main.command()
 @click.option(
     "--rows-per-second",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True, max=MAX_COUNT),
     help="Most rows purged per second, by every run, from its next batch.",
 )
 @click.option("--off", is_flag=True, help="Lift the stored ceiling.")

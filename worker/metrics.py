@@ -6,7 +6,9 @@ Redis, taken at one instant and cached for a few seconds so that scrapes cannot 
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
+from shared.errors import ValidationError
 from shared.publication import publication_status
 from shared.settings import Settings
 from shared.status import store_status
@@ -218,11 +221,35 @@ def make_collector(settings: Settings) -> RetentionCollector:
     return RetentionCollector(reader, cache_seconds=settings.metrics_cache_seconds)
 
 
+def address_error(error: OSError, *, host: str, port: int) -> ValidationError:
+    """Why the exporter cannot listen on host:port, as the 400 envelope (bad input: exit 2)."""
+    where = f"{host}:{port}"
+    fix = "Pick a free --port, and a --host of this machine (127.0.0.1, or 0.0.0.0 for all)."
+    if error.errno == errno.EADDRINUSE:
+        return ValidationError(
+            f"Cannot listen on {where}: the port is in use.", code="address_in_use", fix=fix
+        )
+    if isinstance(error, socket.gaierror):
+        reason = "the host is neither an address nor a name that resolves"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        reason = "the address is not one of this machine's"
+    elif error.errno == errno.EACCES:
+        reason = "this user may not listen on that port"
+    else:
+        reason = error.strerror or type(error).__name__
+    return ValidationError(
+        f"Cannot listen on {where}: {reason}.", code="address_unavailable", fix=fix
+    )
+
+
 def serve(collector: RetentionCollector, *, host: str, port: int) -> None:
     """Answer Prometheus on http://host:port/metrics until SIGTERM or SIGINT."""
     registry = CollectorRegistry()
     registry.register(collector)
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise address_error(error, host=host, port=port) from None
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: FrameType | None) -> None:
