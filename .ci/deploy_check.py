@@ -51,11 +51,15 @@ MIGRATE = "{venv}/bin/numbers-retention migrate"
 SEED = "{venv}/bin/numbers-retention seed-demo --numbers 1000 --accounts 10 --if-empty"
 SERVICES = {
     "flower": "{venv}/bin/celery -A worker flower --port={flower_port} --address=127.0.0.1",
-    "worker": "{venv}/bin/celery -A worker worker --loglevel=INFO --concurrency=2",
+    "worker": "{venv}/bin/celery -A worker worker --loglevel=INFO --concurrency=3",
     "beat": "{venv}/bin/celery -A worker beat --loglevel=INFO",
     "metrics": "{venv}/bin/numbers-retention metrics --host 127.0.0.1 --port {metrics_port}",
 }
-COMMANDS = [MIGRATE, SEED, *SERVICES.values()]
+HEALTHCHECKS = {
+    "worker": "{venv}/bin/numbers-retention healthcheck worker",
+    "beat": "{venv}/bin/numbers-retention healthcheck beat",
+}
+COMMANDS = [MIGRATE, SEED, *SERVICES.values(), *HEALTHCHECKS.values()]
 
 
 class CheckFailed(Exception):
@@ -329,6 +333,27 @@ class DeployCheck:
         )
         print(f"deploy check: numbers_retention_purged_total {purged:g}", flush=True)
 
+    def healthy(self, role: str) -> bool:
+        done = subprocess.run(
+            self.command(HEALTHCHECKS[role]), env=self.env(), cwd=self.cwd,
+            capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        return done.returncode == 0
+
+    def check_health(self) -> None:
+        for role in HEALTHCHECKS:
+            self.wait(f"`healthcheck {role}` to pass", lambda role=role: self.healthy(role))
+
+    def stop_worker_and_beat(self) -> None:
+        """A warm shutdown of each: their health checks fail, nothing logged a traceback."""
+        for role in HEALTHCHECKS:
+            self.services[role].stop()
+            if self.healthy(role):
+                raise CheckFailed(f"`healthcheck {role}` still passes with {role} stopped")
+        for service in self.services.values():
+            if "Traceback" in service.tail(lines=100_000):
+                raise CheckFailed(f"{service.name} logged a traceback")
+
     def main(self) -> None:
         self.step("install the runtime as the Dockerfile does", self.install)
         self.step("create its own database", self.create_database)
@@ -336,7 +361,9 @@ class DeployCheck:
         self.step("migrate", lambda: self.run(self.command(MIGRATE), "migrate", env=self.env()))
         self.step("seed demo data", self.seed)
         self.step("start Flower, a worker, beat and the exporter", self.start_services)
+        self.step("health checks of the worker and beat", self.check_health)
         self.step("wait for a scheduled purge", self.check_purge)
+        self.step("stop the worker and beat", self.stop_worker_and_beat)
 
     # --- failure and cleanup -----------------------------------------------------------------
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 from sqlalchemy import CheckConstraint
 
 from shared.models import PurgeRun
 from shared.settings import Settings
-from tests.runbook import first_column, section, table_after
+from tests.runbook import deploy_check, first_column, section, table_after
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -31,16 +29,6 @@ def test_run_statuses_table_names_every_status_the_store_allows() -> None:
     allowed = set(re.findall(r"'(\w+)'", str(check.sqltext)))
     # A run is `running` only while it runs: the table lists how runs end.
     assert first_column(table_after("A run's `status` is one of:")) == allowed - {"running"}
-
-
-def deploy_check() -> ModuleType:
-    """.ci/deploy_check.py, the deployment check CI runs (a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("deploy_check", ROOT / ".ci" / "deploy_check.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_runbooks_plain_processes_are_what_the_deploy_check_runs() -> None:
