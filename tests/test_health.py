@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.factories import make_numbers
 from tests.processes import Process, start_beat, start_worker, wait_for
 from tests.servers import celery_client
-
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
+from worker import health
 
 SCRIPT = str(Path(sys.executable).parent / "numbers-retention")
 
@@ -50,6 +49,43 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
         yield sock
 
 
+def test_a_fresh_heartbeat_of_a_live_process_is_healthy_a_stale_or_orphaned_one_is_not(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "worker.heartbeat"
+    health.beat(path)
+    assert health.check(path, max_age=5)[0]
+    old = path.stat().st_mtime - 10
+    os.utime(path, (old, old))
+    ok, why = health.check(path, max_age=5)
+    assert not ok
+    assert why.startswith("last heartbeat 10 s ago, over 5 s")
+    # A process that died without removing its file (SIGKILL): its PID is gone.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path.write_text(f"{dead.pid}\n")
+    ok, why = health.check(path, max_age=5)
+    assert not ok
+    assert why.endswith(f"(pid {dead.pid}) is gone")
+    # Stopped: the file goes, if it is this process's.
+    health.beat(path)
+    health.stopped(path)
+    assert health.check(path, max_age=5) == (
+        False,
+        f"no heartbeat at {path}: not started yet, or stopped",
+    )
+
+
+def test_a_heartbeat_that_cannot_be_written_leaves_the_process_running(tmp_path: Path) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    path = tmp_path / "not-a-folder" / "beat.heartbeat"
+    health.beat(path)  # logged, not raised: beat and the worker go on
+    assert health.check(path, max_age=5) == (False, f"cannot read {path}: Not a directory")
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.processes
 def test_a_busy_worker_is_healthy_a_hung_or_stopped_one_is_not(
     pg_factory: sessionmaker[Session],
     process_env: Callable[..., dict[str, str]],
@@ -111,6 +147,9 @@ def test_a_busy_worker_is_healthy_a_hung_or_stopped_one_is_not(
     assert "Traceback" not in worker.output(), worker.output()[-3000:]
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.processes
 def test_beat_holding_the_lock_and_beat_standing_by_are_healthy_a_killed_one_is_not(
     process_env: Callable[..., dict[str, str]], redis_client: redis.Redis, tmp_path: Path
 ) -> None:

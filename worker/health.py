@@ -17,12 +17,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import structlog
 from celery import bootsteps
 
 from shared.settings import Settings
+
+log = structlog.get_logger("worker.health")
 
 ROLES = ("worker", "beat")
 HEARTBEAT_SECONDS = 2.0
@@ -30,6 +34,7 @@ HEARTBEAT_SECONDS = 2.0
 WORKER_MAX_AGE = 60.0
 # Beat ticks at least once per BEAT_MAX_LOOP_SECONDS; this much more before it is unhealthy.
 BEAT_MAX_AGE_MARGIN = 60.0
+_unwritable: set[Path] = set()  # heartbeat files this process could not write (logged once)
 
 
 def heartbeat_file(folder: Path | str, role: str) -> Path:
@@ -57,11 +62,21 @@ def notify_systemd(message: str) -> None:
 
 
 def beat(path: Path) -> None:
-    """Rewrite the heartbeat file with this process's PID (atomically), and tell systemd."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.{os.getpid()}")
-    part.write_text(f"{os.getpid()}\n")
-    os.replace(part, path)
+    """Rewrite the heartbeat file with this process's PID (atomically), and tell systemd.
+
+    A folder it cannot write is logged (once) and leaves the process running: its health
+    check then fails and says why, rather than a scheduler or a worker dying of it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        part.write_text(f"{os.getpid()}\n")
+        os.replace(part, path)
+    except OSError as error:
+        if path not in _unwritable:
+            _unwritable.add(path)
+            log.warning("health.heartbeat_not_written", path=str(path), error=str(error))
+        return
     notify_systemd("READY=1\nWATCHDOG=1")
 
 
@@ -75,7 +90,8 @@ def _pid(path: Path) -> int | None:
 def stopped(path: Path) -> None:
     """Remove the heartbeat file if this process wrote it, and tell systemd it is stopping."""
     if _pid(path) == os.getpid():
-        path.unlink(missing_ok=True)
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
     notify_systemd("STOPPING=1")
 
 
@@ -95,6 +111,8 @@ def check(path: Path, *, max_age: float) -> tuple[bool, str]:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return False, f"no heartbeat at {path}: not started yet, or stopped"
+    except OSError as error:  # not a folder, not ours to read
+        return False, f"cannot read {path}: {error.strerror}"
     pid = _pid(path)
     if age > max_age:
         return False, f"last heartbeat {age:.0f} s ago, over {max_age:g} s (pid {pid}, {path})"
