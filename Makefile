@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run demo test lint types pytest bench clean
+.PHONY: install install-dev run demo test lint types pytest deploy-check bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 test: lint types pytest
+
+# The runtime alone in a fresh virtualenv, run as the runbook's plain processes (CI runs it).
+deploy-check:
+	$(PYTHON) .ci/deploy_check.py
 
 bench: install-dev
 	$(BIN)/python bench/purge.py --rows 1000000
