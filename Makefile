@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run demo test lint types pytest test-clock bench clean
+.PHONY: install install-dev run demo test lint types pytest test-clock deploy-check bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-clock: install-dev
 	TESTS_CLOCK_SHIFT_DAYS=-365 PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
 
 test: lint types pytest test-clock
+
+# The runtime alone in a fresh virtualenv, run as the runbook's plain processes (CI runs it).
+deploy-check:
+	$(PYTHON) .ci/deploy_check.py
 
 bench: install-dev
 	$(BIN)/python bench/purge.py --rows 1000000

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
-RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+ROOT = Path(__file__).resolve().parent.parent
+RUNBOOK = ROOT / "docs" / "runbook.md"
 
 
 def section(heading: str) -> str:
@@ -30,3 +33,14 @@ def first_column(text: str) -> set[str]:
     """The `names` in the first column of the tables in `text` (a cell may name several)."""
     rows = re.findall(r"^\| ([^|]+) \|", text, re.MULTILINE)
     return {name for row in rows for name in re.findall(r"`([^`]+)`", row)}
+
+
+def deploy_check() -> ModuleType:
+    """.ci/deploy_check.py, the deployment check CI runs (a script, not a package): its
+    commands are the runbook's plain processes."""
+    spec = importlib.util.spec_from_file_location("deploy_check", ROOT / ".ci" / "deploy_check.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

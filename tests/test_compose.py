@@ -167,6 +167,18 @@ def test_config_validates_services_healthchecks_and_start_order(config: dict[str
     assert worker["command"][0] == "worker"
     assert worker["entrypoint"] == ["celery", "-A", "worker"]
     assert services["beat"]["command"][0] == "beat"
+    # Worker and beat: their heartbeat files, not `celery inspect ping` through the broker.
+    for name in ("worker", "beat"):
+        assert services[name]["healthcheck"]["test"] == [
+            "CMD",
+            "numbers-retention",
+            "healthcheck",
+            name,
+        ]
+    checks = [
+        " ".join(service.get("healthcheck", {}).get("test", [])) for service in services.values()
+    ]
+    assert not [check for check in checks if "inspect" in check]
 
     flower = services["flower"]
     assert flower["command"][0] == "flower"
@@ -399,15 +411,19 @@ def test_each_service_command_runs_here(
         Service(metrics_command, env("metrics"), tmp_path / "metrics.log", tmp_path),
     ]
     worker, beat, _, _ = started
-    try:
-        # worker: its own healthcheck, `celery inspect ping` of this node, answers.
-        wait_for(lambda: "ready" in worker.output(), timeout=30, what="the worker to be ready")
-        ping = shell(services["worker"]["healthcheck"]["test"], env("worker"))
-        assert ping.returncode == 0, ping.stdout + ping.stderr
 
-        # beat: RedBeat holds the lock and has stored the schedule in Redis.
+    def healthy(name: str) -> bool:
+        return shell(services[name]["healthcheck"]["test"], env(name)).returncode == 0
+
+    try:
+        # worker: its own healthcheck, the heartbeat its loop writes, passes.
+        wait_for(lambda: "ready" in worker.output(), timeout=30, what="the worker to be ready")
+        wait_for(lambda: healthy("worker"), timeout=30, what="the worker's healthcheck")
+
+        # beat: RedBeat holds the lock and has stored the schedule in Redis; healthy.
         wait_for(lambda: took_lock(beat.output()), timeout=30, what="beat to take RedBeat's lock")
         assert redis_client.exists("redbeat:purge-expired", "redbeat:publish-releasable") == 2
+        assert healthy("beat")
 
         # flower: healthy, its basic auth from the service's environment, the worker in view.
         flower_check = [
@@ -447,6 +463,9 @@ def test_each_service_command_runs_here(
             process.stop()
     for process in started:
         assert "Traceback" not in process.output(), process.output()[-3000:]
+    # Stopped, they fail their healthchecks.
+    assert not healthy("worker")
+    assert not healthy("beat")
 
 
 @pytest.mark.processes

@@ -9,9 +9,10 @@ from sqlalchemy import CheckConstraint
 
 from shared.models import PurgeRun
 from shared.settings import Settings
-from tests.runbook import first_column, section, table_after
+from tests.runbook import deploy_check, first_column, section, table_after
 
-COMPOSE_FILE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 
 def test_settings_table_names_every_setting_and_nothing_else() -> None:
@@ -28,3 +29,20 @@ def test_run_statuses_table_names_every_status_the_store_allows() -> None:
     allowed = set(re.findall(r"'(\w+)'", str(check.sqltext)))
     # A run is `running` only while it runs: the table lists how runs end.
     assert first_column(table_after("A run's `status` is one of:")) == allowed - {"running"}
+
+
+def test_the_runbooks_plain_processes_are_what_the_deploy_check_runs() -> None:
+    block = re.search(r"```sh\n(.*?)```", section("## Run it without Docker"), re.DOTALL)
+    assert block
+    # Each line as a shell runs it: no comment, not in the background.
+    lines = [
+        re.sub(r"\s+#.*$", "", line).removesuffix("&").strip() for line in block[1].splitlines()
+    ]
+    check = deploy_check()
+    for command in check.runbook_commands():
+        assert command in lines, command
+    # The install is the Dockerfile's, which the check reads from the Dockerfile itself.
+    sources, install = check.dockerfile_install(ROOT / "Dockerfile")
+    assert install == ["pip", "install", "."]
+    assert sources == ["pyproject.toml", "README.md", "shared", "worker"]
+    assert lines[0] == f"python3 -m venv .venv && .venv/bin/{' '.join(install)}"

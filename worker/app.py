@@ -13,6 +13,7 @@ from celery.schedules import crontab
 
 from shared.settings import Settings, get_settings
 from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
+from worker.health import WorkerHeartbeat
 from worker.logs import configure_logging
 from worker.tasks import PUBLISH, PURGE, RELAY, longest_hold, register_tasks
 
@@ -55,6 +56,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(control),
         },
         "result_backend": f"file://{results}",
+        # Celery's own file-backed beat, with our heartbeat (worker/health.py).
+        "beat_scheduler": "worker.beat:HeartbeatPersistentScheduler",
         "beat_schedule_filename": str(settings.data_dir.resolve() / "celerybeat-schedule"),
     }
 
@@ -137,8 +140,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule=beat_schedule(settings),
         beat_max_loop_interval=settings.beat_max_loop_seconds,
+        # Where the worker and beat keep their heartbeat files (worker/health.py).
+        numbers_retention_heartbeat_dir=str(settings.data_dir.resolve()),
         **broker_options(settings),
     )
+    celery.steps["worker"].add(WorkerHeartbeat)
     register_tasks(celery, settings)
 
     def make_folders(**_kwargs: Any) -> None:

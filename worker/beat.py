@@ -1,16 +1,35 @@
-"""Beat's scheduler: RedBeat, made to ride out a Redis outage instead of exiting."""
+"""Beat's scheduler: RedBeat, made to ride out a Redis outage instead of exiting; every tick
+writes beat's heartbeat (worker/health.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import redis
 import structlog
-from celery.beat import Scheduler
-from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, RedBeatScheduler, get_redis
+from celery.beat import PersistentScheduler, Scheduler
+from celery.signals import beat_init
+from redbeat.schedulers import (
+    LUA_EXTEND_TO_SCRIPT,
+    RedBeatScheduler,
+    acquire_distributed_beat_lock,
+    get_redis,
+)
 from redis.exceptions import LockError
 
+from worker import health
+
 log = structlog.get_logger("worker.beat")
+
+# RedBeat takes its lock at start-up by waiting for it, without ticking: a standby beat would
+# never write its heartbeat. Our tick takes the lock instead, without waiting (below).
+beat_init.disconnect(acquire_distributed_beat_lock)
+
+
+def heartbeat_file(scheduler: Scheduler) -> Path:
+    return health.heartbeat_file(scheduler.app.conf.numbers_retention_heartbeat_dir, "beat")
+
 
 # While Redis is away, try again this often (capped by beat's own loop interval).
 RETRY_SECONDS = 2.0
@@ -25,11 +44,15 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     answers again the lock is taken back, unless a standby beat holds it by then (this one
     then stands by), and the static schedule is installed again (it keeps `last_run_at`
     where Redis still has it, and is due at once where Redis lost it).
+
+    The lock is taken by a tick, without waiting, at start-up too: a standby beat ticks once
+    per loop (`BEAT_MAX_LOOP_SECONDS`), trying the lock and writing its heartbeat.
     """
 
     lock: Any = None  # redis-py's Lock while this beat holds it
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        health.beat(heartbeat_file(self))
         retry = min(RETRY_SECONDS, float(self.max_interval))
         try:
             if self.lock_key and self.lock is None and not self._acquire_lock():
@@ -58,9 +81,22 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         return True
 
     def close(self) -> None:
+        health.stopped(heartbeat_file(self))
         try:
             super().close()
         except (redis.ConnectionError, redis.TimeoutError, LockError):
             # Redis is away at shutdown: the lock expires by itself.
             self.lock = None
             Scheduler.close(self)
+
+
+class HeartbeatPersistentScheduler(PersistentScheduler):  # type: ignore[misc]
+    """Celery's file-backed scheduler (the embedded default, no Redis), with the heartbeat."""
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        health.beat(heartbeat_file(self))
+        return float(super().tick(*args, **kwargs))
+
+    def close(self) -> None:
+        health.stopped(heartbeat_file(self))
+        super().close()

@@ -33,6 +33,7 @@ from shared.purge import StopRequest
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
+from worker import health
 from worker.app import app, make_embedded_folders
 from worker.connections import engine as store_engine
 from worker.connections import make_redis, session_factory
@@ -613,6 +614,32 @@ def holds(as_json: bool, now: datetime | None) -> None:
 def metrics(host: str, port: int) -> None:
     """Serve the store's retention health to Prometheus on http://HOST:PORT/metrics."""
     serve(make_collector(get_settings()), host=host, port=port)
+
+
+# `healthcheck` exits with this when the worker or beat is not healthy.
+UNHEALTHY_EXIT_CODE = 1
+
+
+@main.command()
+@click.argument("role", type=click.Choice(health.ROLES))
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a heartbeat stays fresh (default: 60 for the worker, "
+    "BEAT_MAX_LOOP_SECONDS + 60 for beat).",
+)
+def healthcheck(role: str, max_age: float | None) -> None:
+    """Exit 0 while the worker's (or beat's) heartbeat on this host is fresh, else 1.
+
+    Reads the heartbeat file the process keeps in NUMBERS_RETENTION_DATA; asks nothing of the
+    broker, so a worker busy with a long purge is still healthy.
+    """
+    settings = get_settings()
+    path = health.heartbeat_file(settings.data_dir.resolve(), role)
+    healthy, why = health.check(path, max_age=max_age or health.default_max_age(settings, role))
+    click.echo(f"{role} {'healthy' if healthy else 'UNHEALTHY'}: {why}", err=not healthy)
+    if not healthy:
+        sys.exit(UNHEALTHY_EXIT_CODE)
 
 
 @main.command()
