@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import redis
+from celery import signals
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -144,13 +145,18 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     """Migrate, then run a worker with embedded beat (extra args go to `celery worker`)."""
     upgrade(_engine())
     make_embedded_folders(get_settings())
-    # Purge and publish once at start-up: their crontabs' first slots may be far away.
-    app.send_task(PURGE, expires=600)
-    if get_settings().resolved_redis_url():
-        app.send_task(PUBLISH, expires=600)
+    # Purge and publish once at start-up (their crontabs' first slots may be far away), once
+    # the worker is up: a run that fails on its arguments or at start leaves nothing queued.
+    signals.worker_ready.connect(_start_up_runs, weak=False)
     app.worker_main(
         ["worker", "--beat", "--loglevel=INFO", f"--concurrency={concurrency}", *celery_args]
     )
+
+
+def _start_up_runs(**_kwargs: Any) -> None:
+    app.send_task(PURGE, expires=600)
+    if get_settings().resolved_redis_url():
+        app.send_task(PUBLISH, expires=600)
 
 
 # `purge` exits with this when another run held the lock and this one did nothing.
