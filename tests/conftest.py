@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +39,16 @@ hypothesis.settings.register_profile(
     "numbers-retention", database=None, derandomize=True, deadline=None
 )
 hypothesis.settings.load_profile("numbers-retention")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The embedded default lives in the user's data folder (shared/settings.py): a test (or a
+    # process it starts) that leaves NUMBERS_RETENTION_DATA unset gets a folder of this run's,
+    # never the real one. Set before the test modules are collected: they build apps.
+    xdg = Path(tempfile.mkdtemp(prefix="numbers-retention-xdg-"))
+    os.environ["XDG_DATA_HOME"] = str(xdg)
+    config.add_cleanup(functools.partial(shutil.rmtree, xdg, ignore_errors=True))
+
 
 SCHEMA_PATH = Path(shared.__file__).parent / "contract" / "released-numbers.schema.json"
 BACKENDS = [

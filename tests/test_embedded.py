@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.processes import Process, wait_for
+
 SCRIPT = str(Path(sys.executable).with_name("numbers-retention"))
+CELERY = str(Path(sys.executable).with_name("celery"))
 
 
 def embedded_env(data: Path | None) -> dict[str, str]:
@@ -52,3 +56,67 @@ def test_a_run_that_fails_on_a_bad_flag_leaves_nothing_queued(tmp_path: Path) ->
     # Before: the start-up purge was sent before Celery read its arguments, and the next
     # `run` purged once for each failed attempt.
     assert queued(data) == []
+
+
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """The embedded default with NUMBERS_RETENTION_DATA unset, the user's data folder in
+    `tmp_path` (never the real home's)."""
+    return embedded_env(None) | {"XDG_DATA_HOME": str(tmp_path / "xdg")}
+
+
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    """A project folder and another one, both empty."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    return project, elsewhere
+
+
+def test_commands_from_any_folder_open_the_same_embedded_store(tmp_path: Path) -> None:
+    env, (project, elsewhere) = user_env(tmp_path), folders(tmp_path)
+    seeded = script("seed-demo", "--numbers", "200", "--accounts", "3", env=env, cwd=project)
+    assert seeded.returncode == 0, seeded.stderr
+    # Before: `status` here opened a second, empty store under ./data and said to migrate it.
+    status = script("status", "--json", env=env, cwd=elsewhere)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["overdue"] == json.loads(seeded.stdout)["overdue"] > 0
+    assert list(project.iterdir()) == list(elsewhere.iterdir()) == []
+    store = tmp_path / "xdg" / "numbers-retention" / "numbers.db"
+    assert store.is_file()
+    assert str(store) in script("migrate", env=env, cwd=elsewhere).stdout
+
+
+def test_celery_call_from_another_folder_reaches_the_running_worker(tmp_path: Path) -> None:
+    env, (project, elsewhere) = user_env(tmp_path), folders(tmp_path)
+    run = Process([SCRIPT, "run", "--concurrency=1"], env, tmp_path / "run.log", cwd=project)
+    try:
+        wait_for(
+            lambda: [e for e in run.events() if e["event"] == "purge.finished"],
+            timeout=60,
+            what="the start-up purge",
+        )
+        # Before: it failed on a results folder it looked for under ./data of this folder.
+        called = subprocess.run(
+            [CELERY, "-A", "worker", "call", "numbers.purge_expired"],
+            env=env,
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert called.returncode == 0, called.stderr
+        task_id = called.stdout.strip()
+        finished = wait_for(
+            lambda: [
+                e
+                for e in run.events()
+                if e["event"] == "purge.finished" and e.get("task_id") == task_id
+            ],
+            timeout=60,
+            what="the purge sent from another folder",
+        )
+    finally:
+        run.stop()
+    assert finished[0]["status"] == "completed"
+    assert list(elsewhere.iterdir()) == []

@@ -55,15 +55,14 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(control),
         },
         "result_backend": f"file://{results}",
-        "beat_schedule_filename": str(settings.data_dir.resolve() / "celerybeat-schedule"),
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
     }
 
 
 def embedded_folders(settings: Settings) -> tuple[Path, Path, Path, Path]:
     """The embedded broker's queue, processed and control folders, and the results folder."""
-    data = settings.data_dir.resolve()
-    broker = data / "broker"
-    return broker / "queue", broker / "processed", broker / "control", data / "results"
+    broker = settings.data_dir / "broker"
+    return broker / "queue", broker / "processed", broker / "control", settings.data_dir / "results"
 
 
 def make_embedded_folders(settings: Settings) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import redis
+import structlog
 from celery import signals
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
@@ -38,6 +39,8 @@ from worker.connections import make_redis, session_factory
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
 from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
+
+log = structlog.get_logger("worker.cli")
 
 
 def _print_json(value: Any) -> None:
@@ -143,7 +146,9 @@ def migrate() -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     """Migrate, then run a worker with embedded beat (extra args go to `celery worker`)."""
-    upgrade(_engine())
+    engine = _engine()
+    upgrade(engine)
+    log.info("run.store", store=engine.url.render_as_string(hide_password=True))
     make_embedded_folders(get_settings())
     # Purge and publish once at start-up (their crontabs' first slots may be far away), once
     # the worker is up: a run that fails on its arguments or at start leaves nothing queued.
