@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import Process, wait_for
+from tests.servers import free_port
 
 SCRIPT = str(Path(sys.executable).with_name("numbers-retention"))
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -120,3 +123,31 @@ def test_celery_call_from_another_folder_reaches_the_running_worker(tmp_path: Pa
         run.stop()
     assert finished[0]["status"] == "completed"
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["list", "--account", "acc_00001"],
+        ["purge", "--dry-run"],
+        ["holds"],
+        ["pause"],
+        ["metrics", "--port", "free"],
+    ],
+)
+def test_commands_refuse_an_embedded_store_that_does_not_exist(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Only `run`, `migrate` and `seed-demo` create a store; the others name the one they
+    looked for and how to point at the right one."""
+    data = tmp_path / "typo"
+    args = [str(free_port()) if arg == "free" else arg for arg in args]
+    result = script(*args, env=embedded_env(data), cwd=tmp_path, timeout=30)
+    assert result.returncode == 1
+    envelope = json.loads(result.stderr.strip().splitlines()[-1])
+    assert envelope["error"]["code"] == "store_not_found"
+    assert str(data / "numbers.db") in envelope["error"]["message"]
+    assert "NUMBERS_RETENTION_DATA" in envelope["error"]["fix"]
+    assert "numbers-retention migrate" in envelope["error"]["fix"]
+    assert not (data / "numbers.db").exists()
