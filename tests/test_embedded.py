@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from shared.settings import Settings
 from tests.processes import Process, wait_for
 from tests.servers import free_port
 
@@ -151,3 +154,46 @@ def test_commands_refuse_an_embedded_store_that_does_not_exist(
     assert "NUMBERS_RETENTION_DATA" in envelope["error"]["fix"]
     assert "numbers-retention migrate" in envelope["error"]["fix"]
     assert not (data / "numbers.db").exists()
+
+
+def outbox_events(store: Path) -> int:
+    """Events in the outbox (`number_events`) of the SQLite store at `store`."""
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        count: int = db.execute("SELECT count(*) FROM number_events").fetchone()[0]
+    return count
+
+
+def test_the_outbox_of_an_embedded_store_stays_bounded(tmp_path: Path) -> None:
+    """No Redis, no one to relay to: the events of a purge must not pile up in the SQLite file.
+
+    Seeded and purged twice by the console script, 100k numbers each, `run` up meanwhile.
+    """
+    data, batch = tmp_path / "data", Settings.model_fields["relay_batch_size"].default
+    # Only the start-up purge runs on the worker; the purges here are the console script's.
+    env = embedded_env(data) | {"PURGE_EVERY_SECONDS": "86400"}
+    run = Process([SCRIPT, "run", "--concurrency=1"], env, tmp_path / "run.log", cwd=tmp_path)
+    sizes = []
+    try:
+        wait_for(
+            lambda: [e for e in run.events() if e["event"] == "purge.finished"],
+            timeout=60,
+            what="the start-up purge",
+        )
+        for _ in range(2):
+            seeded = script("seed-demo", "--numbers", "100000", env=env, cwd=tmp_path)
+            assert seeded.returncode == 0, seeded.stderr
+            purged = script("purge", env=env, cwd=tmp_path)
+            assert purged.returncode == 0, purged.stderr
+            overdue = json.loads(seeded.stdout)["overdue"]
+            assert json.loads(purged.stdout)["purged"] == overdue > 40_000
+            # Before: every `purged` event stayed, 52k more a round.
+            wait_for(
+                lambda: outbox_events(data / "numbers.db") <= batch,
+                timeout=60,
+                what=f"the outbox down to one relay batch ({batch})",
+            )
+            sizes.append((data / "numbers.db").stat().st_size)
+    finally:
+        run.stop()
+    print(f"store sizes after each round (bytes): {sizes}")
+    assert "Traceback" not in run.output(), run.output()[-3000:]

@@ -14,7 +14,7 @@ from celery.schedules import crontab
 from shared.settings import Settings, get_settings
 from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
 from worker.logs import configure_logging
-from worker.tasks import PUBLISH, PURGE, RELAY, longest_hold, register_tasks
+from worker.tasks import PUBLISH, PURGE, RELAY, discards_events, longest_hold, register_tasks
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -103,10 +103,12 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Purge, reconcile and relay in UTC; the last two only where a Redis is configured."""
+    """Purge, reconcile and relay in UTC: the reconciliation only where a Redis is configured,
+    the relay there and on the embedded store (where it empties the outbox)."""
     schedule = {"purge-expired": _every(settings.purge_every_seconds, PURGE)}
     if settings.resolved_redis_url():
         schedule["publish-releasable"] = _every(settings.publish_every_seconds, PUBLISH)
+    if settings.resolved_redis_url() or discards_events(settings):
         schedule["relay-events"] = _every(settings.relay_every_seconds, RELAY)
     return schedule
 
