@@ -41,13 +41,15 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile("numbers-retention")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # The embedded default lives in the user's data folder (shared/settings.py): a test (or a
-    # process it starts) that leaves NUMBERS_RETENTION_DATA unset gets a folder of this run's,
-    # never the real one. Set before the test modules are collected: they build apps.
-    xdg = Path(tempfile.mkdtemp(prefix="numbers-retention-xdg-"))
-    os.environ["XDG_DATA_HOME"] = str(xdg)
-    config.add_cleanup(functools.partial(shutil.rmtree, xdg, ignore_errors=True))
+# The embedded default lives in the user's data folder (shared/settings.py): a test (or a
+# process it starts) that leaves NUMBERS_RETENTION_DATA unset gets a folder of this run's,
+# never the real one. Set here, before anything builds an app (tests.servers, the modules).
+USER_DATA = Path(tempfile.mkdtemp(prefix="numbers-retention-xdg-"))
+os.environ["XDG_DATA_HOME"] = str(USER_DATA)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(USER_DATA, ignore_errors=True)
 
 
 SCHEMA_PATH = Path(shared.__file__).parent / "contract" / "released-numbers.schema.json"
