@@ -53,4 +53,4 @@ bench: install-dev
 	$(BIN)/python bench/publish.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

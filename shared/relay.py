@@ -10,6 +10,9 @@ written under its number's row lock), so a number's events are applied in commit
 A relay killed after its EXEC but before its commit leaves the events in the outbox and their
 ids in the `applied` set: the next relay deletes them without applying them twice. Killed
 before its EXEC, it applied nothing. Either way nothing is lost and nothing is streamed twice.
+
+Where there is no Redis to relay to (the embedded default: a SQLite file, no Redis), nothing
+reads the outbox: `discard_events` empties it instead, so that it stays bounded.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import Any, cast
 import redis
 import structlog
 from redis.client import Pipeline
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.clock import iso_timestamp, not_ahead
+from shared.clock import iso_timestamp, not_ahead, utcnow
 from shared.events import EVENTS
 from shared.publication import LAST_SUCCESS
 from shared.releasable import (
@@ -56,6 +59,7 @@ class RelayReport:
     now: str
     applied: int = 0
     already_applied: int = 0  # applied by a relay that died before deleting them
+    discarded: int = 0  # deleted unrelayed: no Redis to relay to (discard_events)
     batches: int = 0
     remaining: int = 0
     seconds: float = 0.0
@@ -115,15 +119,52 @@ def relay_events(
         if lock.owned():
             lock.release()
     if report.status != "completed":  # completed: the last batch found the outbox empty
-        with session_factory() as session:
-            count = select(func.count()).select_from(EVENTS)
-            report.remaining = session.execute(count).scalar_one()
+        report.remaining = _outbox_size(session_factory)
     # The last success, not the hash: a failed publication leaves its marker there too.
     report.unpublished = not client.hexists(meta_key(prefix), LAST_SUCCESS)
     report.seconds = round(time.monotonic() - clock, 3)
     if report.applied or report.already_applied or report.status == "lost_lock":
         log.info("relay.applied", **report.as_dict())
     return report
+
+
+def discard_events(
+    session_factory: sessionmaker[Session],
+    *,
+    batch_size: int = BATCH_SIZE,
+    max_seconds: float = MAX_SECONDS,
+) -> RelayReport:
+    """Delete the outbox's events, oldest first, `batch_size` per transaction, until it is
+    empty or `max_seconds` pass: for a store that has no Redis to relay them to.
+
+    Only for such a store: a relay to Redis that comes later finds these events gone (its
+    reconciliation still rebuilds the sets from the store; the stream never gets them).
+    """
+    clock = time.monotonic()
+    report = RelayReport(status="running", now=iso_timestamp(utcnow()))
+    oldest = select(EVENTS.c.id).order_by(EVENTS.c.id).limit(batch_size).scalar_subquery()
+    while report.status == "running":
+        with session_factory.begin() as session:
+            result = session.execute(delete(EVENTS).where(EVENTS.c.id.in_(oldest)))
+            deleted = int(cast(CursorResult[Any], result).rowcount)
+        report.discarded += deleted
+        report.batches += 1 if deleted else 0
+        if deleted < batch_size:
+            report.status = "completed"
+        elif time.monotonic() - clock >= max_seconds:
+            report.status = "limit_reached"
+    if report.status != "completed":
+        report.remaining = _outbox_size(session_factory)
+    report.seconds = round(time.monotonic() - clock, 3)
+    if report.discarded:
+        log.info("relay.discarded", **report.as_dict())
+    return report
+
+
+def _outbox_size(factory: sessionmaker[Session]) -> int:
+    """Events in the outbox: not yet relayed (or discarded)."""
+    with factory() as session:
+        return int(session.execute(select(func.count()).select_from(EVENTS)).scalar_one())
 
 
 def _forget_committed(factory: sessionmaker[Session], client: redis.Redis, prefix: str) -> set[int]:

@@ -12,6 +12,7 @@ the variable named, not found later as a crash.
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -77,6 +78,16 @@ def check_database_url(url: str) -> str:
     return url
 
 
+def default_data_dir() -> Path:
+    """The embedded default's folder when NUMBERS_RETENTION_DATA is unset: the user's data
+    folder (`$XDG_DATA_HOME/numbers-retention`, else `~/.local/share/numbers-retention`), the
+    same whatever folder a command runs in."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG spec ignores a relative value.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "numbers-retention"
+
+
 class StoreSettings(BaseSettings):
     """What the library needs: the store and the retention window (environment variables)."""
 
@@ -84,7 +95,9 @@ class StoreSettings(BaseSettings):
         env_prefix="", case_sensitive=False, extra="ignore", allow_inf_nan=False
     )
 
-    data_dir: Path = Field(default=Path("data"), alias="NUMBERS_RETENTION_DATA")
+    # Absolute once read (a relative value is taken from the folder the process starts in),
+    # so the store, the broker's folders and the results all name one place.
+    data_dir: Path = Field(default_factory=default_data_dir, alias="NUMBERS_RETENTION_DATA")
     # Empty means the embedded default under data_dir (SQLite file).
     database_url: str = ""
     # At most ten years: a deadline or cutoff that far off stays a valid datetime.
@@ -93,11 +106,16 @@ class StoreSettings(BaseSettings):
     # checkout: that cost the list a round trip per call; see shared/db.py).
     db_ping_after_idle_seconds: float = Field(default=1.0, ge=0, le=DAY)
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
     def resolved_database_url(self) -> str:
         """The store's URL: DATABASE_URL, or the embedded SQLite file."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'numbers.db').resolve()}"
+        return f"sqlite:///{self.data_dir / 'numbers.db'}"
 
 
 class Settings(StoreSettings):

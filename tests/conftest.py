@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +40,18 @@ hypothesis.settings.register_profile(
     "numbers-retention", database=None, derandomize=True, deadline=None
 )
 hypothesis.settings.load_profile("numbers-retention")
+
+
+# The embedded default lives in the user's data folder (shared/settings.py): a test (or a
+# process it starts) that leaves NUMBERS_RETENTION_DATA unset gets a folder of this run's,
+# never the real one. Set here, before anything builds an app (tests.servers, the modules).
+USER_DATA = Path(tempfile.mkdtemp(prefix="numbers-retention-xdg-"))
+os.environ["XDG_DATA_HOME"] = str(USER_DATA)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(USER_DATA, ignore_errors=True)
+
 
 SCHEMA_PATH = Path(shared.__file__).parent / "contract" / "released-numbers.schema.json"
 BACKENDS = [

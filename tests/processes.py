@@ -38,11 +38,18 @@ def service_env(
 class Process:
     """A child process whose output goes to a log file; stopped on `stop()`."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log: Path, *, cwd: Path | None = None
+    ) -> None:
         self.log = log
         self._file = log.open("ab")
         self.popen = subprocess.Popen(
-            args, env=env, stdout=self._file, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def output(self) -> str:

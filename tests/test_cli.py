@@ -123,6 +123,7 @@ def test_the_runbook_names_every_key_of_status_json(tmp_path: Path) -> None:
 
 
 def test_an_unmigrated_store_gets_the_envelope_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "numbers.db").touch()  # a store nothing migrated (a missing one: test_embedded)
     result = cli(tmp_path, "status")
     assert result.returncode == 1
     envelope = json.loads(result.stderr.strip().splitlines()[-1])

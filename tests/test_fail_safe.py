@@ -309,6 +309,8 @@ def test_the_cli_refuses_a_future_purge_and_publication(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
     env |= {"NUMBERS_RETENTION_DATA": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
     future = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    migrate = [sys.executable, "-m", "worker.cli", "migrate"]
+    assert subprocess.run(migrate, env=env, capture_output=True, timeout=60).returncode == 0
     for args in (("purge", "--now", future), ("publish", "--now", future)):
         done = subprocess.run(
             [sys.executable, "-m", "worker.cli", *args],

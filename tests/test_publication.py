@@ -111,6 +111,7 @@ def test_status_shows_the_publication_and_a_failing_publish(
     assert "FAILED" not in table
 
     # The store is unmigrated here: the publication fails and says so.
+    (tmp_path / "empty.db").touch()
     broken_env = env | {"DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
     failed = subprocess.run(
         [CLI, "publish"], env=broken_env, capture_output=True, text=True, timeout=60

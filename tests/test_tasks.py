@@ -10,16 +10,18 @@ import pytest
 import redis
 from celery import Celery
 from freezegun import freeze_time
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import get_contextvars, merge_contextvars
 from structlog.testing import capture_logs
 
 from shared.errors import ValidationError
+from shared.models import NumberEvent
 from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from worker.app import app, beat_schedule, broker_options, create_app
-from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN
+from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY
 
 Factory = sessionmaker[Session]
 
@@ -67,8 +69,11 @@ def test_beat_schedule_uses_crontab_with_expiry() -> None:
     assert schedule["relay-events"]["schedule"] == timedelta(seconds=2)
     assert schedule["relay-events"]["options"]["expires"] < 2
     assert schedule["purge-expired"]["options"]["expires"] < 15 * 60
-    # No Redis configured (the embedded default): nothing to publish to, no publish entry.
-    assert set(beat_schedule(Settings())) == {"purge-expired"}
+    # No Redis configured (the embedded default): nothing to publish to, no publish entry;
+    # the relay empties the outbox there. A PostgreSQL store keeps its events for a relay.
+    assert set(beat_schedule(Settings())) == {"purge-expired", "relay-events"}
+    pg = Settings(database_url="postgresql://u@h/db")
+    assert set(beat_schedule(pg)) == {"purge-expired"}
     short = beat_schedule(Settings(purge_every_seconds=2))
     assert short["purge-expired"]["schedule"] == timedelta(seconds=2)
 
@@ -81,6 +86,29 @@ def test_embedded_default_uses_a_filesystem_broker(tmp_path) -> None:
     assert not (tmp_path / "broker").exists()
     redis_options = broker_options(Settings(broker_url="redis://h:6379/0"))
     assert redis_options["beat_scheduler"] == "worker.beat:ResilientRedBeatScheduler"
+
+
+def test_without_redis_the_relay_empties_a_sqlite_outbox_and_keeps_a_postgresql_one(
+    task_store: Factory, tmp_path: Path
+) -> None:
+    with task_store.begin() as session:
+        make_numbers(session, account_id="acc_r", ages={"+14155550311": timedelta(days=1)})
+        make_number(session, account_id="acc_r", phone_number="+14155550312")
+    with task_store() as session:
+        events = session.scalar(select(func.count()).select_from(NumberEvent))
+    assert events == 3  # two registered, one released
+    relay = app_for(task_store, tmp_path, relay_batch_size=2).tasks[RELAY]
+    if task_store.kw["bind"].dialect.name == "sqlite":
+        result = relay.apply().get()
+        assert (result["status"], result["discarded"], result["batches"]) == ("completed", 3, 2)
+        left = 0
+    else:
+        with pytest.raises(ValidationError) as refused:
+            relay.apply().get()
+        assert refused.value.code == "redis_not_configured"
+        left = events
+    with task_store() as session:
+        assert session.scalar(select(func.count()).select_from(NumberEvent)) == left
 
 
 def test_purge_task_at_a_frozen_instant(

@@ -15,7 +15,7 @@ from shared.settings import Settings, get_settings
 from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
 from worker.health import WorkerHeartbeat
 from worker.logs import configure_logging
-from worker.tasks import PUBLISH, PURGE, RELAY, longest_hold, register_tasks
+from worker.tasks import PUBLISH, PURGE, RELAY, discards_events, longest_hold, register_tasks
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -58,15 +58,14 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         "result_backend": f"file://{results}",
         # Celery's own file-backed beat, with our heartbeat (worker/health.py).
         "beat_scheduler": "worker.beat:HeartbeatPersistentScheduler",
-        "beat_schedule_filename": str(settings.data_dir.resolve() / "celerybeat-schedule"),
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
     }
 
 
 def embedded_folders(settings: Settings) -> tuple[Path, Path, Path, Path]:
     """The embedded broker's queue, processed and control folders, and the results folder."""
-    data = settings.data_dir.resolve()
-    broker = data / "broker"
-    return broker / "queue", broker / "processed", broker / "control", data / "results"
+    broker = settings.data_dir / "broker"
+    return broker / "queue", broker / "processed", broker / "control", settings.data_dir / "results"
 
 
 def make_embedded_folders(settings: Settings) -> None:
@@ -107,10 +106,12 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Purge, reconcile and relay in UTC; the last two only where a Redis is configured."""
+    """Purge, reconcile and relay in UTC: the reconciliation only where a Redis is configured,
+    the relay there and on the embedded store (where it empties the outbox)."""
     schedule = {"purge-expired": _every(settings.purge_every_seconds, PURGE)}
     if settings.resolved_redis_url():
         schedule["publish-releasable"] = _every(settings.publish_every_seconds, PUBLISH)
+    if settings.resolved_redis_url() or discards_events(settings):
         schedule["relay-events"] = _every(settings.relay_every_seconds, RELAY)
     return schedule
 

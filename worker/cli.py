@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 import redis
+import structlog
+from celery import signals
 from click.exceptions import NoArgsIsHelpError
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
@@ -41,6 +43,8 @@ from worker.entry import PROG, VERSION_MESSAGE
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
 from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
+
+log = structlog.get_logger("worker.cli")
 
 
 class Finite(click.FloatRange):
@@ -201,15 +205,22 @@ def migrate() -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
     """Migrate, then run a worker with embedded beat (extra args go to `celery worker`)."""
-    upgrade(_engine())
+    engine = _engine()
+    upgrade(engine)
+    log.info("run.store", store=engine.url.render_as_string(hide_password=True))
     make_embedded_folders(get_settings())
-    # Purge and publish once at start-up: their crontabs' first slots may be far away.
-    app.send_task(PURGE, expires=600)
-    if get_settings().resolved_redis_url():
-        app.send_task(PUBLISH, expires=600)
+    # Purge and publish once at start-up (their crontabs' first slots may be far away), once
+    # the worker is up: a run that fails on its arguments or at start leaves nothing queued.
+    signals.worker_ready.connect(_start_up_runs, weak=False)
     app.worker_main(
         ["worker", "--beat", "--loglevel=INFO", f"--concurrency={concurrency}", *celery_args]
     )
+
+
+def _start_up_runs(**_kwargs: Any) -> None:
+    app.send_task(PURGE, expires=600)
+    if get_settings().resolved_redis_url():
+        app.send_task(PUBLISH, expires=600)
 
 
 # `purge` exits with this when another run held the lock and this one did nothing.

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import redis
 from celery import signals
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import make_engine, make_session_factory
-from shared.errors import ValidationError
+from shared.db import make_engine, make_session_factory, normalize_url
+from shared.errors import InternalError, ValidationError
 from shared.settings import Settings
+
+
+def existing_store(url: str) -> str:
+    """`url`, unless it names a SQLite file that does not exist.
+
+    Only `run`, `migrate` and `seed-demo` create a store (shared.db.make_engine would, on
+    first connect): anything else that finds none was pointed at the wrong place, and says so
+    instead of opening a second, empty store there.
+    """
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).absolute()
+        if not path.exists():
+            raise InternalError(
+                f"There is no store at {path}.",
+                code="store_not_found",
+                fix=(
+                    "Point NUMBERS_RETENTION_DATA (the folder of numbers.db) or DATABASE_URL at"
+                    " the store you mean, or create this one with `numbers-retention migrate`"
+                    " (or `seed-demo`, `run`)."
+                ),
+            )
+    return url
 
 
 @lru_cache(maxsize=4)
 def engine(url: str) -> Engine:
-    """The engine for the store at `url`."""
-    return make_engine(url)
+    """The engine for the store at `url`, which must exist (`existing_store`)."""
+    return make_engine(existing_store(url))
 
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:

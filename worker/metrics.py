@@ -32,7 +32,7 @@ from shared.errors import ValidationError
 from shared.publication import publication_status
 from shared.settings import Settings
 from shared.status import store_status
-from worker.connections import make_redis
+from worker.connections import existing_store, make_redis
 
 log = structlog.get_logger("worker.metrics")
 
@@ -193,7 +193,7 @@ class RetentionCollector:
 
 def exporter_engine(settings: Settings) -> Engine:
     """The store, with a statement timeout so that a slow query cannot pile up scrapes."""
-    url = normalize_url(settings.resolved_database_url())
+    url = normalize_url(existing_store(settings.resolved_database_url()))
     if make_url(url).get_backend_name() != "postgresql":
         # SQLite: a transaction that begins DEFERRED only reads, and under WAL such a reader
         # never waits for the purge's writes (BEGIN IMMEDIATE, the default, would: shared/db.py).

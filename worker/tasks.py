@@ -14,17 +14,19 @@ from typing import Any
 
 import redis
 from celery import Celery
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
 from shared.clock import as_utc
+from shared.db import normalize_url
 from shared.errors import ValidationError
 from shared.provider import make_provider
 from shared.publication import recording_failures
 from shared.purge import PurgeReport, StopRequest, purge_expired
 from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
-from shared.relay import relay_events
+from shared.relay import discard_events, relay_events
 from shared.settings import Settings
 from worker.connections import redis_client, session_factory
 from worker.stopping import STOP
@@ -78,6 +80,16 @@ def retry_policy(settings: Settings) -> dict[str, Any]:
         "retry_jitter": True,
         "max_retries": 8,
     }
+
+
+def discards_events(settings: Settings) -> bool:
+    """Whether the relay empties the outbox instead of relaying it: no Redis to relay to, and
+    a SQLite store (the embedded default), which no other deployment relays from. A PostgreSQL
+    store without Redis keeps its events for a deployment that has one."""
+    if settings.resolved_redis_url():
+        return False
+    store = make_url(normalize_url(settings.resolved_database_url()))
+    return store.get_backend_name() == "sqlite"
 
 
 def parse_now(now: object) -> datetime | None:
@@ -166,8 +178,15 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     # it. No stored result: one run every few seconds; Flower still shows each summary.
     @task(name=RELAY, **limits[RELAY], ignore_result=True)
     def relay_events_task(now: object = None) -> dict[str, Any]:
-        """Apply committed lifecycle events to the releasable set and the event stream."""
+        """Apply committed lifecycle events to the releasable set and the event stream (with
+        no Redis on a SQLite store: delete them, nothing reads them)."""
         when = parse_now(now)
+        if discards_events(settings):
+            return discard_events(
+                session_factory(settings),
+                batch_size=settings.relay_batch_size,
+                max_seconds=settings.relay_max_seconds,
+            ).as_dict()
         client = redis_client(settings)
         report = relay_events(
             session_factory(settings),
