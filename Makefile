@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run demo test lint types pytest test-clock deploy-check bench clean
+.PHONY: install install-dev run demo test lint types pytest test-clock clock-ahead clock-back deploy-check bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +36,23 @@ pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 # The tests on the host's clock (real processes, `wall_now`) again, with every Python process's
-# clock moved a year ahead, then a year back (tests/clock_shift): no calendar date breaks them.
+# clock moved a year ahead and a year back (tests/clock_shift): no calendar date breaks them.
+# The two runs go side by side, each on a database and a Redis database of its own.
+CLOCK_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432
+CLOCK_REDIS ?= redis://127.0.0.1:6379
+CLOCK_TESTS = PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -p no:cacheprovider \
+	-W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
+
 test-clock: install-dev
-	TESTS_CLOCK_SHIFT_DAYS=365 PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
-	TESTS_CLOCK_SHIFT_DAYS=-365 PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
+	$(MAKE) --no-print-directory -j2 --output-sync=target clock-ahead clock-back
+
+clock-ahead:
+	TESTS_CLOCK_SHIFT_DAYS=365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_ahead \
+		TEST_REDIS_URL=$(CLOCK_REDIS)/13 $(CLOCK_TESTS)
+
+clock-back:
+	TESTS_CLOCK_SHIFT_DAYS=-365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_back \
+		TEST_REDIS_URL=$(CLOCK_REDIS)/14 $(CLOCK_TESTS)
 
 test: lint types pytest test-clock
 

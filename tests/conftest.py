@@ -14,6 +14,7 @@ from typing import Any
 
 import hypothesis
 import psycopg
+import psycopg.sql
 import pytest
 import redis
 from jsonschema import Draft202012Validator
@@ -93,10 +94,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    target = make_url(url).set(drivername="postgresql")
+    # The server's maintenance database: the test database is created there when missing, so
+    # suites side by side (make test-clock) each take a database of their own.
+    admin = target.set(database="postgres").render_as_string(hide_password=False)
     try:
-        with psycopg.connect(conninfo, connect_timeout=3) as connection:
-            connection.execute("SELECT 1")
+        with psycopg.connect(admin, connect_timeout=3, autocommit=True) as connection:
+            exists = connection.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)
+            ).fetchone()
+            if exists is None:
+                connection.execute(
+                    psycopg.sql.SQL("CREATE DATABASE {}").format(
+                        psycopg.sql.Identifier(target.database)
+                    )
+                )
     except psycopg.OperationalError as error:
         service_missing("PostgreSQL", error)
     return url
