@@ -198,19 +198,27 @@ def test_a_retention_window_at_its_bound_still_gives_valid_deadlines(tmp_path: P
 # --- the exporter's address ---------------------------------------------------------------------
 
 
-def test_metrics_on_a_host_that_is_no_address_is_the_envelope(tmp_path: Path) -> None:
-    done = numbers_retention(_env(tmp_path), "metrics", "--host", "999.1.1.1", "--port", "9808")
+@pytest.fixture
+def store_env(tmp_path: Path) -> dict[str, str]:
+    """`_env` on a migrated embedded store (the exporter refuses a store that is not there)."""
+    env = _env(tmp_path)
+    assert numbers_retention(env, "migrate").returncode == 0
+    return env
+
+
+def test_metrics_on_a_host_that_is_no_address_is_the_envelope(store_env: dict[str, str]) -> None:
+    done = numbers_retention(store_env, "metrics", "--host", "999.1.1.1", "--port", "9808")
     error = refusal(done, "address_unavailable")
     assert "999.1.1.1:9808" in error["message"]
     assert "--host" in error["fix"]
 
 
-def test_metrics_on_a_port_in_use_is_the_envelope(tmp_path: Path) -> None:
+def test_metrics_on_a_port_in_use_is_the_envelope(store_env: dict[str, str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        done = numbers_retention(_env(tmp_path), "metrics", "--host", "127.0.0.1", "--port", port)
+        done = numbers_retention(store_env, "metrics", "--host", "127.0.0.1", "--port", port)
     error = refusal(done, "address_in_use")
     assert f"127.0.0.1:{port}" in error["message"]
     assert "--port" in error["fix"]
