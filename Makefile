@@ -40,7 +40,7 @@ pytest: install-dev
 # The two runs go side by side, each on a database and a Redis database of its own.
 CLOCK_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432
 CLOCK_REDIS ?= redis://127.0.0.1:6379
-CLOCK_TESTS = PYTHONPATH=tests/clock_shift $(BIN)/pytest -m real_clock -q -p no:cacheprovider \
+CLOCK_TESTS = PYTHONPATH=$(CURDIR)/tests/clock_shift $(BIN)/pytest -m real_clock -q -p no:cacheprovider \
 	-W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
 
 test-clock: install-dev

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,15 +56,15 @@ def test_a_fresh_heartbeat_of_a_live_process_is_healthy_a_stale_or_orphaned_one_
     path = tmp_path / "worker.heartbeat"
     health.beat(path)
     assert health.check(path, max_age=5)[0]
-    old = path.stat().st_mtime - 10
-    os.utime(path, (old, old))
+    pid, at = path.read_text().split()
+    path.write_text(f"{pid} {float(at) - 10}\n")
     ok, why = health.check(path, max_age=5)
     assert not ok
     assert why.startswith("last heartbeat 10 s ago, over 5 s")
     # A process that died without removing its file (SIGKILL): its PID is gone.
     dead = subprocess.Popen(["true"])
     dead.wait()
-    path.write_text(f"{dead.pid}\n")
+    path.write_text(f"{dead.pid} {time.time()}\n")
     ok, why = health.check(path, max_age=5)
     assert not ok
     assert why.endswith(f"(pid {dead.pid}) is gone")

@@ -70,7 +70,7 @@ def beat(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         part = path.with_name(f".{path.name}.{os.getpid()}")
-        part.write_text(f"{os.getpid()}\n")
+        part.write_text(f"{os.getpid()} {time.time()}\n")
         os.replace(part, path)
     except OSError as error:
         if path not in _unwritable:
@@ -80,16 +80,22 @@ def beat(path: Path) -> None:
     notify_systemd("READY=1\nWATCHDOG=1")
 
 
-def _pid(path: Path) -> int | None:
+def _read(path: Path) -> tuple[int, float] | None:
+    """The PID and the instant (the writer's clock, not the file system's) a heartbeat holds;
+    None when the file is not one. OSError when it cannot be read."""
     try:
-        return int(path.read_text())
-    except (OSError, ValueError):
+        pid, at = path.read_text().split()
+        return int(pid), float(at)
+    except ValueError:
         return None
 
 
 def stopped(path: Path) -> None:
     """Remove the heartbeat file if this process wrote it, and tell systemd it is stopping."""
-    if _pid(path) == os.getpid():
+    heartbeat = None
+    with suppress(OSError):
+        heartbeat = _read(path)
+    if heartbeat is not None and heartbeat[0] == os.getpid():
         with suppress(OSError):
             path.unlink(missing_ok=True)
     notify_systemd("STOPPING=1")
@@ -108,12 +114,17 @@ def _alive(pid: int) -> bool:
 def check(path: Path, *, max_age: float) -> tuple[bool, str]:
     """Whether the process behind the heartbeat file is healthy, and why (or why not)."""
     try:
-        age = time.time() - path.stat().st_mtime
+        heartbeat = _read(path)
     except FileNotFoundError:
         return False, f"no heartbeat at {path}: not started yet, or stopped"
     except OSError as error:  # not a folder, not ours to read
         return False, f"cannot read {path}: {error.strerror}"
-    pid = _pid(path)
+    if heartbeat is None:
+        return False, f"cannot read {path} as a heartbeat (PID and time)"
+    pid, at = heartbeat
+    # Read against the time the writer put in, not the file's mtime: the file system's clock
+    # (a network mount's, say) need not be this host's.
+    age = time.time() - at
     if age > max_age:
         return False, f"last heartbeat {age:.0f} s ago, over {max_age:g} s (pid {pid}, {path})"
     if pid is None or not _alive(pid):
