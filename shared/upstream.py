@@ -49,6 +49,11 @@ class UpstreamOutcome:
     # An answer that forbids further calls (a misconfiguration): the run stops.
     stopped_by: UpstreamResult | None = None
 
+    @property
+    def refused(self) -> int:
+        """Numbers the provider refused for themselves alone (kept, never a stop)."""
+        return sum(1 for result in self.failed.values() if result.outcome == "refused")
+
     def settled(self) -> dict[str, list[int]]:
         """The ids that may be tombstoned, by how their release was proven."""
         groups: dict[str, list[int]] = {"no_provider_id": list(self.skipped)}
@@ -105,7 +110,8 @@ def _unproven(claim: Claim) -> UpstreamResult:
     return misconfigured(
         f"Telnyx knows no number {claim.provider_number_id} for this key, and the key's "
         "account was not seen holding any active number of this store (another account's "
-        "key?)"
+        "key?)",
+        cause="key",
     )
 
 
@@ -121,12 +127,13 @@ def release_upstream(
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
 
     After `failure_streak` failures in a row no further call is started: the provider is
-    treated as down and the rest stay claimed for a later run. After an answer that shows a
-    misconfiguration none is started either, nor once `stopping()` says an operator stops
-    the run: the calls in flight finish, the rest stay claimed for the next run. An error of
-    one call, whatever it is, is that number's outcome, never the batch's. Unless
-    `account_proven`, a "not found" proves nothing (the key may be another account's): it
-    counts as a misconfiguration.
+    treated as down and the rest stay claimed for a later run. A refusal of one number (a
+    lock, a port-out) is an answer, not a failure: it never counts toward the streak and
+    ends one, as a release does. After an answer that shows a misconfiguration no call is
+    started either, nor once `stopping()` says an operator stops the run: the calls in
+    flight finish, the rest stay claimed for the next run. An error of one call, whatever it
+    is, is that number's outcome, never the batch's. Unless `account_proven`, a "not found"
+    proves nothing (the key may be another account's): it counts as a misconfiguration.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     pending = [c for c in claims if c.provider_number_id is not None]
@@ -158,6 +165,9 @@ def release_upstream(
                     streak = 0
                     continue
                 outcome.failed[claim.id] = result
+                if result.outcome == "refused":
+                    streak = 0  # the provider is up: it answered for this number
+                    continue
                 if result.outcome == "misconfigured":
                     outcome.stopped_by = outcome.stopped_by or result
                 streak += 1
@@ -210,6 +220,11 @@ def record_failures(
         if number_id not in attempts:
             continue  # settled by a person meanwhile (`resolve-upstream`): nothing to record
         error = result.error
+        # Waits on a person: a permanent failure, or this number's refusal only a person can
+        # lift; neither is asked again until `retry-upstream`.
+        for_a_person = result.outcome == "permanent" or (
+            result.outcome == "refused" and result.waits_on == "person"
+        )
         tries = attempts[number_id] + 1
         wait_for = backoff(tries, base=base, cap=cap)
         if result.retry_after is not None:
@@ -222,8 +237,8 @@ def record_failures(
                 provider_error_code=error.code if error else "provider_error",
                 provider_error_message=error.message[:1000] if error else None,
                 provider_code=error.provider_code if error else None,
-                provider_failed_permanently=result.outcome == "permanent",
-                provider_next_attempt_at=None if result.outcome == "permanent" else now + wait_for,
+                provider_failed_permanently=for_a_person,
+                provider_next_attempt_at=None if for_a_person else now + wait_for,
             )
         )
     events.record_upstream_failed(

@@ -116,6 +116,9 @@ def port_out_pending(number_id: str) -> Reply:
 
 class _Server(ThreadingHTTPServer):
     fake: FakeTelnyx
+    # Room for every call of a batch at once (the default backlog of 5 drops connections
+    # past it, and the client's retry comes after its timeout).
+    request_queue_size = 64
 
 
 class _Handler(BaseHTTPRequestHandler):

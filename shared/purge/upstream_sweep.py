@@ -105,7 +105,8 @@ class UpstreamSweep:
                 ms,
                 size=limit,
                 provider_released=len(outcome.released),
-                provider_failed=len(outcome.failed),
+                provider_failed=len(outcome.failed) - outcome.refused,
+                provider_refused=outcome.refused,
                 provider_skipped=len(outcome.skipped),
             )
             if outcome.stopped_by is not None:
@@ -120,9 +121,10 @@ class UpstreamSweep:
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
         errors. One transaction; the rows purged."""
-        # An answer showing a misconfiguration casts doubt on the batch's other answers (the
-        # same wrong host gave them): nothing of it is deleted; the next run asks again.
-        settled = {} if outcome.stopped_by else outcome.settled()
+        # Each release stands on its own proof (the record of that very id, or Telnyx's 404
+        # once the key's account was proven): a batch stopped by another number's answer
+        # still settles them, so no number stays in the store once released at the carrier.
+        settled = outcome.settled()
         with factory.begin() as session:
             purged = sum(
                 self.settle[resolution].purge(session, ids) for resolution, ids in settled.items()
