@@ -38,6 +38,8 @@ class PurgeReport:
     provider_failed: int = 0
     provider_refused: int = 0
     provider_skipped: int = 0
+    # Claimed, then held (or settled by a person) before their call: not called.
+    provider_held: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""

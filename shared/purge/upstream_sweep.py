@@ -15,9 +15,11 @@ from shared.purge.config import PurgeConfig
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 from shared.upstream import (
+    Claim,
     UpstreamOutcome,
     account_probe,
     account_proven,
+    begin_call,
     claim_batch,
     record_failures,
     release_upstream,
@@ -97,6 +99,7 @@ class UpstreamSweep:
                 failure_streak=self.config.provider_failure_streak,
                 account_proven=proven,
                 stopping=lambda: self.boundary.stop.requested,
+                before_call=lambda claim: self._begin_call(factory, claim),
             )
             purged = self._settle(factory, outcome)
             ms = round((time.monotonic() - started) * 1000, 1)
@@ -108,6 +111,7 @@ class UpstreamSweep:
                 provider_failed=len(outcome.failed) - outcome.refused,
                 provider_refused=outcome.refused,
                 provider_skipped=len(outcome.skipped),
+                provider_held=len(outcome.withheld),
             )
             if outcome.stopped_by is not None:
                 return _provider_halt(outcome.stopped_by)
@@ -117,6 +121,12 @@ class UpstreamSweep:
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
             self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims)))
+
+    def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
+        """Just before a carrier call, in a transaction of its own: whether the number may
+        still be released, marking the call in flight (`shared.upstream.begin_call`)."""
+        with factory.begin() as session:
+            return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
