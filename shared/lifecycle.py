@@ -16,7 +16,7 @@ from shared.clock import iso_timestamp, resolve_now
 from shared.controls import operator_record
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import number_body
-from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber
+from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber, PurgeRun
 from shared.retention import RETENTION, is_repurchasable, repurchase_deadline
 
 
@@ -48,6 +48,28 @@ def _require_number(session: Session, account_id: str | None, phone_number: obje
     if row is None or (account_id is not None and row.account_id != account_id):
         raise _not_found(validation.phone_number(phone_number))
     return row
+
+
+def refuse_while_called(session: Session, number: PhoneNumber, *, doing: str) -> None:
+    """Refuse a person's act (`doing`) on a number, locked by the caller, while a purge run is
+    asking the carrier to release it: the call's answer decides, and the act would be
+    acknowledged and then overtaken by it. A mark left by a run that died no longer counts
+    once its record is closed (the next run of any kind closes it)."""
+    run_id = number.provider_call_run_id
+    if run_id is None:
+        return
+    running = session.scalar(
+        select(PurgeRun.id).where(PurgeRun.id == run_id, PurgeRun.status == "running")
+    )
+    if running is None:
+        return
+    raise ValidationError(
+        f"Number {number.phone_number} is being purged: a purge run is asking the carrier to "
+        f"release it right now, so it cannot be {doing}.",
+        code="number_being_purged",
+        fix="Try again in a minute, once the carrier has answered: if it did not release the "
+        "number, the number stays in the store and this can be done then.",
+    )
 
 
 def _campaign_status(session: Session, number: PhoneNumber) -> str | None:
@@ -275,6 +297,10 @@ def set_purge_hold(
             )
         record = operator_record(by=record[1], reason=record[0], now=record[2])
     number = _require_number(session, None, phone_number)
+    if hold and not number.purge_hold:
+        # A run may be asking the carrier to release it: the hold is refused rather than
+        # acknowledged and overtaken; one placed before that call is honoured by it.
+        refuse_while_called(session, number, doing="put on hold")
     if not hold:
         # The record goes first: the schema allows one only on a held number.
         number.hold_reason = number.hold_set_by = number.hold_set_at = None

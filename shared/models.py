@@ -146,6 +146,10 @@ class PhoneNumber(Base):
     provider_failed_permanently: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=text("false")
     )
+    # The run whose call to the carrier for this number is in flight: set under the row's
+    # lock just before the call, cleared with its answer. While that run is recorded running,
+    # a hold, a settlement by hand or a retry is refused (`number_being_purged`).
+    provider_call_run_id: Mapped[str | None] = mapped_column(String(36))
 
     campaign: Mapped[CampaignAssignment | None] = relationship(
         back_populates="number", passive_deletes=True, lazy="raise"

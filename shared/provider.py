@@ -14,9 +14,19 @@ import httpx
 from shared.errors import ProviderError, ValidationError
 from shared.settings import Settings
 
-Outcome = Literal["released", "transient", "permanent", "misconfigured"]
+# Whose problem an answer shows decides its scope (docs/runbook.md, "What each answer of
+# Telnyx means"): `misconfigured`, the key or the base URL (the run stops); `refused`, this
+# number alone (kept, the run goes on); `transient`, the carrier down (backed off).
+Outcome = Literal["released", "transient", "permanent", "refused", "misconfigured"]
 # How a release was proven: the provider's record of the id, or its "not found" error.
 Resolution = Literal["provider", "not_found"]
+# Who a number the carrier refused waits on: a person (a lock to lift, a port-out to settle),
+# or the carrier itself (a port-out it is carrying out; asked again after a backoff).
+WaitsOn = Literal["person", "carrier"]
+# Which setting an answer that stops the run shows to be wrong.
+Cause = Literal["key", "base_url"]
+# The error code kept on a number the carrier refused for itself alone (`status` counts them).
+REFUSED_CODE = "provider_number_refused"
 
 # Telnyx's phone-number ids are decimal integers; anything else could address another resource.
 _NUMBER_ID = re.compile(r"[0-9]{1,32}")
@@ -43,6 +53,7 @@ class UpstreamResult:
     error: ProviderError | None = None
     retry_after: float | None = None
     resolution: Resolution | None = None
+    waits_on: WaitsOn | None = None  # only for `refused`
 
 
 RELEASED = UpstreamResult("released", resolution="provider")
@@ -142,17 +153,70 @@ def _telnyx_error(response: httpx.Response, errors: list[dict[str, Any]]) -> Pro
     )
 
 
-def misconfigured(what: str) -> UpstreamResult:
-    """An answer that does not prove a release: the run stops, nothing of its batch is purged."""
+# What to check, by the setting an answer shows to be wrong.
+_FIXES: dict[Cause, str] = {
+    "base_url": "Check TELNYX_BASE_URL (Telnyx's API root, e.g. https://api.telnyx.com, no path, "
+    "no proxy that answers for it); nothing is purged until the provider answers as Telnyx does.",
+    "key": "Check TELNYX_API_KEY: a key of the account that holds this store's numbers, allowed "
+    "to delete them; restart the workers after changing it.",
+}
+
+
+def misconfigured(what: str, *, cause: Cause = "base_url") -> UpstreamResult:
+    """An answer that shows the key or the base URL wrong: the run stops and says which."""
+    lead = (
+        "Telnyx refused the key"
+        if cause == "key"
+        else "The provider's answer does not prove a release"
+    )
     return UpstreamResult(
         "misconfigured",
-        _error(
-            f"The provider's answer does not prove a release: {what}.",
-            code="provider_misconfigured",
-            fix="Check TELNYX_BASE_URL (Telnyx's API root, e.g. https://api.telnyx.com, no path) "
-            "and TELNYX_API_KEY; nothing is purged until the provider answers as Telnyx does.",
-        ),
+        _error(f"{lead}: {what}.", code="provider_misconfigured", fix=_FIXES[cause]),
     )
+
+
+# 403 codes that are about the number asked for, not the key: Telnyx's 10035 "Resource
+# locked" ("locked by Telnyx so they cannot be used or modified. Contact Telnyx support").
+_NUMBER_403_CODES = frozenset({"10035"})
+# Record statuses that end only by a person's hand; any other status but "deleted" is the
+# carrier's work in progress (a port-out it is carrying out): asked again after a backoff.
+_STATUSES_FOR_A_PERSON = frozenset({"ported-out"})
+_WAITS_FIX: dict[WaitsOn, str] = {
+    "person": "Settle it at Telnyx (its detail says how: Telnyx support for a locked number, "
+    "lift a deletion lock, settle a port-out), then `numbers-retention retry-upstream PHONE`; "
+    "or, once released by hand, `numbers-retention resolve-upstream PHONE --reason ...`.",
+    "carrier": "Nothing to do: Telnyx is still carrying something out for this number "
+    "(a port-out); the purge asks again after its backoff.",
+}
+
+
+def refused(message: str, *, waits_on: WaitsOn, provider_code: object) -> UpstreamResult:
+    """Telnyx refused to release this number alone: kept, waiting on a person or on Telnyx;
+    the run goes on, and the refusal never counts as the provider being down."""
+    return UpstreamResult(
+        "refused",
+        _error(
+            message,
+            code=REFUSED_CODE,
+            fix=_WAITS_FIX[waits_on],
+            provider_code=provider_code,
+        ),
+        waits_on=waits_on,
+    )
+
+
+def _refused_by_error(
+    response: httpx.Response, errors: list[dict[str, Any]], waits_on: WaitsOn
+) -> UpstreamResult:
+    return refused(
+        _telnyx_error(response, errors).message, waits_on=waits_on, provider_code=errors[0]["code"]
+    )
+
+
+def _retryable(errors: list[dict[str, Any]]) -> bool:
+    """Telnyx's `meta.retryable` of the first error: true when the same request can succeed."""
+    meta = errors[0].get("meta")
+    return isinstance(meta, dict) and meta.get("retryable") is True
 
 
 def _number_path(provider_number_id: str) -> str:
@@ -160,13 +224,43 @@ def _number_path(provider_number_id: str) -> str:
     return f"/v2/phone_numbers/{quote(provider_number_id, safe='')}"
 
 
-def _is_record_of(payload: object, provider_number_id: str) -> bool:
-    """Whether a JSON body is Telnyx's phone-number record of that very id."""
+def _record_of(payload: object, provider_number_id: str) -> dict[str, Any] | None:
+    """Telnyx's phone-number record of that very id in a JSON body, or None."""
     data = payload.get("data") if isinstance(payload, dict) else None
-    return (
+    if (
         isinstance(data, dict)
         and str(data.get("id")) == provider_number_id
         and data.get("record_type") == "phone_number"
+    ):
+        return data
+    return None
+
+
+def _is_record_of(payload: object, provider_number_id: str) -> bool:
+    """Whether a JSON body is Telnyx's phone-number record of that very id."""
+    return _record_of(payload, provider_number_id) is not None
+
+
+def _deleted(record: dict[str, Any], provider_number_id: str) -> UpstreamResult:
+    """What the record a DELETE answered says: released only in status "deleted" without a
+    deletion lock; else this number is kept (nothing of it was deleted)."""
+    status = record.get("status")
+    if record.get("deletion_lock_enabled") is True:
+        return refused(
+            f"Telnyx kept number {provider_number_id}: its deletion lock is on "
+            "(deletion_lock_enabled).",
+            waits_on="person",
+            provider_code="deletion_lock_enabled",
+        )
+    if status == "deleted":
+        return RELEASED
+    if not isinstance(status, str) or not status:
+        return misconfigured(f"the record of {provider_number_id} has no status")
+    return refused(
+        f"Telnyx answered the record of {provider_number_id} in status {status[:40]!r}, "
+        "not deleted.",
+        waits_on="person" if status in _STATUSES_FOR_A_PERSON else "carrier",
+        provider_code=status,
     )
 
 
@@ -179,8 +273,12 @@ class TelnyxProvider:
     """`DELETE {base}/v2/phone_numbers/{id}` with a bearer key.
 
     Fail safe: a release counts only on an answer that proves it, the phone-number record of
-    that very id, or Telnyx's own "not found" error. Any other answer (HTML from a proxy, a
-    record of another id, a redirect) says the base URL or key is wrong: `misconfigured`.
+    that very id in status "deleted" without a deletion lock, or Telnyx's own "not found"
+    error. Whose problem any other answer shows decides its scope: the key (401, a 403
+    without the per-number code 10035) or the base URL (HTML, a record of another id, a
+    redirect) is `misconfigured`, which stops the run; this number alone (403 10035 resource
+    locked, a 422, a record still locked, in port-out or otherwise not deleted) is
+    `refused`; Telnyx down (5xx, 429, timeouts, unreadable bodies) is `transient`.
     """
 
     name = "telnyx"
@@ -219,7 +317,10 @@ class TelnyxProvider:
             return None
         if response.status_code == 429 or response.status_code >= 500:
             return _failure(response, _telnyx_errors(payload))
-        return misconfigured(f"listing numbers answered {_answer(response)}")
+        what = f"listing numbers answered {_answer(response)}"
+        if response.status_code in (401, 403) and payload is not None:
+            return misconfigured(what + _first_error(payload), cause="key")
+        return misconfigured(what)
 
     def holds(self, provider_number_id: str) -> bool:
         """`GET /v2/phone_numbers/{id}`: True only on that number's record, else False."""
@@ -247,23 +348,51 @@ class TelnyxProvider:
         payload = _json(response)
         status = response.status_code
         if 200 <= status < 300:
-            if _is_record_of(payload, provider_number_id):
-                return RELEASED
-            return misconfigured(f"{_answer(response)} is not the record of {provider_number_id}")
-        errors = _telnyx_errors(payload)
-        if status in (401, 403):
-            return misconfigured(f"{_answer(response)}: the key is refused")
-        if status == 404 and errors is not None:
-            # Gone upstream already: what we wanted, and what makes the call safe to repeat.
-            return UpstreamResult("released", resolution="not_found")
-        if status == 429 or status >= 500:
-            return _failure(response, errors)
-        if 400 <= status < 500 and errors is not None:
-            return UpstreamResult("permanent", _telnyx_error(response, errors))
-        return misconfigured(f"{_answer(response)} is not Telnyx's answer")
+            record = _record_of(payload, provider_number_id)
+            if record is None:
+                return misconfigured(
+                    f"{_answer(response)} is not the record of {provider_number_id}"
+                )
+            return _deleted(record, provider_number_id)
+        return _not_deleted(response, payload)
 
     def close(self) -> None:
         self._client.close()
+
+
+def _not_deleted(response: httpx.Response, payload: Any) -> UpstreamResult:
+    """Whose problem a DELETE's answer other than 2xx shows: the key or the base URL (the run
+    stops), this number (kept, waiting on a person or on Telnyx), or Telnyx down (retried);
+    Telnyx's 404 is a release (see `TelnyxProvider`)."""
+    status = response.status_code
+    errors = _telnyx_errors(payload)
+    if status == 403 and errors and str(errors[0]["code"]) in _NUMBER_403_CODES:
+        return _refused_by_error(response, errors, "person")
+    if status in (401, 403):
+        if payload is None:  # HTML or another content type: not Telnyx answering
+            return misconfigured(f"{_answer(response)} is not Telnyx's answer")
+        return misconfigured(f"{_answer(response)}{_first_error(payload)}", cause="key")
+    if status == 404 and errors is not None:
+        # Gone upstream already: what we wanted, and what makes the call safe to repeat.
+        return UpstreamResult("released", resolution="not_found")
+    if status == 429 or status >= 500:
+        return _failure(response, errors)
+    if status == 422 and errors is not None:
+        # This number cannot be deleted as it is (a port-out in progress, say).
+        waits_on: WaitsOn = "carrier" if _retryable(errors) else "person"
+        return _refused_by_error(response, errors, waits_on)
+    if 400 <= status < 500 and errors is not None:
+        return UpstreamResult("permanent", _telnyx_error(response, errors))
+    return misconfigured(f"{_answer(response)} is not Telnyx's answer")
+
+
+def _first_error(payload: object) -> str:
+    """` (<code> <title>)` of Telnyx's first error in a body, or nothing."""
+    errors = _telnyx_errors(payload)
+    if not errors:
+        return ""
+    title = errors[0].get("title")
+    return f" ({str(errors[0]['code'])[:32]}{f' {str(title)[:80]}' if title else ''})"
 
 
 def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> UpstreamResult:

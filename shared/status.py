@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from shared.clock import iso_timestamp, resolve_now
 from shared.controls import read_controls
 from shared.models import PhoneNumber, PurgeRun
+from shared.provider import REFUSED_CODE
 from shared.retention import (
     purgeable_numbers,
     repurchasable_numbers,
@@ -45,6 +46,14 @@ def _run(run: PurgeRun) -> dict[str, Any]:
     }
 
 
+def _waits_on(number: PhoneNumber) -> str | None:
+    """Who a number kept upstream waits on: a person (given up until `retry-upstream`), the
+    carrier (refused for now: a port-out it carries out), or None (retried by itself)."""
+    if number.provider_failed_permanently:
+        return "person"
+    return "carrier" if number.provider_error_code == REFUSED_CODE else None
+
+
 def store_status(
     session: Session, *, now: datetime | None = None, runs: int = 5, deploy_paused: bool = False
 ) -> dict[str, Any]:
@@ -59,6 +68,10 @@ def store_status(
     # Claimed by a run that stopped before the provider answered (killed, provider down or
     # misconfigured): only a run with the provider configured, or a person, settles them.
     claimed = (PhoneNumber.purge_state == "purging") & PhoneNumber.provider_error_code.is_(None)
+    # Refused by the carrier for themselves alone (locked, a port-out): waiting on a person
+    # (kept for good until `retry-upstream`) or on the carrier (asked again after a backoff).
+    refused = PhoneNumber.provider_error_code == REFUSED_CODE
+    permanent = PhoneNumber.provider_failed_permanently.is_(True)
     (
         overdue_count,
         oldest,
@@ -67,6 +80,8 @@ def store_status(
         upstream_failed,
         upstream_permanent,
         upstream_claimed,
+        refused_person,
+        refused_carrier,
     ) = session.execute(
         select(
             func.count().filter(overdue),
@@ -74,8 +89,10 @@ def store_status(
             func.count().filter(PhoneNumber.purge_hold.is_(True)),
             func.count().filter(repurchasable_numbers(now)),
             func.count().filter(failed_upstream),
-            func.count().filter(failed_upstream & PhoneNumber.provider_failed_permanently),
+            func.count().filter(failed_upstream & permanent),
             func.count().filter(claimed),
+            func.count().filter(refused & permanent),
+            func.count().filter(refused & ~permanent),
         ).where(PhoneNumber.billing_status == "released")
     ).one()
     stuck = session.scalars(
@@ -123,11 +140,15 @@ def store_status(
         "upstream_failed": upstream_failed,
         "upstream_permanent": upstream_permanent,
         "upstream_claimed": upstream_claimed,
+        "upstream_refused_person": refused_person,
+        "upstream_refused_carrier": refused_carrier,
         "upstream_stuck": [
             {
                 "phone_number": number.phone_number,
                 "account_id": number.account_id,
                 "permanent": number.provider_failed_permanently,
+                "refused": number.provider_error_code == REFUSED_CODE,
+                "waits_on": _waits_on(number),
                 "error_code": number.provider_error_code,
                 "provider_code": number.provider_code,
                 "message": number.provider_error_message,

@@ -23,10 +23,10 @@ from shared import events
 from shared.clock import not_ahead, resolve_now
 from shared.controls import operator_record
 from shared.errors import ProviderError, ValidationError
-from shared.lifecycle import lock_number
+from shared.lifecycle import lock_number, refuse_while_called
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.provider import Provider, Resolution, UpstreamResult, misconfigured
-from shared.retention import claimable_numbers, is_purgeable
+from shared.retention import claimable_numbers, is_purgeable, purgeable_numbers
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 
@@ -45,9 +45,16 @@ class UpstreamOutcome:
     released: dict[int, Resolution] = field(default_factory=dict)  # id: how it was proven
     failed: dict[int, UpstreamResult] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)  # no provider id: nothing to release
+    # Not called: a hold, or a person's settlement, came between the claim and the call.
+    withheld: list[int] = field(default_factory=list)
     provider_down: bool = False
     # An answer that forbids further calls (a misconfiguration): the run stops.
     stopped_by: UpstreamResult | None = None
+
+    @property
+    def refused(self) -> int:
+        """Numbers the provider refused for themselves alone (kept, never a stop)."""
+        return sum(1 for result in self.failed.values() if result.outcome == "refused")
 
     def settled(self) -> dict[str, list[int]]:
         """The ids that may be tombstoned, by how their release was proven."""
@@ -105,8 +112,31 @@ def _unproven(claim: Claim) -> UpstreamResult:
     return misconfigured(
         f"Telnyx knows no number {claim.provider_number_id} for this key, and the key's "
         "account was not seen holding any active number of this store (another account's "
-        "key?)"
+        "key?)",
+        cause="key",
     )
+
+
+def begin_call(session: Session, claim: Claim, *, run_id: str, now: datetime) -> bool:
+    """Under the row's lock, just before the carrier call: whether the number may still be
+    released (claimed, due, not held, not settled by a person meanwhile), marking the call in
+    flight for `run_id` if so. Commit follows; from then until the call's answer is recorded,
+    a hold, a settlement by hand or a retry is refused (`refuse_while_called`)."""
+    number_id = session.scalar(
+        select(PhoneNumber.id)
+        .where(
+            PhoneNumber.id == claim.id,
+            PhoneNumber.purge_state == "purging",
+            purgeable_numbers(now),
+        )
+        .with_for_update()
+    )
+    if number_id is None:
+        return False
+    session.execute(
+        update(PhoneNumber).where(PhoneNumber.id == number_id).values(provider_call_run_id=run_id)
+    )
+    return True
 
 
 def release_upstream(
@@ -117,16 +147,20 @@ def release_upstream(
     failure_streak: int,
     account_proven: bool,
     stopping: Callable[[], bool] = lambda: False,
+    before_call: Callable[[Claim], bool] = lambda claim: True,
 ) -> UpstreamOutcome:
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
 
     After `failure_streak` failures in a row no further call is started: the provider is
-    treated as down and the rest stay claimed for a later run. After an answer that shows a
-    misconfiguration none is started either, nor once `stopping()` says an operator stops
-    the run: the calls in flight finish, the rest stay claimed for the next run. An error of
-    one call, whatever it is, is that number's outcome, never the batch's. Unless
-    `account_proven`, a "not found" proves nothing (the key may be another account's): it
-    counts as a misconfiguration.
+    treated as down and the rest stay claimed for a later run. A refusal of one number (a
+    lock, a port-out) is an answer, not a failure: it never counts toward the streak and
+    ends one, as a release does. After an answer that shows a misconfiguration no call is
+    started either, nor once `stopping()` says an operator stops the run: the calls in
+    flight finish, the rest stay claimed for the next run. An error of one call, whatever it
+    is, is that number's outcome, never the batch's. Unless `account_proven`, a "not found"
+    proves nothing (the key may be another account's): it counts as a misconfiguration.
+    `before_call(claim)` runs just before each call (see `begin_call`): a claim it turns down
+    (held, or settled by a person, since its claim) is not called.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     pending = [c for c in claims if c.provider_number_id is not None]
@@ -142,6 +176,9 @@ def release_upstream(
                 and not stopping()
             ):
                 claim = pending.pop(0)
+                if not before_call(claim):
+                    outcome.withheld.append(claim.id)
+                    continue
                 call = contextvars.copy_context().run
                 number_id = cast(str, claim.provider_number_id)
                 running[pool.submit(call, provider.release, number_id)] = claim
@@ -153,17 +190,23 @@ def release_upstream(
                 result = _result(future)
                 if result.resolution == "not_found" and not account_proven:
                     result = _unproven(claim)
-                if result.outcome == "released":
-                    outcome.released[claim.id] = result.resolution or "provider"
-                    streak = 0
-                    continue
-                outcome.failed[claim.id] = result
-                if result.outcome == "misconfigured":
-                    outcome.stopped_by = outcome.stopped_by or result
-                streak += 1
+                streak = _take(outcome, claim, result, streak)
                 if streak >= failure_streak:
                     outcome.provider_down = True
     return outcome
+
+
+def _take(outcome: UpstreamOutcome, claim: Claim, result: UpstreamResult, streak: int) -> int:
+    """Record one call's result in `outcome`; the failure streak after it."""
+    if result.outcome == "released":
+        outcome.released[claim.id] = result.resolution or "provider"
+        return 0
+    outcome.failed[claim.id] = result
+    if result.outcome == "refused":
+        return 0  # the provider is up: it answered for this number
+    if result.outcome == "misconfigured":
+        outcome.stopped_by = outcome.stopped_by or result
+    return streak + 1
 
 
 def _result(future: Future[UpstreamResult]) -> UpstreamResult:
@@ -210,6 +253,11 @@ def record_failures(
         if number_id not in attempts:
             continue  # settled by a person meanwhile (`resolve-upstream`): nothing to record
         error = result.error
+        # Waits on a person: a permanent failure, or this number's refusal only a person can
+        # lift; neither is asked again until `retry-upstream`.
+        for_a_person = result.outcome == "permanent" or (
+            result.outcome == "refused" and result.waits_on == "person"
+        )
         tries = attempts[number_id] + 1
         wait_for = backoff(tries, base=base, cap=cap)
         if result.retry_after is not None:
@@ -222,8 +270,9 @@ def record_failures(
                 provider_error_code=error.code if error else "provider_error",
                 provider_error_message=error.message[:1000] if error else None,
                 provider_code=error.provider_code if error else None,
-                provider_failed_permanently=result.outcome == "permanent",
-                provider_next_attempt_at=None if result.outcome == "permanent" else now + wait_for,
+                provider_failed_permanently=for_a_person,
+                provider_next_attempt_at=None if for_a_person else now + wait_for,
+                provider_call_run_id=None,  # answered: no call in flight any more
             )
         )
     events.record_upstream_failed(
@@ -240,6 +289,7 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
             code="no_upstream_failure",
             fix="`numbers-retention status` lists the numbers kept by upstream failures.",
         )
+    refuse_while_called(session, number, doing="retried")
     number.provider_failed_permanently = False
     number.provider_next_attempt_at = None
     events.record(session, kind="upstream_reset", number=number, now=resolve_now(None))
@@ -269,6 +319,7 @@ def resolve_by_operator(
             "the purge removes the others by itself.",
         )
     assert number.released_at is not None  # claimed rows are released (a CHECK says so)
+    refuse_while_called(session, number, doing="settled by hand")
     if not is_purgeable(number.released_at, now, held=number.purge_hold):
         raise ValidationError(
             f"Number {number.phone_number} is not due for purging.",

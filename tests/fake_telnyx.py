@@ -1,4 +1,11 @@
-"""A real HTTP server on loopback that answers like Telnyx's `/v2/phone_numbers` endpoints."""
+"""A real HTTP server on loopback that answers like Telnyx's `/v2/phone_numbers` endpoints.
+
+Its answers follow Telnyx's documentation (docs/runbook.md, "What each answer of Telnyx
+means"): errors are `{"errors": [{"code", "title", "detail", "source", "meta"}]}` with
+Telnyx's codes (`10005` not found, `10009` authentication failed, `10010` authorization
+failed, `10035` resource locked); `DELETE /v2/phone_numbers/{id}` answers the phone-number
+record (`status`, `deletion_lock_enabled`) of that id.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 API_KEY = "KEY_test_0123456789abcdef"
+# Where Telnyx's error `meta.url` points: its page per code.
+ERRORS_URL = "https://developers.telnyx.com/api/errors/"
 
 
 @dataclass
@@ -24,24 +34,91 @@ class Reply:
     delay: float = 0.0
 
 
-def telnyx_error(status: int, code: str, title: str = "Error", detail: str = "") -> Reply:
-    body = json.dumps({"errors": [{"code": code, "title": title, "detail": detail or title}]})
-    return Reply(status, body)
+def telnyx_error(
+    status: int,
+    code: str,
+    title: str = "Error",
+    detail: str = "",
+    *,
+    pointer: str = "/",
+    retryable: bool | None = None,
+) -> Reply:
+    """Telnyx's error answer: one error with its code, title, detail, source and meta."""
+    meta: dict[str, Any] = {"url": f"{ERRORS_URL}{code}"}
+    if retryable is not None:
+        meta["retryable"] = retryable
+    error = {
+        "code": code,
+        "title": title,
+        "detail": detail or title,
+        "source": {"pointer": pointer},
+        "meta": meta,
+    }
+    return Reply(status, json.dumps({"errors": [error]}))
 
 
-def record(number_id: str) -> Reply:
-    """Telnyx's 200 answer to a DELETE: the phone-number record of that id."""
-    data = {"id": number_id, "record_type": "phone_number", "status": "deleted"}
+def record(number_id: str, *, status: str = "deleted", deletion_lock: bool = False) -> Reply:
+    """Telnyx's 200 answer to a DELETE: the phone-number record of that id (Telnyx documents
+    `status` "deleted" for a number it released; `deletion_lock_enabled` false)."""
+    data = {
+        "id": number_id,
+        "record_type": "phone_number",
+        "phone_number": "+19705555098",
+        "status": status,
+        "deletion_lock_enabled": deletion_lock,
+    }
     return Reply(200, json.dumps({"data": data}))
 
 
 # The default answer: the record of whichever id was asked for.
 OK = Reply(200, None)
 NOT_FOUND = telnyx_error(404, "10005", "Resource not found")
+UNAUTHORIZED = telnyx_error(
+    401,
+    "10009",
+    "Authentication failed",
+    "The required authentication headers were either invalid or not included in the request.",
+)
+FORBIDDEN = telnyx_error(
+    403,
+    "10010",
+    "Authorization failed",
+    "You do not have permission to perform the requested action on the specified resource "
+    "or resources.",
+)
+# Telnyx locked this number administratively: "Contact Telnyx support" (its page for 10035).
+LOCKED = telnyx_error(
+    403, "10035", "Resource locked", "The resource has been locked. Contact Telnyx support."
+)
+
+
+def port_out_refusal(*, retryable: bool | None = None) -> Reply:
+    """A 422 for a number with a port-out in progress (retryable as Telnyx's meta says)."""
+    return telnyx_error(
+        422,
+        "10015",
+        "Bad Request",
+        "The phone number has a pending port-out order and cannot be deleted.",
+        pointer="/id",
+        retryable=retryable,
+    )
+
+
+def deletion_locked(number_id: str) -> Reply:
+    """A record of the id with its deletion lock on: the number was not deleted."""
+    return record(number_id, status="active", deletion_lock=True)
+
+
+def port_out_pending(number_id: str) -> Reply:
+    """A record of the id whose status is `port-out-pending`: not deleted, leaving by port."""
+    return record(number_id, status="port-out-pending")
 
 
 class _Server(ThreadingHTTPServer):
     fake: FakeTelnyx
+    # Room for every call of a batch at once (the default backlog of 5 drops connections
+    # past it, and the client's retry comes after its timeout).
+    request_queue_size = 64
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Authorization") == f"Bearer {API_KEY}":
             return True
         self.server.fake.unauthorized += 1
-        self._send(telnyx_error(401, "10009", "Authentication failed"))
+        self._send(UNAUTHORIZED)
         return False
 
     def do_GET(self) -> None:
@@ -85,9 +162,13 @@ class _Handler(BaseHTTPRequestHandler):
             )
         try:
             number_id = self.path[len(prefix) :]
+            gate = self.server.fake.gates.get(number_id)
+            if gate is not None:  # a test holds this call until it has done its part
+                gate.arrived.set()
+                gate.opened.wait(GATE_TIMEOUT)
             reply = self.server.fake.answer(number_id)
             time.sleep(reply.delay)
-            if reply.status in (200, 404):
+            if releases(reply, number_id):
                 with self.server.fake._lock:
                     self.server.fake.released.add(number_id)
             self._send(reply)
@@ -113,6 +194,43 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
+GATE_TIMEOUT = 30.0
+
+
+def releases(reply: Reply, number_id: str) -> bool:
+    """Whether Telnyx gave the number up with this answer: its 404, or the record of that id
+    in status "deleted" without a deletion lock."""
+    if reply.status == 404:
+        return True
+    if reply.status != 200:
+        return False
+    try:
+        data = json.loads(reply.body or "").get("data")
+    except (ValueError, AttributeError):
+        return False
+    return (
+        isinstance(data, dict)
+        and str(data.get("id")) == number_id
+        and data.get("status") == "deleted"
+        and not data.get("deletion_lock_enabled")
+    )
+
+
+@dataclass
+class Gate:
+    """Holds one DELETE: `arrived` is set once the call reached the server, which answers only
+    after `open()`."""
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
+
+    def wait_arrived(self, timeout: float = 10.0) -> None:
+        assert self.arrived.wait(timeout), "the call never reached the fake carrier"
+
+    def open(self) -> None:
+        self.opened.set()
+
+
 class FakeTelnyx:
     """Scripted answers per number id (consumed in order, the last one repeats); records calls."""
 
@@ -120,7 +238,7 @@ class FakeTelnyx:
         self.script: dict[str, list[Reply]] = {}
         self.default: Reply = OK
         self.calls: defaultdict[str, int] = defaultdict(int)
-        self.released: set[str] = set()  # ids answered 200 or 404: gone upstream
+        self.released: set[str] = set()  # ids answered "deleted" or 404: gone upstream
         self.unauthorized = 0
         self.checks = 0  # read-only GET /v2/phone_numbers calls (the run's pre-flight check)
         self.paths: list[str] = []  # every DELETE's path, as sent
@@ -128,8 +246,14 @@ class FakeTelnyx:
         self.held: set[str] | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        self.gates: dict[str, Gate] = {}
         self._lock = threading.Lock()
         self.url = ""
+
+    def block(self, number_id: str) -> Gate:
+        """Hold every DELETE of this id until the gate is opened (opened when the server stops)."""
+        gate = self.gates[number_id] = Gate()
+        return gate
 
     def answer(self, number_id: str) -> Reply:
         with self._lock:
@@ -159,6 +283,8 @@ class FakeTelnyx:
         try:
             yield self
         finally:
+            for gate in self.gates.values():
+                gate.open()
             server.shutdown()
             server.server_close()
 

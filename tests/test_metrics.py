@@ -60,9 +60,17 @@ def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) 
         ("numbers_retention_held", ()): status["held"],
         ("numbers_retention_releasable", ()): status["releasable"],
         ("numbers_retention_upstream_failed", (("kind", "transient"),)): status["upstream_failed"]
-        - status["upstream_permanent"],
+        - status["upstream_permanent"]
+        - status["upstream_refused_carrier"],
         ("numbers_retention_upstream_failed", (("kind", "permanent"),)): status[
             "upstream_permanent"
+        ]
+        - status["upstream_refused_person"],
+        ("numbers_retention_upstream_failed", (("kind", "refused_person"),)): status[
+            "upstream_refused_person"
+        ],
+        ("numbers_retention_upstream_failed", (("kind", "refused_carrier"),)): status[
+            "upstream_refused_carrier"
         ],
         ("numbers_retention_paused", ()): int(status["paused"]),
         ("numbers_retention_purged_total", ()): status["purged_total"],
@@ -291,6 +299,8 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
         "releasable": 0,
         "upstream_failed": 0,
         "upstream_permanent": 0,
+        "upstream_refused_person": 0,
+        "upstream_refused_carrier": 0,
         "paused": False,
         "purge_last_success_at": "2026-11-27T12:00:00Z",
         "last_finished_run": {"seconds": 1.5, "purged": 7, "worst_batch_ms": 120.0},

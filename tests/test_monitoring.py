@@ -50,6 +50,8 @@ def exported() -> set[str]:
         "releasable": 1,
         "upstream_failed": 1,
         "upstream_permanent": 1,
+        "upstream_refused_person": 0,
+        "upstream_refused_carrier": 0,
         "paused": False,
         "purge_last_success_at": "2026-11-27T12:00:00Z",
         "last_finished_run": {"seconds": 1.0, "purged": 1, "worst_batch_ms": 1.0},

@@ -8,7 +8,22 @@ import pytest
 
 from shared.provider import NoProvider, TelnyxProvider, make_provider
 from shared.settings import Settings
-from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, StaticServer, record, telnyx_error
+from tests.fake_telnyx import (
+    API_KEY,
+    FORBIDDEN,
+    LOCKED,
+    NOT_FOUND,
+    OK,
+    UNAUTHORIZED,
+    FakeTelnyx,
+    Reply,
+    StaticServer,
+    deletion_locked,
+    port_out_pending,
+    port_out_refusal,
+    record,
+    telnyx_error,
+)
 
 
 def test_200_releases(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
@@ -52,7 +67,7 @@ def test_5xx_is_transient(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, statu
     assert "Internal error" in body["error"]["message"]
 
 
-@pytest.mark.parametrize(("status", "code"), [(400, "10015"), (409, "10019"), (422, "10007")])
+@pytest.mark.parametrize(("status", "code"), [(400, "10015"), (409, "10019")])
 def test_other_4xx_is_permanent_and_keeps_the_telnyx_code(
     fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider, status: int, code: str
 ) -> None:
@@ -135,3 +150,67 @@ def test_holds_is_true_only_on_the_record_of_that_id(
         other = TelnyxProvider(base_url=proxy.url, api_key=API_KEY, timeout=0.5)
         assert not other.holds("556")
         other.close()
+
+
+# Each documented answer of Telnyx to `DELETE /v2/phone_numbers/{id}`, by whose problem it is
+# (docs/runbook.md, "What each answer of Telnyx means").
+ANSWERS = [
+    pytest.param(OK, "released", None, None, id="record-deleted"),
+    pytest.param(NOT_FOUND, "released", None, None, id="404-10005"),
+    pytest.param(LOCKED, "refused", "person", "10035", id="403-10035-locked"),
+    pytest.param(port_out_refusal(), "refused", "person", "10015", id="422"),
+    pytest.param(port_out_refusal(retryable=True), "refused", "carrier", "10015", id="422-retry"),
+    pytest.param(
+        deletion_locked("123"), "refused", "person", "deletion_lock_enabled", id="deletion-lock"
+    ),
+    pytest.param(
+        port_out_pending("123"), "refused", "carrier", "port-out-pending", id="port-out-pending"
+    ),
+    pytest.param(record("123", status="ported-out"), "refused", "person", "ported-out", id="po"),
+    pytest.param(UNAUTHORIZED, "misconfigured", "key", None, id="401-10009"),
+    pytest.param(FORBIDDEN, "misconfigured", "key", None, id="403-10010"),
+    pytest.param(
+        Reply(403, "<h1>no</h1>", {"Content-Type": "text/html"}),
+        "misconfigured",
+        "base_url",
+        None,
+        id="403-html",
+    ),
+    pytest.param(record("456"), "misconfigured", "base_url", None, id="record-of-another-id"),
+    pytest.param(
+        Reply(200, '{"data": {"id": "123", "record_type": "phone_number"}}'),
+        "misconfigured",
+        "base_url",
+        None,
+        id="record-without-status",
+    ),
+    pytest.param(
+        telnyx_error(500, "10007", "Unexpected error"), "transient", None, "10007", id="500"
+    ),
+    pytest.param(Reply(503, ""), "transient", None, None, id="503-empty"),
+    pytest.param(telnyx_error(400, "10015", "Bad Request"), "permanent", None, "10015", id="400"),
+]
+
+
+@pytest.mark.parametrize(("reply", "outcome", "whose", "provider_code"), ANSWERS)
+def test_each_documented_answer_is_read_by_whose_problem_it_is(
+    fake_telnyx: FakeTelnyx,
+    telnyx: TelnyxProvider,
+    reply: Reply,
+    outcome: str,
+    whose: str | None,
+    provider_code: str | None,
+) -> None:
+    fake_telnyx.script["123"] = [reply]
+    result = telnyx.release("123")
+    assert result.outcome == outcome
+    if outcome == "refused":
+        assert result.waits_on == whose
+    if outcome == "misconfigured":
+        assert result.error is not None
+        named = {"key": "TELNYX_API_KEY", "base_url": "TELNYX_BASE_URL"}
+        assert named[str(whose)] in result.error.fix
+        others = set(named.values()) - {named[str(whose)]}
+        assert all(other not in result.error.fix for other in others)
+    if result.error is not None and outcome != "misconfigured":
+        assert result.error.provider_code == provider_code

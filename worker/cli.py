@@ -453,6 +453,7 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
             f" (released {_when(report['oldest_overdue_released_at'])})"
         )
     pause, ceiling = report["pause"], report.get("pace")
+    person, carrier = report["upstream_refused_person"], report["upstream_refused_carrier"]
     paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
     facts = [
         ("Paused", f"yes, {_set_by(pause)}" if pause else paused),
@@ -463,6 +464,10 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "Upstream failed",
             f"{report['upstream_failed']:,} ({report['upstream_permanent']:,} need a person)",
+        ),
+        (
+            "Refused by the carrier",
+            f"{person + carrier:,} ({person:,} waiting on a person, {carrier:,} on the carrier)",
         ),
         ("Claimed, not yet called", f"{report['upstream_claimed']:,}"),
     ]
@@ -515,7 +520,7 @@ def _status_table(report: dict[str, Any]) -> str:
         stuck = [
             (
                 number["phone_number"],
-                "permanent" if number["permanent"] else "retrying",
+                _stuck_state(number),
                 number["provider_code"] or "-",
                 str(number["attempts"]),
                 _when(number["next_attempt_at"]),
@@ -529,6 +534,13 @@ def _status_table(report: dict[str, Any]) -> str:
             numeric={3},
         )
     return "\n".join(lines)
+
+
+def _stuck_state(number: dict[str, Any]) -> str:
+    """A number kept upstream: refused by the carrier (waiting on whom), or failed."""
+    if number["refused"]:
+        return "refused, waits on " + ("a person" if number["waits_on"] == "person" else "carrier")
+    return "permanent" if number["permanent"] else "retrying"
 
 
 def _published(publication: dict[str, Any]) -> str:
@@ -695,7 +707,7 @@ def pace(rows_per_second: float | None, off: bool, reason: str | None, by: str) 
 @click.option(
     "--provider-code",
     metavar="CODE",
-    help="With --all-permanent: only those with this provider code (e.g. 10009, a bad key).",
+    help="With --all-permanent: only those with this provider code (e.g. 10035, locked by Telnyx).",
 )
 def retry_upstream(
     phone_numbers: tuple[str, ...], all_permanent: bool, provider_code: str | None

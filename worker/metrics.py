@@ -79,12 +79,17 @@ def families(reading: Reading) -> list[Metric]:
         )
         upstream = GaugeMetricFamily(
             f"{PREFIX}_upstream_failed",
-            "Numbers kept because the provider did not release them; permanent: need a person.",
+            "Numbers kept because the provider did not release them, by kind: transient "
+            "(retried), permanent (need a person), refused_person and refused_carrier (the "
+            "carrier refused that number alone; waiting on a person, or on the carrier).",
             labels=["kind"],
         )
+        person, carrier = status["upstream_refused_person"], status["upstream_refused_carrier"]
         permanent = status["upstream_permanent"]
-        upstream.add_metric(["transient"], status["upstream_failed"] - permanent)
-        upstream.add_metric(["permanent"], permanent)
+        upstream.add_metric(["transient"], status["upstream_failed"] - permanent - carrier)
+        upstream.add_metric(["permanent"], permanent - person)
+        upstream.add_metric(["refused_person"], person)
+        upstream.add_metric(["refused_carrier"], carrier)
         metrics.append(upstream)
         metrics += _gauge(
             "paused", "1 while purging is paused (stored pause or PURGE_PAUSED).", status["paused"]

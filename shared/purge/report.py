@@ -33,8 +33,13 @@ class PurgeReport:
     reason: str | None = None
     provider: str = "none"
     provider_released: int = 0
+    # Calls that failed (the provider down, misconfigured, a permanent error), and numbers
+    # the provider refused for themselves alone (locked, a port-out): kept, never a stop.
     provider_failed: int = 0
+    provider_refused: int = 0
     provider_skipped: int = 0
+    # Claimed, then held (or settled by a person) before their call: not called.
+    provider_held: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""

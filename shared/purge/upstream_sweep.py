@@ -15,9 +15,11 @@ from shared.purge.config import PurgeConfig
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 from shared.upstream import (
+    Claim,
     UpstreamOutcome,
     account_probe,
     account_proven,
+    begin_call,
     claim_batch,
     record_failures,
     release_upstream,
@@ -97,6 +99,7 @@ class UpstreamSweep:
                 failure_streak=self.config.provider_failure_streak,
                 account_proven=proven,
                 stopping=lambda: self.boundary.stop.requested,
+                before_call=lambda claim: self._begin_call(factory, claim),
             )
             purged = self._settle(factory, outcome)
             ms = round((time.monotonic() - started) * 1000, 1)
@@ -105,8 +108,10 @@ class UpstreamSweep:
                 ms,
                 size=limit,
                 provider_released=len(outcome.released),
-                provider_failed=len(outcome.failed),
+                provider_failed=len(outcome.failed) - outcome.refused,
+                provider_refused=outcome.refused,
                 provider_skipped=len(outcome.skipped),
+                provider_held=len(outcome.withheld),
             )
             if outcome.stopped_by is not None:
                 return _provider_halt(outcome.stopped_by)
@@ -117,12 +122,19 @@ class UpstreamSweep:
                 )
             self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims)))
 
+    def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
+        """Just before a carrier call, in a transaction of its own: whether the number may
+        still be released, marking the call in flight (`shared.upstream.begin_call`)."""
+        with factory.begin() as session:
+            return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
+
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
         errors. One transaction; the rows purged."""
-        # An answer showing a misconfiguration casts doubt on the batch's other answers (the
-        # same wrong host gave them): nothing of it is deleted; the next run asks again.
-        settled = {} if outcome.stopped_by else outcome.settled()
+        # Each release stands on its own proof (the record of that very id, or Telnyx's 404
+        # once the key's account was proven): a batch stopped by another number's answer
+        # still settles them, so no number stays in the store once released at the carrier.
+        settled = outcome.settled()
         with factory.begin() as session:
             purged = sum(
                 self.settle[resolution].purge(session, ids) for resolution, ids in settled.items()
