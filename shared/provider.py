@@ -43,6 +43,9 @@ class UpstreamResult:
     error: ProviderError | None = None
     retry_after: float | None = None
     resolution: Resolution | None = None
+    # What was removed from the number at the carrier before its release, each step with the
+    # carrier's proof (shared/detach.py); kept in its tombstone.
+    detached: tuple[dict[str, Any], ...] = ()
 
 
 RELEASED = UpstreamResult("released", resolution="provider")
@@ -261,6 +264,11 @@ class TelnyxProvider:
         if 400 <= status < 500 and errors is not None:
             return UpstreamResult("permanent", _telnyx_error(response, errors))
         return misconfigured(f"{_answer(response)} is not Telnyx's answer")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
+        """One call to Telnyx with this key (the detach steps, shared/detach.py): its answer,
+        or the failure of the call as an outcome."""
+        return self._call(method, path, **kwargs)
 
     def close(self) -> None:
         self._client.close()

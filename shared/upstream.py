@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import cast
 
 from sqlalchemy import delete, insert, select, update
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 from shared import events
 from shared.clock import not_ahead, resolve_now
 from shared.controls import operator_record
+from shared.detach import release_detached
 from shared.errors import ProviderError, ValidationError
 from shared.lifecycle import lock_number
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
@@ -32,10 +34,13 @@ from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 @dataclass(frozen=True)
 class Claim:
-    """A row claimed for purging and the provider's id for its number (None: nothing upstream)."""
+    """A row claimed for purging and the provider's id for its number (None: nothing upstream),
+    with its E.164 number and country (what the detach steps are keyed by)."""
 
     id: int
     provider_number_id: str | None
+    phone_number: str = ""
+    country_code: str = ""
 
 
 @dataclass
@@ -65,13 +70,20 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
     `account_probe`).
     """
     rows = session.execute(
-        select(PhoneNumber.id, PhoneNumber.provider_number_id)
+        select(
+            PhoneNumber.id,
+            PhoneNumber.provider_number_id,
+            PhoneNumber.phone_number,
+            PhoneNumber.country_code,
+        )
         .where(claimable_numbers(now), PhoneNumber.id > after)
         .order_by(PhoneNumber.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    claims = [Claim(row.id, row.provider_number_id) for row in rows]
+    claims = [
+        Claim(row.id, row.provider_number_id, row.phone_number, row.country_code) for row in rows
+    ]
     if claims:
         session.execute(
             update(PhoneNumber)
@@ -120,6 +132,9 @@ def release_upstream(
 ) -> UpstreamOutcome:
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
 
+    Each number is first detached at the carrier (shared/detach.py: its 10DLC campaign, its
+    emergency services, its CNAM listing), then released; a failed step is its outcome.
+
     After `failure_streak` failures in a row no further call is started: the provider is
     treated as down and the rest stay claimed for a later run. After an answer that shows a
     misconfiguration none is started either, nor once `stopping()` says an operator stops
@@ -143,8 +158,15 @@ def release_upstream(
             ):
                 claim = pending.pop(0)
                 call = contextvars.copy_context().run
-                number_id = cast(str, claim.provider_number_id)
-                running[pool.submit(call, provider.release, number_id)] = claim
+                # What the number carries at the carrier is removed before its release.
+                release = partial(
+                    release_detached,
+                    provider,
+                    number_id=cast(str, claim.provider_number_id),
+                    phone_number=claim.phone_number,
+                    country_code=claim.country_code,
+                )
+                running[pool.submit(call, release)] = claim
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -124,10 +124,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path, prefix = self.path.split("?")[0], NUMBERS
         if path.startswith(CAMPAIGNS):
-            self._send(fake.detach_reply("campaign_get") or fake.campaign(path, delete=False))
+            key = unquote(path[len(CAMPAIGNS) :])
+            self._send(fake.detach_reply("campaign_get", key) or fake.campaign(path, delete=False))
             return
         if path.startswith(prefix) and path.endswith("/voice"):
-            self._send(fake.detach_reply("voice_get") or fake.voice(path[len(prefix) : -6]))
+            number_id = path[len(prefix) : -6]
+            self._send(fake.detach_reply("voice_get", number_id) or fake.voice(number_id))
             return
         if path.startswith(prefix):  # retrieve one number: its record while the account holds it
             number_id = path[len(prefix) :]
@@ -141,14 +143,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         fake = self.server.fake
-        fake.logged("POST", self.path)
+        body = self._body()
+        numbers = body.get("phone_numbers") if isinstance(body, dict) else None
+        key = str(numbers[0]) if isinstance(numbers, list) and numbers else ""
+        fake.logged("POST", self.path, about=key)
         if not self._authorized():
             return
-        body = self._body()
         if self.path != EMERGENCY_JOB:
             self._send(NOT_FOUND)
             return
-        self._send(fake.detach_reply("emergency_job") or fake.emergency_job(body))
+        self._send(fake.detach_reply("emergency_job", key) or fake.emergency_job(body))
 
     def do_PATCH(self) -> None:
         fake = self.server.fake
@@ -160,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(NOT_FOUND)
             return
         number_id = self.path[len(NUMBERS) : -6]
-        self._send(fake.detach_reply("voice_patch") or fake.patch_voice(number_id, body))
+        self._send(fake.detach_reply("voice_patch", number_id) or fake.patch_voice(number_id, body))
 
     def do_DELETE(self) -> None:
         self.server.fake.logged("DELETE", self.path)
@@ -168,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fake = self.server.fake
         if self.path.startswith(CAMPAIGNS):
-            reply = fake.detach_reply("campaign_delete")
+            reply = fake.detach_reply("campaign_delete", unquote(self.path[len(CAMPAIGNS) :]))
             self._send(reply or fake.campaign(self.path, delete=True))
             return
         self.server.fake.paths.append(self.path)
@@ -234,19 +238,21 @@ class FakeTelnyx:
         self.carried: dict[str, Carried] = {}
         self.campaigns: dict[str, dict[str, Any]] = {}
         # Scripted answers of the detach endpoints, by kind: campaign_get, campaign_delete,
-        # voice_get, voice_patch, emergency_job (consumed in order, the last one repeats).
+        # voice_get, voice_patch, emergency_job, for every number, or for one as
+        # "<kind> <E.164 number or id>" (consumed in order, the last one repeats).
         self.detach_script: dict[str, list[Reply]] = {}
         # Reads of the voice settings that still show `deprovisioning` after an emergency job.
         self.emergency_pending_reads = 0
         self._pending: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.log: list[tuple[str, str]] = []  # every request, in order: (method, path)
+        # Every request, in order: (method, path, the number id a job's body names or "").
+        self.log: list[tuple[str, str, str]] = []
         # For each number DELETE: what the number still carried at Telnyx at that moment.
         self.carried_at_delete: dict[str, set[str]] = {}
 
-    def logged(self, method: str, path: str) -> None:
+    def logged(self, method: str, path: str, *, about: str = "") -> None:
         with self._lock:
-            self.log.append((method, path))
+            self.log.append((method, path, about))
 
     def attach(
         self,
@@ -296,9 +302,11 @@ class FakeTelnyx:
     def note_delete(self, number_id: str) -> None:
         self.carried_at_delete[number_id] = self.still_carries(number_id)
 
-    def detach_reply(self, kind: str) -> Reply | None:
+    def detach_reply(self, kind: str, key: str) -> Reply | None:
+        """The scripted answer for this kind of call about this number (its E.164 number for
+        the campaign, else its id), or for every number; None: answer as Telnyx does."""
         with self._lock:
-            replies = self.detach_script.get(kind)
+            replies = self.detach_script.get(f"{kind} {key}") or self.detach_script.get(kind)
             if not replies:
                 return None
             return replies.pop(0) if len(replies) > 1 else replies[0]
