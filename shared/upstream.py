@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from shared.clock import not_ahead, resolve_now
 from shared.controls import operator_record
 from shared.detach import release_detached
 from shared.errors import ProviderError, ValidationError
+from shared.ledger import release_proof
 from shared.lifecycle import lock_number
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.provider import Provider, Resolution, UpstreamResult, misconfigured
@@ -53,6 +54,9 @@ class UpstreamOutcome:
     provider_down: bool = False
     # An answer that forbids further calls (a misconfiguration): the run stops.
     stopped_by: UpstreamResult | None = None
+    # For the ledger of each number that may be tombstoned: {"release": how the carrier proved
+    # its release, "detach": what was removed from it there first} (shared/ledger.py).
+    proofs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def settled(self) -> dict[str, list[int]]:
         """The ids that may be tombstoned, by how their release was proven."""
@@ -144,6 +148,8 @@ def release_upstream(
     counts as a misconfiguration.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
+    for number_id in outcome.skipped:
+        outcome.proofs[number_id] = {"release": release_proof("no_provider_id", None), "detach": []}
     pending = [c for c in claims if c.provider_number_id is not None]
     streak = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upstream") as pool:
@@ -176,7 +182,12 @@ def release_upstream(
                 if result.resolution == "not_found" and not account_proven:
                     result = _unproven(claim)
                 if result.outcome == "released":
-                    outcome.released[claim.id] = result.resolution or "provider"
+                    resolution = result.resolution or "provider"
+                    outcome.released[claim.id] = resolution
+                    outcome.proofs[claim.id] = {
+                        "release": release_proof(resolution, claim.provider_number_id),
+                        "detach": list(result.detached),
+                    }
                     streak = 0
                     continue
                 outcome.failed[claim.id] = result
@@ -269,12 +280,23 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
 
 
 def resolve_by_operator(
-    session: Session, *, phone_number: str, reason: object, by: str, now: datetime | None = None
+    session: Session,
+    *,
+    phone_number: str,
+    reason: object,
+    by: str,
+    now: datetime | None = None,
+    carrier: str | None = None,
+    ported_out: bool = False,
 ) -> dict[str, object]:
     """A person settled a number upstream by hand: tombstone and delete it now, recording
     who and why. Only for a number that is due and carries upstream state (claimed, or kept
     by a provider error), which the purge itself would never delete without the provider.
-    Like a purge run, it refuses an instant ahead of this host's clock."""
+    Like a purge run, it refuses an instant ahead of this host's clock.
+
+    The ledger records `carrier` (the carrier that held it; 'unknown' when not given) and the
+    disconnect reason 'operator', or 'ported_out' when the number left by a port-out (not a
+    permanent disconnection: never in the disconnections report)."""
     note, who, now = operator_record(by=by, reason=reason, now=not_ahead(now))
     if note is None:
         raise ValidationError(
@@ -300,7 +322,14 @@ def resolve_by_operator(
     run_id = str(uuid.uuid4())
     numbers = Base.metadata.tables[PhoneNumber.__tablename__]
     stone = tombstone_values(
-        numbers.c, now=now, run_id=run_id, resolution="operator", resolved_by=who, note=note
+        numbers.c,
+        now=now,
+        run_id=run_id,
+        resolution="operator",
+        resolved_by=who,
+        note=note,
+        carrier=(carrier or "unknown")[:16],
+        reason="ported_out" if ported_out else "operator",
     )
     session.execute(
         insert(Base.metadata.tables[PurgedNumber.__tablename__]).from_select(
@@ -318,5 +347,6 @@ def resolve_by_operator(
         "purged": True,
         "resolution": "operator",
         "resolvedBy": who,
+        "disconnectReason": "ported_out" if ported_out else "operator",
         "runId": run_id,
     }

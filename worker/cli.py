@@ -724,14 +724,42 @@ def retry_upstream(
         )
 
 
+def _carrier() -> str | None:
+    """The carrier a number settled by hand was held at: PROVIDER, unless that is `none`."""
+    provider = get_settings().provider
+    return None if provider == "none" else provider
+
+
 @main.command("resolve-upstream")
 @click.argument("phone_number", metavar="PHONE")
 @click.option("--reason", required=True, help="What was done upstream; kept in the tombstone.")
 @click.option("--by", default=_operator, show_default="login name", help="Who settled it.")
-def resolve_upstream(phone_number: str, reason: str, by: str) -> None:
+@click.option(
+    "--carrier",
+    default=_carrier,
+    show_default="PROVIDER, else unknown",
+    help="The carrier that held the number (its ledger entry).",
+)
+@click.option(
+    "--ported-out",
+    is_flag=True,
+    help="The number left by a port-out: not a permanent disconnection, never reported.",
+)
+def resolve_upstream(
+    phone_number: str, reason: str, by: str, carrier: str | None, ported_out: bool
+) -> None:
     """Purge a number kept upstream that a person settled at the provider by hand."""
     with _sessions().begin() as session:
-        _print_json(resolve_by_operator(session, phone_number=phone_number, reason=reason, by=by))
+        _print_json(
+            resolve_by_operator(
+                session,
+                phone_number=phone_number,
+                reason=reason,
+                by=by,
+                carrier=carrier,
+                ported_out=ported_out,
+            )
+        )
 
 
 if __name__ == "__main__":
