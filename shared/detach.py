@@ -7,9 +7,12 @@ services with their address, and its CNAM listing. Each is a step, run in that o
 the release, each idempotent and proven by the carrier's own answer (docs/runbook.md,
 "Detach before release", cites Telnyx's API reference for every call):
 
-- campaign: `DELETE /v2/10dlc/phone_number_campaigns/{phoneNumber}` answers the assignment it
-  removed, or Telnyx's documented not-found error (HTTP 404, `{"errors": [{"code": ...}]}`) when
-  the number has none. US numbers only: 10DLC does not exist elsewhere.
+- campaign: `GET /v2/10dlc/phone_number_campaigns/{phoneNumber}` answers the assignment record,
+  or Telnyx's documented not-found error (HTTP 404, `{"errors": [{"code": ...}]}`) when the
+  number has none; `DELETE` on the same path removes it, and the assignment counts as removed
+  once a GET answers that 404 again. While Telnyx still shows it `PENDING_UNASSIGNMENT` the
+  number is kept (`detach_campaign_pending`); `FAILED_UNASSIGNMENT` needs a person. US numbers
+  only: 10DLC does not exist elsewhere.
 - emergency: `GET /v2/phone_numbers/{id}/voice` shows `emergency.emergency_enabled` and
   `emergency_status`; when on, `POST /v2/phone_numbers/jobs/update_emergency_settings` with
   `{"emergency_enabled": false, "phone_numbers": [id]}` (a background job) switches it off, and
@@ -114,6 +117,47 @@ def _step_error(
     )
 
 
+@dataclass(frozen=True)
+class Absent:
+    """Telnyx's documented not-found answer: there is nothing (its error code)."""
+
+    code: str
+
+
+def _unassigning(assignment: dict[str, Any], call: str) -> UpstreamResult | None:
+    """An assignment Telnyx is removing already (pending), or failed to remove (permanent)."""
+    state = assignment.get("assignmentStatus")
+    if state == "PENDING_UNASSIGNMENT":
+        return _campaign_pending(assignment)
+    if state == "FAILED_UNASSIGNMENT":
+        reasons = str(assignment.get("failureReasons") or "no reason given")[:300]
+        return UpstreamResult(
+            "permanent",
+            _error(
+                f"Removing {STEP_NAMES['campaign']} before the release: {call} shows it "
+                f"FAILED_UNASSIGNMENT: {reasons}",
+                code="detach_campaign_failed",
+                fix="Have the campaign's owner unassign the number (Telnyx portal), then "
+                "`numbers-retention retry-upstream PHONE`.",
+            ),
+        )
+    return None
+
+
+def _campaign_pending(assignment: dict[str, Any]) -> UpstreamResult:
+    return UpstreamResult(
+        "transient",
+        _error(
+            f"Telnyx is still removing the number's 10DLC campaign assignment (campaign "
+            f"{str(assignment.get('campaignId'))[:64]}, assignmentStatus "
+            f"{assignment.get('assignmentStatus')!r}). The number is released once Telnyx no "
+            "longer shows it.",
+            code="detach_campaign_pending",
+            fix="Nothing to do: the purge asks again after its backoff.",
+        ),
+    )
+
+
 def _pending(job_id: str | None, status: object) -> UpstreamResult:
     job = f" (job {job_id})" if job_id else ""
     return UpstreamResult(
@@ -172,39 +216,61 @@ class TelnyxDetacher:
                 ),
             )
         path = CAMPAIGNS + quote(target.phone_number, safe="+")
-        call = f"DELETE {path}"
-        response = self._call("DELETE", path)
+        assignment = self._assignment("GET", path, target)
+        if not isinstance(assignment, dict):
+            if isinstance(assignment, Absent):
+                proofs.append(
+                    _proof("campaign", "none", call=f"GET {path}", status=404, code=assignment.code)
+                )
+                return None
+            return assignment
+        # One already on its way out is not asked for again; a failed one needs a person.
+        waiting = _unassigning(assignment, f"GET {path}")
+        if waiting is not None:
+            return waiting
+        removed = self._assignment("DELETE", path, target)
+        if isinstance(removed, UpstreamResult):
+            return removed
+        # Removed only once Telnyx no longer shows it: unassigning takes the carriers' time.
+        confirm = self._assignment("GET", path, target)
+        if isinstance(confirm, UpstreamResult):
+            return confirm
+        if isinstance(confirm, dict):
+            return _unassigning(confirm, f"GET {path}") or _campaign_pending(confirm)
+        record = removed if isinstance(removed, dict) else assignment
+        proofs.append(
+            _proof(
+                "campaign",
+                "removed",
+                call=f"DELETE {path}",
+                campaignId=str(record["campaignId"]),
+                assignmentStatus=record.get("assignmentStatus"),
+                confirmed_by=f"GET {path}",
+                status=404,
+            )
+        )
+        return None
+
+    def _assignment(
+        self, method: str, path: str, target: Target
+    ) -> dict[str, Any] | Absent | UpstreamResult:
+        """`GET` or `DELETE` the number's assignment: its record (the one deleted, for a
+        DELETE), or Absent on Telnyx's documented not-found error."""
+        response = self._call(method, path)
         if isinstance(response, UpstreamResult):
             return response
         payload = _json(response)
         errors = _telnyx_errors(payload)
         if response.status_code == 404 and errors is not None:
-            code = str(errors[0]["code"])
-            proofs.append(_proof("campaign", "none", call=call, status=404, code=code))
-            return None
+            return Absent(str(errors[0]["code"]))
         if (
             response.status_code == 200
             and isinstance(payload, dict)
             and payload.get("phoneNumber") == target.phone_number
             and payload.get("campaignId")
         ):
-            state = payload.get("assignmentStatus")
-            if state == "FAILED_UNASSIGNMENT":
-                reasons = str(payload.get("failureReasons") or "no reason given")[:300]
-                error = _step_error("campaign", call, response, [{"detail": reasons}])
-                return UpstreamResult("permanent", error)
-            proofs.append(
-                _proof(
-                    "campaign",
-                    "removed",
-                    call=call,
-                    status=200,
-                    campaignId=str(payload["campaignId"]),
-                    assignmentStatus=state,
-                )
-            )
-            return None
-        return _refused("campaign", call, response)
+            return payload
+        return _refused("campaign", f"{method} {path}", response)
 
     def _read_voice(self, target: Target) -> dict[str, Any] | UpstreamResult | None:
         """The number's voice settings; None when Telnyx answers its documented not-found

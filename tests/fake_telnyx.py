@@ -5,7 +5,8 @@ Telnyx's API reference documents it (docs/runbook.md, "Detach before release", c
 
 - a 10DLC campaign assignment per E.164 number: `GET` and `DELETE
   /v2/10dlc/phone_number_campaigns/{phoneNumber}` answer the assignment record itself (no
-  `data` envelope), or Telnyx's error shape with a 404;
+  `data` envelope), or Telnyx's error shape with a 404; a deleted one is `PENDING_UNASSIGNMENT`
+  for `campaign_pending_reads` reads, then gone;
 - voice settings per number id, with its `emergency` and `cnam_listing`: `GET` and `PATCH
   /v2/phone_numbers/{id}/voice` answer `{"data": {..., "record_type": "voice_settings"}}`;
 - emergency is switched off by a background job, `POST
@@ -241,8 +242,11 @@ class FakeTelnyx:
         # voice_get, voice_patch, emergency_job, for every number, or for one as
         # "<kind> <E.164 number or id>" (consumed in order, the last one repeats).
         self.detach_script: dict[str, list[Reply]] = {}
-        # Reads of the voice settings that still show `deprovisioning` after an emergency job.
+        # Reads of the voice settings that still show `deprovisioning` after an emergency job,
+        # and of an assignment that still show it `PENDING_UNASSIGNMENT` after its DELETE.
         self.emergency_pending_reads = 0
+        self.campaign_pending_reads = 0
+        self._unassigning: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         # Every request, in order: (method, path, the number id a job's body names or "").
@@ -312,15 +316,27 @@ class FakeTelnyx:
             return replies.pop(0) if len(replies) > 1 else replies[0]
 
     def campaign(self, path: str, *, delete: bool) -> Reply:
-        """`GET`/`DELETE /v2/10dlc/phone_number_campaigns/{phoneNumber}`: the assignment record
-        (deleted by a DELETE), or Telnyx's 404 when the number has none."""
+        """`GET`/`DELETE /v2/10dlc/phone_number_campaigns/{phoneNumber}`: the assignment record,
+        or Telnyx's 404 when the number has none. A DELETE answers the record as
+        `PENDING_UNASSIGNMENT`; GETs still show it so for `campaign_pending_reads` reads."""
         phone_number = unquote(path.split("?")[0][len(CAMPAIGNS) :])
         with self._lock:
-            assignment = (self.campaigns.pop if delete else self.campaigns.get)(phone_number, None)
-        if assignment is None:
-            return NOT_FOUND
-        if delete:
-            assignment = {**assignment, "assignmentStatus": "PENDING_UNASSIGNMENT"}
+            assignment = self.campaigns.get(phone_number)
+            if assignment is None:
+                return NOT_FOUND
+            if delete:
+                assignment = {**assignment, "assignmentStatus": "PENDING_UNASSIGNMENT"}
+                if self.campaign_pending_reads:
+                    self.campaigns[phone_number] = assignment
+                    self._unassigning[phone_number] = self.campaign_pending_reads
+                else:
+                    del self.campaigns[phone_number]
+            elif phone_number in self._unassigning:
+                left = self._unassigning[phone_number]
+                if left <= 0:
+                    del self.campaigns[phone_number], self._unassigning[phone_number]
+                    return NOT_FOUND
+                self._unassigning[phone_number] = left - 1
         return Reply(200, json.dumps(assignment))
 
     def voice(self, number_id: str) -> Reply:

@@ -44,6 +44,7 @@ def seed(
 def calls_about(fake: FakeTelnyx, number_id: str, phone_number: str) -> list[str]:
     """The calls the server saw about one number, in order, named by what they do."""
     names = {
+        ("GET", f"{CAMPAIGNS}{phone_number}"): "campaign.get",
         ("DELETE", f"{CAMPAIGNS}{phone_number}"): "campaign.delete",
         ("GET", f"{NUMBERS}{number_id}/voice"): "voice.get",
         ("PATCH", f"{NUMBERS}{number_id}/voice"): "voice.patch",
@@ -71,7 +72,9 @@ def test_what_a_number_carries_is_removed_before_it_is_released(
     assert fake_telnyx.carried_at_delete == {"800": set(), "801": set(), "802": set()}
     assert fake_telnyx.campaigns == {}
     assert calls_about(fake_telnyx, "800", everything) == [
+        "campaign.get",
         "campaign.delete",
+        "campaign.get",  # Telnyx no longer shows the assignment
         "voice.get",
         "emergency.job",
         "voice.get",  # the carrier's own record shows emergency services off
@@ -79,7 +82,7 @@ def test_what_a_number_carries_is_removed_before_it_is_released(
         "number.delete",
     ]
     assert calls_about(fake_telnyx, "802", bare) == [
-        "campaign.delete",  # Telnyx's documented 404: no assignment
+        "campaign.get",  # Telnyx's documented 404: no assignment
         "voice.get",
         "number.delete",
     ]
@@ -113,7 +116,7 @@ NOT_PROOF = {
 
 
 @pytest.mark.parametrize("answer", NOT_PROOF.values(), ids=NOT_PROOF.keys())
-@pytest.mark.parametrize("kind", ["campaign_delete", "voice_get"])
+@pytest.mark.parametrize("kind", ["campaign_get", "campaign_delete", "voice_get"])
 def test_an_answer_that_does_not_prove_a_step_releases_nothing(
     session_factory: Factory,
     now: datetime,
@@ -125,6 +128,8 @@ def test_an_answer_that_does_not_prove_a_step_releases_nothing(
     """Only Telnyx's documented not-found error proves that a number has no assignment; any
     other answer says the base URL or the key is wrong, as it does for the release."""
     numbers = seed(session_factory, now, 2)
+    for i, number in enumerate(numbers):
+        fake_telnyx.attach(f"80{i}", number, campaign="cmp_a")
     fake_telnyx.detach_script[kind] = [answer]
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.status, report.purged) == ("provider_misconfigured", 0)
@@ -196,6 +201,44 @@ def test_emergency_being_switched_off_keeps_the_number_until_the_carrier_shows_i
     assert fake_telnyx.carried_at_delete == {"800": set()}
 
 
+def test_a_campaign_assignment_still_being_removed_keeps_the_number_until_telnyx_drops_it(
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    fake_telnyx.attach("800", number, campaign="cmp_a")
+    fake_telnyx.campaign_pending_reads = 1  # still PENDING_UNASSIGNMENT at the next read
+    first = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (first.purged, first.provider_failed) == (0, 1)
+    kept = numbers_by_phone(session_factory)[number]
+    assert kept.provider_error_code == "detach_campaign_pending"
+    assert not kept.provider_failed_permanently
+    assert "cmp_a" in (kept.provider_error_message or "")
+    assert fake_telnyx.paths == []
+    again = purge_expired(session_factory, now=now + BACKOFF, provider=telnyx)
+    assert again.purged == 1
+    deletes = [c for c in calls_about(fake_telnyx, "800", number) if c == "campaign.delete"]
+    assert deletes == ["campaign.delete"]  # not asked for again while pending
+    assert fake_telnyx.carried_at_delete == {"800": set()}
+
+
+def test_an_assignment_telnyx_failed_to_remove_needs_a_person(
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    fake_telnyx.attach("800", number, campaign="cmp_a")
+    fake_telnyx.campaigns[number] |= {
+        "assignmentStatus": "FAILED_UNASSIGNMENT",
+        "failureReasons": "T-Mobile rejected the deprovisioning",
+    }
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged) == ("completed", 0)
+    kept = numbers_by_phone(session_factory)[number]
+    assert kept.provider_error_code == "detach_campaign_failed"
+    assert kept.provider_failed_permanently
+    assert "T-Mobile rejected" in (kept.provider_error_message or "")
+    assert fake_telnyx.paths == []
+
+
 def test_every_step_is_idempotent(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
@@ -211,8 +254,9 @@ def test_every_step_is_idempotent(
     done = purge_expired(session_factory, now=now + BACKOFF, provider=telnyx)
     assert done.purged == 1
     assert calls_about(fake_telnyx, "800", number) == [
-        *["campaign.delete", "voice.get", "emergency.job", "voice.get", "voice.patch"],
+        *["campaign.get", "campaign.delete", "campaign.get"],
+        *["voice.get", "emergency.job", "voice.get", "voice.patch"],
         "number.delete",
-        *["campaign.delete", "voice.get"],
+        *["campaign.get", "voice.get"],
         "number.delete",
     ]
