@@ -306,9 +306,20 @@ class TelnyxDetacher:
     def _emergency(
         self, target: Target, settings: dict[str, Any], proofs: list[Proof]
     ) -> UpstreamResult | None:
+        read = f"GET /v2/phone_numbers/{target.number_id}/voice"
+        if not isinstance(settings.get("emergency"), dict):  # no state to prove anything by
+            return UpstreamResult(
+                "permanent",
+                _error(
+                    f"Removing {STEP_NAMES['emergency']} before the release: {read} answered "
+                    "voice settings without their emergency state.",
+                    code="detach_emergency_failed",
+                    fix="Check the number's emergency settings in the Telnyx portal, then "
+                    "`numbers-retention retry-upstream PHONE`.",
+                ),
+            )
         emergency = _section(settings, "emergency")
         enabled, status = emergency.get("emergency_enabled"), emergency.get("emergency_status")
-        read = f"GET /v2/phone_numbers/{target.number_id}/voice"
         if enabled is False and status == "disabled":
             proofs.append(_proof("emergency", "none", call=read, emergency_status=status))
             return None

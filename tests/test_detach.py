@@ -5,6 +5,7 @@ number itself is released there. Against the Telnyx-like server on loopback, on 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -236,6 +237,23 @@ def test_an_assignment_telnyx_failed_to_remove_needs_a_person(
     assert kept.provider_error_code == "detach_campaign_failed"
     assert kept.provider_failed_permanently
     assert "T-Mobile rejected" in (kept.provider_error_message or "")
+    assert fake_telnyx.paths == []
+
+
+def test_voice_settings_without_an_emergency_state_keep_the_number_for_a_person(
+    session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    settings = {"id": "800", "record_type": "voice_settings", "cnam_listing": {}}
+    fake_telnyx.detach_script["voice_get 800"] = [Reply(200, json.dumps({"data": settings}))]
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged) == ("completed", 0)
+    kept = numbers_by_phone(session_factory)[number]
+    assert (kept.provider_error_code, kept.provider_failed_permanently) == (
+        "detach_emergency_failed",
+        True,
+    )
+    assert fake_telnyx.jobs == {}
     assert fake_telnyx.paths == []
 
 
