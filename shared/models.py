@@ -183,10 +183,22 @@ class CampaignAssignment(Base):
         return f"CampaignAssignment(number_id={self.number_id!r}, status={self.status!r})"
 
 
+DISCONNECT_REASONS = ("released", "operator", "ported_out")
+
+
 class PurgedNumber(Base):
-    """Tombstone of a purged number: its fields as they were, when, and by which run."""
+    """Tombstone of a purged number: its fields as they were, when, and by which run; and its
+    entry in the ledger of disconnections (carrier, proofs, disconnect date and reason)."""
 
     __tablename__ = "purged_numbers"
+    __table_args__ = (
+        CheckConstraint(
+            "disconnect_reason IN ("
+            + ", ".join(f"'{reason}'" for reason in DISCONNECT_REASONS)
+            + ")",
+            name="disconnect_reason_known",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     # Unique: a number is tombstoned exactly once, whatever retries or concurrent runs do.
@@ -212,6 +224,19 @@ class PurgedNumber(Base):
     resolution: Mapped[str | None] = mapped_column(String(16))
     resolved_by: Mapped[str | None] = mapped_column(String(64))
     resolution_note: Mapped[str | None] = mapped_column(Text)
+    # The ledger of disconnections. `carrier`: the carrier that held the number ('none': the
+    # purge ran without one; 'unknown': settled by hand without saying). `release_proof`: how
+    # the carrier proved the release (its record of the id, its 404, no id to release).
+    # `detach_steps`: what was removed from the number there first, each with its proof.
+    # `disconnect_date`: the UTC date the number was permanently disconnected (purged);
+    # `disconnect_reason`: 'released' (by its account, purged after the window), 'operator'
+    # (settled at the carrier by a person), 'ported_out' (left by a port-out: not a permanent
+    # disconnection, never reported).
+    carrier: Mapped[str] = mapped_column(String(16))
+    release_proof: Mapped[dict[str, Any] | None]
+    detach_steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    disconnect_date: Mapped[date] = mapped_column(Date, index=True)
+    disconnect_reason: Mapped[str] = mapped_column(String(16))
 
     def __repr__(self) -> str:
         return f"PurgedNumber(number_id={self.number_id!r}, phone_number={self.phone_number!r})"

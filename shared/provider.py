@@ -54,6 +54,9 @@ class UpstreamResult:
     retry_after: float | None = None
     resolution: Resolution | None = None
     waits_on: WaitsOn | None = None  # only for `refused`
+    # What was removed from the number at the carrier before its release, each step with the
+    # carrier's proof (shared/detach.py); kept in its tombstone.
+    detached: tuple[dict[str, Any], ...] = ()
 
 
 RELEASED = UpstreamResult("released", resolution="provider")
@@ -188,6 +191,11 @@ _WAITS_FIX: dict[WaitsOn, str] = {
     "carrier": "Nothing to do: Telnyx is still carrying something out for this number "
     "(a port-out); the purge asks again after its backoff.",
 }
+
+
+def _locked(status: int, errors: list[dict[str, Any]] | None) -> bool:
+    """A 403 about the number asked for (Telnyx's 10035), not about the key."""
+    return status == 403 and errors is not None and str(errors[0]["code"]) in _NUMBER_403_CODES
 
 
 def refused(message: str, *, waits_on: WaitsOn, provider_code: object) -> UpstreamResult:
@@ -356,6 +364,11 @@ class TelnyxProvider:
             return _deleted(record, provider_number_id)
         return _not_deleted(response, payload)
 
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
+        """One call to Telnyx with this key (the detach steps, shared/detach.py): its answer,
+        or the failure of the call as an outcome."""
+        return self._call(method, path, **kwargs)
+
     def close(self) -> None:
         self._client.close()
 
@@ -366,7 +379,7 @@ def _not_deleted(response: httpx.Response, payload: Any) -> UpstreamResult:
     Telnyx's 404 is a release (see `TelnyxProvider`)."""
     status = response.status_code
     errors = _telnyx_errors(payload)
-    if status == 403 and errors and str(errors[0]["code"]) in _NUMBER_403_CODES:
+    if errors and _locked(status, errors):
         return _refused_by_error(response, errors, "person")
     if status in (401, 403):
         if payload is None:  # HTML or another content type: not Telnyx answering

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from functools import partial
+from typing import Any, cast
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
@@ -22,7 +23,9 @@ from sqlalchemy.orm import Session
 from shared import events
 from shared.clock import not_ahead, resolve_now
 from shared.controls import operator_record
+from shared.detach import release_detached
 from shared.errors import ProviderError, ValidationError
+from shared.ledger import release_proof
 from shared.lifecycle import lock_number, refuse_while_called
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.provider import Provider, Resolution, UpstreamResult, misconfigured
@@ -32,10 +35,13 @@ from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 @dataclass(frozen=True)
 class Claim:
-    """A row claimed for purging and the provider's id for its number (None: nothing upstream)."""
+    """A row claimed for purging and the provider's id for its number (None: nothing upstream),
+    with its E.164 number and country (what the detach steps are keyed by)."""
 
     id: int
     provider_number_id: str | None
+    phone_number: str = ""
+    country_code: str = ""
 
 
 @dataclass
@@ -50,6 +56,9 @@ class UpstreamOutcome:
     provider_down: bool = False
     # An answer that forbids further calls (a misconfiguration): the run stops.
     stopped_by: UpstreamResult | None = None
+    # For the ledger of each number that may be tombstoned: {"release": how the carrier proved
+    # its release, "detach": what was removed from it there first} (shared/ledger.py).
+    proofs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def refused(self) -> int:
@@ -72,13 +81,20 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
     `account_probe`).
     """
     rows = session.execute(
-        select(PhoneNumber.id, PhoneNumber.provider_number_id)
+        select(
+            PhoneNumber.id,
+            PhoneNumber.provider_number_id,
+            PhoneNumber.phone_number,
+            PhoneNumber.country_code,
+        )
         .where(claimable_numbers(now), PhoneNumber.id > after)
         .order_by(PhoneNumber.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    claims = [Claim(row.id, row.provider_number_id) for row in rows]
+    claims = [
+        Claim(row.id, row.provider_number_id, row.phone_number, row.country_code) for row in rows
+    ]
     if claims:
         session.execute(
             update(PhoneNumber)
@@ -151,6 +167,9 @@ def release_upstream(
 ) -> UpstreamOutcome:
     """Call the provider for each claim, at most `concurrency` at once; no transaction is open.
 
+    Each number is first detached at the carrier (shared/detach.py: its 10DLC campaign, its
+    emergency services, its CNAM listing), then released; a failed step is its outcome.
+
     After `failure_streak` failures in a row no further call is started: the provider is
     treated as down and the rest stay claimed for a later run. A refusal of one number (a
     lock, a port-out) is an answer, not a failure: it never counts toward the streak and
@@ -163,6 +182,8 @@ def release_upstream(
     (held, or settled by a person, since its claim) is not called.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
+    for number_id in outcome.skipped:
+        outcome.proofs[number_id] = {"release": release_proof("no_provider_id", None), "detach": []}
     pending = [c for c in claims if c.provider_number_id is not None]
     streak = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upstream") as pool:
@@ -180,8 +201,15 @@ def release_upstream(
                     outcome.withheld.append(claim.id)
                     continue
                 call = contextvars.copy_context().run
-                number_id = cast(str, claim.provider_number_id)
-                running[pool.submit(call, provider.release, number_id)] = claim
+                # What the number carries at the carrier is removed before its release.
+                release = partial(
+                    release_detached,
+                    provider,
+                    number_id=cast(str, claim.provider_number_id),
+                    phone_number=claim.phone_number,
+                    country_code=claim.country_code,
+                )
+                running[pool.submit(call, release)] = claim
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -199,7 +227,12 @@ def release_upstream(
 def _take(outcome: UpstreamOutcome, claim: Claim, result: UpstreamResult, streak: int) -> int:
     """Record one call's result in `outcome`; the failure streak after it."""
     if result.outcome == "released":
-        outcome.released[claim.id] = result.resolution or "provider"
+        resolution = result.resolution or "provider"
+        outcome.released[claim.id] = resolution
+        outcome.proofs[claim.id] = {
+            "release": release_proof(resolution, claim.provider_number_id),
+            "detach": list(result.detached),
+        }
         return 0
     outcome.failed[claim.id] = result
     if result.outcome == "refused":
@@ -297,12 +330,23 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
 
 
 def resolve_by_operator(
-    session: Session, *, phone_number: str, reason: object, by: str, now: datetime | None = None
+    session: Session,
+    *,
+    phone_number: str,
+    reason: object,
+    by: str,
+    now: datetime | None = None,
+    carrier: str | None = None,
+    ported_out: bool = False,
 ) -> dict[str, object]:
     """A person settled a number upstream by hand: tombstone and delete it now, recording
     who and why. Only for a number that is due and carries upstream state (claimed, or kept
     by a provider error), which the purge itself would never delete without the provider.
-    Like a purge run, it refuses an instant ahead of this host's clock."""
+    Like a purge run, it refuses an instant ahead of this host's clock.
+
+    The ledger records `carrier` (the carrier that held it; 'unknown' when not given) and the
+    disconnect reason 'operator', or 'ported_out' when the number left by a port-out (not a
+    permanent disconnection: never in the disconnections report)."""
     note, who, now = operator_record(by=by, reason=reason, now=not_ahead(now))
     if note is None:
         raise ValidationError(
@@ -329,7 +373,14 @@ def resolve_by_operator(
     run_id = str(uuid.uuid4())
     numbers = Base.metadata.tables[PhoneNumber.__tablename__]
     stone = tombstone_values(
-        numbers.c, now=now, run_id=run_id, resolution="operator", resolved_by=who, note=note
+        numbers.c,
+        now=now,
+        run_id=run_id,
+        resolution="operator",
+        resolved_by=who,
+        note=note,
+        carrier=(carrier or "unknown")[:16],
+        reason="ported_out" if ported_out else "operator",
     )
     session.execute(
         insert(Base.metadata.tables[PurgedNumber.__tablename__]).from_select(
@@ -347,5 +398,6 @@ def resolve_by_operator(
         "purged": True,
         "resolution": "operator",
         "resolvedBy": who,
+        "disconnectReason": "ported_out" if ported_out else "operator",
         "runId": run_id,
     }

@@ -5,6 +5,23 @@ means"): errors are `{"errors": [{"code", "title", "detail", "source", "meta"}]}
 Telnyx's codes (`10005` not found, `10009` authentication failed, `10010` authorization
 failed, `10035` resource locked); `DELETE /v2/phone_numbers/{id}` answers the phone-number
 record (`status`, `deletion_lock_enabled`) of that id.
+
+Besides the numbers themselves it holds what a number carries at Telnyx, each answered as
+Telnyx's API reference documents it (docs/runbook.md, "Detach before release", cites them):
+
+- a 10DLC campaign assignment per E.164 number: `GET` and `DELETE
+  /v2/10dlc/phone_number_campaigns/{phoneNumber}` answer the assignment record itself (no
+  `data` envelope), or Telnyx's error shape with a 404; a deleted one is `PENDING_UNASSIGNMENT`
+  for `campaign_pending_reads` reads, then gone;
+- voice settings per number id, with its `emergency` and `cnam_listing`: `GET` and `PATCH
+  /v2/phone_numbers/{id}/voice` answer `{"data": {..., "record_type": "voice_settings"}}`;
+- emergency is switched off by a background job, `POST
+  /v2/phone_numbers/jobs/update_emergency_settings` (202, a `phone_numbers_job`), which the
+  voice settings show as `deprovisioning` for `emergency_pending_reads` reads, then `disabled`.
+
+Telnyx does not document refusing the deletion of a number that still carries any of them, so
+this server does not refuse it either: it records what each number still carried when its
+DELETE came (`carried_at_delete`) and the order of every call (`log`).
 """
 
 from __future__ import annotations
@@ -12,12 +29,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 API_KEY = "KEY_test_0123456789abcdef"
 # Where Telnyx's error `meta.url` points: its page per code.
@@ -114,6 +133,41 @@ def port_out_pending(number_id: str) -> Reply:
     return record(number_id, status="port-out-pending")
 
 
+NUMBERS = "/v2/phone_numbers/"
+CAMPAIGNS = "/v2/10dlc/phone_number_campaigns/"
+EMERGENCY_JOB = "/v2/phone_numbers/jobs/update_emergency_settings"
+
+
+@dataclass
+class Carried:
+    """What one number carries at Telnyx besides itself."""
+
+    phone_number: str
+    emergency_enabled: bool = False
+    emergency_address_id: str | None = None
+    emergency_status: str = "disabled"
+    cnam_enabled: bool = False
+    cnam_details: str | None = None
+
+    def voice(self, number_id: str) -> dict[str, Any]:
+        """The number's voice settings as Telnyx's API reference shows them."""
+        return {
+            "id": number_id,
+            "record_type": "voice_settings",
+            "connection_id": "1d0e6cb8-8668-462e-94c6-49ae0f0ed48b",
+            "emergency": {
+                "emergency_enabled": self.emergency_enabled,
+                "emergency_address_id": self.emergency_address_id,
+                "emergency_status": self.emergency_status,
+            },
+            "cnam_listing": {
+                "cnam_listing_enabled": self.cnam_enabled,
+                "cnam_listing_details": self.cnam_details,
+            },
+            "usage_payment_method": "pay-per-minute",
+        }
+
+
 class _Server(ThreadingHTTPServer):
     fake: FakeTelnyx
     # Room for every call of a batch at once (the default backlog of 5 drops connections
@@ -133,13 +187,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(UNAUTHORIZED)
         return False
 
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            return json.loads(self.rfile.read(length) or b"null")
+        except ValueError:
+            return None
+
     def do_GET(self) -> None:
+        fake = self.server.fake
+        fake.logged("GET", self.path)
         if not self._authorized():
             return
-        path, prefix = self.path.split("?")[0], "/v2/phone_numbers/"
+        path, prefix = self.path.split("?")[0], NUMBERS
+        if path.startswith(CAMPAIGNS):
+            key = unquote(path[len(CAMPAIGNS) :])
+            self._send(fake.detach_reply("campaign_get", key) or fake.campaign(path, delete=False))
+            return
+        if path.startswith(prefix) and path.endswith("/voice"):
+            number_id = path[len(prefix) : -6]
+            self._send(fake.detach_reply("voice_get", number_id) or fake.voice(number_id))
+            return
         if path.startswith(prefix):  # retrieve one number: its record while the account holds it
             number_id = path[len(prefix) :]
-            self._send(record(number_id) if self.server.fake.holds(number_id) else NOT_FOUND)
+            self._send(record(number_id) if fake.holds(number_id) else NOT_FOUND)
             return
         if path != "/v2/phone_numbers":
             self._send(NOT_FOUND)
@@ -147,8 +218,39 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake.checks += 1
         self._send(Reply(200, json.dumps({"data": [], "meta": {"total_results": 0}})))
 
-    def do_DELETE(self) -> None:
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        body = self._body()
+        numbers = body.get("phone_numbers") if isinstance(body, dict) else None
+        key = str(numbers[0]) if isinstance(numbers, list) and numbers else ""
+        fake.logged("POST", self.path, about=key)
         if not self._authorized():
+            return
+        if self.path != EMERGENCY_JOB:
+            self._send(NOT_FOUND)
+            return
+        self._send(fake.detach_reply("emergency_job", key) or fake.emergency_job(body))
+
+    def do_PATCH(self) -> None:
+        fake = self.server.fake
+        fake.logged("PATCH", self.path)
+        if not self._authorized():
+            return
+        body = self._body()
+        if not (self.path.startswith(NUMBERS) and self.path.endswith("/voice")):
+            self._send(NOT_FOUND)
+            return
+        number_id = self.path[len(NUMBERS) : -6]
+        self._send(fake.detach_reply("voice_patch", number_id) or fake.patch_voice(number_id, body))
+
+    def do_DELETE(self) -> None:
+        self.server.fake.logged("DELETE", self.path)
+        if not self._authorized():
+            return
+        fake = self.server.fake
+        if self.path.startswith(CAMPAIGNS):
+            reply = fake.detach_reply("campaign_delete", unquote(self.path[len(CAMPAIGNS) :]))
+            self._send(reply or fake.campaign(self.path, delete=True))
             return
         self.server.fake.paths.append(self.path)
         prefix = "/v2/phone_numbers/"
@@ -166,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
             if gate is not None:  # a test holds this call until it has done its part
                 gate.arrived.set()
                 gate.opened.wait(GATE_TIMEOUT)
+            self.server.fake.note_delete(number_id)
             reply = self.server.fake.answer(number_id)
             time.sleep(reply.delay)
             if releases(reply, number_id):
@@ -249,6 +352,169 @@ class FakeTelnyx:
         self.gates: dict[str, Gate] = {}
         self._lock = threading.Lock()
         self.url = ""
+        # What numbers carry at Telnyx (by number id), and their 10DLC campaign assignments
+        # (by E.164 number, as Telnyx keys them).
+        self.carried: dict[str, Carried] = {}
+        self.campaigns: dict[str, dict[str, Any]] = {}
+        # Scripted answers of the detach endpoints, by kind: campaign_get, campaign_delete,
+        # voice_get, voice_patch, emergency_job, for every number, or for one as
+        # "<kind> <E.164 number or id>" (consumed in order, the last one repeats).
+        self.detach_script: dict[str, list[Reply]] = {}
+        # Reads of the voice settings that still show `deprovisioning` after an emergency job,
+        # and of an assignment that still show it `PENDING_UNASSIGNMENT` after its DELETE.
+        self.emergency_pending_reads = 0
+        self.campaign_pending_reads = 0
+        self._unassigning: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        # Every request, in order: (method, path, the number id a job's body names or "").
+        self.log: list[tuple[str, str, str]] = []
+        # For each number DELETE: what the number still carried at Telnyx at that moment.
+        self.carried_at_delete: dict[str, set[str]] = {}
+
+    def logged(self, method: str, path: str, *, about: str = "") -> None:
+        with self._lock:
+            self.log.append((method, path, about))
+
+    def attach(
+        self,
+        number_id: str,
+        phone_number: str,
+        *,
+        campaign: str | None = None,
+        emergency: bool = False,
+        cnam: str | None = None,
+    ) -> None:
+        """Give a number what a customer may have set up at Telnyx: a 10DLC campaign
+        assignment, emergency services with an address, a CNAM listing."""
+        self.carried[number_id] = Carried(
+            phone_number,
+            emergency_enabled=emergency,
+            emergency_address_id="1315261609962112019" if emergency else None,
+            emergency_status="active" if emergency else "disabled",
+            cnam_enabled=cnam is not None,
+            cnam_details=cnam,
+        )
+        if campaign is not None:
+            self.campaigns[phone_number] = {
+                "phoneNumber": phone_number,
+                "campaignId": campaign,
+                "brandId": "7ba705b7-22af-493f-addc-ac04b7ca071c",
+                "tcrCampaignId": "CCAMPA1",
+                "assignmentStatus": "ASSIGNED",
+                "createdAt": "2025-03-08T17:57:48.801186",
+                "updatedAt": "2025-03-08T17:57:48.801186",
+            }
+
+    def still_carries(self, number_id: str) -> set[str]:
+        """What the number carries at Telnyx now: campaign, emergency, cnam."""
+        with self._lock:
+            carried = self.carried.get(number_id)
+            if carried is None:
+                return set()
+            kinds = set()
+            if carried.phone_number in self.campaigns:
+                kinds.add("campaign")
+            if carried.emergency_enabled or carried.emergency_status != "disabled":
+                kinds.add("emergency")
+            if carried.cnam_enabled:
+                kinds.add("cnam")
+            return kinds
+
+    def note_delete(self, number_id: str) -> None:
+        self.carried_at_delete[number_id] = self.still_carries(number_id)
+
+    def detach_reply(self, kind: str, key: str) -> Reply | None:
+        """The scripted answer for this kind of call about this number (its E.164 number for
+        the campaign, else its id), or for every number; None: answer as Telnyx does."""
+        with self._lock:
+            replies = self.detach_script.get(f"{kind} {key}") or self.detach_script.get(kind)
+            if not replies:
+                return None
+            return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    def campaign(self, path: str, *, delete: bool) -> Reply:
+        """`GET`/`DELETE /v2/10dlc/phone_number_campaigns/{phoneNumber}`: the assignment record,
+        or Telnyx's 404 when the number has none. A DELETE answers the record as
+        `PENDING_UNASSIGNMENT`; GETs still show it so for `campaign_pending_reads` reads."""
+        phone_number = unquote(path.split("?")[0][len(CAMPAIGNS) :])
+        with self._lock:
+            assignment = self.campaigns.get(phone_number)
+            if assignment is None:
+                return NOT_FOUND
+            if delete:
+                assignment = {**assignment, "assignmentStatus": "PENDING_UNASSIGNMENT"}
+                if self.campaign_pending_reads:
+                    self.campaigns[phone_number] = assignment
+                    self._unassigning[phone_number] = self.campaign_pending_reads
+                else:
+                    del self.campaigns[phone_number]
+            elif phone_number in self._unassigning:
+                left = self._unassigning[phone_number]
+                if left <= 0:
+                    del self.campaigns[phone_number], self._unassigning[phone_number]
+                    return NOT_FOUND
+                self._unassigning[phone_number] = left - 1
+        return Reply(200, json.dumps(assignment))
+
+    def voice(self, number_id: str) -> Reply:
+        """`GET /v2/phone_numbers/{id}/voice`: the number's voice settings, or Telnyx's 404."""
+        if not self.holds(number_id):
+            return NOT_FOUND
+        with self._lock:
+            carried = self.carried.setdefault(number_id, Carried(""))
+            if carried.emergency_status == "deprovisioning":
+                left = self._pending.get(number_id, 0)
+                if left <= 0:
+                    carried.emergency_status = "disabled"
+                self._pending[number_id] = left - 1
+            return Reply(200, json.dumps({"data": carried.voice(number_id)}))
+
+    def patch_voice(self, number_id: str, body: Any) -> Reply:
+        """`PATCH /v2/phone_numbers/{id}/voice`: only what the request names changes."""
+        if not self.holds(number_id):
+            return NOT_FOUND
+        listing = body.get("cnam_listing") if isinstance(body, dict) else None
+        if body and "emergency" in body:  # not an updatable field of the voice settings
+            return telnyx_error(422, "10015", "Bad Request", "emergency is not updatable here")
+        with self._lock:
+            carried = self.carried.setdefault(number_id, Carried(""))
+            if isinstance(listing, dict) and "cnam_listing_enabled" in listing:
+                carried.cnam_enabled = bool(listing["cnam_listing_enabled"])
+            return Reply(200, json.dumps({"data": carried.voice(number_id)}))
+
+    def emergency_job(self, body: Any) -> Reply:
+        """`POST /v2/phone_numbers/jobs/update_emergency_settings`, validated as documented:
+        `phone_numbers` and `emergency_enabled` required; `emergency_address_id` null or absent
+        when disabling."""
+        numbers = body.get("phone_numbers") if isinstance(body, dict) else None
+        enabled = body.get("emergency_enabled") if isinstance(body, dict) else None
+        if not isinstance(numbers, list) or not numbers or not isinstance(enabled, bool):
+            return telnyx_error(422, "10015", "Bad Request", "phone_numbers must be present")
+        if enabled or body.get("emergency_address_id") is not None:
+            return telnyx_error(422, "10015", "Bad Request", "only disabling is scripted here")
+        job_id = str(uuid.uuid4())
+        with self._lock:
+            for number_id in numbers:
+                carried = self.carried.setdefault(str(number_id), Carried(""))
+                carried.emergency_enabled = False
+                carried.emergency_address_id = None
+                carried.emergency_status = (
+                    "deprovisioning" if self.emergency_pending_reads else "disabled"
+                )
+                self._pending[str(number_id)] = self.emergency_pending_reads
+            job = {
+                "id": job_id,
+                "record_type": "phone_numbers_job",
+                "status": "pending",
+                "type": "update_emergency_settings",
+                "phone_numbers": [{"id": str(n)} for n in numbers],
+                "pending_operations": [{"id": str(n)} for n in numbers],
+                "successful_operations": [],
+                "failed_operations": [],
+            }
+            self.jobs[job_id] = job
+        return Reply(202, json.dumps({"data": job}))
 
     def block(self, number_id: str) -> Gate:
         """Hold every DELETE of this id until the gate is opened (opened when the server stops)."""

@@ -1,7 +1,9 @@
-"""`numbers-retention`: run the worker, migrate, purge or publish now, list, status, holds, demo."""
+"""`numbers-retention`: run the worker, migrate, purge or publish now, list, status, holds, demo,
+the disconnections report."""
 
 from __future__ import annotations
 
+import csv
 import getpass
 import json
 import math
@@ -27,6 +29,7 @@ from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError, InternalError, ValidationError
 from shared.holds import hold_number, list_holds, unhold_number
+from shared.ledger import disconnections, disconnects_report, parse_month
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
@@ -736,14 +739,75 @@ def retry_upstream(
         )
 
 
+def _carrier() -> str | None:
+    """The carrier a number settled by hand was held at: PROVIDER, unless that is `none`."""
+    provider = get_settings().provider
+    return None if provider == "none" else provider
+
+
 @main.command("resolve-upstream")
 @click.argument("phone_number", metavar="PHONE")
 @click.option("--reason", required=True, help="What was done upstream; kept in the tombstone.")
 @click.option("--by", default=_operator, show_default="login name", help="Who settled it.")
-def resolve_upstream(phone_number: str, reason: str, by: str) -> None:
+@click.option(
+    "--carrier",
+    default=_carrier,
+    show_default="PROVIDER, else unknown",
+    help="The carrier that held the number (its ledger entry).",
+)
+@click.option(
+    "--ported-out",
+    is_flag=True,
+    help="The number left by a port-out: not a permanent disconnection, never reported.",
+)
+def resolve_upstream(
+    phone_number: str, reason: str, by: str, carrier: str | None, ported_out: bool
+) -> None:
     """Purge a number kept upstream that a person settled at the provider by hand."""
     with _sessions().begin() as session:
-        _print_json(resolve_by_operator(session, phone_number=phone_number, reason=reason, by=by))
+        _print_json(
+            resolve_by_operator(
+                session,
+                phone_number=phone_number,
+                reason=reason,
+                by=by,
+                carrier=carrier,
+                ported_out=ported_out,
+            )
+        )
+
+
+@main.group()
+def report() -> None:
+    """Reports from the store's ledger of disconnections."""
+
+
+@report.command()
+@click.option("--month", required=True, metavar="YYYY-MM", help="The calendar month (UTC).")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+    help="csv: the RND's two columns; json: with the count and what was left out.",
+)
+def disconnects(month: str, output: str) -> None:
+    """A month's permanent disconnections, as filed with the FCC's Reassigned Numbers Database.
+
+    Each US geographic telephone number (10 digits) with the date of its most recent permanent
+    disconnection in the month; numbers ported out, toll-free numbers and numbers outside the
+    US and its territories are left out (the json format counts them).
+    """
+    period = parse_month(month)  # a bad month is refused before the store is opened
+    with _sessions(read_only=True)() as session:
+        if output == "json":
+            _print_json(disconnects_report(session, period))
+            return
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["telephone_number", "disconnect_date"])
+        for number, when in disconnections(session, period):
+            writer.writerow([number, when.isoformat()])
 
 
 if __name__ == "__main__":

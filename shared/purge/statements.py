@@ -55,9 +55,11 @@ class BatchStatements:
         claimed: bool = False,
         provider: str | None = None,
         resolution: str | None = None,
+        carrier: str = "none",
     ) -> BatchStatements:
         """Statements for the single-phase path (rows no upstream run has touched) or, with
-        `claimed`, for the rows this run claimed and settled upstream (`resolution`)."""
+        `claimed`, for the rows this run claimed and settled upstream (`resolution`) at
+        `carrier`, the run's provider (its ledger's carrier; 'none' single-phase)."""
         # Fail safe: the single-phase path never deletes a row with upstream state (claimed,
         # or carrying a provider error): the carrier may still hold that number.
         overdue = purgeable_numbers(now) & (
@@ -66,7 +68,12 @@ class BatchStatements:
             else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
         )
         stone = partial(
-            tombstone_values, now=now, run_id=run_id, provider=provider, resolution=resolution
+            tombstone_values,
+            now=now,
+            run_id=run_id,
+            provider=provider,
+            resolution=resolution,
+            carrier=carrier,
         )
         # Core tables, not the ORM entities: the session runs these as plain statements with
         # their parameters (for an entity, parameters would mean an ORM bulk INSERT).

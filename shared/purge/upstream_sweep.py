@@ -9,6 +9,7 @@ from typing import get_args
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.ledger import record_proofs
 from shared.provider import Provider, Resolution, UpstreamResult
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
@@ -61,6 +62,7 @@ class UpstreamSweep:
                 claimed=True,
                 provider=None if resolution == "no_provider_id" else provider.name,
                 resolution=resolution,
+                carrier=provider.name,
             )
             for resolution in RESOLUTIONS
         }
@@ -139,6 +141,9 @@ class UpstreamSweep:
             purged = sum(
                 self.settle[resolution].purge(session, ids) for resolution, ids in settled.items()
             )
+            # Each tombstone's release proof and detach steps (the ledger of disconnections).
+            tombstoned = {i for ids in settled.values() for i in ids}
+            record_proofs(session, {i: p for i, p in outcome.proofs.items() if i in tombstoned})
             record_failures(
                 session,
                 outcome.failed,
