@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import defaultdict
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
 
 API_KEY = "KEY_test_0123456789abcdef"
 
@@ -38,6 +40,95 @@ def record(number_id: str) -> Reply:
 # The default answer: the record of whichever id was asked for.
 OK = Reply(200, None)
 NOT_FOUND = telnyx_error(404, "10005", "Resource not found")
+# Telnyx's answer past its rate limit (developers.telnyx.com, "Rate limiting"): status 429, code
+# 10011.
+TOO_MANY_REQUESTS = json.dumps(
+    {
+        "errors": [
+            {
+                "code": "10011",
+                "title": "Too many requests",
+                "detail": "You have exceeded the maximum number of allowed requests.",
+            }
+        ]
+    }
+)
+
+
+@dataclass
+class RateLimit:
+    """At most `rate` requests per second, as Telnyx enforces its limits: every answer says
+    `x-ratelimit-limit` (requests per window), `x-ratelimit-remaining` (left in this window)
+    and `x-ratelimit-reset` (seconds until the limit resets); a request past the limit is
+    answered 429 with code 10011 and `Retry-After`, and is not counted.
+
+    `kind="window"`: fixed windows of `window` seconds, `rate * window` requests each.
+    `kind="bucket"`: a token bucket of `rate * window` tokens refilled at `rate` per second;
+    `x-ratelimit-reset` is the time until it is full again.
+    Telnyx's documentation says the reset is "time in seconds": whole seconds (rounded up)
+    unless `fractional`, then milliseconds. `Retry-After` is always whole seconds (HTTP's
+    delta-seconds), rounded up.
+    """
+
+    rate: float
+    window: float = 1.0
+    kind: Literal["window", "bucket"] = "window"
+    fractional: bool = False
+    # Counters: requests let through, requests answered 429.
+    allowed: int = 0
+    limited: int = 0
+    _start: float = field(default_factory=time.monotonic)
+    _index: int = -1  # the current fixed window
+    _used: int = 0  # requests in it
+    _tokens: float | None = None
+    _filled_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def limit(self) -> int:
+        return max(1, round(self.rate * self.window))
+
+    def take(self) -> tuple[bool, dict[str, str]]:
+        """Whether a request arriving now may go on, and the headers of its answer."""
+        with self._lock:
+            now = time.monotonic()
+            if self.kind == "window":
+                ok, remaining, reset, wait = self._window(now)
+            else:
+                ok, remaining, reset, wait = self._bucket(now)
+            if ok:
+                self.allowed += 1
+            else:
+                self.limited += 1
+        headers = {
+            "x-ratelimit-limit": str(self.limit),
+            "x-ratelimit-remaining": str(remaining),
+            "x-ratelimit-reset": f"{reset:.3f}" if self.fractional else str(math.ceil(reset)),
+        }
+        if not ok:
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return ok, headers
+
+    def _window(self, now: float) -> tuple[bool, int, float, float]:
+        index = int((now - self._start) // self.window)
+        if index != self._index:
+            self._index, self._used = index, 0
+        reset = self._start + (index + 1) * self.window - now
+        ok = self._used < self.limit
+        if ok:
+            self._used += 1
+        return ok, self.limit - self._used, reset, reset
+
+    def _bucket(self, now: float) -> tuple[bool, int, float, float]:
+        if self._tokens is None:
+            self._tokens = float(self.limit)
+        self._tokens = min(self.limit, self._tokens + (now - self._filled_at) * self.rate)
+        self._filled_at = now
+        ok = self._tokens >= 1
+        if ok:
+            self._tokens -= 1
+        reset = (self.limit - self._tokens) / self.rate
+        return ok, int(self._tokens), reset, (1 - self._tokens) / self.rate
 
 
 class _Server(ThreadingHTTPServer):
@@ -50,11 +141,19 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {API_KEY}":
+        """Whether the request may be answered: the right key, within the rate limit."""
+        self._limit_headers: dict[str, str] = {}
+        if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+            self.server.fake.unauthorized += 1
+            self._send(telnyx_error(401, "10009", "Authentication failed"))
+            return False
+        limit = self.server.fake.rate_limit
+        if limit is None:
             return True
-        self.server.fake.unauthorized += 1
-        self._send(telnyx_error(401, "10009", "Authentication failed"))
-        return False
+        ok, self._limit_headers = limit.take()
+        if not ok:
+            self._send(Reply(429, TOO_MANY_REQUESTS))
+        return ok
 
     def do_GET(self) -> None:
         if not self._authorized():
@@ -102,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "Content-Type" not in reply.headers:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
-            for key, value in reply.headers.items():
+            for key, value in {**getattr(self, "_limit_headers", {}), **reply.headers}.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(payload)
@@ -128,6 +227,8 @@ class FakeTelnyx:
         self.held: set[str] | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        # Optional: a rate limit on every request with the right key (None: unlimited).
+        self.rate_limit: RateLimit | None = None
         self._lock = threading.Lock()
         self.url = ""
 
