@@ -12,9 +12,12 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import ProviderError, ValidationError
+from shared.ratelimit import CallDeferred, CarrierPace, shared_pace
 from shared.settings import Settings
 
-Outcome = Literal["released", "transient", "permanent", "misconfigured"]
+# `deferred`: not called (or refused with 429) and not waited for within the run's bounds (the
+# carrier's rate limit, see shared/ratelimit.py): not the number's failure, asked again later.
+Outcome = Literal["released", "transient", "permanent", "misconfigured", "deferred"]
 # How a release was proven: the provider's record of the id, or its "not found" error.
 Resolution = Literal["provider", "not_found"]
 
@@ -53,6 +56,11 @@ class Provider(Protocol):
 
     name: str
 
+    @property
+    def pace(self) -> CarrierPace | None:
+        """How its calls are paced to the carrier's rate limit (None: they are not)."""
+        ...
+
     def check(self) -> UpstreamResult | None:
         """None when the provider answers as configured; else why a run must not start."""
         ...
@@ -70,6 +78,7 @@ class NoProvider:
     """No upstream: every number counts as released."""
 
     name = "none"
+    pace: CarrierPace | None = None
 
     def check(self) -> UpstreamResult | None:
         return None
@@ -185,17 +194,31 @@ class TelnyxProvider:
 
     name = "telnyx"
 
-    def __init__(self, *, base_url: str, api_key: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout: float = 10.0,
+        pace: CarrierPace | None = None,
+    ) -> None:
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             timeout=timeout,
         )
+        self._timeout = timeout
+        self.pace = pace or CarrierPace()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
-        """The provider's answer, or the failure of the call as an outcome."""
+        """The provider's answer, or the failure of the call as an outcome. Paced to the
+        carrier's rate limit: a 429 is waited out and asked again, within the run's bounds."""
         try:
-            return self._client.request(method, path, **kwargs)
+            return self.pace.send(
+                lambda: self._client.request(method, path, **kwargs), max_wait=self._timeout
+            )
+        except CallDeferred as deferred:
+            return UpstreamResult("deferred", retry_after=deferred.wait)
         except httpx.UnsupportedProtocol:
             return misconfigured("TELNYX_BASE_URL has no http(s) scheme")
         except httpx.HTTPError as exc:  # timeouts, refused connections, undecodable bodies
@@ -283,9 +306,12 @@ def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> U
 def make_provider(settings: Settings) -> Provider:
     """The provider the settings name."""
     if settings.provider == "telnyx":
+        api_key = settings.telnyx_api_key.get_secret_value()
         return TelnyxProvider(
             base_url=settings.telnyx_base_url,
-            api_key=settings.telnyx_api_key.get_secret_value(),
+            api_key=api_key,
             timeout=settings.provider_timeout_seconds,
+            # What one run learns of the limit (a Retry-After) holds for the process's next.
+            pace=shared_pace(settings.telnyx_base_url, api_key),
         )
     return NoProvider()

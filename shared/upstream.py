@@ -45,9 +45,25 @@ class UpstreamOutcome:
     released: dict[int, Resolution] = field(default_factory=dict)  # id: how it was proven
     failed: dict[int, UpstreamResult] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)  # no provider id: nothing to release
+    # Not called within the run's bounds (the carrier's rate limit): kept claimed, unfailed.
+    deferred: list[int] = field(default_factory=list)
+    deferred_by: UpstreamResult | None = None
     provider_down: bool = False
     # An answer that forbids further calls (a misconfiguration): the run stops.
     stopped_by: UpstreamResult | None = None
+
+    @property
+    def going_on(self) -> bool:
+        """Whether further calls may start: the provider is up, configured, not deferring."""
+        return not self.provider_down and self.stopped_by is None and self.deferred_by is None
+
+    def defer(self, number_id: int, result: UpstreamResult, pending: list[Claim]) -> None:
+        """The carrier's rate limit deferred this call past the run's bounds: it, and the
+        calls not started yet (taken from `pending`), wait for the next run."""
+        self.deferred.append(number_id)
+        self.deferred.extend(claim.id for claim in pending)
+        pending.clear()
+        self.deferred_by = self.deferred_by or result
 
     def settled(self) -> dict[str, list[int]]:
         """The ids that may be tombstoned, by how their release was proven."""
@@ -126,7 +142,9 @@ def release_upstream(
     the run: the calls in flight finish, the rest stay claimed for the next run. An error of
     one call, whatever it is, is that number's outcome, never the batch's. Unless
     `account_proven`, a "not found" proves nothing (the key may be another account's): it
-    counts as a misconfiguration.
+    counts as a misconfiguration. A call the carrier's rate limit deferred past the run's
+    bounds is no failure (nor part of a streak): no further call is started, and the
+    number stays claimed, without an error, for the next run.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     pending = [c for c in claims if c.provider_number_id is not None]
@@ -134,13 +152,7 @@ def release_upstream(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upstream") as pool:
         running: dict[Future[UpstreamResult], Claim] = {}
         while pending or running:
-            while (
-                pending
-                and len(running) < concurrency
-                and not outcome.provider_down
-                and outcome.stopped_by is None
-                and not stopping()
-            ):
+            while pending and len(running) < concurrency and outcome.going_on and not stopping():
                 claim = pending.pop(0)
                 call = contextvars.copy_context().run
                 number_id = cast(str, claim.provider_number_id)
@@ -156,6 +168,9 @@ def release_upstream(
                 if result.outcome == "released":
                     outcome.released[claim.id] = result.resolution or "provider"
                     streak = 0
+                    continue
+                if result.outcome == "deferred":
+                    outcome.defer(claim.id, result, pending)
                     continue
                 outcome.failed[claim.id] = result
                 if result.outcome == "misconfigured":

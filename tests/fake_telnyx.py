@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,23 +66,29 @@ class RateLimit:
     `kind="bucket"`: a token bucket of `rate * window` tokens refilled at `rate` per second;
     `x-ratelimit-reset` is the time until it is full again.
     Telnyx's documentation says the reset is "time in seconds": whole seconds (rounded up)
-    unless `fractional`, then milliseconds. `Retry-After` is always whole seconds (HTTP's
-    delta-seconds), rounded up.
+    unless `fractional`, then milliseconds (rounded up). `Retry-After` is always whole
+    seconds (HTTP's delta-seconds), rounded up.
     """
 
     rate: float
     window: float = 1.0
     kind: Literal["window", "bucket"] = "window"
     fractional: bool = False
+    # The server's clock (a test's simulation passes its own).
+    clock: Callable[[], float] = time.monotonic
     # Counters: requests let through, requests answered 429.
     allowed: int = 0
     limited: int = 0
-    _start: float = field(default_factory=time.monotonic)
+    _start: float = 0.0
     _index: int = -1  # the current fixed window
     _used: int = 0  # requests in it
     _tokens: float | None = None
     _filled_at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        # Windows follow the server's clock from its start, not the client's first call.
+        self._start = self._filled_at = self.clock()
 
     @property
     def limit(self) -> int:
@@ -91,7 +97,7 @@ class RateLimit:
     def take(self) -> tuple[bool, dict[str, str]]:
         """Whether a request arriving now may go on, and the headers of its answer."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             if self.kind == "window":
                 ok, remaining, reset, wait = self._window(now)
             else:
@@ -103,7 +109,11 @@ class RateLimit:
         headers = {
             "x-ratelimit-limit": str(self.limit),
             "x-ratelimit-remaining": str(remaining),
-            "x-ratelimit-reset": f"{reset:.3f}" if self.fractional else str(math.ceil(reset)),
+            "x-ratelimit-reset": (
+                f"{math.ceil(reset * 1000) / 1000:.3f}"
+                if self.fractional
+                else str(math.ceil(reset))
+            ),
         }
         if not ok:
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
@@ -124,11 +134,11 @@ class RateLimit:
             self._tokens = float(self.limit)
         self._tokens = min(self.limit, self._tokens + (now - self._filled_at) * self.rate)
         self._filled_at = now
-        ok = self._tokens >= 1
+        ok = self._tokens >= 1 - 1e-9  # a token refilled to the announced instant counts
         if ok:
-            self._tokens -= 1
+            self._tokens = max(self._tokens - 1, 0.0)
         reset = (self.limit - self._tokens) / self.rate
-        return ok, int(self._tokens), reset, (1 - self._tokens) / self.rate
+        return ok, int(self._tokens + 1e-9), reset, (1 - self._tokens) / self.rate
 
 
 class _Server(ThreadingHTTPServer):
