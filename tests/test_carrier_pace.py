@@ -8,7 +8,7 @@ import heapq
 import math
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 import pytest
@@ -214,12 +214,11 @@ def test_simulated_against_a_limit_the_pace_reaches_it_without_a_429(rate: int, 
 
 @pytest.mark.postgres
 def test_a_rate_limited_carrier_gets_every_number_released_in_one_run(
-    pg_factory: Factory, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+    pg_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
     """Issue 20: against 20 requests/s, 429s were spent as numbers' failures (backed off,
     and 20 of them in a row ended the run provider_unavailable with 19 of 60 purged). Now
     no 429 is a number's failure and one run purges them all."""
-    now = datetime(2025, 11, 27, 12, tzinfo=UTC)
     numbers = seed(pg_factory, now, 60)
     fake_telnyx.rate_limit = RateLimit(20)
     report = purge_expired(pg_factory, now=now, provider=telnyx)
