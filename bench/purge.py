@@ -74,7 +74,8 @@ INSERT INTO purged_numbers ({", ".join(TOMBSTONE_COLUMNS)})
 SELECT gone.id, gone.account_id, gone.phone_number, gone.label, gone.created_at,
        gone.country_code, gone.number_type, gone.next_billing_date, gone.monthly_price,
        gone.released_at, gone.provider_number_id, c.campaign_id, c.status, :now, :run_id,
-       NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL,
+       'none', (CAST(:now AS timestamptz) AT TIME ZONE 'UTC')::date, 'released'
 FROM gone LEFT JOIN campaign_assignments c ON c.number_id = gone.id
 """
 

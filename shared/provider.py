@@ -12,12 +12,15 @@ from urllib.parse import quote
 import httpx
 
 from shared.errors import ProviderError, ValidationError
+from shared.ratelimit import CallDeferred, CarrierPace, shared_pace
 from shared.settings import Settings
 
 # Whose problem an answer shows decides its scope (docs/runbook.md, "What each answer of
 # Telnyx means"): `misconfigured`, the key or the base URL (the run stops); `refused`, this
 # number alone (kept, the run goes on); `transient`, the carrier down (backed off).
-Outcome = Literal["released", "transient", "permanent", "refused", "misconfigured"]
+# `deferred`: not called (or refused with 429) and not waited for within the run's bounds (the
+# carrier's rate limit, see shared/ratelimit.py): not the number's failure, asked again later.
+Outcome = Literal["released", "transient", "permanent", "refused", "misconfigured", "deferred"]
 # How a release was proven: the provider's record of the id, or its "not found" error.
 Resolution = Literal["provider", "not_found"]
 # Who a number the carrier refused waits on: a person (a lock to lift, a port-out to settle),
@@ -67,6 +70,11 @@ class Provider(Protocol):
 
     name: str
 
+    @property
+    def pace(self) -> CarrierPace | None:
+        """How its calls are paced to the carrier's rate limit (None: they are not)."""
+        ...
+
     def check(self) -> UpstreamResult | None:
         """None when the provider answers as configured; else why a run must not start."""
         ...
@@ -84,6 +92,7 @@ class NoProvider:
     """No upstream: every number counts as released."""
 
     name = "none"
+    pace: CarrierPace | None = None
 
     def check(self) -> UpstreamResult | None:
         return None
@@ -291,17 +300,31 @@ class TelnyxProvider:
 
     name = "telnyx"
 
-    def __init__(self, *, base_url: str, api_key: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout: float = 10.0,
+        pace: CarrierPace | None = None,
+    ) -> None:
         self._client = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             timeout=timeout,
         )
+        self._timeout = timeout
+        self.pace = pace or CarrierPace()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
-        """The provider's answer, or the failure of the call as an outcome."""
+        """The provider's answer, or the failure of the call as an outcome. Paced to the
+        carrier's rate limit: a 429 is waited out and asked again, within the run's bounds."""
         try:
-            return self._client.request(method, path, **kwargs)
+            return self.pace.send(
+                lambda: self._client.request(method, path, **kwargs), max_wait=self._timeout
+            )
+        except CallDeferred as deferred:
+            return UpstreamResult("deferred", retry_after=deferred.wait)
         except httpx.UnsupportedProtocol:
             return misconfigured("TELNYX_BASE_URL has no http(s) scheme")
         except httpx.HTTPError as exc:  # timeouts, refused connections, undecodable bodies
@@ -425,9 +448,12 @@ def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> U
 def make_provider(settings: Settings) -> Provider:
     """The provider the settings name."""
     if settings.provider == "telnyx":
+        api_key = settings.telnyx_api_key.get_secret_value()
         return TelnyxProvider(
             base_url=settings.telnyx_base_url,
-            api_key=settings.telnyx_api_key.get_secret_value(),
+            api_key=api_key,
             timeout=settings.provider_timeout_seconds,
+            # What one run learns of the limit (a Retry-After) holds for the process's next.
+            pace=shared_pace(settings.telnyx_base_url, api_key),
         )
     return NoProvider()

@@ -53,6 +53,9 @@ class UpstreamOutcome:
     skipped: list[int] = field(default_factory=list)  # no provider id: nothing to release
     # Not called: a hold, or a person's settlement, came between the claim and the call.
     withheld: list[int] = field(default_factory=list)
+    # Not called within the run's bounds (the carrier's rate limit): kept claimed, unfailed.
+    deferred: list[int] = field(default_factory=list)
+    deferred_by: UpstreamResult | None = None
     provider_down: bool = False
     # An answer that forbids further calls (a misconfiguration): the run stops.
     stopped_by: UpstreamResult | None = None
@@ -64,6 +67,19 @@ class UpstreamOutcome:
     def refused(self) -> int:
         """Numbers the provider refused for themselves alone (kept, never a stop)."""
         return sum(1 for result in self.failed.values() if result.outcome == "refused")
+
+    @property
+    def going_on(self) -> bool:
+        """Whether further calls may start: the provider is up, configured, not deferring."""
+        return not self.provider_down and self.stopped_by is None and self.deferred_by is None
+
+    def defer(self, number_id: int, result: UpstreamResult, pending: list[Claim]) -> None:
+        """The carrier's rate limit deferred this call past the run's bounds: it, and the
+        calls not started yet (taken from `pending`), wait for the next run."""
+        self.deferred.append(number_id)
+        self.deferred.extend(claim.id for claim in pending)
+        pending.clear()
+        self.deferred_by = self.deferred_by or result
 
     def settled(self) -> dict[str, list[int]]:
         """The ids that may be tombstoned, by how their release was proven."""
@@ -179,7 +195,9 @@ def release_upstream(
     is, is that number's outcome, never the batch's. Unless `account_proven`, a "not found"
     proves nothing (the key may be another account's): it counts as a misconfiguration.
     `before_call(claim)` runs just before each call (see `begin_call`): a claim it turns down
-    (held, or settled by a person, since its claim) is not called.
+    (held, or settled by a person, since its claim) is not called. A call the carrier's rate
+    limit deferred past the run's bounds is no failure (nor part of a streak): no further call
+    is started, and the number stays claimed, without an error, for the next run.
     """
     outcome = UpstreamOutcome(skipped=[c.id for c in claims if c.provider_number_id is None])
     for number_id in outcome.skipped:
@@ -189,13 +207,7 @@ def release_upstream(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="upstream") as pool:
         running: dict[Future[UpstreamResult], Claim] = {}
         while pending or running:
-            while (
-                pending
-                and len(running) < concurrency
-                and not outcome.provider_down
-                and outcome.stopped_by is None
-                and not stopping()
-            ):
+            while pending and len(running) < concurrency and outcome.going_on and not stopping():
                 claim = pending.pop(0)
                 if not before_call(claim):
                     outcome.withheld.append(claim.id)
@@ -218,6 +230,9 @@ def release_upstream(
                 result = _result(future)
                 if result.resolution == "not_found" and not account_proven:
                     result = _unproven(claim)
+                if result.outcome == "deferred":
+                    outcome.defer(claim.id, result, pending)
+                    continue
                 streak = _take(outcome, claim, result, streak)
                 if streak >= failure_streak:
                     outcome.provider_down = True

@@ -27,15 +27,16 @@ DELETE came (`carried_at_delete`) and the order of every call (`log`).
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 API_KEY = "KEY_test_0123456789abcdef"
@@ -168,6 +169,107 @@ class Carried:
         }
 
 
+# Telnyx's answer past its rate limit (developers.telnyx.com, "Rate limiting"): status 429, code
+# 10011.
+TOO_MANY_REQUESTS = json.dumps(
+    {
+        "errors": [
+            {
+                "code": "10011",
+                "title": "Too many requests",
+                "detail": "You have exceeded the maximum number of allowed requests.",
+            }
+        ]
+    }
+)
+
+
+@dataclass
+class RateLimit:
+    """At most `rate` requests per second, as Telnyx enforces its limits: every answer says
+    `x-ratelimit-limit` (requests per window), `x-ratelimit-remaining` (left in this window)
+    and `x-ratelimit-reset` (seconds until the limit resets); a request past the limit is
+    answered 429 with code 10011 and `Retry-After`, and is not counted.
+
+    `kind="window"`: fixed windows of `window` seconds, `rate * window` requests each.
+    `kind="bucket"`: a token bucket of `rate * window` tokens refilled at `rate` per second;
+    `x-ratelimit-reset` is the time until it is full again.
+    Telnyx's documentation says the reset is "time in seconds": whole seconds (rounded up)
+    unless `fractional`, then milliseconds (rounded up). `Retry-After` is always whole
+    seconds (HTTP's delta-seconds), rounded up.
+    """
+
+    rate: float
+    window: float = 1.0
+    kind: Literal["window", "bucket"] = "window"
+    fractional: bool = False
+    # The server's clock (a test's simulation passes its own).
+    clock: Callable[[], float] = time.monotonic
+    # Counters: requests let through, requests answered 429.
+    allowed: int = 0
+    limited: int = 0
+    _start: float = 0.0
+    _index: int = -1  # the current fixed window
+    _used: int = 0  # requests in it
+    _tokens: float | None = None
+    _filled_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        # Windows follow the server's clock from its start, not the client's first call.
+        self._start = self._filled_at = self.clock()
+
+    @property
+    def limit(self) -> int:
+        return max(1, round(self.rate * self.window))
+
+    def take(self) -> tuple[bool, dict[str, str]]:
+        """Whether a request arriving now may go on, and the headers of its answer."""
+        with self._lock:
+            now = self.clock()
+            if self.kind == "window":
+                ok, remaining, reset, wait = self._window(now)
+            else:
+                ok, remaining, reset, wait = self._bucket(now)
+            if ok:
+                self.allowed += 1
+            else:
+                self.limited += 1
+        headers = {
+            "x-ratelimit-limit": str(self.limit),
+            "x-ratelimit-remaining": str(remaining),
+            "x-ratelimit-reset": (
+                f"{math.ceil(reset * 1000) / 1000:.3f}"
+                if self.fractional
+                else str(math.ceil(reset))
+            ),
+        }
+        if not ok:
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return ok, headers
+
+    def _window(self, now: float) -> tuple[bool, int, float, float]:
+        index = int((now - self._start) // self.window)
+        if index != self._index:
+            self._index, self._used = index, 0
+        reset = self._start + (index + 1) * self.window - now
+        ok = self._used < self.limit
+        if ok:
+            self._used += 1
+        return ok, self.limit - self._used, reset, reset
+
+    def _bucket(self, now: float) -> tuple[bool, int, float, float]:
+        if self._tokens is None:
+            self._tokens = float(self.limit)
+        self._tokens = min(self.limit, self._tokens + (now - self._filled_at) * self.rate)
+        self._filled_at = now
+        ok = self._tokens >= 1 - 1e-9  # a token refilled to the announced instant counts
+        if ok:
+            self._tokens = max(self._tokens - 1, 0.0)
+        reset = (self.limit - self._tokens) / self.rate
+        return ok, int(self._tokens + 1e-9), reset, (1 - self._tokens) / self.rate
+
+
 class _Server(ThreadingHTTPServer):
     fake: FakeTelnyx
     # Room for every call of a batch at once (the default backlog of 5 drops connections
@@ -181,11 +283,19 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def _authorized(self) -> bool:
-        if self.headers.get("Authorization") == f"Bearer {API_KEY}":
+        """Whether the request may be answered: the right key, within the rate limit."""
+        self._limit_headers: dict[str, str] = {}
+        if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+            self.server.fake.unauthorized += 1
+            self._send(UNAUTHORIZED)
+            return False
+        limit = self.server.fake.rate_limit
+        if limit is None:
             return True
-        self.server.fake.unauthorized += 1
-        self._send(UNAUTHORIZED)
-        return False
+        ok, self._limit_headers = limit.take()
+        if not ok:
+            self._send(Reply(429, TOO_MANY_REQUESTS))
+        return ok
 
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -286,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
             if "Content-Type" not in reply.headers:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
-            for key, value in reply.headers.items():
+            for key, value in {**getattr(self, "_limit_headers", {}), **reply.headers}.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(payload)
@@ -350,6 +460,8 @@ class FakeTelnyx:
         self.in_flight = 0
         self.max_in_flight = 0
         self.gates: dict[str, Gate] = {}
+        # Optional: a rate limit on every request with the right key (None: unlimited).
+        self.rate_limit: RateLimit | None = None
         self._lock = threading.Lock()
         self.url = ""
         # What numbers carry at Telnyx (by number id), and their 10DLC campaign assignments

@@ -36,6 +36,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
             r"releasable: numbers=\d+ full_s=[\d.]+ changes=\d+ incremental_s=[\d.]+",
         ),
         (
+            "ratelimit.py",
+            ["--rates", "50", "--seconds", "0.4"],
+            r"ratelimit: rates=50 worst_ratio=[\d.]+ worst_429_pct=[\d.]+",
+        ),
+        (
             "impact.py",
             ["--rows", "3000", "--repeat", "1", "--idle-seconds", "0.5"],
             r"impact: list_p99_ratio=[\d.]+ write_p99_ratio=[\d.]+ purge_rows_s=\d+ "

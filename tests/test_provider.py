@@ -14,6 +14,7 @@ from tests.fake_telnyx import (
     LOCKED,
     NOT_FOUND,
     OK,
+    TOO_MANY_REQUESTS,
     UNAUTHORIZED,
     FakeTelnyx,
     Reply,
@@ -40,18 +41,25 @@ def test_404_counts_as_released_so_the_call_is_safe_to_repeat(
     assert fake_telnyx.calls["222"] == 2
 
 
-def test_429_honours_retry_after(fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider) -> None:
-    fake_telnyx.script["333"] = [
-        Reply(
-            429,
-            '{"errors": [{"code": "10011", "title": "Too many requests"}]}',
-            {"Retry-After": "42"},
-        )
-    ]
+def test_a_429_is_asked_again_once_retry_after_has_passed(
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    fake_telnyx.script["333"] = [Reply(429, TOO_MANY_REQUESTS, {"Retry-After": "0"}), OK]
+    assert telnyx.release("333").outcome == "released"
+    assert fake_telnyx.calls["333"] == 2
+    assert telnyx.pace.limited == 1
+
+
+def test_a_429_whose_wait_is_too_long_defers_the_call_not_fails_it(
+    fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
+) -> None:
+    fake_telnyx.script["333"] = [Reply(429, TOO_MANY_REQUESTS, {"Retry-After": "42"})]
     result = telnyx.release("333")
-    assert (result.outcome, result.retry_after) == ("transient", 42.0)
-    assert result.error is not None
-    assert (result.error.provider, result.error.provider_code) == ("telnyx", "10011")
+    assert (result.outcome, result.error) == ("deferred", None)
+    assert 41 < (result.retry_after or 0) <= 42
+    # The wait holds for the carrier's next calls too: none is sent before it has passed.
+    assert telnyx.release("334").outcome == "deferred"
+    assert (fake_telnyx.calls["333"], fake_telnyx.calls["334"]) == (1, 0)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

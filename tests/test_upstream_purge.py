@@ -168,16 +168,29 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     assert list(tombstones_by_phone(session_factory)) == [number]
 
 
-def test_429_waits_as_long_as_retry_after_says(
+def test_a_429_longer_than_the_run_has_left_ends_it_with_the_number_kept_unfailed(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
+    """A 429 is the carrier's pace, not the number's answer: the number is not backed off;
+    the run (600 s at most) does not wait 900 s, and ends as at its time bound."""
     [number] = seed(session_factory, now, 1)
     fake_telnyx.script["700"] = [
         Reply(429, '{"errors": [{"code": "10011"}]}', {"Retry-After": "900"})
     ]
-    purge_expired(session_factory, now=now, provider=telnyx)
-    retry_at = numbers_by_phone(session_factory)[number].provider_next_attempt_at
-    assert retry_at == now + timedelta(seconds=900)
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged, report.provider_failed) == ("limit_reached", 0, 0)
+    assert (report.provider_rate_limited, report.provider_deferred) == (1, 1)
+    assert "rate limited" in (report.reason or "")
+    kept = numbers_by_phone(session_factory)[number]
+    assert (kept.purge_state, kept.provider_attempts, kept.provider_error_code) == (
+        "purging",
+        0,
+        None,
+    )
+    assert kept.provider_next_attempt_at is None
+    # The next run with this provider honours the wait: it calls nothing before it passed.
+    again = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (again.status, fake_telnyx.calls["700"], fake_telnyx.checks) == ("limit_reached", 1, 1)
 
 
 def test_a_permanent_error_stops_retrying_until_a_person_resets_it(

@@ -40,6 +40,10 @@ class PurgeReport:
     provider_skipped: int = 0
     # Claimed, then held (or settled by a person) before their call: not called.
     provider_held: int = 0
+    # Left claimed, unfailed, because the carrier's rate limit allowed no call before the
+    # run's time bound; and the carrier's 429 answers (each call asked again, none a failure).
+    provider_deferred: int = 0
+    provider_rate_limited: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""

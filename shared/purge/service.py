@@ -26,6 +26,7 @@ from shared.purge.statements import BatchStatements, count_overdue
 from shared.purge.stop import StopRequest
 from shared.purge.sweep import Sweep, run_batches, run_batches_in_parallel
 from shared.purge.upstream_sweep import UpstreamSweep
+from shared.ratelimit import run_bounds
 from shared.retention import cutoff as retention_cutoff
 from shared.retention import purgeable_numbers
 from shared.settings import get_settings
@@ -125,10 +126,13 @@ def _purge(
     config = boundary.config
     if report.provider != "none":
         upstream = provider or make_provider(get_settings())
+        # No call waits for the carrier's rate limit past the run's time bound, nor a stop.
+        deadline = boundary.budget.started + config.max_seconds
         try:
-            return UpstreamSweep.build(
-                factory, report, config=config, boundary=boundary, provider=upstream, now=now
-            ).run(factory)
+            with run_bounds(deadline, lambda: boundary.stop.requested):
+                return UpstreamSweep.build(
+                    factory, report, config=config, boundary=boundary, provider=upstream, now=now
+                ).run(factory)
         finally:
             if provider is None:
                 upstream.close()

@@ -41,6 +41,7 @@ class UpstreamSweep:
     provider: Provider
     settle: dict[str, BatchStatements]
     now: datetime
+    limited_before: int = 0  # the carrier's 429s counted before this run
 
     @classmethod
     def build(
@@ -66,7 +67,8 @@ class UpstreamSweep:
             )
             for resolution in RESOLUTIONS
         }
-        return cls(report, config, boundary, provider, settle, now)
+        limited = provider.pace.limited if provider.pace is not None else 0
+        return cls(report, config, boundary, provider, settle, now, limited)
 
     def run(self, factory: sessionmaker[Session]) -> Halt:
         """Batches until the backlog is done or something halts the run; why it ended."""
@@ -85,7 +87,7 @@ class UpstreamSweep:
                     return halt
                 wait = self.boundary.pacer.replica_wait(session, started)
                 if not wait:
-                    limit = min(self.config.provider_batch_size, self.boundary.budget.rows_left())
+                    limit = min(self._claim_size(), self.boundary.budget.rows_left())
                     claims = claim_batch(session, now=self.now, after=after, limit=limit)
             if wait:
                 self.boundary.stop.sleep(wait)
@@ -114,9 +116,13 @@ class UpstreamSweep:
                 provider_refused=outcome.refused,
                 provider_skipped=len(outcome.skipped),
                 provider_held=len(outcome.withheld),
+                provider_deferred=len(outcome.deferred),
+                provider_rate_limited=self._rate_limited(),
             )
             if outcome.stopped_by is not None:
                 return _provider_halt(outcome.stopped_by)
+            if outcome.deferred_by is not None and not self.boundary.stop.requested:
+                return _provider_halt(outcome.deferred_by)
             if outcome.provider_down:
                 return Halt(
                     "provider_unavailable",
@@ -129,6 +135,20 @@ class UpstreamSweep:
         still be released, marking the call in flight (`shared.upstream.begin_call`)."""
         with factory.begin() as session:
             return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
+
+    def _claim_size(self) -> int:
+        """Rows per batch: what the carrier's announced rate calls in a few seconds."""
+        pace = self.provider.pace
+        cap = self.config.provider_batch_size
+        return pace.claim_size(cap) if pace is not None else cap
+
+    def _rate_limited(self) -> int:
+        """429s the carrier answered since the last batch was counted (the calls were asked
+        again: none is a number's failure)."""
+        pace = self.provider.pace
+        if pace is None:
+            return 0
+        return pace.limited - self.limited_before - self.report.provider_rate_limited
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
@@ -155,7 +175,14 @@ class UpstreamSweep:
 
 
 def _provider_halt(result: UpstreamResult) -> Halt:
-    """The run's end on an answer that forbids going on: a misconfiguration, or no provider."""
+    """The run's end on an answer that forbids going on: a misconfiguration, or no provider;
+    or on the carrier's rate limit, past the run's time bound (what is left waits)."""
+    if result.outcome == "deferred":
+        return Halt(
+            "limit_reached",
+            f"rate limited: the carrier allows the next call in {result.retry_after or 0:.1f} s, "
+            "past this run's time bound; the numbers not called stay for the next run, unfailed",
+        )
     status = (
         "provider_misconfigured" if result.outcome == "misconfigured" else "provider_unavailable"
     )
