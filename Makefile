@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run demo test lint types pytest test-clock clock-ahead clock-back deploy-check bench clean
+.PHONY: install install-dev run demo test lint types pytest test-fixed test-clock clock-now clock-ahead clock-back deploy-check bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,26 +35,35 @@ types: install-dev
 pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
-# The tests on the host's clock (real processes, `wall_now`) again, with every Python process's
-# clock moved a year ahead and a year back (tests/clock_shift): no calendar date breaks them.
-# The two runs go side by side, each on a database and a Redis database of its own.
+# `make test` runs the suite in lanes side by side, each on a database and a Redis database of
+# its own (tests/conftest.py creates a missing database): the tests on the fixed instant, with
+# coverage; and the tests on the host's clock (real processes, `wall_now`: marker real_clock),
+# first on the clock as it is, then with every Python process's clock moved a year ahead and
+# a year back (tests/clock_shift): no calendar date breaks them.
 CLOCK_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432
 CLOCK_REDIS ?= redis://127.0.0.1:6379
-CLOCK_TESTS = PYTHONPATH=$(CURDIR)/tests/clock_shift $(BIN)/pytest -m real_clock -q -p no:cacheprovider \
+CLOCK_TESTS = $(BIN)/pytest -m real_clock -q -p no:cacheprovider
+MOVED_CLOCK = PYTHONPATH=$(CURDIR)/tests/clock_shift $(CLOCK_TESTS) \
 	-W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
 
-test-clock: install-dev
-	$(MAKE) --no-print-directory -j2 --output-sync=target clock-ahead clock-back
+test-fixed: install-dev
+	$(BIN)/pytest -m "not real_clock" --cov --cov-report=term:skip-covered
 
-clock-ahead:
+clock-now: install-dev
+	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS)
+
+clock-ahead: clock-now
 	TESTS_CLOCK_SHIFT_DAYS=365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_ahead \
-		TEST_REDIS_URL=$(CLOCK_REDIS)/13 $(CLOCK_TESTS)
+		TEST_REDIS_URL=$(CLOCK_REDIS)/13 $(MOVED_CLOCK)
 
-clock-back:
+clock-back: clock-now
 	TESTS_CLOCK_SHIFT_DAYS=-365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_back \
-		TEST_REDIS_URL=$(CLOCK_REDIS)/14 $(CLOCK_TESTS)
+		TEST_REDIS_URL=$(CLOCK_REDIS)/14 $(MOVED_CLOCK)
 
-test: lint types pytest test-clock
+test-clock: clock-ahead clock-back
+
+test: lint types
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-fixed test-clock
 
 # The runtime alone in a fresh virtualenv, run as the runbook's plain processes (CI runs it).
 deploy-check:
