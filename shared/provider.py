@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import email.utils
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from shared.errors import ProviderError, ValidationError
-from shared.ratelimit import CallDeferred, CarrierPace, shared_pace
+from shared.ratelimit import CallDeferred, CarrierPace, retry_after, shared_pace
 from shared.settings import Settings
 
 # Whose problem an answer shows decides its scope (docs/runbook.md, "What each answer of
@@ -105,21 +103,6 @@ class NoProvider:
 
     def close(self) -> None:
         return None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -442,7 +425,7 @@ def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> U
             fix="The purge retries transient failures by itself.",
         )
     )
-    return UpstreamResult("transient", error, _retry_after(response.headers.get("Retry-After")))
+    return UpstreamResult("transient", error, retry_after(response.headers.get("Retry-After")))
 
 
 def make_provider(settings: Settings) -> Provider:

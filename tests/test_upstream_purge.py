@@ -168,6 +168,32 @@ def test_a_transient_failure_keeps_the_row_and_retries_after_backoff(
     assert list(tombstones_by_phone(session_factory)) == [number]
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "wait"),
+    [
+        ("120", timedelta(seconds=120)),
+        ("90.5", timedelta(seconds=90.5)),
+        # Absurd: capped (a day) instead of overflowing the backoff's timedelta.
+        ("99999999999999999999", timedelta(days=1)),
+    ],
+)
+def test_a_5xx_retry_after_sets_the_numbers_next_attempt(
+    session_factory: Factory,
+    now: datetime,
+    fake_telnyx: FakeTelnyx,
+    telnyx: TelnyxProvider,
+    retry_after: str,
+    wait: timedelta,
+) -> None:
+    [number] = seed(session_factory, now, 1)
+    busy = telnyx_error(503, "90001", "Service unavailable")
+    fake_telnyx.script["700"] = [Reply(busy.status, busy.body, {"Retry-After": retry_after})]
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged, report.provider_failed) == ("completed", 0, 1)
+    kept = numbers_by_phone(session_factory)[number]
+    assert kept.provider_next_attempt_at == now + wait
+
+
 def test_a_429_longer_than_the_run_has_left_ends_it_with_the_number_kept_unfailed(
     session_factory: Factory, now: datetime, fake_telnyx: FakeTelnyx, telnyx: TelnyxProvider
 ) -> None:
