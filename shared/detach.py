@@ -47,6 +47,7 @@ from shared.provider import (
     _failure,
     _json,
     _locked,
+    _record_of,
     _telnyx_errors,
     misconfigured,
 )
@@ -182,14 +183,7 @@ def _pending(job_id: str | None, status: object) -> UpstreamResult:
 def _voice_settings(payload: object, number_id: str) -> dict[str, Any] | None:
     """Telnyx's voice settings of that very number (`{"data": {..., "record_type":
     "voice_settings"}}`), or None."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if (
-        isinstance(data, dict)
-        and str(data.get("id")) == number_id
-        and data.get("record_type") == "voice_settings"
-    ):
-        return data
-    return None
+    return _record_of(payload, number_id, "voice_settings")
 
 
 def _section(settings: dict[str, Any], name: str) -> dict[str, Any]:

@@ -224,13 +224,15 @@ def _number_path(provider_number_id: str) -> str:
     return f"/v2/phone_numbers/{quote(provider_number_id, safe='')}"
 
 
-def _record_of(payload: object, provider_number_id: str) -> dict[str, Any] | None:
-    """Telnyx's phone-number record of that very id in a JSON body, or None."""
+def _record_of(
+    payload: object, provider_number_id: str, record_type: str = "phone_number"
+) -> dict[str, Any] | None:
+    """Telnyx's record of that type and very id in a JSON body (`{"data": {...}}`), or None."""
     data = payload.get("data") if isinstance(payload, dict) else None
     if (
         isinstance(data, dict)
         and str(data.get("id")) == provider_number_id
-        and data.get("record_type") == "phone_number"
+        and data.get("record_type") == record_type
     ):
         return data
     return None
