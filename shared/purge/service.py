@@ -97,7 +97,8 @@ def purge_expired(
                     stop or StopRequest(),
                 )
                 halt = _purge(session_factory, report, boundary, now, provider)
-                report.paced_seconds = round(boundary.pacer.rested, 3)
+                # The longest-resting lane's rests, within the run's own time.
+                report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)
             _finish(session_factory, report, halt, now)
         except BaseException as error:
             report.status, report.reason = "failed", type(error).__name__

@@ -103,15 +103,21 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                     # Only these batches rest for the API's sessions (the provider's batches
                     # wait on the provider, not the database).
                     boundary.pacer.sample_activity(session)
-                    wait = boundary.pacer.replica_wait(session, started)
+                    wait = (
+                        boundary.pacer.replica_wait(session, started)
+                        or boundary.pacer.ceiling_wait()
+                    )
                     if not wait:
-                        size = min(sweep.sizer.size, boundary.budget.rows_left())
+                        size = boundary.pacer.ceiling_size(
+                            min(sweep.sizer.size, boundary.budget.rows_left())
+                        )
                         ids = sweep.statements.pick(session, after=sweep.after, limit=size)
                         if not ids:
                             sweep.halt = Halt("completed")
                             return
                         sweep.after = ids[-1]
                         boundary.budget.take(len(ids))
+                        boundary.pacer.count(len(ids))
                         sweep.picked += 1
                         number = sweep.picked
                 if not wait:

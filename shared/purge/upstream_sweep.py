@@ -85,10 +85,14 @@ class UpstreamSweep:
                 halt = self.boundary.check(session)
                 if halt is not None:
                     return halt
-                wait = self.boundary.pacer.replica_wait(session, started)
+                pacer = self.boundary.pacer
+                wait = pacer.replica_wait(session, started) or pacer.ceiling_wait()
                 if not wait:
-                    limit = min(self._claim_size(), self.boundary.budget.rows_left())
+                    limit = pacer.ceiling_size(
+                        min(self._claim_size(), self.boundary.budget.rows_left())
+                    )
                     claims = claim_batch(session, now=self.now, after=after, limit=limit)
+                    pacer.count(len(claims))
             if wait:
                 self.boundary.stop.sleep(wait)
                 continue
@@ -128,7 +132,6 @@ class UpstreamSweep:
                     "provider_unavailable",
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
-            self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims)))
 
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
