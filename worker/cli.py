@@ -338,6 +338,8 @@ def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None)
 
 # `status --max-lag` exits with this when purging has fallen behind (1 and 2 are errors).
 LAG_EXIT_CODE = 3
+# ... and with this when it has fallen behind because purging is paused (on purpose).
+PAUSED_LAG_EXIT_CODE = 6
 _SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -411,12 +413,18 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
     else:
         click.echo(_status_table(report))
     if report.get("lagging"):
-        click.echo(
-            f"purging lags: the oldest overdue number is "
+        behind = (
+            f"the oldest overdue number is "
             f"{format_duration(report['oldest_overdue_seconds'])} past its deadline, "
-            f"over the {format_duration(report['max_lag_seconds'])} limit (--max-lag).",
-            err=True,
+            f"over the {format_duration(report['max_lag_seconds'])} limit (--max-lag)"
         )
+        if report["paused"]:
+            pause = report["pause"]
+            who = f"by {pause['by']}" if pause else "by PURGE_PAUSED"
+            why = f": {pause['reason']}" if pause and pause["reason"] else ""
+            click.echo(f"purging is paused ({who}{why}): {behind}.", err=True)
+            sys.exit(PAUSED_LAG_EXIT_CODE)
+        click.echo(f"purging lags: {behind}.", err=True)
         sys.exit(LAG_EXIT_CODE)
 
 
@@ -484,6 +492,8 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         facts.append(("Last published", _published(report["publication"])))
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
+        if report["lagging"] and report["paused"]:
+            verdict = "LAGGING (paused)"
         facts.append(("Lag limit", f"{format_duration(report['max_lag_seconds'])}: {verdict}"))
     return facts
 
