@@ -402,7 +402,11 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
     """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
     with _sessions(read_only=True)() as session:
         report = store_status(
-            session, now=now, runs=runs, deploy_paused=get_settings().purge_paused
+            session,
+            now=now,
+            runs=runs,
+            deploy_paused=get_settings().purge_paused,
+            provider=get_settings().provider,
         )
     report["publication"] = _publication(now)
     if max_lag is not None:
@@ -468,7 +472,7 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
     paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
     facts = [
         ("Paused", f"yes, {_set_by(pause)}" if pause else paused),
-        ("Overdue (purgeable now)", f"{report['overdue']:,}"),
+        ("Overdue (purgeable now)", _overdue(report)),
         ("Oldest overdue", oldest),
         ("On hold", f"{report['held']:,}"),
         ("Releasable", f"{report['releasable']:,}"),
@@ -498,6 +502,22 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+def _overdue(report: dict[str, Any]) -> str:
+    """What a run can take now; what waits on the provider or a person beside it."""
+    waiting = report.get("overdue_waiting") or 0
+    text = f"{report['overdue'] - waiting:,}"
+    return text + (f" (+{waiting:,} waiting on the provider or a person)" if waiting else "")
+
+
+def _run_note(run: dict[str, Any]) -> str:
+    """A running run's rate and estimate; else the reason it ended as it did."""
+    if run["status"] == "running" and run.get("rows_per_second"):
+        eta = run.get("eta_seconds")
+        left = f", ~{format_duration(eta)} left" if eta is not None else ""
+        return f"{run['rows_per_second']:,.0f} rows/s{left}"
+    return str(run["reason"] or "")
+
+
 def _status_table(report: dict[str, Any]) -> str:
     facts = _facts(report)
     lines = [f"Retention status at {_when(report['now'])}", ""]
@@ -513,7 +533,7 @@ def _status_table(report: dict[str, Any]) -> str:
             f"{run['batches']:,}",
             "-" if run["remaining"] is None else f"{run['remaining']:,}",
             "-" if run["seconds"] is None else f"{run['seconds']:.1f}s",
-            run["reason"] or "",
+            _run_note(run),
         )
         for run in report["last_runs"]
     ]

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer
+from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 
@@ -122,6 +123,7 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                         number = sweep.picked
                 if not wait:
                     purged = sweep.statements.purge(session, ids)
+                    record_progress(session, sweep.report.run_id, purged)
             if wait:
                 boundary.stop.sleep(wait)
                 continue

@@ -13,6 +13,7 @@ from shared.ledger import record_proofs
 from shared.provider import Provider, Resolution, UpstreamResult
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
+from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 from shared.upstream import (
@@ -111,6 +112,8 @@ class UpstreamSweep:
             )
             purged = self._settle(factory, outcome)
             ms = round((time.monotonic() - started) * 1000, 1)
+            with factory.begin() as session:
+                record_progress(session, self.report.run_id, purged)
             self.report.add_batch(
                 purged,
                 ms,
