@@ -89,6 +89,24 @@ def purgeable_numbers(now: datetime) -> ColumnElement[bool]:
     return purgeable_clause(PhoneNumber.released_at, PhoneNumber.purge_hold, now)
 
 
+def waiting_numbers(now: datetime, provider: str) -> ColumnElement[bool]:
+    """Purgeable numbers a run with `provider` cannot take now: they wait on the provider or a
+    person. Without a provider (`none`), every row with upstream state (claimed, or carrying a
+    provider error: the carrier may still hold it); with one, the rows given up on (until
+    `retry-upstream`) and those backing off until their next attempt."""
+    if provider == "none":
+        upstream = PhoneNumber.purge_state.is_not(None) | PhoneNumber.provider_error_code.is_not(
+            None
+        )
+    else:
+        upstream = PhoneNumber.provider_failed_permanently.is_(True) | (
+            PhoneNumber.purge_state.is_not(None)
+            & PhoneNumber.provider_next_attempt_at.is_not(None)
+            & (PhoneNumber.provider_next_attempt_at > now)
+        )
+    return purgeable_numbers(now) & upstream
+
+
 def claimable_numbers(now: datetime) -> ColumnElement[bool]:
     """Purgeable numbers not yet claimed, or claimed and due for another upstream attempt."""
     return (

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.orm import Session
 
-from shared.clock import iso_timestamp, resolve_now
+from shared.clock import iso_timestamp, resolve_now, utcnow
 from shared.controls import read_controls
 from shared.models import PhoneNumber, PurgeRun
 from shared.provider import REFUSED_CODE
@@ -16,6 +16,7 @@ from shared.retention import (
     purgeable_numbers,
     repurchasable_numbers,
     repurchase_deadline,
+    waiting_numbers,
 )
 
 STUCK_SHOWN = 20
@@ -30,18 +31,33 @@ def dry_run_clause() -> ColumnElement[bool]:
     ).is_(True)
 
 
-def _run(run: PurgeRun) -> dict[str, Any]:
+def _run(run: PurgeRun, *, takeable: int | None = None) -> dict[str, Any]:
+    """A run's record; a running one's (its record counts every committed batch) with its
+    seconds so far, its rate, and what is left to take now with an estimate of the time."""
     summary = run.summary or {}
+    seconds, remaining, eta = summary.get("seconds"), run.remaining, None
+    if run.status == "running":
+        # The record's times are this host's clock (`utcnow`), whatever `now` status decides at.
+        started = run.started_at
+        started = started if started.tzinfo else started.replace(tzinfo=UTC)
+        seconds = round(max((utcnow() - started).total_seconds(), 0.0), 3)
+        remaining = takeable
+    rate = round(run.purged / seconds, 1) if seconds else None
+    if run.status == "running" and rate and remaining is not None:
+        eta = round(remaining / rate, 1)
     return {
         "run_id": run.id,
         "status": run.status,
         "started_at": iso_timestamp(run.started_at),
         "finished_at": iso_timestamp(run.finished_at) if run.finished_at else None,
         "cutoff": iso_timestamp(run.cutoff),
-        "seconds": summary.get("seconds"),
+        "seconds": seconds,
         "purged": run.purged,
         "batches": run.batches,
-        "remaining": run.remaining,
+        "remaining": remaining,
+        "remaining_waiting": summary.get("remaining_waiting"),
+        "rows_per_second": rate,
+        "eta_seconds": eta,
         "reason": summary.get("reason"),
     }
 
@@ -55,11 +71,17 @@ def _waits_on(number: PhoneNumber) -> str | None:
 
 
 def store_status(
-    session: Session, *, now: datetime | None = None, runs: int = 5, deploy_paused: bool = False
+    session: Session,
+    *,
+    now: datetime | None = None,
+    runs: int = 5,
+    deploy_paused: bool = False,
+    provider: str = "none",
 ) -> dict[str, Any]:
     """Counts, the last `runs` real purge runs and the last success, as JSON-ready values.
 
-    `deploy_paused`: the caller's PURGE_PAUSED, which pauses runs as a stored pause does.
+    `deploy_paused`: the caller's PURGE_PAUSED, which pauses runs as a stored pause does;
+    `provider`: the caller's PROVIDER, which decides which overdue numbers a run can take now.
     """
     now = resolve_now(now)
     # One pass over the released numbers for every count (each a FILTER of the same scan).
@@ -74,6 +96,7 @@ def store_status(
     permanent = PhoneNumber.provider_failed_permanently.is_(True)
     (
         overdue_count,
+        overdue_waiting,
         oldest,
         held,
         releasable,
@@ -85,6 +108,7 @@ def store_status(
     ) = session.execute(
         select(
             func.count().filter(overdue),
+            func.count().filter(waiting_numbers(now, provider)),
             func.min(PhoneNumber.released_at).filter(overdue),
             func.count().filter(PhoneNumber.purge_hold.is_(True)),
             func.count().filter(repurchasable_numbers(now)),
@@ -133,6 +157,8 @@ def store_status(
         "pause": pause.as_dict() if pause else None,
         "pace": controls.pace.as_dict() if controls.pace else None,
         "overdue": overdue_count,
+        # Of them, those a run cannot take now: they wait on the provider or a person.
+        "overdue_waiting": overdue_waiting,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
         "held": held,
@@ -159,7 +185,7 @@ def store_status(
             }
             for number in stuck
         ],
-        "last_runs": [_run(run) for run in last_runs],
+        "last_runs": [_run(run, takeable=overdue_count - overdue_waiting) for run in last_runs],
         "last_dry_run": _run(last_dry_run) if last_dry_run else None,
         "purge_last_success_at": iso_timestamp(last_success) if last_success else None,
         # The newest run that ended (what it purged, how long it and its slowest batch took).

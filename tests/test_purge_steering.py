@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text, update
@@ -24,6 +26,7 @@ from shared.purge import PurgeConfig, StopRequest, purge_expired
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.pacing import (
     APPLICATION_NAME,
+    BURST_SECONDS,
     MAX_REST_SECONDS,
     Pacer,
     others_at_work,
@@ -112,7 +115,7 @@ def test_the_budget_is_over_at_its_rows_or_its_seconds(
     assert budget.rows_left() == 100 - reserved
 
 
-def pacer(**kw: float) -> Pacer:
+def pacer(**kw: Any) -> Pacer:
     return Pacer(**({"pressure_rest": 2.0, "max_replica_lag": 0, "target_ms": 100} | kw))
 
 
@@ -139,12 +142,88 @@ def test_the_purge_takes_turns_with_sessions_found_at_work() -> None:
 
 
 def test_a_rows_per_second_ceiling_spreads_the_batches() -> None:
-    ceiling = pacer(pressure_rest=0)
+    clock = FakeClock()
+    ceiling = pacer(pressure_rest=0, clock=clock)
     ceiling.set_ceiling(1000)
-    # 500 rows may take half a second from when the ceiling took effect.
-    assert ceiling.rest_after(rows=500, ms=1) == pytest.approx(0.5, abs=0.05)
-    ceiling.ceiling_since -= 2  # two seconds later: far behind the ceiling, no rest
-    assert ceiling.rest_after(rows=500, ms=1) == 0
+    # A batch holds at most half a second of the pace; 500 rows are due half a second on.
+    assert ceiling.ceiling_size(4000) == 500
+    assert ceiling.ceiling_wait() == 0
+    ceiling.count(500)
+    assert ceiling.ceiling_wait() == pytest.approx(0.5)
+    clock.now += 2  # two seconds later: far behind the ceiling, no wait
+    assert ceiling.ceiling_wait() == 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def paced_run(
+    pace: float, *, seconds: float, batch_ms: float, lanes: int
+) -> list[tuple[float, int]]:
+    """The picks (instant, rows) of a simulated sweep under `pace`, its batches taking
+    `batch_ms`, `lanes` at once, each waiting as `run_batches` does."""
+    clock = FakeClock()
+    steer = pacer(pressure_rest=0, clock=clock)
+    sizes = BatchSizer(target_ms=100, floor=50, cap=4000, size=1000)
+    steer.set_ceiling(pace)
+    start = clock.now
+    free_at = [start] * lanes  # when each lane may look for its next batch
+    picks: list[tuple[float, int]] = []
+    while True:
+        lane = min(range(lanes), key=free_at.__getitem__)
+        clock.now = free_at[lane]
+        if clock.now - start >= seconds:
+            return picks
+        wait = steer.ceiling_wait()
+        if wait:
+            free_at[lane] = clock.now + wait
+            continue
+        rows = steer.ceiling_size(sizes.size)
+        steer.count(rows)
+        picks.append((clock.now, rows))
+        free_at[lane] = clock.now + batch_ms / 1000 + steer.rest_after(rows=rows, ms=batch_ms)
+
+
+@pytest.mark.parametrize("pace", [10, 100, 1000])
+@pytest.mark.parametrize(("batch_ms", "lanes"), [(1, 1), (40, 1), (40, 4), (900, 2)])
+def test_the_pace_is_a_ceiling_over_any_ten_second_window(
+    pace: float, batch_ms: float, lanes: int
+) -> None:
+    picks = paced_run(pace, seconds=60, batch_ms=batch_ms, lanes=lanes)
+    # No batch holds more rows than the pace allows in its half second.
+    assert max(rows for _, rows in picks) <= max(1, pace * BURST_SECONDS)
+    # Every 10 s window starting at a pick keeps within 10 % of the pace.
+    for at, _ in picks:
+        window = sum(rows for when, rows in picks if at <= when < at + 10)
+        assert window <= 1.1 * pace * 10, (at, window)
+    # ... and the ceiling is not a crawl: a run that is free to go keeps close to it.
+    if batch_ms * 1 < 1000 * BURST_SECONDS:
+        assert sum(rows for _, rows in picks) >= 0.9 * pace * 60
+
+
+def test_lanes_resting_side_by_side_count_once() -> None:
+    steer = pacer(busy_rest=3.0)
+    steer.busy = 1.0
+    rests = [0.0, 0.0]
+    together = threading.Barrier(2)  # both lanes alive at once, as in the pool
+
+    def lane(i: int) -> None:
+        together.wait()
+        for _ in range(10):
+            rests[i] += steer.rest_after(rows=10, ms=100)
+        together.wait()
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert steer.rested == pytest.approx(max(rests)) == pytest.approx(3.0)
 
 
 def test_a_stop_ends_a_rest_early() -> None:
@@ -184,6 +263,21 @@ def test_a_pace_in_the_store_slows_every_run_until_cleared(
         assert read_controls(session).pace is not None
         assert clear_pace(session) == {"pace": None, "was_paced": True}
         assert read_controls(session).pace is None
+
+
+def test_under_a_pace_a_batch_holds_no_more_than_the_pace_allows(
+    session_factory: Factory, now: datetime
+) -> None:
+    seed(session_factory, now, 60)
+    with session_factory.begin() as session:
+        set_pace(session, rows_per_second=100, by="ops")
+    report = purge_expired(session_factory, now=now, batch_size=1000)
+    # 100 rows/s: half a second's worth, 50 rows, at most per batch; the rest waits its turn.
+    assert (report.purged, report.status) == (60, "completed")
+    assert report.batch_sizes is not None
+    assert report.batch_sizes["max"] <= 50
+    assert report.batches == 2
+    assert report.paced_seconds <= report.seconds
 
 
 @pytest.mark.parametrize("bad", [0, -5, float("inf"), float("nan"), True, "100"])

@@ -25,6 +25,7 @@ from tests.stores import fail_upstream
 from worker.cli import (
     LAG_EXIT_CODE,
     LOCKED_EXIT_CODE,
+    PAUSED_LAG_EXIT_CODE,
     _status_table,
     format_duration,
     parse_duration,
@@ -243,6 +244,21 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_cli: Store) -> None:
     assert pg_cli.cli("holds").stdout == "No number is on hold.\n"
     report = pg_cli.status("--max-lag", "1h", exit_code=LAG_EXIT_CODE)
     assert (report["overdue"], report["held"], report["oldest_overdue_seconds"]) == (1, 0, 86400)
+
+
+def test_max_lag_while_paused_says_so_and_exits_with_its_own_code(sqlite_cli: Store) -> None:
+    assert sqlite_cli.cli("pause", "--reason", "carrier audit", "--by", "ops").returncode == 0
+    over = sqlite_cli.cli("status", "--now", NOW.isoformat(), "--max-lag", "2h")
+    assert over.returncode == PAUSED_LAG_EXIT_CODE
+    assert "Lag limit                2h: LAGGING (paused)" in over.stdout
+    assert over.stderr.strip() == (
+        "purging is paused (by ops: carrier audit): the oldest overdue number is 1d past its"
+        " deadline, over the 2h limit (--max-lag)."
+    )
+    # Within the limit, a pause alone is no alert.
+    assert sqlite_cli.cli("status", "--now", NOW.isoformat(), "--max-lag", "2d").returncode == 0
+    assert sqlite_cli.cli("resume").returncode == 0
+    assert sqlite_cli.status("--max-lag", "2h", exit_code=LAG_EXIT_CODE)["lagging"] is True
 
 
 def test_pause_stops_every_run_until_resume_and_status_says_who_and_why(store: Store) -> None:

@@ -338,6 +338,8 @@ def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None)
 
 # `status --max-lag` exits with this when purging has fallen behind (1 and 2 are errors).
 LAG_EXIT_CODE = 3
+# ... and with this when it has fallen behind because purging is paused (on purpose).
+PAUSED_LAG_EXIT_CODE = 6
 _SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[dhms])+")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -400,7 +402,11 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
     """Backlog, oldest overdue number, holds and the last purge runs; alerts on lag."""
     with _sessions(read_only=True)() as session:
         report = store_status(
-            session, now=now, runs=runs, deploy_paused=get_settings().purge_paused
+            session,
+            now=now,
+            runs=runs,
+            deploy_paused=get_settings().purge_paused,
+            provider=get_settings().provider,
         )
     report["publication"] = _publication(now)
     if max_lag is not None:
@@ -411,12 +417,18 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
     else:
         click.echo(_status_table(report))
     if report.get("lagging"):
-        click.echo(
-            f"purging lags: the oldest overdue number is "
+        behind = (
+            f"the oldest overdue number is "
             f"{format_duration(report['oldest_overdue_seconds'])} past its deadline, "
-            f"over the {format_duration(report['max_lag_seconds'])} limit (--max-lag).",
-            err=True,
+            f"over the {format_duration(report['max_lag_seconds'])} limit (--max-lag)"
         )
+        if report["paused"]:
+            pause = report["pause"]
+            who = f"by {pause['by']}" if pause else "by PURGE_PAUSED"
+            why = f": {pause['reason']}" if pause and pause["reason"] else ""
+            click.echo(f"purging is paused ({who}{why}): {behind}.", err=True)
+            sys.exit(PAUSED_LAG_EXIT_CODE)
+        click.echo(f"purging lags: {behind}.", err=True)
         sys.exit(LAG_EXIT_CODE)
 
 
@@ -460,7 +472,7 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
     paused = "yes, PURGE_PAUSED is set" if report["paused"] else "no"
     facts = [
         ("Paused", f"yes, {_set_by(pause)}" if pause else paused),
-        ("Overdue (purgeable now)", f"{report['overdue']:,}"),
+        ("Overdue (purgeable now)", _overdue(report)),
         ("Oldest overdue", oldest),
         ("On hold", f"{report['held']:,}"),
         ("Releasable", f"{report['releasable']:,}"),
@@ -484,8 +496,26 @@ def _facts(report: dict[str, Any]) -> list[tuple[str, str]]:
         facts.append(("Last published", _published(report["publication"])))
     if "lagging" in report:
         verdict = "LAGGING" if report["lagging"] else "ok"
+        if report["lagging"] and report["paused"]:
+            verdict = "LAGGING (paused)"
         facts.append(("Lag limit", f"{format_duration(report['max_lag_seconds'])}: {verdict}"))
     return facts
+
+
+def _overdue(report: dict[str, Any]) -> str:
+    """What a run can take now; what waits on the provider or a person beside it."""
+    waiting = report.get("overdue_waiting") or 0
+    text = f"{report['overdue'] - waiting:,}"
+    return text + (f" (+{waiting:,} waiting on the provider or a person)" if waiting else "")
+
+
+def _run_note(run: dict[str, Any]) -> str:
+    """A running run's rate and estimate; else the reason it ended as it did."""
+    if run["status"] == "running" and run.get("rows_per_second"):
+        eta = run.get("eta_seconds")
+        left = f", ~{format_duration(eta)} left" if eta is not None else ""
+        return f"{run['rows_per_second']:,.0f} rows/s{left}"
+    return str(run["reason"] or "")
 
 
 def _status_table(report: dict[str, Any]) -> str:
@@ -503,7 +533,7 @@ def _status_table(report: dict[str, Any]) -> str:
             f"{run['batches']:,}",
             "-" if run["remaining"] is None else f"{run['remaining']:,}",
             "-" if run["seconds"] is None else f"{run['seconds']:.1f}s",
-            run["reason"] or "",
+            _run_note(run),
         )
         for run in report["last_runs"]
     ]

@@ -15,8 +15,10 @@ to rest, the longest wins:
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -28,6 +30,9 @@ TOLERANCE = 1.5
 LAG_PROBE_SECONDS = 1.0
 # One rest never exceeds this: a stop or a pause is seen within it.
 MAX_REST_SECONDS = 2.0
+# Under a rows/s ceiling a batch holds at most this many seconds of the pace: over any window
+# of T seconds the run purges at most pace * (T + BURST_SECONDS) rows (5 % over a 10 s window).
+BURST_SECONDS = 0.5
 
 # How fast the share of batches that found others at work follows a change (per batch).
 BUSY_SMOOTHING = 0.2
@@ -68,53 +73,77 @@ def others_at_work(session: Session) -> int:
 
 @dataclass
 class Pacer:
-    """Rests after batches; its `rested` seconds go into the run's summary."""
+    """Rests after batches; its `rested` seconds go into the run's summary.
+
+    The rows/s ceiling is a ceiling, not an average: rows count when a batch picks them, a
+    batch holds no more rows than the pace allows in `BURST_SECONDS`, and no batch is picked
+    before the rows already picked are due (`ceiling_wait`, looked at again after each wait,
+    so the cap on one rest never lets the run run ahead).
+    """
 
     pressure_rest: float
     max_replica_lag: float
     target_ms: float
     busy_rest: float = 0.0
     rows_per_second: float = 0.0  # the ceiling in force (the store's pace or the setting)
-    # Rows purged since the ceiling took effect, and when: the ceiling holds for the whole run,
+    # Rows picked since the ceiling took effect, and when: the ceiling holds for the whole run,
     # whatever the number of lanes.
     ceiling_rows: int = 0
     ceiling_since: float = 0.0
     busy: float = 0.0  # smoothed share of batches that found other sessions at work
-    rested: float = 0.0
     lag_checked_at: float | None = None
+    clock: Callable[[], float] = time.monotonic
+    # Seconds each lane (thread) rested: lanes rest side by side, so the run rested as long as
+    # its longest-resting lane, never more than the run's own time.
+    lane_rests: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def rested(self) -> float:
+        return max(self.lane_rests.values(), default=0.0)
 
     def rest_after(self, *, rows: int, ms: float) -> float:
         """Seconds to rest after a batch of `rows` that took `ms`."""
         # Turns with the other sessions, and the time this batch took beyond what its size
-        # was chosen to take.
+        # was chosen to take. The ceiling is kept before the next pick (`ceiling_wait`).
         rest = max(
             self.busy_rest * self.busy * ms / 1000,
             self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
         )
-        return self._rest(max(rest, self._under_ceiling(rows)))
-
-    def ceiling_rest(self, *, rows: int) -> float:
-        """Seconds to rest after a two-phase batch: only the rows/s ceiling applies (its time
-        is the provider's, not the database's)."""
-        return self._rest(self._under_ceiling(rows))
+        return self._rest(rest)
 
     def set_ceiling(self, rows_per_second: float) -> None:
         """The ceiling in force from now on (0: none); a new one starts its own count."""
         if rows_per_second != self.rows_per_second:
             self.rows_per_second = rows_per_second
-            self.ceiling_rows, self.ceiling_since = 0, time.monotonic()
+            self.ceiling_rows, self.ceiling_since = 0, self.clock()
 
-    def _under_ceiling(self, rows: int) -> float:
-        """The rest that brings the rows purged under this ceiling back to its rate."""
+    def ceiling_size(self, size: int) -> int:
+        """`size` cut to what the ceiling allows one batch (at least one row)."""
+        if self.rows_per_second <= 0:
+            return size
+        return max(1, min(size, int(self.rows_per_second * BURST_SECONDS)))
+
+    def ceiling_wait(self) -> float:
+        """Seconds to wait before the next pick, until the rows picked so far are due (0: go).
+
+        A batch is picked once the run is no more than one batch's worth ahead (BURST_SECONDS)
+        of the pace; with batches of at most that size, any window keeps to the pace plus one
+        batch.
+        """
         if self.rows_per_second <= 0:
             return 0.0
-        self.ceiling_rows += rows
         due = self.ceiling_rows / self.rows_per_second
-        return due - (time.monotonic() - self.ceiling_since)
+        return self._rest(due - (self.clock() - self.ceiling_since))
+
+    def count(self, rows: int) -> None:
+        """Rows a batch just picked, counted against the ceiling."""
+        if self.rows_per_second > 0:
+            self.ceiling_rows += rows
 
     def _rest(self, seconds: float) -> float:
         rest = min(max(seconds, 0.0), MAX_REST_SECONDS)
-        self.rested += rest
+        lane = threading.get_ident()
+        self.lane_rests[lane] = self.lane_rests.get(lane, 0.0) + rest
         return rest
 
     def sample_activity(self, session: Session) -> None:
@@ -133,6 +162,6 @@ class Pacer:
         self.lag_checked_at = now
         if replica_lag(session) <= self.max_replica_lag:
             return 0.0
-        self.rested += LAG_PROBE_SECONDS
+        self._rest(LAG_PROBE_SECONDS)
         self.lag_checked_at = None  # look again right after the wait
         return LAG_PROBE_SECONDS

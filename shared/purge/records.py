@@ -68,6 +68,16 @@ def close_dead_runs(session: Session, *, at: datetime) -> None:
     session.flush()
 
 
+def record_progress(session: Session, run_id: str, purged: int) -> None:
+    """Count a committed batch in the run's record, in the batch's own transaction: `status`
+    shows a running run's rows so far and its rate."""
+    session.execute(
+        update(PurgeRun)
+        .where(PurgeRun.id == run_id)
+        .values(purged=PurgeRun.purged + purged, batches=PurgeRun.batches + 1)
+    )
+
+
 def record_end(factory: sessionmaker[Session], report: PurgeReport) -> None:
     """Record the run's end: status, counts and its summary."""
     with factory.begin() as session:

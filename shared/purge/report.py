@@ -20,7 +20,10 @@ class PurgeReport:
     now: str
     purged: int = 0
     batches: int = 0
+    # Overdue numbers left after the run; of them, those this run's path could not take now
+    # (they wait on the provider or a person: `shared.retention.waiting_numbers`).
     remaining: int | None = None
+    remaining_waiting: int | None = None
     seconds: float = 0.0
     worst_batch_ms: float = 0.0
     # The adaptive batch sizes this run used: smallest, largest, last (None: no batch).

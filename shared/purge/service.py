@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +28,7 @@ from shared.purge.sweep import Sweep, run_batches, run_batches_in_parallel
 from shared.purge.upstream_sweep import UpstreamSweep
 from shared.ratelimit import run_bounds
 from shared.retention import cutoff as retention_cutoff
-from shared.retention import purgeable_numbers
+from shared.retention import purgeable_numbers, waiting_numbers
 from shared.settings import get_settings
 
 log = structlog.get_logger("shared.purge")
@@ -97,7 +97,8 @@ def purge_expired(
                     stop or StopRequest(),
                 )
                 halt = _purge(session_factory, report, boundary, now, provider)
-                report.paced_seconds = round(boundary.pacer.rested, 3)
+                # The longest-resting lane's rests, within the run's own time.
+                report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)
             _finish(session_factory, report, halt, now)
         except BaseException as error:
             report.status, report.reason = "failed", type(error).__name__
@@ -190,5 +191,10 @@ def _finish(factory: sessionmaker[Session], report: PurgeReport, halt: Halt, now
     report.status, report.reason = halt.status, halt.reason
     with factory() as session:
         report.remaining = count_overdue(session, now)
-    if report.status == "limit_reached" and report.remaining == 0:
+        report.remaining_waiting = session.execute(
+            select(func.count()).where(waiting_numbers(now, report.provider))
+        ).scalar_one()
+    # Nothing left that a run could take now: what waits on the provider or a person is not
+    # this run's share.
+    if report.status == "limit_reached" and report.remaining == report.remaining_waiting:
         report.status = "completed"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer
+from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 
@@ -103,19 +104,26 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                     # Only these batches rest for the API's sessions (the provider's batches
                     # wait on the provider, not the database).
                     boundary.pacer.sample_activity(session)
-                    wait = boundary.pacer.replica_wait(session, started)
+                    wait = (
+                        boundary.pacer.replica_wait(session, started)
+                        or boundary.pacer.ceiling_wait()
+                    )
                     if not wait:
-                        size = min(sweep.sizer.size, boundary.budget.rows_left())
+                        size = boundary.pacer.ceiling_size(
+                            min(sweep.sizer.size, boundary.budget.rows_left())
+                        )
                         ids = sweep.statements.pick(session, after=sweep.after, limit=size)
                         if not ids:
                             sweep.halt = Halt("completed")
                             return
                         sweep.after = ids[-1]
                         boundary.budget.take(len(ids))
+                        boundary.pacer.count(len(ids))
                         sweep.picked += 1
                         number = sweep.picked
                 if not wait:
                     purged = sweep.statements.purge(session, ids)
+                    record_progress(session, sweep.report.run_id, purged)
             if wait:
                 boundary.stop.sleep(wait)
                 continue

@@ -13,6 +13,7 @@ from shared.ledger import record_proofs
 from shared.provider import Provider, Resolution, UpstreamResult
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
+from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
 from shared.upstream import (
@@ -85,10 +86,14 @@ class UpstreamSweep:
                 halt = self.boundary.check(session)
                 if halt is not None:
                     return halt
-                wait = self.boundary.pacer.replica_wait(session, started)
+                pacer = self.boundary.pacer
+                wait = pacer.replica_wait(session, started) or pacer.ceiling_wait()
                 if not wait:
-                    limit = min(self._claim_size(), self.boundary.budget.rows_left())
+                    limit = pacer.ceiling_size(
+                        min(self._claim_size(), self.boundary.budget.rows_left())
+                    )
                     claims = claim_batch(session, now=self.now, after=after, limit=limit)
+                    pacer.count(len(claims))
             if wait:
                 self.boundary.stop.sleep(wait)
                 continue
@@ -107,6 +112,8 @@ class UpstreamSweep:
             )
             purged = self._settle(factory, outcome)
             ms = round((time.monotonic() - started) * 1000, 1)
+            with factory.begin() as session:
+                record_progress(session, self.report.run_id, purged)
             self.report.add_batch(
                 purged,
                 ms,
@@ -128,7 +135,6 @@ class UpstreamSweep:
                     "provider_unavailable",
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
-            self.boundary.stop.sleep(self.boundary.pacer.ceiling_rest(rows=len(claims)))
 
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
