@@ -15,4 +15,9 @@ CONTRACT = (
     "purged",
 )
 # Beyond the contract: what the dashboard uses.
-EXTRAS = ("purge_last_run_purged", "purge_last_run_worst_batch_seconds", "publish_failing")
+EXTRAS = (
+    "purge_last_run_purged",
+    "purge_last_run_worst_batch_seconds",
+    "publish_failing",
+    "schedule_seconds",
+)

@@ -22,13 +22,20 @@ from shared.models import PhoneNumber
 from shared.publication import publication_status
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
 from tests.metric_names import CONTRACT, EXTRAS
 from tests.servers import free_port
 from tests.stores import fail_upstream
-from worker.metrics import Reader, Reading, RetentionCollector, exporter_engine, families
+from worker.metrics import (
+    Reader,
+    Reading,
+    RetentionCollector,
+    exporter_engine,
+    families,
+    schedule_seconds,
+)
 
 DAY = timedelta(days=1)
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -46,8 +53,13 @@ def scrape(collector: Any) -> Samples:
     }
 
 
-def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) -> Samples:
-    """The contract: each metric is the `status --json` value of the same name."""
+def expected(
+    status: dict[str, Any],
+    publication: dict[str, Any] | None = None,
+    schedule: dict[str, int] | None = None,
+) -> Samples:
+    """The contract: each metric is the `status --json` value of the same name (and the
+    schedule, the settings')."""
 
     def at(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp()
@@ -92,6 +104,8 @@ def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) 
             samples[("numbers_retention_publish_last_success_timestamp_seconds", ())] = at(
                 publication["last_success_at"]
             )
+    for task, seconds in (schedule or {}).items():
+        samples[("numbers_retention_schedule_seconds", (("task", task),))] = seconds
     return samples
 
 
@@ -307,8 +321,30 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
         "purged_total": 7,
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
-    names = {family.name for family in families(Reading(status, publication))}
+    schedule = {"purge": 900, "publish": 3600, "relay": 2}
+    names = {family.name for family in families(Reading(status, publication, schedule))}
     assert names == {f"numbers_retention_{name}" for name in EXPORTED}
+
+
+def test_the_schedule_is_exported_as_configured_for_the_alert_rules(tmp_path: Path) -> None:
+    """The alert rules measure ages against these: they follow the settings (and the tasks beat
+    schedules), not constants that fit one schedule."""
+    redis_store = {"database_url": f"sqlite:///{tmp_path}/a.db", "redis_url": "redis://r:6379/0"}
+    assert schedule_seconds(Settings(**redis_store)) == {"purge": 900, "publish": 3600, "relay": 2}
+    tuned = Settings(
+        **redis_store, purge_every_seconds=300, publish_every_seconds=600, relay_every_seconds=5
+    )
+    assert schedule_seconds(tuned) == {"purge": 300, "publish": 600, "relay": 5}
+    # The embedded store: no publication; the relay empties the outbox.
+    embedded = Settings(database_url=f"sqlite:///{tmp_path}/b.db", redis_url="")
+    assert schedule_seconds(embedded) == {"purge": 900, "relay": 2}
+    reading = Reading(None, None, schedule_seconds(tuned))
+    samples = scrape(RetentionCollector(lambda: reading, cache_seconds=0))
+    assert {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "numbers_retention_schedule_seconds"
+    } == {(("task", "purge"),): 300, (("task", "publish"),): 600, (("task", "relay"),): 5}
 
 
 EXPORTED = CONTRACT + EXTRAS

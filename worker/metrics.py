@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
 from typing import Any
@@ -32,6 +32,7 @@ from shared.errors import ValidationError
 from shared.publication import publication_status
 from shared.settings import Settings
 from shared.status import store_status
+from worker.app import beat_schedule
 from worker.connections import existing_store, make_redis
 
 log = structlog.get_logger("worker.metrics")
@@ -45,6 +46,9 @@ class Reading:
 
     status: dict[str, Any] | None
     publication: dict[str, Any] | None
+    # The configured interval of each scheduled task (purge, publish, relay), in seconds: what
+    # the alert rules measure ages against (deploy/prometheus/alerts.yml).
+    schedule: dict[str, int] = field(default_factory=dict)
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -123,6 +127,16 @@ def families(reading: Reading) -> list[Metric]:
                 value=status["purged_total"],
             )
         )
+    if reading.schedule:
+        schedule = GaugeMetricFamily(
+            f"{PREFIX}_schedule_seconds",
+            "How often beat runs each task (PURGE_EVERY_SECONDS, PUBLISH_EVERY_SECONDS, "
+            "RELAY_EVERY_SECONDS), in the exporter's settings; only the tasks beat schedules.",
+            labels=["task"],
+        )
+        for task, seconds in sorted(reading.schedule.items()):
+            schedule.add_metric([task], seconds)
+        metrics.append(schedule)
     publication = reading.publication
     if publication is not None:
         metrics += _gauge(
@@ -147,10 +161,12 @@ class Reader:
         client: redis.Redis | None,
         *,
         deploy_paused: bool = False,
+        schedule: dict[str, int] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.factory, self.client = factory, client
         self.deploy_paused, self.clock = deploy_paused, clock
+        self.schedule = dict(schedule or {})
 
     def __call__(self) -> Reading:
         now = self.clock()
@@ -168,7 +184,7 @@ class Reader:
                 publication = publication_status(self.client, now=now)
             except redis.RedisError as error:
                 log.warning("metrics.redis_unreadable", error=type(error).__name__)
-        return Reading(status, publication)
+        return Reading(status, publication, self.schedule)
 
 
 class RetentionCollector:
@@ -213,6 +229,17 @@ def exporter_engine(settings: Settings) -> Engine:
     )
 
 
+def schedule_seconds(settings: Settings) -> dict[str, int]:
+    """The intervals of the tasks beat schedules with these settings (worker/app.py)."""
+    scheduled = beat_schedule(settings)
+    every = {
+        "purge": ("purge-expired", settings.purge_every_seconds),
+        "publish": ("publish-releasable", settings.publish_every_seconds),
+        "relay": ("relay-events", settings.relay_every_seconds),
+    }
+    return {task: seconds for task, (entry, seconds) in every.items() if entry in scheduled}
+
+
 def make_collector(settings: Settings) -> RetentionCollector:
     """The collector on the configured store and Redis (no Redis: no publication metrics)."""
     url = settings.resolved_redis_url()
@@ -222,6 +249,7 @@ def make_collector(settings: Settings) -> RetentionCollector:
         make_session_factory(exporter_engine(settings)),
         client,
         deploy_paused=settings.purge_paused,
+        schedule=schedule_seconds(settings),
     )
     return RetentionCollector(reader, cache_seconds=settings.metrics_cache_seconds)
 
