@@ -13,6 +13,11 @@ CONTRACT = (
     "publish_last_success_timestamp_seconds",
     "purge_last_run_seconds",
     "purged",
+    # Added in the third plan (DESIGN.md).
+    "outbox_events",
+    "outbox_oldest_event_age_seconds",
+    "purge_last_run_status",
+    "build_info",
 )
 # Beyond the contract: what the dashboard uses.
 EXTRAS = (

@@ -18,10 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import migrate
 from shared.db import make_engine, make_session_factory
-from shared.models import PhoneNumber
+from shared.models import NumberEvent, PhoneNumber
 from shared.publication import publication_status
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
+from shared.relay import discard_events
 from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
@@ -29,6 +30,8 @@ from tests.metric_names import CONTRACT, EXTRAS
 from tests.servers import free_port
 from tests.stores import fail_upstream
 from worker.metrics import (
+    RUN_STATUSES,
+    VERSION,
     Reader,
     Reading,
     RetentionCollector,
@@ -38,6 +41,11 @@ from worker.metrics import (
 )
 
 DAY = timedelta(days=1)
+# What a store the exporter cannot read gives: up 0, and the build (never a store metric).
+DEAD_STORE = {
+    ("numbers_retention_up", ()): 0,
+    ("numbers_retention_build_info", (("version", VERSION),)): 1,
+}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -67,6 +75,11 @@ def expected(
     last = status["last_finished_run"]
     samples: Samples = {
         ("numbers_retention_up", ()): 1,
+        ("numbers_retention_build_info", (("version", VERSION),)): 1,
+        ("numbers_retention_outbox_events", ()): status["outbox"]["events"],
+        ("numbers_retention_outbox_oldest_event_age_seconds", ()): status["outbox"][
+            "oldest_age_seconds"
+        ],
         ("numbers_retention_overdue", ()): status["overdue"],
         ("numbers_retention_oldest_overdue_seconds", ()): status["oldest_overdue_seconds"],
         ("numbers_retention_held", ()): status["held"],
@@ -92,6 +105,10 @@ def expected(
             status["purge_last_success_at"]
         )
     if last:
+        for name in {*RUN_STATUSES, last["status"]}:
+            samples[("numbers_retention_purge_last_run_status", (("status", name),))] = int(
+                name == last["status"]
+            )
         samples |= {
             ("numbers_retention_purge_last_run_seconds", ()): last["seconds"],
             ("numbers_retention_purge_last_run_purged", ()): last["purged"],
@@ -198,7 +215,7 @@ def test_one_reading_serves_the_scrapes_of_the_cache_window() -> None:
 
     collector = RetentionCollector(read, cache_seconds=5, monotonic=lambda: clock[0])
     for _ in range(3):
-        assert scrape(collector) == {("numbers_retention_up", ()): 0}
+        assert scrape(collector) == DEAD_STORE
     assert len(reads) == 1
     clock[0] += 4.9
     scrape(collector)
@@ -240,7 +257,7 @@ def unreachable_store() -> Iterator[Engine]:
 
 def test_an_unreadable_store_is_up_0_and_nothing_else(unreachable_store: Engine) -> None:
     reader = Reader(make_session_factory(unreachable_store), None)
-    assert scrape(RetentionCollector(reader, cache_seconds=0)) == {("numbers_retention_up", ()): 0}
+    assert scrape(RetentionCollector(reader, cache_seconds=0)) == DEAD_STORE
 
 
 def test_an_unreadable_redis_leaves_out_the_publication_only(
@@ -273,7 +290,7 @@ def test_a_query_past_the_statement_timeout_is_up_0(
             blocker.exec_driver_sql("LOCK TABLE phone_numbers IN ACCESS EXCLUSIVE MODE")
             started = time.monotonic()
             try:
-                assert scrape(collector) == {("numbers_retention_up", ()): 0}
+                assert scrape(collector) == DEAD_STORE
                 assert time.monotonic() - started < 5, "the scrape waited for the lock"
             finally:
                 blocker.rollback()
@@ -317,8 +334,14 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
         "upstream_refused_carrier": 0,
         "paused": False,
         "purge_last_success_at": "2026-11-27T12:00:00Z",
-        "last_finished_run": {"seconds": 1.5, "purged": 7, "worst_batch_ms": 120.0},
+        "last_finished_run": {
+            "status": "completed",
+            "seconds": 1.5,
+            "purged": 7,
+            "worst_batch_ms": 120.0,
+        },
         "purged_total": 7,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     schedule = {"purge": 900, "publish": 3600, "relay": 2}
@@ -348,3 +371,70 @@ def test_the_schedule_is_exported_as_configured_for_the_alert_rules(tmp_path: Pa
 
 
 EXPORTED = CONTRACT + EXTRAS
+
+
+def test_the_outbox_shows_in_status_and_metrics_until_the_relay_empties_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Events the relay has not applied are counted, the oldest one's age too; a stopped relay
+    was invisible before (only the publication's metrics existed)."""
+    with session_factory.begin() as session:
+        for seconds, phone_number in [(90, "+14155550100"), (30, "+14155550101")]:
+            session.add(
+                NumberEvent(
+                    kind="released",
+                    phone_number=phone_number,
+                    account_id="acc_1",
+                    number_id=1,
+                    deadline=NOW + 14 * DAY,
+                    occurred_at=NOW - timedelta(seconds=seconds),
+                )
+            )
+    with session_factory() as session:
+        assert store_status(session, now=NOW)["outbox"] == {
+            "events": 2,
+            "oldest_age_seconds": 90.0,
+        }
+    collector = RetentionCollector(at_now(session_factory), cache_seconds=0)
+    samples = scrape(collector)
+    assert samples[("numbers_retention_outbox_events", ())] == 2
+    assert samples[("numbers_retention_outbox_oldest_event_age_seconds", ())] == 90.0
+
+    assert discard_events(session_factory).discarded == 2  # the embedded store's relay
+    with session_factory() as session:
+        assert store_status(session, now=NOW)["outbox"] == {"events": 0, "oldest_age_seconds": 0}
+    samples = scrape(collector)
+    assert samples[("numbers_retention_outbox_events", ())] == 0
+    assert samples[("numbers_retention_outbox_oldest_event_age_seconds", ())] == 0
+
+
+def test_the_last_run_status_is_one_of_a_labelled_set() -> None:
+    """1 for the last run's status and 0 for the others, so that an alert can match a status."""
+    status = {
+        "overdue": 0,
+        "oldest_overdue_seconds": 0.0,
+        "held": 0,
+        "releasable": 0,
+        "upstream_failed": 0,
+        "upstream_permanent": 0,
+        "upstream_refused_person": 0,
+        "upstream_refused_carrier": 0,
+        "paused": False,
+        "purge_last_success_at": None,
+        "last_finished_run": {
+            "status": "provider_unavailable",
+            "seconds": 1.0,
+            "purged": 0,
+            "worst_batch_ms": None,
+        },
+        "purged_total": 0,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
+    }
+    samples = scrape(RetentionCollector(lambda: Reading(status, None), cache_seconds=0))
+    statuses = {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "numbers_retention_purge_last_run_status"
+    }
+    assert statuses == {name: int(name == "provider_unavailable") for name in RUN_STATUSES}
+    assert samples[("numbers_retention_build_info", (("version", VERSION),))] == 1

@@ -57,8 +57,14 @@ def exported() -> set[str]:
         "upstream_refused_carrier": 0,
         "paused": False,
         "purge_last_success_at": "2026-11-27T12:00:00Z",
-        "last_finished_run": {"seconds": 1.0, "purged": 1, "worst_batch_ms": 1.0},
+        "last_finished_run": {
+            "status": "completed",
+            "seconds": 1.0,
+            "purged": 1,
+            "worst_batch_ms": 1.0,
+        },
         "purged_total": 1,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     registry = CollectorRegistry()
@@ -110,7 +116,7 @@ def test_alert_rules_pass_their_promtool_unit_tests() -> None:
 
 def test_prometheus_config_and_rules_check() -> None:
     checked = promtool_passes("check", "config", "prometheus.yml", timeout=60)
-    assert "SUCCESS: 9 rules found" in checked
+    assert "SUCCESS: 11 rules found" in checked
 
 
 def test_every_alert_rule_fires_in_a_unit_test() -> None:

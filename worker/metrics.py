@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import version as package_version
 from types import FrameType
 from typing import Any
 
@@ -38,6 +39,19 @@ from worker.connections import existing_store, make_redis
 log = structlog.get_logger("worker.metrics")
 
 PREFIX = "numbers_retention"
+VERSION = package_version("numbers-retention")
+# The statuses a finished real run can end with (docs/runbook.md, "A run's status is one of"):
+# each is exported, 1 for the last run's, so that a query or an alert need not know which exist.
+RUN_STATUSES = (
+    "completed",
+    "limit_reached",
+    "paused",
+    "interrupted",
+    "failed",
+    "provider_unavailable",
+    "provider_misconfigured",
+    "clock_skew",
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,11 @@ def families(reading: Reading) -> list[Metric]:
     metrics: list[Metric] = _gauge(
         "up", "1 when the store could be read at this scrape, else 0.", 1 if status else 0
     )
+    build = GaugeMetricFamily(
+        f"{PREFIX}_build_info", "Always 1; the exporter's version in a label.", labels=["version"]
+    )
+    build.add_metric([VERSION], 1)
+    metrics.append(build)
     if status is not None:
         metrics += _gauge(
             "overdue", "Released numbers past their deadline, not held.", status["overdue"]
@@ -119,6 +138,26 @@ def families(reading: Reading) -> list[Metric]:
             "purge_last_run_worst_batch_seconds",
             "The slowest batch (one transaction) of the last finished purge run.",
             worst_ms / 1000 if worst_ms is not None else None,
+        )
+        run_status = GaugeMetricFamily(
+            f"{PREFIX}_purge_last_run_status",
+            "1 for the status of the last finished purge run, 0 for the other statuses.",
+            labels=["status"],
+        )
+        if last:
+            for name in sorted({*RUN_STATUSES, last["status"]}):
+                run_status.add_metric([name], 1 if name == last["status"] else 0)
+            metrics.append(run_status)
+        outbox = status["outbox"]
+        metrics += _gauge(
+            "outbox_events",
+            "Lifecycle events in the outbox (number_events) not relayed (or discarded) yet.",
+            outbox["events"],
+        )
+        metrics += _gauge(
+            "outbox_oldest_event_age_seconds",
+            "How long ago the oldest event still in the outbox happened (0: none).",
+            outbox["oldest_age_seconds"],
         )
         metrics.append(
             CounterMetricFamily(
