@@ -18,6 +18,7 @@ CONTRACT = (
     "outbox_oldest_event_age_seconds",
     "purge_last_run_status",
     "build_info",
+    "relay_last_success_timestamp_seconds",
 )
 # Beyond the contract: what the dashboard uses.
 EXTRAS = (
@@ -25,4 +26,5 @@ EXTRAS = (
     "purge_last_run_worst_batch_seconds",
     "publish_failing",
     "schedule_seconds",
+    "redis_maxmemory_policy",
 )

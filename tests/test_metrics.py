@@ -22,7 +22,7 @@ from shared.models import NumberEvent, PhoneNumber
 from shared.publication import publication_status
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
-from shared.relay import discard_events
+from shared.relay import discard_events, relay_events
 from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
@@ -198,11 +198,33 @@ def test_publication_metrics_come_from_redis(
     samples = scrape(RetentionCollector(reader, cache_seconds=0))
     with pg_factory() as session:
         status = store_status(session, now=NOW)
+    policy = str(redis_client.info("memory")["maxmemory_policy"])
+    assert samples.pop(("numbers_retention_redis_maxmemory_policy", (("policy", policy),))) == 1
     assert samples == expected(status, publication_status(redis_client, now=NOW))
     assert (
         samples[("numbers_retention_publish_last_success_timestamp_seconds", ())]
         == datetime.fromisoformat(summary["generated_at"]).timestamp()
     )
+
+
+def test_the_relay_records_its_last_success_in_redis_for_the_exporter(
+    pg_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    """A relay that stopped (or failed every run) showed a fresh publication and nothing else."""
+    reader = Reader(pg_factory, redis_client, clock=lambda: NOW)
+    samples = scrape(RetentionCollector(reader, cache_seconds=0))
+    assert ("numbers_retention_relay_last_success_timestamp_seconds", ()) not in samples
+    before = time.time()
+    assert relay_events(pg_factory, redis_client).status == "completed"
+    samples = scrape(RetentionCollector(reader, cache_seconds=0))
+    stamp = samples[("numbers_retention_relay_last_success_timestamp_seconds", ())]
+    assert before - 1 <= stamp <= time.time() + 1
+    policies = [
+        dict(labels)["policy"]
+        for (name, labels), value in samples.items()
+        if name == "numbers_retention_redis_maxmemory_policy" and value == 1
+    ]
+    assert policies == [str(redis_client.info("memory")["maxmemory_policy"])]
 
 
 def test_one_reading_serves_the_scrapes_of_the_cache_window() -> None:
@@ -345,7 +367,13 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     schedule = {"purge": 900, "publish": 3600, "relay": 2}
-    names = {family.name for family in families(Reading(status, publication, schedule))}
+    redis_state = {
+        "relay_last_success_at": "2026-11-27T12:00:00Z",
+        "maxmemory_policy": "noeviction",
+    }
+    names = {
+        family.name for family in families(Reading(status, publication, schedule, redis_state))
+    }
     assert names == {f"numbers_retention_{name}" for name in EXPORTED}
 
 

@@ -42,6 +42,7 @@ def promtool() -> str:
 
 
 SCHEDULE = {"purge": 900, "publish": 3600, "relay": 2}
+REDIS = {"relay_last_success_at": "2026-11-27T12:00:00Z", "maxmemory_policy": "noeviction"}
 
 
 def exported() -> set[str]:
@@ -69,7 +70,7 @@ def exported() -> set[str]:
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     registry = CollectorRegistry()
     registry.register(
-        RetentionCollector(lambda: Reading(status, publication, SCHEDULE), cache_seconds=0)
+        RetentionCollector(lambda: Reading(status, publication, SCHEDULE, REDIS), cache_seconds=0)
     )
     text = generate_latest(registry).decode()
     return {
@@ -116,7 +117,7 @@ def test_alert_rules_pass_their_promtool_unit_tests() -> None:
 
 def test_prometheus_config_and_rules_check() -> None:
     checked = promtool_passes("check", "config", "prometheus.yml", timeout=60)
-    assert "SUCCESS: 11 rules found" in checked
+    assert "SUCCESS: 13 rules found" in checked
 
 
 def test_every_alert_rule_fires_in_a_unit_test() -> None:

@@ -27,10 +27,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.clock import utcnow
+from shared.clock import iso_timestamp, utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import ValidationError
 from shared.publication import publication_status
+from shared.relay import relay_last_success
 from shared.settings import Settings
 from shared.status import store_status
 from worker.app import beat_schedule
@@ -63,6 +64,8 @@ class Reading:
     # The configured interval of each scheduled task (purge, publish, relay), in seconds: what
     # the alert rules measure ages against (deploy/prometheus/alerts.yml).
     schedule: dict[str, int] = field(default_factory=dict)
+    # Redis's own state: `relay_last_success_at` (ISO or None) and `maxmemory_policy`.
+    redis: dict[str, Any] | None = None
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -176,6 +179,21 @@ def families(reading: Reading) -> list[Metric]:
         for task, seconds in sorted(reading.schedule.items()):
             schedule.add_metric([task], seconds)
         metrics.append(schedule)
+    if reading.redis is not None:
+        metrics += _gauge(
+            "relay_last_success_timestamp_seconds",
+            "When a relay run last applied the outbox to Redis and succeeded (completed or "
+            "reached its limit); absent before the first (and without Redis).",
+            _timestamp(reading.redis["relay_last_success_at"]),
+        )
+        policy = GaugeMetricFamily(
+            f"{PREFIX}_redis_maxmemory_policy",
+            "Always 1; Redis's maxmemory-policy in a label (allkeys-*: Redis may evict the "
+            "releasable sets, the stream and RedBeat's schedule, none of which has a TTL).",
+            labels=["policy"],
+        )
+        policy.add_metric([reading.redis["maxmemory_policy"]], 1)
+        metrics.append(policy)
     publication = reading.publication
     if publication is not None:
         metrics += _gauge(
@@ -217,13 +235,18 @@ class Reader:
             # The exporter's answer to a store it cannot read is numbers_retention_up 0.
             log.warning("metrics.store_unreadable", error=type(error).__name__)
             status = None
-        publication = None
+        publication = redis_state = None
         if self.client is not None:
             try:
                 publication = publication_status(self.client, now=now)
+                success = relay_last_success(self.client)
+                redis_state = {
+                    "relay_last_success_at": iso_timestamp(success) if success else None,
+                    "maxmemory_policy": str(self.client.info("memory")["maxmemory_policy"]),
+                }
             except redis.RedisError as error:
                 log.warning("metrics.redis_unreadable", error=type(error).__name__)
-        return Reading(status, publication, self.schedule)
+        return Reading(status, publication, self.schedule, redis_state)
 
 
 class RetentionCollector:
