@@ -28,7 +28,7 @@ from redis.client import Pipeline
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.clock import iso_timestamp, not_ahead, utcnow
+from shared.clock import as_utc, iso_timestamp, not_ahead, utcnow
 from shared.events import EVENTS
 from shared.publication import LAST_SUCCESS
 from shared.releasable import (
@@ -49,6 +49,25 @@ BATCH_SIZE = 1000
 MAX_SECONDS = 5.0
 LOCK_SECONDS = 30.0
 STREAM_MAXLEN = 100_000
+
+
+# A relay run that emptied the outbox, or relayed its share of a larger one.
+SUCCEEDED = ("completed", "limit_reached")
+RELAY_LAST_SUCCESS = "last_success_at"
+
+
+def relay_meta_key(prefix: str = PREFIX) -> str:
+    """Hash of the relay's record in Redis: `last_success_at`, when a relay run last succeeded."""
+    return f"{prefix}:relay:meta"
+
+
+def relay_last_success(client: redis.Redis, *, prefix: str = PREFIX) -> datetime | None:
+    """When a relay run to this Redis last succeeded (None: never on record)."""
+    value = client.hget(relay_meta_key(prefix), RELAY_LAST_SUCCESS)
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return as_utc(datetime.fromisoformat(text))
 
 
 @dataclass
@@ -118,6 +137,10 @@ def relay_events(
     finally:
         if lock.owned():
             lock.release()
+    if report.status in SUCCEEDED:
+        # For the exporter (numbers_retention_relay_last_success_timestamp_seconds): the host's
+        # time, not the run's `now`, as the publication's failure marker does.
+        client.hset(relay_meta_key(prefix), RELAY_LAST_SUCCESS, iso_timestamp(utcnow()))
     if report.status != "completed":  # completed: the last batch found the outbox empty
         report.remaining = _outbox_size(session_factory)
     # The last success, not the hash: a failed publication leaves its marker there too.

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, func, select
 from sqlalchemy.orm import Session
 
-from shared.clock import iso_timestamp, resolve_now, utcnow
+from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
 from shared.controls import read_controls
-from shared.models import PhoneNumber, PurgeRun
+from shared.models import NumberEvent, PhoneNumber, PurgeRun
 from shared.provider import REFUSED_CODE
 from shared.retention import (
     purgeable_numbers,
@@ -148,6 +148,11 @@ def store_status(
     purged_total = session.execute(select(func.coalesce(func.sum(PurgeRun.purged), 0))).scalar_one()
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
+    # The outbox: events the relay has not applied (or, without Redis, discarded) yet.
+    outbox_events, outbox_oldest = session.execute(
+        select(func.count(), func.min(NumberEvent.occurred_at))
+    ).one()
+    outbox_age = (now - as_utc(outbox_oldest)).total_seconds() if outbox_oldest else 0.0
     controls = read_controls(session)
     pause = controls.pause
     return {
@@ -194,4 +199,5 @@ def store_status(
         if last_finished
         else None,
         "purged_total": int(purged_total),
+        "outbox": {"events": outbox_events, "oldest_age_seconds": round(max(outbox_age, 0.0), 3)},
     }

@@ -13,6 +13,18 @@ CONTRACT = (
     "publish_last_success_timestamp_seconds",
     "purge_last_run_seconds",
     "purged",
+    # Added in the third plan (DESIGN.md).
+    "outbox_events",
+    "outbox_oldest_event_age_seconds",
+    "purge_last_run_status",
+    "build_info",
+    "relay_last_success_timestamp_seconds",
 )
 # Beyond the contract: what the dashboard uses.
-EXTRAS = ("purge_last_run_purged", "purge_last_run_worst_batch_seconds", "publish_failing")
+EXTRAS = (
+    "purge_last_run_purged",
+    "purge_last_run_worst_batch_seconds",
+    "publish_failing",
+    "schedule_seconds",
+    "redis_maxmemory_policy",
+)

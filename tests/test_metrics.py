@@ -18,19 +18,34 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import migrate
 from shared.db import make_engine, make_session_factory
-from shared.models import PhoneNumber
+from shared.models import NumberEvent, PhoneNumber
 from shared.publication import publication_status
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
-from shared.settings import get_settings
+from shared.relay import discard_events, relay_events
+from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
 from tests.metric_names import CONTRACT, EXTRAS
 from tests.servers import free_port
 from tests.stores import fail_upstream
-from worker.metrics import Reader, Reading, RetentionCollector, exporter_engine, families
+from worker.metrics import (
+    RUN_STATUSES,
+    VERSION,
+    Reader,
+    Reading,
+    RetentionCollector,
+    exporter_engine,
+    families,
+    schedule_seconds,
+)
 
 DAY = timedelta(days=1)
+# What a store the exporter cannot read gives: up 0, and the build (never a store metric).
+DEAD_STORE = {
+    ("numbers_retention_up", ()): 0,
+    ("numbers_retention_build_info", (("version", VERSION),)): 1,
+}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -46,8 +61,13 @@ def scrape(collector: Any) -> Samples:
     }
 
 
-def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) -> Samples:
-    """The contract: each metric is the `status --json` value of the same name."""
+def expected(
+    status: dict[str, Any],
+    publication: dict[str, Any] | None = None,
+    schedule: dict[str, int] | None = None,
+) -> Samples:
+    """The contract: each metric is the `status --json` value of the same name (and the
+    schedule, the settings')."""
 
     def at(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp()
@@ -55,6 +75,11 @@ def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) 
     last = status["last_finished_run"]
     samples: Samples = {
         ("numbers_retention_up", ()): 1,
+        ("numbers_retention_build_info", (("version", VERSION),)): 1,
+        ("numbers_retention_outbox_events", ()): status["outbox"]["events"],
+        ("numbers_retention_outbox_oldest_event_age_seconds", ()): status["outbox"][
+            "oldest_age_seconds"
+        ],
         ("numbers_retention_overdue", ()): status["overdue"],
         ("numbers_retention_oldest_overdue_seconds", ()): status["oldest_overdue_seconds"],
         ("numbers_retention_held", ()): status["held"],
@@ -80,6 +105,10 @@ def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) 
             status["purge_last_success_at"]
         )
     if last:
+        for name in {*RUN_STATUSES, last["status"]}:
+            samples[("numbers_retention_purge_last_run_status", (("status", name),))] = int(
+                name == last["status"]
+            )
         samples |= {
             ("numbers_retention_purge_last_run_seconds", ()): last["seconds"],
             ("numbers_retention_purge_last_run_purged", ()): last["purged"],
@@ -92,6 +121,8 @@ def expected(status: dict[str, Any], publication: dict[str, Any] | None = None) 
             samples[("numbers_retention_publish_last_success_timestamp_seconds", ())] = at(
                 publication["last_success_at"]
             )
+    for task, seconds in (schedule or {}).items():
+        samples[("numbers_retention_schedule_seconds", (("task", task),))] = seconds
     return samples
 
 
@@ -167,11 +198,33 @@ def test_publication_metrics_come_from_redis(
     samples = scrape(RetentionCollector(reader, cache_seconds=0))
     with pg_factory() as session:
         status = store_status(session, now=NOW)
+    policy = str(redis_client.info("memory")["maxmemory_policy"])
+    assert samples.pop(("numbers_retention_redis_maxmemory_policy", (("policy", policy),))) == 1
     assert samples == expected(status, publication_status(redis_client, now=NOW))
     assert (
         samples[("numbers_retention_publish_last_success_timestamp_seconds", ())]
         == datetime.fromisoformat(summary["generated_at"]).timestamp()
     )
+
+
+def test_the_relay_records_its_last_success_in_redis_for_the_exporter(
+    pg_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    """A relay that stopped (or failed every run) showed a fresh publication and nothing else."""
+    reader = Reader(pg_factory, redis_client, clock=lambda: NOW)
+    samples = scrape(RetentionCollector(reader, cache_seconds=0))
+    assert ("numbers_retention_relay_last_success_timestamp_seconds", ()) not in samples
+    before = time.time()
+    assert relay_events(pg_factory, redis_client).status == "completed"
+    samples = scrape(RetentionCollector(reader, cache_seconds=0))
+    stamp = samples[("numbers_retention_relay_last_success_timestamp_seconds", ())]
+    assert before - 1 <= stamp <= time.time() + 1
+    policies = [
+        dict(labels)["policy"]
+        for (name, labels), value in samples.items()
+        if name == "numbers_retention_redis_maxmemory_policy" and value == 1
+    ]
+    assert policies == [str(redis_client.info("memory")["maxmemory_policy"])]
 
 
 def test_one_reading_serves_the_scrapes_of_the_cache_window() -> None:
@@ -184,7 +237,7 @@ def test_one_reading_serves_the_scrapes_of_the_cache_window() -> None:
 
     collector = RetentionCollector(read, cache_seconds=5, monotonic=lambda: clock[0])
     for _ in range(3):
-        assert scrape(collector) == {("numbers_retention_up", ()): 0}
+        assert scrape(collector) == DEAD_STORE
     assert len(reads) == 1
     clock[0] += 4.9
     scrape(collector)
@@ -226,7 +279,7 @@ def unreachable_store() -> Iterator[Engine]:
 
 def test_an_unreadable_store_is_up_0_and_nothing_else(unreachable_store: Engine) -> None:
     reader = Reader(make_session_factory(unreachable_store), None)
-    assert scrape(RetentionCollector(reader, cache_seconds=0)) == {("numbers_retention_up", ()): 0}
+    assert scrape(RetentionCollector(reader, cache_seconds=0)) == DEAD_STORE
 
 
 def test_an_unreadable_redis_leaves_out_the_publication_only(
@@ -259,7 +312,7 @@ def test_a_query_past_the_statement_timeout_is_up_0(
             blocker.exec_driver_sql("LOCK TABLE phone_numbers IN ACCESS EXCLUSIVE MODE")
             started = time.monotonic()
             try:
-                assert scrape(collector) == {("numbers_retention_up", ()): 0}
+                assert scrape(collector) == DEAD_STORE
                 assert time.monotonic() - started < 5, "the scrape waited for the lock"
             finally:
                 blocker.rollback()
@@ -303,12 +356,113 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
         "upstream_refused_carrier": 0,
         "paused": False,
         "purge_last_success_at": "2026-11-27T12:00:00Z",
-        "last_finished_run": {"seconds": 1.5, "purged": 7, "worst_batch_ms": 120.0},
+        "last_finished_run": {
+            "status": "completed",
+            "seconds": 1.5,
+            "purged": 7,
+            "worst_batch_ms": 120.0,
+        },
         "purged_total": 7,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
-    names = {family.name for family in families(Reading(status, publication))}
+    schedule = {"purge": 900, "publish": 3600, "relay": 2}
+    redis_state = {
+        "relay_last_success_at": "2026-11-27T12:00:00Z",
+        "maxmemory_policy": "noeviction",
+    }
+    names = {
+        family.name for family in families(Reading(status, publication, schedule, redis_state))
+    }
     assert names == {f"numbers_retention_{name}" for name in EXPORTED}
 
 
+def test_the_schedule_is_exported_as_configured_for_the_alert_rules(tmp_path: Path) -> None:
+    """The alert rules measure ages against these: they follow the settings (and the tasks beat
+    schedules), not constants that fit one schedule."""
+    redis_store = {"database_url": f"sqlite:///{tmp_path}/a.db", "redis_url": "redis://r:6379/0"}
+    assert schedule_seconds(Settings(**redis_store)) == {"purge": 900, "publish": 3600, "relay": 2}
+    tuned = Settings(
+        **redis_store, purge_every_seconds=300, publish_every_seconds=600, relay_every_seconds=5
+    )
+    assert schedule_seconds(tuned) == {"purge": 300, "publish": 600, "relay": 5}
+    # The embedded store: no publication; the relay empties the outbox.
+    embedded = Settings(database_url=f"sqlite:///{tmp_path}/b.db", redis_url="")
+    assert schedule_seconds(embedded) == {"purge": 900, "relay": 2}
+    reading = Reading(None, None, schedule_seconds(tuned))
+    samples = scrape(RetentionCollector(lambda: reading, cache_seconds=0))
+    assert {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "numbers_retention_schedule_seconds"
+    } == {(("task", "purge"),): 300, (("task", "publish"),): 600, (("task", "relay"),): 5}
+
+
 EXPORTED = CONTRACT + EXTRAS
+
+
+def test_the_outbox_shows_in_status_and_metrics_until_the_relay_empties_it(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Events the relay has not applied are counted, the oldest one's age too; a stopped relay
+    was invisible before (only the publication's metrics existed)."""
+    with session_factory.begin() as session:
+        for seconds, phone_number in [(90, "+14155550100"), (30, "+14155550101")]:
+            session.add(
+                NumberEvent(
+                    kind="released",
+                    phone_number=phone_number,
+                    account_id="acc_1",
+                    number_id=1,
+                    deadline=NOW + 14 * DAY,
+                    occurred_at=NOW - timedelta(seconds=seconds),
+                )
+            )
+    with session_factory() as session:
+        assert store_status(session, now=NOW)["outbox"] == {
+            "events": 2,
+            "oldest_age_seconds": 90.0,
+        }
+    collector = RetentionCollector(at_now(session_factory), cache_seconds=0)
+    samples = scrape(collector)
+    assert samples[("numbers_retention_outbox_events", ())] == 2
+    assert samples[("numbers_retention_outbox_oldest_event_age_seconds", ())] == 90.0
+
+    assert discard_events(session_factory).discarded == 2  # the embedded store's relay
+    with session_factory() as session:
+        assert store_status(session, now=NOW)["outbox"] == {"events": 0, "oldest_age_seconds": 0}
+    samples = scrape(collector)
+    assert samples[("numbers_retention_outbox_events", ())] == 0
+    assert samples[("numbers_retention_outbox_oldest_event_age_seconds", ())] == 0
+
+
+def test_the_last_run_status_is_one_of_a_labelled_set() -> None:
+    """1 for the last run's status and 0 for the others, so that an alert can match a status."""
+    status = {
+        "overdue": 0,
+        "oldest_overdue_seconds": 0.0,
+        "held": 0,
+        "releasable": 0,
+        "upstream_failed": 0,
+        "upstream_permanent": 0,
+        "upstream_refused_person": 0,
+        "upstream_refused_carrier": 0,
+        "paused": False,
+        "purge_last_success_at": None,
+        "last_finished_run": {
+            "status": "provider_unavailable",
+            "seconds": 1.0,
+            "purged": 0,
+            "worst_batch_ms": None,
+        },
+        "purged_total": 0,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
+    }
+    samples = scrape(RetentionCollector(lambda: Reading(status, None), cache_seconds=0))
+    statuses = {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "numbers_retention_purge_last_run_status"
+    }
+    assert statuses == {name: int(name == "provider_unavailable") for name in RUN_STATUSES}
+    assert samples[("numbers_retention_build_info", (("version", VERSION),))] == 1

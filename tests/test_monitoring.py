@@ -41,6 +41,10 @@ def promtool() -> str:
     return found
 
 
+SCHEDULE = {"purge": 900, "publish": 3600, "relay": 2}
+REDIS = {"relay_last_success_at": "2026-11-27T12:00:00Z", "maxmemory_policy": "noeviction"}
+
+
 def exported() -> set[str]:
     """Every sample name the exporter gives when the store, runs and publication all exist."""
     status = {
@@ -54,12 +58,20 @@ def exported() -> set[str]:
         "upstream_refused_carrier": 0,
         "paused": False,
         "purge_last_success_at": "2026-11-27T12:00:00Z",
-        "last_finished_run": {"seconds": 1.0, "purged": 1, "worst_batch_ms": 1.0},
+        "last_finished_run": {
+            "status": "completed",
+            "seconds": 1.0,
+            "purged": 1,
+            "worst_batch_ms": 1.0,
+        },
         "purged_total": 1,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     registry = CollectorRegistry()
-    registry.register(RetentionCollector(lambda: Reading(status, publication), cache_seconds=0))
+    registry.register(
+        RetentionCollector(lambda: Reading(status, publication, SCHEDULE, REDIS), cache_seconds=0)
+    )
     text = generate_latest(registry).decode()
     return {
         sample.name for family in text_string_to_metric_families(text) for sample in family.samples
@@ -105,7 +117,7 @@ def test_alert_rules_pass_their_promtool_unit_tests() -> None:
 
 def test_prometheus_config_and_rules_check() -> None:
     checked = promtool_passes("check", "config", "prometheus.yml", timeout=60)
-    assert "SUCCESS: 9 rules found" in checked
+    assert "SUCCESS: 13 rules found" in checked
 
 
 def test_every_alert_rule_fires_in_a_unit_test() -> None:
@@ -146,3 +158,27 @@ def test_dashboard_panels_use_the_provisioned_data_source() -> None:
             assert target["datasource"]["uid"] == source["uid"]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_a_panel_in_seconds_plots_only_times() -> None:
+    """A 0/1 flag (publish_failing, paused, up) on a seconds axis reads as "1 s": each panel
+    with unit `s` plots only times (a `_seconds` metric, or the age of a timestamp)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        if panel["fieldConfig"]["defaults"].get("unit") != "s":
+            continue
+        for target in panel["targets"]:
+            names = METRIC.findall(target["expr"])
+            assert names, (panel["title"], target["expr"])
+            assert all(name.endswith("_seconds") for name in names), (panel["title"], names)
+
+
+def test_the_runbook_names_prometheus_pages_of_both_uis_and_redis_eviction() -> None:
+    """Debian's Prometheus (2.42, no new UI) serves its pages under /classic/; the compose
+    image serves /alerts and /graph. And Redis must not evict keys that carry no TTL."""
+    runbook = RUNBOOK.read_text()
+    for page in ("alerts", "graph"):
+        assert f"/{page}`" in runbook
+        assert f"/classic/{page}" in runbook
+    assert "maxmemory-policy noeviction" in runbook
+    assert "allkeys-" in runbook

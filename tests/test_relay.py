@@ -23,7 +23,7 @@ from shared.models import PhoneNumber
 from shared.publication import recording_failures
 from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
-from shared.relay import relay_events
+from shared.relay import relay_events, relay_meta_key
 from shared.releasable import (
     STREAM,
     LockLost,
@@ -372,6 +372,8 @@ def test_a_stream_trimmed_during_a_reconciliation_replaces_nothing(
     assert refused.value.code == "publication_stream_trimmed"
     assert published(redis_client, now) == set()  # the relay's removal stands
     assert [k for k in redis_client.scan_iter("releasable:staging:*")] == []
+    # Beside the stream and the publication's hash, the relay's record (releasable:relay:meta).
     assert Counter(k.split(b":")[0] for k in redis_client.scan_iter()) == Counter(
-        {b"releasable": 1, b"numbers": 1}
+        {b"releasable": 2, b"numbers": 1}
     )
+    assert redis_client.exists(relay_meta_key())

@@ -12,8 +12,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import version as package_version
 from types import FrameType
 from typing import Any
 
@@ -26,17 +27,32 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.clock import utcnow
+from shared.clock import iso_timestamp, utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import ValidationError
 from shared.publication import publication_status
+from shared.relay import relay_last_success
 from shared.settings import Settings
 from shared.status import store_status
+from worker.app import beat_schedule
 from worker.connections import existing_store, make_redis
 
 log = structlog.get_logger("worker.metrics")
 
 PREFIX = "numbers_retention"
+VERSION = package_version("numbers-retention")
+# The statuses a finished real run can end with (docs/runbook.md, "A run's status is one of"):
+# each is exported, 1 for the last run's, so that a query or an alert need not know which exist.
+RUN_STATUSES = (
+    "completed",
+    "limit_reached",
+    "paused",
+    "interrupted",
+    "failed",
+    "provider_unavailable",
+    "provider_misconfigured",
+    "clock_skew",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,11 @@ class Reading:
 
     status: dict[str, Any] | None
     publication: dict[str, Any] | None
+    # The configured interval of each scheduled task (purge, publish, relay), in seconds: what
+    # the alert rules measure ages against (deploy/prometheus/alerts.yml).
+    schedule: dict[str, int] = field(default_factory=dict)
+    # Redis's own state: `relay_last_success_at` (ISO or None) and `maxmemory_policy`.
+    redis: dict[str, Any] | None = None
 
 
 def _timestamp(iso: str | None) -> float | None:
@@ -64,6 +85,11 @@ def families(reading: Reading) -> list[Metric]:
     metrics: list[Metric] = _gauge(
         "up", "1 when the store could be read at this scrape, else 0.", 1 if status else 0
     )
+    build = GaugeMetricFamily(
+        f"{PREFIX}_build_info", "Always 1; the exporter's version in a label.", labels=["version"]
+    )
+    build.add_metric([VERSION], 1)
+    metrics.append(build)
     if status is not None:
         metrics += _gauge(
             "overdue", "Released numbers past their deadline, not held.", status["overdue"]
@@ -116,6 +142,26 @@ def families(reading: Reading) -> list[Metric]:
             "The slowest batch (one transaction) of the last finished purge run.",
             worst_ms / 1000 if worst_ms is not None else None,
         )
+        run_status = GaugeMetricFamily(
+            f"{PREFIX}_purge_last_run_status",
+            "1 for the status of the last finished purge run, 0 for the other statuses.",
+            labels=["status"],
+        )
+        if last:
+            for name in sorted({*RUN_STATUSES, last["status"]}):
+                run_status.add_metric([name], 1 if name == last["status"] else 0)
+            metrics.append(run_status)
+        outbox = status["outbox"]
+        metrics += _gauge(
+            "outbox_events",
+            "Lifecycle events in the outbox (number_events) not relayed (or discarded) yet.",
+            outbox["events"],
+        )
+        metrics += _gauge(
+            "outbox_oldest_event_age_seconds",
+            "How long ago the oldest event still in the outbox happened (0: none).",
+            outbox["oldest_age_seconds"],
+        )
         metrics.append(
             CounterMetricFamily(
                 f"{PREFIX}_purged",  # exposed as numbers_retention_purged_total
@@ -123,6 +169,31 @@ def families(reading: Reading) -> list[Metric]:
                 value=status["purged_total"],
             )
         )
+    if reading.schedule:
+        schedule = GaugeMetricFamily(
+            f"{PREFIX}_schedule_seconds",
+            "How often beat runs each task (PURGE_EVERY_SECONDS, PUBLISH_EVERY_SECONDS, "
+            "RELAY_EVERY_SECONDS), in the exporter's settings; only the tasks beat schedules.",
+            labels=["task"],
+        )
+        for task, seconds in sorted(reading.schedule.items()):
+            schedule.add_metric([task], seconds)
+        metrics.append(schedule)
+    if reading.redis is not None:
+        metrics += _gauge(
+            "relay_last_success_timestamp_seconds",
+            "When a relay run last applied the outbox to Redis and succeeded (completed or "
+            "reached its limit); absent before the first (and without Redis).",
+            _timestamp(reading.redis["relay_last_success_at"]),
+        )
+        policy = GaugeMetricFamily(
+            f"{PREFIX}_redis_maxmemory_policy",
+            "Always 1; Redis's maxmemory-policy in a label (allkeys-*: Redis may evict the "
+            "releasable sets, the stream and RedBeat's schedule, none of which has a TTL).",
+            labels=["policy"],
+        )
+        policy.add_metric([reading.redis["maxmemory_policy"]], 1)
+        metrics.append(policy)
     publication = reading.publication
     if publication is not None:
         metrics += _gauge(
@@ -147,10 +218,12 @@ class Reader:
         client: redis.Redis | None,
         *,
         deploy_paused: bool = False,
+        schedule: dict[str, int] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.factory, self.client = factory, client
         self.deploy_paused, self.clock = deploy_paused, clock
+        self.schedule = dict(schedule or {})
 
     def __call__(self) -> Reading:
         now = self.clock()
@@ -162,13 +235,18 @@ class Reader:
             # The exporter's answer to a store it cannot read is numbers_retention_up 0.
             log.warning("metrics.store_unreadable", error=type(error).__name__)
             status = None
-        publication = None
+        publication = redis_state = None
         if self.client is not None:
             try:
                 publication = publication_status(self.client, now=now)
+                success = relay_last_success(self.client)
+                redis_state = {
+                    "relay_last_success_at": iso_timestamp(success) if success else None,
+                    "maxmemory_policy": str(self.client.info("memory")["maxmemory_policy"]),
+                }
             except redis.RedisError as error:
                 log.warning("metrics.redis_unreadable", error=type(error).__name__)
-        return Reading(status, publication)
+        return Reading(status, publication, self.schedule, redis_state)
 
 
 class RetentionCollector:
@@ -213,6 +291,17 @@ def exporter_engine(settings: Settings) -> Engine:
     )
 
 
+def schedule_seconds(settings: Settings) -> dict[str, int]:
+    """The intervals of the tasks beat schedules with these settings (worker/app.py)."""
+    scheduled = beat_schedule(settings)
+    every = {
+        "purge": ("purge-expired", settings.purge_every_seconds),
+        "publish": ("publish-releasable", settings.publish_every_seconds),
+        "relay": ("relay-events", settings.relay_every_seconds),
+    }
+    return {task: seconds for task, (entry, seconds) in every.items() if entry in scheduled}
+
+
 def make_collector(settings: Settings) -> RetentionCollector:
     """The collector on the configured store and Redis (no Redis: no publication metrics)."""
     url = settings.resolved_redis_url()
@@ -222,6 +311,7 @@ def make_collector(settings: Settings) -> RetentionCollector:
         make_session_factory(exporter_engine(settings)),
         client,
         deploy_paused=settings.purge_paused,
+        schedule=schedule_seconds(settings),
     )
     return RetentionCollector(reader, cache_seconds=settings.metrics_cache_seconds)
 
