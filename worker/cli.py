@@ -64,6 +64,15 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _snake(body: dict[str, Any]) -> dict[str, Any]:
+    """A library body's camelCase keys in the CLI's own style, snake_case (`phoneNumber` ->
+    `phone_number`). Only API bodies (`list`) keep the API's camelCase."""
+    return {_CAMEL_HUMP.sub("_", key).lower(): value for key, value in body.items()}
+
+
 class InvalidUsage(click.ClickException):
     """A usage error (an unknown option or command, a missing argument, a bad value) shown as
     the envelope, `invalid_usage`, exit 2, like every other error of the command line."""
@@ -592,7 +601,7 @@ def _operator() -> str:
 def hold(phone_number: str, reason: str | None, by: str) -> None:
     """Put a number on hold: the purge never removes it until `unhold`."""
     with _sessions().begin() as session:
-        _print_json(hold_number(session, phone_number=phone_number, by=by, reason=reason))
+        _print_json(_snake(hold_number(session, phone_number=phone_number, by=by, reason=reason)))
 
 
 @main.command()
@@ -600,7 +609,7 @@ def hold(phone_number: str, reason: str | None, by: str) -> None:
 def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
     with _sessions().begin() as session:
-        _print_json(unhold_number(session, phone_number=phone_number))
+        _print_json(_snake(unhold_number(session, phone_number=phone_number)))
 
 
 @main.command()
@@ -722,7 +731,7 @@ def retry_upstream(
         raise click.UsageError("--provider-code filters --all-permanent.")
     with _sessions().begin() as session:
         if len(phone_numbers) == 1:
-            _print_json(reset_upstream(session, phone_number=phone_numbers[0]))
+            _print_json(_snake(reset_upstream(session, phone_number=phone_numbers[0])))
             return
         if all_permanent:
             query = select(PhoneNumber.phone_number).where(
@@ -766,13 +775,15 @@ def resolve_upstream(
     """Purge a number kept upstream that a person settled at the provider by hand."""
     with _sessions().begin() as session:
         _print_json(
-            resolve_by_operator(
-                session,
-                phone_number=phone_number,
-                reason=reason,
-                by=by,
-                carrier=carrier,
-                ported_out=ported_out,
+            _snake(
+                resolve_by_operator(
+                    session,
+                    phone_number=phone_number,
+                    reason=reason,
+                    by=by,
+                    carrier=carrier,
+                    ported_out=ported_out,
+                )
             )
         )
 

@@ -1,0 +1,131 @@
+"""One tool: snake_case JSON of the CLI's own and plain control messages; all through the
+console script (issue 19, point 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.clock import utcnow
+
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+NUMBER = "+14155550123"
+CAMEL = ("phoneNumber", "resolvedBy", "runId", "disconnectReason", "wasHeld")
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
+        )
+    }
+    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
+
+
+def run(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=_env(data, **env), capture_output=True, text=True, timeout=60
+    )
+
+
+def ok(data: Path, *args: str, **env: str) -> Any:
+    done = run(data, *args, **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def envelope(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(done.stderr.strip().splitlines()[-1])
+    return body
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Path:
+    """A migrated embedded store with a few demo numbers and one of ours, active."""
+    ok(tmp_path, "seed-demo", "--numbers", "20", "--accounts", "2")
+    from shared import open_account, register_number
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'numbers.db'}")
+    with make_session_factory(engine).begin() as session:
+        open_account(session, account_id="acc_cli", plan="paid")
+        register_number(
+            session,
+            account_id="acc_cli",
+            phone_number=NUMBER,
+            country_code="US",
+            number_type="local",
+            monthly_price="1.00",
+            now=utcnow() - timedelta(days=20),
+        )
+    engine.dispose()
+    return tmp_path
+
+
+def test_hold_and_unhold_print_snake_case_and_unhold_says_whether_it_was_held(demo: Path) -> None:
+    held = ok(demo, "hold", NUMBER, "--by", "ops")
+    assert (held["phone_number"], held["held"]) == (NUMBER, True)
+    assert not set(CAMEL) & set(held)
+    lifted = ok(demo, "unhold", NUMBER)
+    assert lifted == {"phone_number": NUMBER, "held": False, "was_held": True}
+    again = ok(demo, "unhold", NUMBER)
+    assert again == {"phone_number": NUMBER, "held": False, "was_held": False}
+
+
+@pytest.mark.parametrize("command", ["hold", "unhold"])
+def test_an_unknown_number_is_spoken_of_as_a_number_not_an_account(
+    tmp_path: Path, command: str
+) -> None:
+    assert run(tmp_path, "migrate").returncode == 0
+    done = run(tmp_path, command, "+14155550999")
+    assert done.returncode == 2
+    error = envelope(done)["error"]
+    assert error["code"] == "number_not_found"
+    assert "account" not in (error["message"] + error["fix"]).lower()
+    assert "+14155550999" in error["message"]
+
+
+def test_resolve_upstream_and_retry_upstream_print_snake_case(demo: Path) -> None:
+    from shared import release_number
+    from shared.db import make_engine, make_session_factory
+    from tests.stores import fail_upstream
+
+    engine = make_engine(f"sqlite:///{demo / 'numbers.db'}")
+    released = utcnow() - timedelta(days=15)
+    with make_session_factory(engine).begin() as session:
+        release_number(session, account_id="acc_cli", phone_number=NUMBER, now=released)
+        fail_upstream(session, NUMBER, permanent=True)
+    retried = ok(demo, "retry-upstream", NUMBER)
+    assert retried == {"phone_number": NUMBER, "retry": "next purge run"}
+    with make_session_factory(engine).begin() as session:
+        fail_upstream(session, NUMBER, permanent=True)
+    engine.dispose()
+    resolved = ok(demo, "resolve-upstream", NUMBER, "--reason", "settled", "--by", "ops")
+    assert not set(CAMEL) & set(resolved)
+    assert (resolved["phone_number"], resolved["resolved_by"]) == (NUMBER, "ops")
+
+
+def test_a_second_pause_without_reason_keeps_the_first_reason(tmp_path: Path) -> None:
+    assert run(tmp_path, "migrate").returncode == 0
+    first = ok(tmp_path, "pause", "--reason", "carrier audit", "--by", "ops")
+    second = ok(tmp_path, "pause", "--by", "bob")
+    assert second["reason"] == "carrier audit"
+    assert (second["by"], second["at"]) == ("ops", first["at"])
+    assert second["was_paused"] is True
+    status = ok(tmp_path, "status", "--json")
+    assert status["pause"]["reason"] == "carrier audit"
+    replaced = ok(tmp_path, "pause", "--reason", "new reason", "--by", "bob")
+    assert (replaced["reason"], replaced["by"], replaced["was_paused"]) == (
+        "new reason",
+        "bob",
+        True,
+    )
