@@ -1,10 +1,12 @@
-"""One tool: snake_case JSON of the CLI's own and plain control messages; all through the
-console script (issue 19, point 6)."""
+"""One tool: snake_case JSON of the CLI's own, JSON from every command, plain control messages,
+progress bars only on a terminal; all through the console script (issue 19, point 6)."""
 
 from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
 from datetime import timedelta
@@ -71,6 +73,16 @@ def demo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def test_migrate_prints_json(tmp_path: Path) -> None:
+    body = ok(tmp_path, "migrate")
+    assert body["migrated"] is True
+    assert body["store"].startswith("sqlite:///")
+
+
+def test_seed_demo_if_empty_prints_json_when_it_adds_nothing(demo: Path) -> None:
+    assert ok(demo, "seed-demo", "--if-empty") == {"seeded": False, "reason": "store_not_empty"}
+
+
 def test_hold_and_unhold_print_snake_case_and_unhold_says_whether_it_was_held(demo: Path) -> None:
     held = ok(demo, "hold", NUMBER, "--by", "ops")
     assert (held["phone_number"], held["held"]) == (NUMBER, True)
@@ -129,3 +141,44 @@ def test_a_second_pause_without_reason_keeps_the_first_reason(tmp_path: Path) ->
         "bob",
         True,
     )
+
+
+def test_a_piped_seed_demo_prints_no_progress_bar(tmp_path: Path) -> None:
+    done = run(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
+    assert done.returncode == 0, done.stderr
+    assert "%" not in done.stderr
+    assert "\r" not in done.stderr
+    assert json.loads(done.stdout)["numbers"] == 3000
+
+
+def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
+    """The same command with stderr on a terminal (a pty) draws the bar there."""
+    main, child = pty.openpty()
+    try:
+        done = subprocess.run(
+            [CLI, "seed-demo", "--numbers", "3000", "--accounts", "3"],
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=child,
+            text=True,
+            timeout=60,
+        )
+        os.close(child)
+        child = -1
+        drawn = b""
+        while select.select([main], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the pty's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(main)
+        if child != -1:
+            os.close(child)
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["numbers"] == 3000
+    assert b"seeding demo numbers" in drawn
+    assert b"100%" in drawn

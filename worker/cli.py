@@ -73,6 +73,19 @@ def _snake(body: dict[str, Any]) -> dict[str, Any]:
     return {_CAMEL_HUMP.sub("_", key).lower(): value for key, value in body.items()}
 
 
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Any]:
+    """A progress bar on stderr while it is a terminal; in a pipe or a log, none at all.
+
+    Yields the callable to advance it by a count (one that does nothing without a bar).
+    """
+    if not sys.stderr.isatty():
+        yield lambda _count: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
 class InvalidUsage(click.ClickException):
     """A usage error (an unknown option or command, a missing argument, a bad value) shown as
     the envelope, `invalid_usage`, exit 2, like every other error of the command line."""
@@ -207,7 +220,7 @@ def migrate() -> None:
     """Apply the database migrations."""
     engine = _engine()
     upgrade(engine)
-    click.echo(f"migrated {engine.url.render_as_string(hide_password=True)}")
+    _print_json({"migrated": True, "store": engine.url.render_as_string(hide_password=True)})
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -340,9 +353,11 @@ def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None)
     if if_empty:
         with engine.connect() as conn:
             if conn.scalar(select(PhoneNumber.id).limit(1)) is not None:
-                click.echo("store has numbers already; no demo data added")
+                _print_json({"seeded": False, "reason": "store_not_empty"})
                 return
-    _print_json(load_demo(engine, numbers=numbers, accounts=accounts, now=now).as_dict())
+    with _progress(numbers, "seeding demo numbers") as advance:
+        summary = load_demo(engine, numbers=numbers, accounts=accounts, now=now, progress=advance)
+    _print_json(summary.as_dict())
 
 
 # `status --max-lag` exits with this when purging has fallen behind (1 and 2 are errors).
