@@ -1,5 +1,5 @@
 """One tool: snake_case JSON of the CLI's own, JSON from every command, plain control messages,
-progress bars only on a terminal; all through the console script (issue 19, point 6)."""
+`events`, progress bars only on a terminal; all through the console script (issue 19, point 6)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from shared.clock import utcnow
+from shared.releasable import STREAM
 
 CLI = str(Path(sys.executable).parent / "numbers-retention")
 NUMBER = "+14155550123"
@@ -143,6 +147,15 @@ def test_a_second_pause_without_reason_keeps_the_first_reason(tmp_path: Path) ->
     )
 
 
+def test_events_without_redis_says_where_events_are(tmp_path: Path) -> None:
+    done = run(tmp_path, "events")
+    assert done.returncode == 2
+    error = envelope(done)["error"]
+    assert error["code"] == "no_event_stream"
+    assert "REDIS_URL" in error["fix"]
+    assert "Traceback" not in done.stderr
+
+
 def test_a_piped_seed_demo_prints_no_progress_bar(tmp_path: Path) -> None:
     done = run(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
     assert done.returncode == 0, done.stderr
@@ -182,3 +195,71 @@ def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["numbers"] == 3000
     assert b"seeding demo numbers" in drawn
     assert b"100%" in drawn
+
+
+@pytest.fixture
+def stream(redis_url: str) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url)
+    client.delete(STREAM)
+    yield client
+    client.delete(STREAM)
+    client.close()
+
+
+def _entry(client: redis.Redis, event_id: int) -> str:
+    fields = {
+        "id": event_id,
+        "kind": "released",
+        "phone_number": NUMBER,
+        "account_id": "acc_cli",
+        "number_id": 7,
+        "occurred_at": "2026-12-05T12:00:00Z",
+    }
+    return str(client.xadd(STREAM, fields).decode())  # type: ignore[union-attr]
+
+
+def test_events_reads_the_stream_since_an_id(
+    tmp_path: Path, stream: redis.Redis, redis_url: str
+) -> None:
+    first, second = _entry(stream, 1), _entry(stream, 2)
+    every = run(tmp_path, "events", "--json", REDIS_URL=redis_url)
+    assert every.returncode == 0, every.stderr
+    lines = [json.loads(line) for line in every.stdout.splitlines()]
+    assert [line["stream_id"] for line in lines] == [first, second]
+    assert lines[0]["kind"] == "released"
+    assert lines[0]["phone_number"] == NUMBER
+    later = run(tmp_path, "events", "--json", "--since", first, REDIS_URL=redis_url)
+    assert [json.loads(line)["stream_id"] for line in later.stdout.splitlines()] == [second]
+    bad = run(tmp_path, "events", "--since", "yesterday", REDIS_URL=redis_url)
+    assert bad.returncode == 2
+    assert envelope(bad)["error"]["code"] == "invalid_since"
+    table = run(tmp_path, "events", REDIS_URL=redis_url)
+    assert table.returncode == 0
+    assert NUMBER in table.stdout
+    assert "released" in table.stdout
+
+
+def test_events_follow_prints_new_entries_until_sigterm(
+    tmp_path: Path, stream: redis.Redis, redis_url: str
+) -> None:
+    _entry(stream, 1)  # older than the command: --follow without --since starts after it
+    with subprocess.Popen(
+        [CLI, "events", "--follow", "--json"],
+        env=_env(tmp_path, REDIS_URL=redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            time.sleep(1.5)  # the command starts and blocks on XREAD
+            added = _entry(stream, 3)
+            assert process.stdout is not None
+            assert json.loads(process.stdout.readline())["stream_id"] == added
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=10)
+            assert process.returncode == 0, err
+            assert out == ""
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import click
 import redis
@@ -35,6 +35,7 @@ from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.publication import publication_status
 from shared.purge import StopRequest
+from shared.releasable import STREAM
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
@@ -801,6 +802,84 @@ def resolve_upstream(
                 )
             )
         )
+
+
+# `events --follow` waits this long per XREAD, so that a signal is acted on within it.
+EVENTS_BLOCK_MS = 1000
+
+
+def _event_line(stream_id: str, fields: dict[str, str], *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"stream_id": stream_id, **fields})
+    deadline = f"  deadline {fields['deadline']}" if "deadline" in fields else ""
+    return (
+        f"{stream_id}  {fields.get('occurred_at', '-')}  {fields.get('kind', '-'):<16}"
+        f"{fields.get('phone_number', '-')}  {fields.get('account_id', '-')}{deadline}"
+    )
+
+
+@main.command()
+@click.option("--follow", is_flag=True, help="Wait for new entries until Ctrl-C or SIGTERM.")
+@click.option(
+    "--since",
+    "since",
+    metavar="ID",
+    help="Only entries after this stream id (default: the oldest the capped stream keeps; "
+    "with --follow, only new ones).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(follow: bool, since: str | None, as_json: bool) -> None:
+    """Print the lifecycle events the relay streamed to Redis (`numbers:events`), oldest first.
+
+    Needs Redis (REDIS_URL): the embedded default has no stream, and this exits 2 saying so.
+    """
+    url = get_settings().resolved_redis_url()
+    if not url:
+        raise ValidationError(
+            "This store has no event stream: numbers:events lives in Redis, and with no Redis "
+            "configured (the embedded default) the relay keeps no events (the store's outbox is "
+            "emptied unrelayed).",
+            code="no_event_stream",
+            fix="Set REDIS_URL to the Redis the worker relays to; without one, read the "
+            "store's state with `numbers-retention status`, `holds` or `list`.",
+        )
+    stop = StopRequest()
+    client = make_redis(url, timeout=EVENTS_BLOCK_MS / 1000 + 10)
+    try:
+        # With --follow and no --since: after the newest entry now (not XREAD's `$`, which a
+        # second read would move past entries added between the two).
+        cursor = since or (_stream_last_id(client) if follow else "0-0")
+        with stop_on_signals(stop):
+            while True:
+                answer = cast(
+                    "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
+                    client.xread(
+                        {STREAM: cursor}, count=1000, block=EVENTS_BLOCK_MS if follow else None
+                    ),
+                )
+                for _key, entries in answer or ():
+                    for raw_id, raw in entries:
+                        cursor = raw_id.decode()
+                        fields = {k.decode(): v.decode() for k, v in raw.items()}
+                        click.echo(_event_line(cursor, fields, as_json=as_json))
+                if stop.requested or (not follow and not answer):
+                    return
+    except redis.ResponseError as error:
+        if "Invalid stream ID" in str(error) or "ID specified" in str(error):
+            raise ValidationError(
+                f"{since!r} is not a stream id.",
+                code="invalid_since",
+                fix="Pass an id printed by `events`, e.g. 1733400000000-0.",
+            ) from None
+        raise
+    finally:
+        client.close()
+
+
+def _stream_last_id(client: redis.Redis) -> str:
+    """The id of the stream's newest entry, or 0-0 when it has none."""
+    newest = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrevrange(STREAM, count=1))
+    return str(newest[0][0].decode()) if newest else "0-0"
 
 
 @main.group()
