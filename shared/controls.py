@@ -124,10 +124,19 @@ def _lift(session: Session, name: str) -> bool:
 def pause_purge(
     session: Session, *, by: str, reason: str | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Pause every purge run at its next batch, until `resume_purge`; pausing again updates it."""
+    """Pause every purge run at its next batch, until `resume_purge`.
+
+    Pausing again with a reason replaces the pause's record (who, when, why); pausing again
+    without one keeps the first pause as it was, its reason included. `was_paused`: whether
+    a pause was stored already.
+    """
     record = operator_record(by=by, reason=reason, now=now)
+    row = session.get(PurgeControl, PAUSE, with_for_update=True)
+    if row is not None and record[0] is None:
+        kept = Pause(reason=row.reason, by=row.set_by, at=row.set_at)
+        return {"paused": True, **kept.as_dict(), "was_paused": True}
     _store(session, PAUSE, record)
-    return {"paused": True, **Pause(*record).as_dict()}
+    return {"paused": True, **Pause(*record).as_dict(), "was_paused": row is not None}
 
 
 def resume_purge(session: Session) -> dict[str, Any]:

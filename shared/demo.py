@@ -299,8 +299,12 @@ def seed_demo(
     released_share: float = 0.6,
     window_days: int = 30,
     seed: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> DemoSummary:
-    """Add demo accounts and numbers to a migrated store, COPY on PostgreSQL; one transaction."""
+    """Add demo accounts and numbers to a migrated store, COPY on PostgreSQL; one transaction.
+
+    `progress`: called with the count of numbers of each chunk written (a progress bar's).
+    """
     began = time.perf_counter()
     postgres = engine.dialect.name == "postgresql"
     with engine.begin() as connection:
@@ -323,6 +327,8 @@ def seed_demo(
         for chunk in _chunks(generator.numbers(), CHUNK):
             write("phone_numbers", NUMBER_COLUMNS, (number for number, _ in chunk))
             write("campaign_assignments", CAMPAIGN_COLUMNS, (c for _, c in chunk if c))
+            if progress is not None:
+                progress(len(chunk))
         if postgres and numbers:
             last = generator.start.number_id + numbers - 1
             connection.execute(

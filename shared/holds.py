@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.clock import iso_timestamp, resolve_now
 from shared.controls import operator_record
-from shared.lifecycle import set_purge_hold
+from shared.lifecycle import lock_number, set_purge_hold
 from shared.models import PhoneNumber
 from shared.retention import is_purgeable, repurchase_deadline
 
@@ -33,8 +33,10 @@ def hold_number(
 
 
 def unhold_number(session: Session, *, phone_number: str) -> dict[str, Any]:
-    """Lift a number's hold and forget its record."""
-    return set_purge_hold(session, phone_number=phone_number, held=False)
+    """Lift a number's hold and forget its record; `wasHeld`: whether it was held at all."""
+    number = lock_number(session, phone_number)
+    was_held = bool(number is not None and number.purge_hold)
+    return set_purge_hold(session, phone_number=phone_number, held=False) | {"wasHeld": was_held}
 
 
 def list_holds(session: Session, *, now: datetime | None = None) -> list[dict[str, Any]]:

@@ -20,8 +20,17 @@ from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber, Purge
 from shared.retention import RETENTION, is_repurchasable, repurchase_deadline
 
 
-def _not_found(phone_number: str) -> ValidationError:
-    # One error for "unknown" and "another account's": the answer must not leak existence.
+def _not_found(phone_number: str, *, of_account: bool = True) -> ValidationError:
+    """number_not_found. For an account's act, one error for "unknown" and "another
+    account's": the answer must not leak existence. An operator's act (a hold, a campaign)
+    names no account, so its error speaks of the number and the store only."""
+    if not of_account:
+        return ValidationError(
+            f"Number {phone_number} is not in the store.",
+            code="number_not_found",
+            fix="Check the number (E.164, e.g. +14155550101); a purged number is gone for good "
+            "(its tombstone keeps the record).",
+        )
     return ValidationError(
         f"Number {phone_number} was not found on this account.",
         code="number_not_found",
@@ -46,7 +55,7 @@ def _require_number(session: Session, account_id: str | None, phone_number: obje
     """The number, locked, or number_not_found; with `account_id`, only that account's."""
     row = lock_number(session, phone_number)
     if row is None or (account_id is not None and row.account_id != account_id):
-        raise _not_found(validation.phone_number(phone_number))
+        raise _not_found(validation.phone_number(phone_number), of_account=account_id is not None)
     return row
 
 

@@ -55,7 +55,7 @@ def test_seed_demo_then_list_prints_a_body_that_meets_the_contract(
     assert body["numbers"]
     again = cli(tmp_path, "seed-demo", "--if-empty")
     assert again.returncode == 0
-    assert "no demo data added" in again.stdout
+    assert json.loads(again.stdout) == {"seeded": False, "reason": "store_not_empty"}
 
 
 def test_purge_dry_run_then_purge(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_a_number_settled_as_ported_out_is_left_out_of_the_report(
         flags = ["--ported-out"] if ported else []
         done = cli("resolve-upstream", number, "--reason", "settled", "--carrier", "telnyx", *flags)
         assert done.exit_code == 0, done.stderr
-        assert json.loads(done.stdout)["disconnectReason"] == (
+        assert json.loads(done.stdout)["disconnect_reason"] == (
             "ported_out" if ported else "operator"
         )
     # resolve-upstream decides on the host's clock: the month its ledger entries fell in.

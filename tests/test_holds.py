@@ -82,6 +82,7 @@ def test_a_hold_records_who_when_and_why_and_unhold_forgets_it(numbers: Session)
     assert unhold_number(numbers, phone_number="+14155550101") == {
         "phoneNumber": "+14155550101",
         "held": False,
+        "wasHeld": True,
     }
     assert_unheld_without_record(numbers, "+14155550101")
     assert [h["phone_number"] for h in list_holds(numbers, now=NOW)] == [

@@ -205,7 +205,7 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_cli: Store) -> None:
     assert held.returncode == 0, held.stderr
     body = json.loads(held.stdout)
     assert body | {"at": None} == {
-        "phoneNumber": OVERDUE[0],
+        "phone_number": OVERDUE[0],
         "held": True,
         "reason": "billing dispute #42",
         "by": "ops",
@@ -240,7 +240,11 @@ def test_hold_keeps_a_number_from_the_purge_until_unhold(pg_cli: Store) -> None:
 
     lifted = pg_cli.cli("unhold", OVERDUE[0])
     assert lifted.returncode == 0, lifted.stderr
-    assert json.loads(lifted.stdout) == {"phoneNumber": OVERDUE[0], "held": False}
+    assert json.loads(lifted.stdout) == {
+        "phone_number": OVERDUE[0],
+        "held": False,
+        "was_held": True,
+    }
     assert pg_cli.cli("holds").stdout == "No number is on hold.\n"
     report = pg_cli.status("--max-lag", "1h", exit_code=LAG_EXIT_CODE)
     assert (report["overdue"], report["held"], report["oldest_overdue_seconds"]) == (1, 0, 86400)
@@ -269,6 +273,7 @@ def test_pause_stops_every_run_until_resume_and_status_says_who_and_why(store: S
         "reason": "carrier audit",
         "by": "ops",
         "at": None,
+        "was_paused": False,
     }
     report = store.status()
     assert report["paused"] is True
@@ -466,7 +471,7 @@ def test_retry_upstream_clears_many_numbers_at_once(pg_cli: Store, pg_engine: En
     assert json.loads(rest.stdout)["numbers"] == [OVERDUE[2]]
     assert pg_cli.status()["upstream_permanent"] == 0
     one = pg_cli.cli("retry-upstream", OVERDUE[0])
-    assert json.loads(one.stdout) == {"phoneNumber": OVERDUE[0], "retry": "next purge run"}
+    assert json.loads(one.stdout) == {"phone_number": OVERDUE[0], "retry": "next purge run"}
 
 
 @pytest.mark.parametrize(

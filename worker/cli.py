@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import click
 import redis
@@ -35,6 +35,7 @@ from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.publication import publication_status
 from shared.purge import StopRequest
+from shared.releasable import STREAM
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
@@ -62,6 +63,28 @@ class Finite(click.FloatRange):
 
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _snake(body: dict[str, Any]) -> dict[str, Any]:
+    """A library body's camelCase keys in the CLI's own style, snake_case (`phoneNumber` ->
+    `phone_number`). Only API bodies (`list`) keep the API's camelCase."""
+    return {_CAMEL_HUMP.sub("_", key).lower(): value for key, value in body.items()}
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Any]:
+    """A progress bar on stderr while it is a terminal; in a pipe or a log, none at all.
+
+    Yields the callable to advance it by a count (one that does nothing without a bar).
+    """
+    if not sys.stderr.isatty():
+        yield lambda _count: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
 
 
 class InvalidUsage(click.ClickException):
@@ -198,7 +221,7 @@ def migrate() -> None:
     """Apply the database migrations."""
     engine = _engine()
     upgrade(engine)
-    click.echo(f"migrated {engine.url.render_as_string(hide_password=True)}")
+    _print_json({"migrated": True, "store": engine.url.render_as_string(hide_password=True)})
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -331,9 +354,11 @@ def seed_demo(numbers: int, accounts: int, if_empty: bool, now: datetime | None)
     if if_empty:
         with engine.connect() as conn:
             if conn.scalar(select(PhoneNumber.id).limit(1)) is not None:
-                click.echo("store has numbers already; no demo data added")
+                _print_json({"seeded": False, "reason": "store_not_empty"})
                 return
-    _print_json(load_demo(engine, numbers=numbers, accounts=accounts, now=now).as_dict())
+    with _progress(numbers, "seeding demo numbers") as advance:
+        summary = load_demo(engine, numbers=numbers, accounts=accounts, now=now, progress=advance)
+    _print_json(summary.as_dict())
 
 
 # `status --max-lag` exits with this when purging has fallen behind (1 and 2 are errors).
@@ -622,7 +647,7 @@ def _operator() -> str:
 def hold(phone_number: str, reason: str | None, by: str) -> None:
     """Put a number on hold: the purge never removes it until `unhold`."""
     with _sessions().begin() as session:
-        _print_json(hold_number(session, phone_number=phone_number, by=by, reason=reason))
+        _print_json(_snake(hold_number(session, phone_number=phone_number, by=by, reason=reason)))
 
 
 @main.command()
@@ -630,7 +655,7 @@ def hold(phone_number: str, reason: str | None, by: str) -> None:
 def unhold(phone_number: str) -> None:
     """Lift a number's hold: once past its deadline, the next purge removes it."""
     with _sessions().begin() as session:
-        _print_json(unhold_number(session, phone_number=phone_number))
+        _print_json(_snake(unhold_number(session, phone_number=phone_number)))
 
 
 @main.command()
@@ -752,7 +777,7 @@ def retry_upstream(
         raise click.UsageError("--provider-code filters --all-permanent.")
     with _sessions().begin() as session:
         if len(phone_numbers) == 1:
-            _print_json(reset_upstream(session, phone_number=phone_numbers[0]))
+            _print_json(_snake(reset_upstream(session, phone_number=phone_numbers[0])))
             return
         if all_permanent:
             query = select(PhoneNumber.phone_number).where(
@@ -796,15 +821,95 @@ def resolve_upstream(
     """Purge a number kept upstream that a person settled at the provider by hand."""
     with _sessions().begin() as session:
         _print_json(
-            resolve_by_operator(
-                session,
-                phone_number=phone_number,
-                reason=reason,
-                by=by,
-                carrier=carrier,
-                ported_out=ported_out,
+            _snake(
+                resolve_by_operator(
+                    session,
+                    phone_number=phone_number,
+                    reason=reason,
+                    by=by,
+                    carrier=carrier,
+                    ported_out=ported_out,
+                )
             )
         )
+
+
+# `events --follow` waits this long per XREAD, so that a signal is acted on within it.
+EVENTS_BLOCK_MS = 1000
+
+
+def _event_line(stream_id: str, fields: dict[str, str], *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"stream_id": stream_id, **fields})
+    deadline = f"  deadline {fields['deadline']}" if "deadline" in fields else ""
+    return (
+        f"{stream_id}  {fields.get('occurred_at', '-')}  {fields.get('kind', '-'):<16}"
+        f"{fields.get('phone_number', '-')}  {fields.get('account_id', '-')}{deadline}"
+    )
+
+
+@main.command()
+@click.option("--follow", is_flag=True, help="Wait for new entries until Ctrl-C or SIGTERM.")
+@click.option(
+    "--since",
+    "since",
+    metavar="ID",
+    help="Only entries after this stream id (default: the oldest the capped stream keeps; "
+    "with --follow, only new ones).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events(follow: bool, since: str | None, as_json: bool) -> None:
+    """Print the lifecycle events the relay streamed to Redis (`numbers:events`), oldest first.
+
+    Needs Redis (REDIS_URL): the embedded default has no stream, and this exits 2 saying so.
+    """
+    url = get_settings().resolved_redis_url()
+    if not url:
+        raise ValidationError(
+            "This store has no event stream: numbers:events lives in Redis, and with no Redis "
+            "configured (the embedded default) the relay keeps no events (the store's outbox is "
+            "emptied unrelayed).",
+            code="no_event_stream",
+            fix="Set REDIS_URL to the Redis the worker relays to; without one, read the "
+            "store's state with `numbers-retention status`, `holds` or `list`.",
+        )
+    stop = StopRequest()
+    client = make_redis(url, timeout=EVENTS_BLOCK_MS / 1000 + 10)
+    try:
+        # With --follow and no --since: after the newest entry now (not XREAD's `$`, which a
+        # second read would move past entries added between the two).
+        cursor = since or (_stream_last_id(client) if follow else "0-0")
+        with stop_on_signals(stop):
+            while True:
+                answer = cast(
+                    "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None",
+                    client.xread(
+                        {STREAM: cursor}, count=1000, block=EVENTS_BLOCK_MS if follow else None
+                    ),
+                )
+                for _key, entries in answer or ():
+                    for raw_id, raw in entries:
+                        cursor = raw_id.decode()
+                        fields = {k.decode(): v.decode() for k, v in raw.items()}
+                        click.echo(_event_line(cursor, fields, as_json=as_json))
+                if stop.requested or (not follow and not answer):
+                    return
+    except redis.ResponseError as error:
+        if "Invalid stream ID" in str(error) or "ID specified" in str(error):
+            raise ValidationError(
+                f"{since!r} is not a stream id.",
+                code="invalid_since",
+                fix="Pass an id printed by `events`, e.g. 1733400000000-0.",
+            ) from None
+        raise
+    finally:
+        client.close()
+
+
+def _stream_last_id(client: redis.Redis) -> str:
+    """The id of the stream's newest entry, or 0-0 when it has none."""
+    newest = cast("list[tuple[bytes, dict[bytes, bytes]]]", client.xrevrange(STREAM, count=1))
+    return str(newest[0][0].decode()) if newest else "0-0"
 
 
 @main.group()

@@ -1,0 +1,265 @@
+"""One tool: snake_case JSON of the CLI's own, JSON from every command, plain control messages,
+`events`, progress bars only on a terminal; all through the console script (issue 19, point 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shared.clock import utcnow
+from shared.releasable import STREAM
+
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+NUMBER = "+14155550123"
+CAMEL = ("phoneNumber", "resolvedBy", "runId", "disconnectReason", "wasHeld")
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
+        )
+    }
+    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
+
+
+def run(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=_env(data, **env), capture_output=True, text=True, timeout=60
+    )
+
+
+def ok(data: Path, *args: str, **env: str) -> Any:
+    done = run(data, *args, **env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def envelope(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(done.stderr.strip().splitlines()[-1])
+    return body
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Path:
+    """A migrated embedded store with a few demo numbers and one of ours, active."""
+    ok(tmp_path, "seed-demo", "--numbers", "20", "--accounts", "2")
+    from shared import open_account, register_number
+    from shared.db import make_engine, make_session_factory
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'numbers.db'}")
+    with make_session_factory(engine).begin() as session:
+        open_account(session, account_id="acc_cli", plan="paid")
+        register_number(
+            session,
+            account_id="acc_cli",
+            phone_number=NUMBER,
+            country_code="US",
+            number_type="local",
+            monthly_price="1.00",
+            now=utcnow() - timedelta(days=20),
+        )
+    engine.dispose()
+    return tmp_path
+
+
+def test_migrate_prints_json(tmp_path: Path) -> None:
+    body = ok(tmp_path, "migrate")
+    assert body["migrated"] is True
+    assert body["store"].startswith("sqlite:///")
+
+
+def test_seed_demo_if_empty_prints_json_when_it_adds_nothing(demo: Path) -> None:
+    assert ok(demo, "seed-demo", "--if-empty") == {"seeded": False, "reason": "store_not_empty"}
+
+
+def test_hold_and_unhold_print_snake_case_and_unhold_says_whether_it_was_held(demo: Path) -> None:
+    held = ok(demo, "hold", NUMBER, "--by", "ops")
+    assert (held["phone_number"], held["held"]) == (NUMBER, True)
+    assert not set(CAMEL) & set(held)
+    lifted = ok(demo, "unhold", NUMBER)
+    assert lifted == {"phone_number": NUMBER, "held": False, "was_held": True}
+    again = ok(demo, "unhold", NUMBER)
+    assert again == {"phone_number": NUMBER, "held": False, "was_held": False}
+
+
+@pytest.mark.parametrize("command", ["hold", "unhold"])
+def test_an_unknown_number_is_spoken_of_as_a_number_not_an_account(
+    tmp_path: Path, command: str
+) -> None:
+    assert run(tmp_path, "migrate").returncode == 0
+    done = run(tmp_path, command, "+14155550999")
+    assert done.returncode == 2
+    error = envelope(done)["error"]
+    assert error["code"] == "number_not_found"
+    assert "account" not in (error["message"] + error["fix"]).lower()
+    assert "+14155550999" in error["message"]
+
+
+def test_resolve_upstream_and_retry_upstream_print_snake_case(demo: Path) -> None:
+    from shared import release_number
+    from shared.db import make_engine, make_session_factory
+    from tests.stores import fail_upstream
+
+    engine = make_engine(f"sqlite:///{demo / 'numbers.db'}")
+    released = utcnow() - timedelta(days=15)
+    with make_session_factory(engine).begin() as session:
+        release_number(session, account_id="acc_cli", phone_number=NUMBER, now=released)
+        fail_upstream(session, NUMBER, permanent=True)
+    retried = ok(demo, "retry-upstream", NUMBER)
+    assert retried == {"phone_number": NUMBER, "retry": "next purge run"}
+    with make_session_factory(engine).begin() as session:
+        fail_upstream(session, NUMBER, permanent=True)
+    engine.dispose()
+    resolved = ok(demo, "resolve-upstream", NUMBER, "--reason", "settled", "--by", "ops")
+    assert not set(CAMEL) & set(resolved)
+    assert (resolved["phone_number"], resolved["resolved_by"]) == (NUMBER, "ops")
+
+
+def test_a_second_pause_without_reason_keeps_the_first_reason(tmp_path: Path) -> None:
+    assert run(tmp_path, "migrate").returncode == 0
+    first = ok(tmp_path, "pause", "--reason", "carrier audit", "--by", "ops")
+    second = ok(tmp_path, "pause", "--by", "bob")
+    assert second["reason"] == "carrier audit"
+    assert (second["by"], second["at"]) == ("ops", first["at"])
+    assert second["was_paused"] is True
+    status = ok(tmp_path, "status", "--json")
+    assert status["pause"]["reason"] == "carrier audit"
+    replaced = ok(tmp_path, "pause", "--reason", "new reason", "--by", "bob")
+    assert (replaced["reason"], replaced["by"], replaced["was_paused"]) == (
+        "new reason",
+        "bob",
+        True,
+    )
+
+
+def test_events_without_redis_says_where_events_are(tmp_path: Path) -> None:
+    done = run(tmp_path, "events")
+    assert done.returncode == 2
+    error = envelope(done)["error"]
+    assert error["code"] == "no_event_stream"
+    assert "REDIS_URL" in error["fix"]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_piped_seed_demo_prints_no_progress_bar(tmp_path: Path) -> None:
+    done = run(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
+    assert done.returncode == 0, done.stderr
+    assert "%" not in done.stderr
+    assert "\r" not in done.stderr
+    assert json.loads(done.stdout)["numbers"] == 3000
+
+
+def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
+    """The same command with stderr on a terminal (a pty) draws the bar there."""
+    main, child = pty.openpty()
+    try:
+        done = subprocess.run(
+            [CLI, "seed-demo", "--numbers", "3000", "--accounts", "3"],
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=child,
+            text=True,
+            timeout=60,
+        )
+        os.close(child)
+        child = -1
+        drawn = b""
+        while select.select([main], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the pty's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(main)
+        if child != -1:
+            os.close(child)
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["numbers"] == 3000
+    assert b"seeding demo numbers" in drawn
+    assert b"100%" in drawn
+
+
+@pytest.fixture
+def stream(redis_url: str) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url)
+    client.delete(STREAM)
+    yield client
+    client.delete(STREAM)
+    client.close()
+
+
+def _entry(client: redis.Redis, event_id: int) -> str:
+    fields = {
+        "id": event_id,
+        "kind": "released",
+        "phone_number": NUMBER,
+        "account_id": "acc_cli",
+        "number_id": 7,
+        "occurred_at": "2026-12-05T12:00:00Z",
+    }
+    return str(client.xadd(STREAM, fields).decode())  # type: ignore[union-attr]
+
+
+def test_events_reads_the_stream_since_an_id(
+    tmp_path: Path, stream: redis.Redis, redis_url: str
+) -> None:
+    first, second = _entry(stream, 1), _entry(stream, 2)
+    every = run(tmp_path, "events", "--json", REDIS_URL=redis_url)
+    assert every.returncode == 0, every.stderr
+    lines = [json.loads(line) for line in every.stdout.splitlines()]
+    assert [line["stream_id"] for line in lines] == [first, second]
+    assert lines[0]["kind"] == "released"
+    assert lines[0]["phone_number"] == NUMBER
+    later = run(tmp_path, "events", "--json", "--since", first, REDIS_URL=redis_url)
+    assert [json.loads(line)["stream_id"] for line in later.stdout.splitlines()] == [second]
+    bad = run(tmp_path, "events", "--since", "yesterday", REDIS_URL=redis_url)
+    assert bad.returncode == 2
+    assert envelope(bad)["error"]["code"] == "invalid_since"
+    table = run(tmp_path, "events", REDIS_URL=redis_url)
+    assert table.returncode == 0
+    assert NUMBER in table.stdout
+    assert "released" in table.stdout
+
+
+def test_events_follow_prints_new_entries_until_sigterm(
+    tmp_path: Path, stream: redis.Redis, redis_url: str
+) -> None:
+    _entry(stream, 1)  # older than the command: --follow without --since starts after it
+    with subprocess.Popen(
+        [CLI, "events", "--follow", "--json"],
+        env=_env(tmp_path, REDIS_URL=redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            time.sleep(1.5)  # the command starts and blocks on XREAD
+            added = _entry(stream, 3)
+            assert process.stdout is not None
+            assert json.loads(process.stdout.readline())["stream_id"] == added
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=10)
+            assert process.returncode == 0, err
+            assert out == ""
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
