@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -80,14 +81,17 @@ def publish_releasable(
     stream: str = STREAM,
     lock_seconds: float = LOCK_SECONDS,
     lock_wait: float = LOCK_WAIT_SECONDS,
+    progress: Callable[[int], None] = lambda _numbers: None,
 ) -> dict[str, Any]:
-    """Replace the published sets with the store's repurchasable numbers; report the drift."""
+    """Replace the published sets with the store's repurchasable numbers; report the drift.
+
+    `progress` is told the numbers of each chunk written to the staging sets."""
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
     clock = time.monotonic()
     staging = f"{prefix}:staging:{uuid.uuid4().hex}"
     # The mark first, then the snapshot: see the module's docstring.
     mark = stream_mark(client, stream)
-    per_account, drift = _build(session, client, now, staging, prefix)
+    per_account, drift = _build(session, client, now, staging, prefix, progress)
     lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
     if not lock.acquire(blocking=True, blocking_timeout=lock_wait):
         _drop_staging(client, staging, per_account)
@@ -147,8 +151,13 @@ class Drift:
         return max(self.live - self.found, 0)
 
 
-def _build(
-    session: Session, client: redis.Redis, now: datetime, staging: str, prefix: str
+def _build(  # noqa: PLR0917 - one caller, in order
+    session: Session,
+    client: redis.Redis,
+    now: datetime,
+    staging: str,
+    prefix: str,
+    progress: Callable[[int], None],
 ) -> tuple[defaultdict[str, int], Drift]:
     """Write the store's repurchasable numbers under the staging keys, and compare them with
     the live set; members per account, and the drift."""
@@ -178,6 +187,7 @@ def _build(
             pipe.zadd(account_key(account_id, staging), members)
             per_account[account_id] += len(members)
         found = cast(list[float | None], pipe.execute()[0])
+        progress(len(scores))
         for score, was in zip(scores.values(), found, strict=True):
             if was is None or was <= cutoff:
                 drift.added += 1

@@ -164,13 +164,13 @@ def test_a_piped_seed_demo_prints_no_progress_bar(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["numbers"] == 3000
 
 
-def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
-    """The same command with stderr on a terminal (a pty) draws the bar there."""
+def on_a_terminal(data: Path, *args: str, **env: str) -> tuple[Any, bytes]:
+    """The console script with stderr on a terminal (a pty): its result, and what it drew."""
     main, child = pty.openpty()
     try:
         done = subprocess.run(
-            [CLI, "seed-demo", "--numbers", "3000", "--accounts", "3"],
-            env=_env(tmp_path),
+            [CLI, *args],
+            env=_env(data, **env),
             stdout=subprocess.PIPE,
             stderr=child,
             text=True,
@@ -191,10 +191,41 @@ def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
         os.close(main)
         if child != -1:
             os.close(child)
+    return done, drawn
+
+
+def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
+    """The same command with stderr on a terminal (a pty) draws the bar there."""
+    done, drawn = on_a_terminal(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
     assert done.returncode == 0
     assert json.loads(done.stdout)["numbers"] == 3000
     assert b"seeding demo numbers" in drawn
     assert b"100%" in drawn
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("command", "label", "counted"),
+    [("purge", b"purging", "purged"), ("publish", b"publishing", "published")],
+)
+def test_a_foreground_purge_or_publish_draws_a_bar_on_a_terminal_and_none_in_a_pipe(
+    tmp_path: Path,
+    redis_url: str,
+    redis_client: Any,
+    command: str,
+    label: bytes,
+    counted: str,
+) -> None:
+    ok(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
+    done, drawn = on_a_terminal(tmp_path, command, REDIS_URL=redis_url)
+    assert done.returncode == 0, drawn[-2000:]
+    assert json.loads(done.stdout)[counted] > 0
+    assert label in drawn
+    assert b"100%" in drawn
+    piped = run(tmp_path, command, REDIS_URL=redis_url)
+    assert piped.returncode == 0, piped.stderr
+    assert label.decode() not in piped.stderr
+    assert "\r" not in piped.stderr
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import math
 import re
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -20,10 +20,11 @@ import redis
 import structlog
 from celery import signals
 from click.exceptions import NoArgsIsHelpError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.clock import resolve_now
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
@@ -35,7 +36,9 @@ from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.publication import publication_status
 from shared.purge import StopRequest
+from shared.purge.statements import count_overdue
 from shared.releasable import STREAM
+from shared.retention import repurchasable_numbers
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
 from shared.upstream import reset_upstream, resolve_by_operator
@@ -75,15 +78,17 @@ def _snake(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _progress(total: int, label: str) -> Iterator[Any]:
+def _progress(total: int | Callable[[], int], label: str) -> Iterator[Any]:
     """A progress bar on stderr while it is a terminal; in a pipe or a log, none at all.
 
-    Yields the callable to advance it by a count (one that does nothing without a bar).
+    `total` may be a function, called only when there is a bar. Yields the callable to
+    advance it by a count (one that does nothing without a bar).
     """
     if not sys.stderr.isatty():
         yield lambda _count: None
         return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+    length = total() if callable(total) else total
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
         yield bar.update
 
 
@@ -307,7 +312,12 @@ def purge(
     provider stopped the run (`provider_misconfigured`, `provider_unavailable`).
     """
     stop = StopRequest()
-    with stop_on_signals(stop):
+
+    def overdue() -> int:  # the bar's length: what this run may take
+        with _sessions(read_only=True)() as session:
+            return min(count_overdue(session, resolve_now(now)), max_rows or MAX_COUNT)
+
+    with stop_on_signals(stop), _progress(0 if dry_run else overdue, "purging") as advance:
         report = run_purge(
             get_settings(),
             now=now,
@@ -316,6 +326,7 @@ def purge(
             batch_size=batch_size,
             max_rows=max_rows,
             max_seconds=max_seconds,
+            progress=advance,
         )
     _print_json(report.as_dict())
     if report.status == "skipped":
@@ -330,7 +341,15 @@ def purge(
 @now_option
 def publish(now: datetime | None) -> None:
     """Reconcile the releasable set in Redis with the store now; prints the drift repaired."""
-    _print_json(publish_now(get_settings(), now=now))
+
+    def repurchasable() -> int:  # the bar's length
+        with _sessions(read_only=True)() as session:
+            numbers = select(func.count()).where(repurchasable_numbers(resolve_now(now)))
+            return int(session.execute(numbers).scalar_one())
+
+    with _progress(repurchasable, "publishing") as advance:
+        summary = publish_now(get_settings(), now=now, progress=advance)
+    _print_json(summary)
 
 
 @main.command("list")

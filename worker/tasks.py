@@ -7,6 +7,7 @@ the environment, at import or later.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime
 from functools import partial
@@ -122,9 +123,11 @@ def run_purge(
     batch_size: int | None = None,
     max_rows: int | None = None,
     max_seconds: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> PurgeReport:
     """One purge run on the store, provider and limits the settings name; the bounds given
-    (the CLI's flags) override the settings'. The task and `numbers-retention purge` run this."""
+    (the CLI's flags) override the settings'. The task and `numbers-retention purge` run this;
+    `progress` is told the rows of each committed batch."""
     config = PurgeConfig.from_settings(settings).overridden(
         batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
     )
@@ -136,10 +139,16 @@ def run_purge(
             config=config,
             provider=provider,
             stop=stop,
+            progress=progress,
         )
 
 
-def publish_now(settings: Settings, *, now: datetime | None) -> dict[str, Any]:
+def publish_now(
+    settings: Settings,
+    *,
+    now: datetime | None,
+    progress: Callable[[int], None] = lambda _numbers: None,
+) -> dict[str, Any]:
     """Reconcile the releasable set in Redis with the store; returns the drift repaired.
 
     A failure leaves its marker in Redis for `status` and the exporter. A success settles the
@@ -148,7 +157,7 @@ def publish_now(settings: Settings, *, now: datetime | None) -> dict[str, Any]:
     """
     client = redis_client(settings)
     with recording_failures(client), session_factory(settings)() as session:
-        summary = publish_releasable(session, client, now=now)
+        summary = publish_releasable(session, client, now=now, progress=progress)
     client.delete(RECONCILE_REQUESTED)
     return summary
 

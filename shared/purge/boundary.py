@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -29,6 +30,8 @@ class Boundary:
     budget: Budget
     pacer: Pacer
     stop: StopRequest
+    # Told the rows of each committed batch (the CLI's progress bar on a terminal).
+    progress: Callable[[int], None] = lambda _rows: None
 
     def check(self, session: Session) -> Halt | None:
         """A Halt when the run must end before its next batch, else None.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 
 import structlog
@@ -47,6 +48,7 @@ def purge_expired(
     provider: Provider | None = None,
     config: PurgeConfig | None = None,
     stop: StopRequest | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> PurgeReport:
     """Purge released numbers past their deadline, in batches of one transaction each.
 
@@ -54,7 +56,8 @@ def purge_expired(
     `config`, else the settings). What is left waits for the next run. One run at a time: a
     concurrent run returns `skipped`. Before every batch the run honours `stop` (status
     `interrupted`) and a pause (`paused`). With an upstream `provider` (default: the one the
-    settings name) each number is released there first.
+    settings name) each number is released there first. `progress` is told the rows of
+    each committed batch (a progress bar's).
     """
     config = (config or PurgeConfig.from_settings(get_settings())).overridden(
         batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds, paused=paused
@@ -96,6 +99,8 @@ def purge_expired(
                     ),
                     stop or StopRequest(),
                 )
+                if progress is not None:  # told the rows of each committed batch
+                    boundary.progress = progress
                 halt = _purge(session_factory, report, boundary, now, provider)
                 # The longest-resting lane's rests, within the run's own time.
                 report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)

@@ -127,6 +127,7 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
             if wait:
                 boundary.stop.sleep(wait)
                 continue
+            boundary.progress(purged)  # committed
             ms = round((time.monotonic() - started) * 1000, 1)
             boundary.stop.sleep(sweep.finish(number, _Done(size, purged, ms), len(ids)))
     except BaseException:

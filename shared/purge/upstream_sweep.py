@@ -114,6 +114,7 @@ class UpstreamSweep:
             ms = round((time.monotonic() - started) * 1000, 1)
             with factory.begin() as session:
                 record_progress(session, self.report.run_id, purged)
+            self.boundary.progress(purged)
             self.report.add_batch(
                 purged,
                 ms,
