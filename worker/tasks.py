@@ -7,6 +7,7 @@ the environment, at import or later.
 
 from __future__ import annotations
 
+import json
 from contextlib import closing
 from datetime import datetime
 from functools import partial
@@ -41,6 +42,30 @@ PURGE_HARD_MARGIN = 120
 
 # Set while a reconciliation asked for by the relay is pending, so it is asked for once.
 RECONCILE_REQUESTED = "releasable:reconcile-requested"
+
+# Purge statuses that end the task in Celery's FAILURE state: the run was stopped by the
+# provider (its calls refused or unanswered). A run that failed raises its own error.
+STOPPED = ("provider_misconfigured", "provider_unavailable")
+
+
+class PurgeStopped(Exception):
+    """A purge run the provider stopped: the task's error, its one argument the run's JSON
+    summary (what the task would have returned), so that `str(error)` is that JSON.
+
+    Raised as an expected error (the task's `throws`): Celery logs it without a traceback,
+    stores it as the task's FAILURE and Flower counts it as failed.
+    """
+
+    def __init__(self, summary: str | dict[str, Any]) -> None:
+        text = summary if isinstance(summary, str) else json.dumps(summary, sort_keys=True)
+        super().__init__(text)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The run's summary, as the task would have returned it."""
+        result: dict[str, Any] = json.loads(self.args[0])
+        return result
+
 
 # Retried with backoff and jitter: a database or Redis that is briefly away. Anything else
 # (bad input, a bug) fails the task at once.
@@ -159,14 +184,18 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     # Not shared: Celery would add a shared task to every app made later, with these settings.
     task = partial(celery.task, shared=False)
 
-    @task(name=PURGE, **limits[PURGE], **retry)
+    @task(name=PURGE, **limits[PURGE], **retry, throws=(PurgeStopped,))
     def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
         """Purge released numbers past their deadline; returns the run's summary.
 
         A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
+        A run the provider stopped raises `PurgeStopped` with its summary: the task FAILs.
         """
         when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-        return run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
+        summary = run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
+        if summary["status"] in STOPPED:
+            raise PurgeStopped(summary)
+        return summary
 
     @task(name=PUBLISH, **limits[PUBLISH], **retry)
     def publish_releasable_task(now: object = None) -> dict[str, Any]:
