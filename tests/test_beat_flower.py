@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
 PUBLISH = "numbers.publish_releasable"
 PURGE = "numbers.purge_expired"
+RELAY = "numbers.relay_events"
 SENDING_PUBLISH = "Sending due task publish-releasable"
 
 
@@ -302,8 +303,16 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         with pg_factory() as session:
             kept = session.scalars(select(PhoneNumber.phone_number)).all()
             assert kept == ["+14155559999"]
+
+        # The relay ran every 2 s all along, and relayed the purges' events, yet Flower lists
+        # none of its runs and Celery logged none of them: only what it applied.
+        assert any(e["event"] == "relay.applied" for e in processes[1].events())
+        assert flower.api("/api/tasks", taskname=RELAY) == {}
+        assert set(flower.api("/api/tasks")) >= {stopped_id, task_id, dry_id}
     finally:
         for process in reversed(processes):
             process.stop()
     for process in processes:
         assert "Traceback" not in process.output(), process.output()[-3000:]
+    # Celery's own lines name a run as "numbers.relay_events[<id>]": none for the relay.
+    assert f"{RELAY}[" not in processes[1].output()

@@ -44,6 +44,25 @@ def secret_redactor(settings: Settings) -> structlog.types.Processor:
     return processor
 
 
+# Tasks whose every run Celery's own info lines ("received", "succeeded in") would log: the
+# relay, every few seconds. Their warnings and errors still pass; their own log says what
+# they did (`relay.applied`), and nothing when they had nothing to do.
+QUIET_TASKS = frozenset({"numbers.relay_events"})
+_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+class QuietTasksFilter(logging.Filter):
+    """Drops Celery's info records about a run of one of the QUIET_TASKS."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not record.name.startswith(_TASK_LOGGERS):
+            return True
+        data = getattr(record, "data", None)
+        if data is None and isinstance(record.args, dict):
+            data = record.args
+        return not (isinstance(data, dict) and data.get("name") in QUIET_TASKS)
+
+
 def configure_logging(settings: Settings) -> None:
     """Configure structlog for this process from the settings."""
     as_json = settings.log_format == "json" or (
@@ -84,6 +103,7 @@ def configure_logging(settings: Settings) -> None:
             ],
         )
     )
+    handler.addFilter(QuietTasksFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
