@@ -314,5 +314,8 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
             process.stop()
     for process in processes:
         assert "Traceback" not in process.output(), process.output()[-3000:]
-    # Celery's own lines name a run as "numbers.relay_events[<id>]": none for the relay.
+    # Celery's own lines name a run as "numbers.relay_events[<id>]" (worker) or
+    # "Sending due task relay-events (numbers.relay_events)" (beat): none for the relay.
     assert f"{RELAY}[" not in processes[1].output()
+    assert RELAY not in processes[2].output()
+    assert "Sending due task purge-expired" in processes[2].output()
