@@ -225,6 +225,9 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         result = summary(task)
         assert (result["status"], result["purged"], result["remaining"]) == ("completed", 6, 0)
         assert {"run_id", "cutoff", "batches", "seconds"} <= result.keys()
+        # The same summary as JSON: Flower's result endpoint reads the result backend.
+        stored = flower.api(f"/api/task/result/{task_id}")
+        assert (stored["state"], stored["result"]) == ("SUCCESS", result)
         with pg_factory() as session:
             run = session.get(PurgeRun, result["run_id"])
             assert run is not None
