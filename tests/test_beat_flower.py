@@ -18,14 +18,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import PhoneNumber, PurgeRun
-from tests.factories import make_numbers
+from shared.settings import Settings
+from tests import fake_telnyx as telnyx_script
+from tests.factories import make_number, make_numbers
+from tests.fake_telnyx import API_KEY, FakeTelnyx
 from tests.processes import Process, celery, start_beat, start_worker_and_beat, wait_for
 from tests.servers import free_port
+from worker.app import create_app
+from worker.tasks import PurgeStopped
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 
 PUBLISH = "numbers.publish_releasable"
 PURGE = "numbers.purge_expired"
+RELAY = "numbers.relay_events"
 SENDING_PUBLISH = "Sending due task publish-releasable"
 
 
@@ -141,6 +147,15 @@ class Flower:
         info: dict[str, Any] = response.json()
         return info if info["state"] == "SUCCESS" else None
 
+    def finished(self, task_id: str) -> dict[str, Any] | None:
+        """The task's info once Flower has seen it end (SUCCESS or FAILURE), else None."""
+        response = self.get(f"/api/task/info/{task_id}", auth=self.auth)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        info: dict[str, Any] = response.json()
+        return info if info["state"] in ("SUCCESS", "FAILURE") else None
+
     def up(self) -> bool:
         try:
             return self.get("/healthcheck").status_code == 200
@@ -158,6 +173,10 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
     pg_factory: sessionmaker[Session],
     process_env: Callable[..., dict[str, str]],
     redis_client: redis.Redis,
+    pg_url: str,
+    redis_url: str,
+    fake_telnyx: FakeTelnyx,
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     now = datetime.now(UTC)
@@ -166,7 +185,13 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         make_numbers(
             session, account_id="acc_ops", ages=dict.fromkeys(overdue, timedelta(days=15)), now=now
         )
-    env = process_env(PURGE_EVERY_SECONDS="2", PUBLISH_EVERY_SECONDS="3600")
+    env = process_env(
+        PURGE_EVERY_SECONDS="2",
+        PUBLISH_EVERY_SECONDS="3600",
+        PROVIDER="telnyx",
+        TELNYX_BASE_URL=fake_telnyx.url,
+        TELNYX_API_KEY=API_KEY,
+    )
     port, user, password = free_port(), "ops", "flower-test-secret"
     flower = Flower(port, user, password)
     processes: list[Process] = []
@@ -200,6 +225,9 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         result = summary(task)
         assert (result["status"], result["purged"], result["remaining"]) == ("completed", 6, 0)
         assert {"run_id", "cutoff", "batches", "seconds"} <= result.keys()
+        # The same summary as JSON: Flower's result endpoint reads the result backend.
+        stored = flower.api(f"/api/task/result/{task_id}")
+        assert (stored["state"], stored["result"]) == ("SUCCESS", result)
         with pg_factory() as session:
             run = session.get(PurgeRun, result["run_id"])
             assert run is not None
@@ -233,8 +261,64 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         dry_id = applied.json()["task-id"]
         dry = wait_for(lambda: flower.succeeded(dry_id), timeout=20, what="the dry run")
         assert (summary(dry)["status"], summary(dry)["would_purge"]) == ("dry_run", 0)
+
+        # The carrier now refuses the key: the next run stops provider_misconfigured, keeps
+        # its number, and ends the task in FAILURE, for Celery's client and for Flower.
+        monkeypatch.setattr(telnyx_script, "API_KEY", "revoked")
+        with pg_factory.begin() as session:
+            make_number(
+                session,
+                account_id="acc_ops",
+                phone_number="+14155559999",
+                released_at=now - timedelta(days=20),
+                now=now,
+                provider_number_id="9999",
+            )
+        applied = httpx.post(
+            f"{flower.base}/api/task/async-apply/{PURGE}", json={}, auth=flower.auth, timeout=5
+        )
+        assert applied.status_code == 200, applied.text
+        stopped_id = applied.json()["task-id"]
+        client = create_app(
+            Settings(
+                database_url=pg_url,
+                broker_url=redis_url,
+                redis_url=redis_url,
+                NUMBERS_RETENTION_DATA=tmp_path,
+            )
+        )
+        outcome = client.AsyncResult(stopped_id)
+        with pytest.raises(PurgeStopped) as raised:
+            outcome.get(timeout=30)
+        assert outcome.state == "FAILURE"
+        stopped = raised.value.summary
+        assert (stopped["status"], stopped["purged"]) == ("provider_misconfigured", 0)
+        assert json.loads(str(outcome.result)) == stopped
+        failed = wait_for(lambda: flower.finished(stopped_id), timeout=20, what="the stopped run")
+        assert failed["state"] == "FAILURE"
+        assert "provider_misconfigured" in failed["exception"]
+        listed = flower.api("/api/tasks", taskname=PURGE, state="FAILURE")
+        # Beat's scheduled runs meet the refused key too: each is listed failed.
+        assert stopped_id in listed
+        assert all("provider_misconfigured" in task["exception"] for task in listed.values())
+        workers = flower.api("/workers", json="1")
+        assert sum(w.get("task-failed", 0) for w in workers["data"]) >= 1, workers
+        with pg_factory() as session:
+            kept = session.scalars(select(PhoneNumber.phone_number)).all()
+            assert kept == ["+14155559999"]
+
+        # The relay ran every 2 s all along, and relayed the purges' events, yet Flower lists
+        # none of its runs and Celery logged none of them: only what it applied.
+        assert any(e["event"] == "relay.applied" for e in processes[1].events())
+        assert flower.api("/api/tasks", taskname=RELAY) == {}
+        assert set(flower.api("/api/tasks")) >= {stopped_id, task_id, dry_id}
     finally:
         for process in reversed(processes):
             process.stop()
     for process in processes:
         assert "Traceback" not in process.output(), process.output()[-3000:]
+    # Celery's own lines name a run as "numbers.relay_events[<id>]" (worker) or
+    # "Sending due task relay-events (numbers.relay_events)" (beat): none for the relay.
+    assert f"{RELAY}[" not in processes[1].output()
+    assert RELAY not in processes[2].output()
+    assert "Sending due task purge-expired" in processes[2].output()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from worker.app import app, beat_schedule, broker_options, create_app
-from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY
+from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped
 
 Factory = sessionmaker[Session]
 
@@ -221,3 +222,35 @@ def test_purge_task_releases_through_the_provider_its_settings_name(
     result = telnyx.tasks[PURGE].apply().get()
     assert (result["provider"], result["purged"]) == ("telnyx", 1)
     assert fake_telnyx.released == {"306"}
+
+
+@pytest.mark.postgres
+def test_a_purge_the_provider_stopped_fails_the_task_with_its_summary_in_the_error(
+    pg_factory: Factory, fake_telnyx: FakeTelnyx, now: datetime, tmp_path: Path
+) -> None:
+    with pg_factory.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number="+14155550307",
+            released_at=now - timedelta(days=20),
+            provider_number_id="307",
+        )
+    # An extra path in the base URL: the pre-flight check stops the run provider_misconfigured.
+    telnyx = app_for(
+        pg_factory,
+        tmp_path,
+        provider="telnyx",
+        telnyx_base_url=fake_telnyx.url + "/v2",
+        telnyx_api_key=API_KEY,
+    )
+    with capture_logs() as logs:
+        result = telnyx.tasks[PURGE].apply()
+    assert result.state == "FAILURE"
+    error = result.result
+    assert isinstance(error, PurgeStopped)
+    assert (error.summary["status"], error.summary["purged"]) == ("provider_misconfigured", 0)
+    assert json.loads(str(error)) == error.summary
+    [finished] = [e for e in logs if e["event"] == "purge.finished"]
+    assert (finished["log_level"], finished["status"]) == ("warning", "provider_misconfigured")
+    assert fake_telnyx.released == set()

@@ -44,6 +44,30 @@ def secret_redactor(settings: Settings) -> structlog.types.Processor:
     return processor
 
 
+# Tasks whose every run Celery's own info lines ("received", "succeeded in") would log: the
+# relay, every few seconds. Their warnings and errors still pass; their own log says what
+# they did (`relay.applied`), and nothing when they had nothing to do.
+QUIET_TASKS = frozenset({"numbers.relay_events"})
+_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+
+
+class QuietTasksFilter(logging.Filter):
+    """Drops Celery's info records about a run of one of the QUIET_TASKS: the worker's
+    "received" and "succeeded in", beat's "Sending due task"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not record.name.startswith(_TASK_LOGGERS):
+            return True
+        data = getattr(record, "data", None)
+        if data is None and isinstance(record.args, dict):
+            data = record.args
+        if isinstance(data, dict):
+            return data.get("name") not in QUIET_TASKS
+        # Beat: "Scheduler: Sending due task %s (%s)", the entry's name and its task's.
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(arg in QUIET_TASKS for arg in args if isinstance(arg, str))
+
+
 def configure_logging(settings: Settings) -> None:
     """Configure structlog for this process from the settings."""
     as_json = settings.log_format == "json" or (
@@ -84,6 +108,7 @@ def configure_logging(settings: Settings) -> None:
             ],
         )
     )
+    handler.addFilter(QuietTasksFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

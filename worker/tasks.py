@@ -7,6 +7,7 @@ the environment, at import or later.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime
@@ -14,7 +15,7 @@ from functools import partial
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, Task
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -43,9 +44,59 @@ PURGE_HARD_MARGIN = 120
 # Set while a reconciliation asked for by the relay is pending, so it is asked for once.
 RECONCILE_REQUESTED = "releasable:reconcile-requested"
 
+# Purge statuses that end the task in Celery's FAILURE state: the run was stopped by the
+# provider (its calls refused or unanswered). A run that failed raises its own error.
+STOPPED = ("provider_misconfigured", "provider_unavailable")
+
+
+class PurgeStopped(Exception):
+    """A purge run the provider stopped: the task's error, its one argument the run's JSON
+    summary (what the task would have returned), so that `str(error)` is that JSON.
+
+    Raised as an expected error (the task's `throws`): Celery logs it without a traceback,
+    stores it as the task's FAILURE and Flower counts it as failed.
+    """
+
+    def __init__(self, summary: str | dict[str, Any]) -> None:
+        text = summary if isinstance(summary, str) else json.dumps(summary, sort_keys=True)
+        super().__init__(text)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The run's summary, as the task would have returned it."""
+        result: dict[str, Any] = json.loads(self.args[0])
+        return result
+
+
 # Retried with backoff and jitter: a database or Redis that is briefly away. Anything else
 # (bad input, a bug) fails the task at once.
 TRANSIENT = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+
+
+class _NoEvents:
+    """An event dispatcher that publishes nothing: the relay's `task-sent` event is dropped."""
+
+    def publish(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+class QuietTask(Task):  # type: ignore[misc]
+    """A task that sends no monitoring events at all, so that Flower never lists it: neither
+    the workers' (`send_events = False`: received, started, succeeded, failed) nor the
+    sender's `task-sent` (`task_send_sent_event` holds for every task a client sends, beat
+    included: here the message goes through a dispatcher that publishes nothing).
+
+    The relay runs every few seconds, 43,200 times a day: as events it would fill Flower's
+    task list (13 rows of its 14) and push the purges out of it. Its health is in `status`,
+    the exporter (`numbers_retention_relay_last_success_timestamp_seconds`, the outbox
+    gauges) and the log (`relay.applied` when it applied something).
+    """
+
+    send_events = False
+
+    def apply_async(self, *args: Any, **options: Any) -> Any:
+        options.setdefault("event_dispatcher", _NoEvents())
+        return super().apply_async(*args, **options)
 
 
 def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
@@ -168,14 +219,18 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     # Not shared: Celery would add a shared task to every app made later, with these settings.
     task = partial(celery.task, shared=False)
 
-    @task(name=PURGE, **limits[PURGE], **retry)
+    @task(name=PURGE, **limits[PURGE], **retry, throws=(PurgeStopped,))
     def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
         """Purge released numbers past their deadline; returns the run's summary.
 
         A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
+        A run the provider stopped raises `PurgeStopped` with its summary: the task FAILs.
         """
         when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-        return run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
+        summary = run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
+        if summary["status"] in STOPPED:
+            raise PurgeStopped(summary)
+        return summary
 
     @task(name=PUBLISH, **limits[PUBLISH], **retry)
     def publish_releasable_task(now: object = None) -> dict[str, Any]:
@@ -184,8 +239,9 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
         return publish_now(settings, now=parse_now(now))
 
     # No retries: beat sends the next run within seconds, and a retry would only queue behind
-    # it. No stored result: one run every few seconds; Flower still shows each summary.
-    @task(name=RELAY, **limits[RELAY], ignore_result=True)
+    # it. No stored result and no events (QuietTask): one run every few seconds would drown
+    # Flower's task list; its summary is logged (`relay.applied`) when it applied something.
+    @task(name=RELAY, **limits[RELAY], ignore_result=True, base=QuietTask)
     def relay_events_task(now: object = None) -> dict[str, Any]:
         """Apply committed lifecycle events to the releasable set and the event stream (with
         no Redis on a SQLite store: delete them, nothing reads them)."""

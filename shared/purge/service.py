@@ -117,7 +117,10 @@ def purge_expired(
             raise
         report.seconds = round(budget.elapsed(), 3)
         record_end(session_factory, report)
-    log.info("purge.finished", **report.as_dict())
+    # A run the provider stopped is logged as a warning: its numbers were kept, none released.
+    stopped = report.status in ("provider_misconfigured", "provider_unavailable")
+    level = log.warning if stopped else log.info
+    level("purge.finished", **report.as_dict())
     return report
 
 
