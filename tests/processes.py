@@ -35,6 +35,19 @@ def service_env(
     return env | extra
 
 
+def cli_env(data: Path, **extra: str) -> dict[str, str]:
+    """Environment for a console-script call on the embedded store in `data`: none of the
+    store's, broker's, purge's or retention settings of this environment, JSON logs."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
+        )
+    }
+    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
+
+
 class Process:
     """A child process whose output goes to a log file; stopped on `stop()`."""
 

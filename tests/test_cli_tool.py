@@ -20,26 +20,16 @@ import redis
 
 from shared.clock import utcnow
 from shared.releasable import STREAM
+from tests.processes import cli_env
 
 CLI = str(Path(sys.executable).parent / "numbers-retention")
 NUMBER = "+14155550123"
 CAMEL = ("phoneNumber", "resolvedBy", "runId", "disconnectReason", "wasHeld")
 
 
-def _env(data: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(
-            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
-        )
-    }
-    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
-
-
 def run(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CLI, *args], env=_env(data, **env), capture_output=True, text=True, timeout=60
+        [CLI, *args], env=cli_env(data, **env), capture_output=True, text=True, timeout=60
     )
 
 
@@ -170,7 +160,7 @@ def on_a_terminal(data: Path, *args: str, **env: str) -> tuple[Any, bytes]:
     try:
         done = subprocess.run(
             [CLI, *args],
-            env=_env(data, **env),
+            env=cli_env(data, **env),
             stdout=subprocess.PIPE,
             stderr=child,
             text=True,
@@ -276,7 +266,7 @@ def test_events_follow_prints_new_entries_until_sigterm(
     _entry(stream, 1)  # older than the command: --follow without --since starts after it
     with subprocess.Popen(
         [CLI, "events", "--follow", "--json"],
-        env=_env(tmp_path, REDIS_URL=redis_url),
+        env=cli_env(tmp_path, REDIS_URL=redis_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from shared.db import make_engine, make_session_factory
 from shared.models import PhoneNumber
 from shared.purge import PURGE_LOCK_KEY
 from tests.factories import NOW, make_number
+from tests.processes import cli_env
 from tests.stores import fail_upstream
 from worker.cli import (
     LAG_EXIT_CODE,
@@ -55,17 +55,6 @@ class Store:
         return report
 
 
-def _env(data: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(
-            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
-        )
-    }
-    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
-
-
 @pytest.fixture
 def sqlite_default(tmp_path: Path) -> Iterator[Engine]:
     """The SQLite file the CLI falls back to under NUMBERS_RETENTION_DATA, migrated."""
@@ -80,11 +69,11 @@ def _store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Stor
     engine: Engine
     if backend == "postgresql":
         engine = request.getfixturevalue("pg_store")
-        env = _env(tmp_path, DATABASE_URL=request.getfixturevalue("pg_url"))
+        env = cli_env(tmp_path, DATABASE_URL=request.getfixturevalue("pg_url"))
     else:
         # No DATABASE_URL: the CLI falls back to the SQLite file under NUMBERS_RETENTION_DATA.
         engine = request.getfixturevalue("sqlite_default")
-        env = _env(tmp_path)
+        env = cli_env(tmp_path)
     with make_session_factory(engine).begin() as session:
         for number in OVERDUE:
             # Released 15 days before NOW: one day past the deadline.
@@ -318,7 +307,7 @@ def test_hold_of_an_unknown_or_malformed_number_prints_the_error_envelope(
 def test_a_bad_max_lag_is_a_usage_error(tmp_path: Path) -> None:
     done = subprocess.run(
         [CLI, "status", "--max-lag", "soon"],
-        env=_env(tmp_path),
+        env=cli_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
