@@ -15,8 +15,9 @@ from shared.publication import publication_status, recording_failures
 from shared.reconcile import publish_releasable
 from shared.releasable import meta_key
 from tests.factories import NOW, make_number
+from tests.processes import cli_env
 from tests.servers import free_port
-from tests.test_status_cli import CLI, _env
+from tests.test_status_cli import CLI
 from worker.tasks import RECONCILE_REQUESTED
 
 pytestmark = pytest.mark.redis
@@ -84,7 +85,7 @@ def test_the_marker_keeps_the_error_type_only(redis_client: redis.Redis) -> None
 def test_status_shows_the_publication_and_a_failing_publish(
     pg_url: str, pg_factory: object, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path, DATABASE_URL=pg_url, REDIS_URL=redis_url)
+    env = cli_env(tmp_path, DATABASE_URL=pg_url, REDIS_URL=redis_url)
 
     def status() -> dict[str, object]:
         done = subprocess.run(
@@ -132,7 +133,7 @@ def test_status_shows_the_publication_and_a_failing_publish(
 def test_publish_from_the_cli_settles_the_relays_pending_request(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    env = _env(tmp_path, REDIS_URL=redis_url)
+    env = cli_env(tmp_path, REDIS_URL=redis_url)
     subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
     # The relay found no publication and asked for one: this reconciliation is it.
     redis_client.set(RECONCILE_REQUESTED, 1, ex=600)
@@ -142,7 +143,7 @@ def test_publish_from_the_cli_settles_the_relays_pending_request(
 
 
 def test_status_says_when_redis_is_unreachable(tmp_path: Path) -> None:
-    env = _env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    env = cli_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
     done = subprocess.run(
         [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
@@ -152,7 +153,7 @@ def test_status_says_when_redis_is_unreachable(tmp_path: Path) -> None:
 
 
 def test_status_without_redis_has_no_publication(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    env = cli_env(tmp_path)
     subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
     done = subprocess.run(
         [CLI, "status", "--json"], env=env, capture_output=True, text=True, timeout=60
@@ -164,7 +165,7 @@ def test_publish_with_redis_unreachable_prints_the_envelope_without_the_password
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    env = _env(tmp_path, REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    env = cli_env(tmp_path, REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
     subprocess.run([CLI, "migrate"], env=env, capture_output=True, timeout=60, check=True)
     done = subprocess.run([CLI, "publish"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
