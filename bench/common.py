@@ -20,7 +20,8 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ import psycopg
 import redis
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlalchemy.engine import make_url
 
 from shared import migrate
 from shared.db import make_engine
 from shared.demo import seed_demo
+from shared.models import Account, PhoneNumber
 from shared.settings import get_settings
 
 # The instant every benchmark decides at: the demo data is laid out around it.
@@ -296,3 +298,22 @@ class Stopwatch:
 
     def __exit__(self, *_exc: object) -> None:
         self.seconds = time.perf_counter() - self.started
+
+
+def insert_numbers(engine: Engine, account_id: str, numbers: Sequence[dict[str, Any]]) -> None:
+    """One paid account holding `numbers`: each a local US number at 1.00 registered 60 days
+    before NOW, with its own fields (phone number, billing status, release...) over those."""
+    registered = {
+        "account_id": account_id,
+        "created_at": NOW - timedelta(days=60),
+        "country_code": "US",
+        "number_type": "local",
+        "next_billing_date": (NOW + timedelta(days=20)).date(),
+        "monthly_price": Decimal("1.00"),
+    }
+    with engine.begin() as connection:
+        opened = NOW - timedelta(days=90)
+        connection.execute(
+            insert(Account), [{"id": account_id, "plan": "paid", "created_at": opened}]
+        )
+        connection.execute(insert(PhoneNumber), [registered | number for number in numbers])

@@ -23,18 +23,24 @@ import os
 import sys
 import time
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import structlog
-from common import NOW, add_database_arguments, admin, drop, machine, scratch_name, store_engine
+from common import (
+    NOW,
+    add_database_arguments,
+    admin,
+    drop,
+    insert_numbers,
+    machine,
+    scratch_name,
+    store_engine,
+)
 from common import database_url as url_of
-from sqlalchemy import insert
 
 from shared import migrate
 from shared.controls import set_pace
 from shared.db import make_session_factory
-from shared.models import Account, PhoneNumber
 from shared.purge import pacing, purge_expired
 from shared.settings import get_settings
 
@@ -44,24 +50,10 @@ WINDOW = 10.0
 
 def seed(engine: Any, overdue: int) -> None:
     """`overdue` numbers released 15 days before NOW, with no upstream state."""
-    rows = [
-        {
-            "account_id": ACCOUNT,
-            "created_at": NOW - timedelta(days=60),
-            "country_code": "US",
-            "number_type": "local",
-            "next_billing_date": (NOW + timedelta(days=20)).date(),
-            "monthly_price": Decimal("1.00"),
-            "phone_number": f"+1415{i:07d}",
-            "billing_status": "released",
-            "released_at": NOW - timedelta(days=15),
-        }
-        for i in range(overdue)
-    ]
-    with engine.begin() as connection:
-        opened = NOW - timedelta(days=90)
-        connection.execute(insert(Account), [{"id": ACCOUNT, "plan": "paid", "created_at": opened}])
-        connection.execute(insert(PhoneNumber), rows)
+    released = {"billing_status": "released", "released_at": NOW - timedelta(days=15)}
+    insert_numbers(
+        engine, ACCOUNT, [released | {"phone_number": f"+1415{i:07d}"} for i in range(overdue)]
+    )
 
 
 def measure(url: str, pace: int, args: argparse.Namespace) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import logging
 import os
 import sys
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +35,16 @@ from common import (
     add_database_arguments,
     admin,
     drop,
+    insert_numbers,
     machine,
     median,
     scratch_name,
     store_engine,
 )
 from common import database_url as url_of
-from sqlalchemy import insert
 
 from shared import migrate
 from shared.db import make_session_factory
-from shared.models import Account, PhoneNumber
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
 from shared.settings import get_settings
@@ -59,17 +57,8 @@ ACCOUNT = "acc_ratelimit"
 
 def seed(engine: Any, overdue: int) -> None:
     """`overdue` numbers released 15 days before NOW, ids 1e9 + i, and one active number."""
-    common = {
-        "account_id": ACCOUNT,
-        "created_at": NOW - timedelta(days=60),
-        "country_code": "US",
-        "number_type": "local",
-        "next_billing_date": (NOW + timedelta(days=20)).date(),
-        "monthly_price": Decimal("1.00"),
-    }
     rows = [
-        common
-        | {
+        {
             "phone_number": f"+1415{i:07d}",
             "billing_status": "released",
             "released_at": NOW - timedelta(days=15),
@@ -77,16 +66,13 @@ def seed(engine: Any, overdue: int) -> None:
         }
         for i in range(overdue)
     ]
-    active = common | {
+    active = {
         "phone_number": "+14159999999",
         "billing_status": "active",
         "released_at": None,
         "provider_number_id": "999999999",
     }
-    with engine.begin() as connection:
-        opened = NOW - timedelta(days=90)
-        connection.execute(insert(Account), [{"id": ACCOUNT, "plan": "paid", "created_at": opened}])
-        connection.execute(insert(PhoneNumber), [*rows, active])
+    insert_numbers(engine, ACCOUNT, [*rows, active])
 
 
 def fresh_store(url: str) -> Any:
