@@ -242,15 +242,20 @@ class PurgedNumber(Base):
         return f"PurgedNumber(number_id={self.number_id!r}, phone_number={self.phone_number!r})"
 
 
+# A purge run's statuses: `running` while it runs, then how it ended.
+RUN_STATUSES = (
+    "running", "completed", "limit_reached", "skipped", "paused", "dry_run", "failed",
+    "provider_unavailable", "provider_misconfigured", "interrupted",
+)  # fmt: skip
+
+
 class PurgeRun(Base):
     """One purge run, recorded for `status` and dashboards."""
 
     __tablename__ = "purge_runs"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('running', 'completed', 'limit_reached', 'skipped', 'paused', "
-            "'dry_run', 'failed', 'provider_unavailable', 'provider_misconfigured', "
-            "'interrupted')",
+            "status IN (" + ", ".join(f"'{status}'" for status in RUN_STATUSES) + ")",
             name="run_status_known",
         ),
     )

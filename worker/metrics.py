@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import models
 from shared.clock import iso_timestamp, utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import ValidationError
@@ -41,17 +42,11 @@ log = structlog.get_logger("worker.metrics")
 
 PREFIX = "numbers_retention"
 VERSION = package_version("numbers-retention")
-# The statuses a finished real run can end with (docs/runbook.md, "A run's status is one of"):
-# each is exported, 1 for the last run's, so that a query or an alert need not know which exist.
-RUN_STATUSES = (
-    "completed",
-    "limit_reached",
-    "paused",
-    "interrupted",
-    "failed",
-    "provider_unavailable",
-    "provider_misconfigured",
-    "clock_skew",
+# The statuses a finished real run can end with (the store's, less `running`, and `skipped` and
+# `dry_run`, which never count as the last finished run): each is exported, 1 for the last
+# run's, so that a query or an alert need not know which exist.
+RUN_STATUSES = tuple(
+    status for status in models.RUN_STATUSES if status not in {"running", "skipped", "dry_run"}
 )
 
 
