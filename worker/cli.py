@@ -49,7 +49,7 @@ from worker.connections import make_redis, session_factory
 from worker.entry import PROG, VERSION_MESSAGE
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
-from worker.tasks import PUBLISH, PURGE, parse_now, publish_now, run_purge
+from worker.tasks import PUBLISH, PURGE, STOPPED, parse_now, publish_now, run_purge
 
 log = structlog.get_logger("worker.cli")
 
@@ -259,7 +259,6 @@ LOCKED_EXIT_CODE = 4
 # ... and this when the provider stopped the run (misconfigured or unavailable): the rows are
 # kept, and a cron job or CI step must not read the run as a success.
 PROVIDER_EXIT_CODE = 5
-PROVIDER_HALTS = ("provider_misconfigured", "provider_unavailable")
 
 
 @contextmanager
@@ -332,7 +331,7 @@ def purge(
     if report.status == "skipped":
         click.echo("purge skipped: another run holds the lock; nothing was done.", err=True)
         sys.exit(LOCKED_EXIT_CODE)
-    if report.status in PROVIDER_HALTS:
+    if report.status in STOPPED:  # as the task fails
         click.echo(f"purge stopped ({report.status}): {report.reason}", err=True)
         sys.exit(PROVIDER_EXIT_CODE)
 
