@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,7 +97,9 @@ def test_a_busy_worker_is_healthy_a_hung_or_stopped_one_is_not(
     tmp_path: Path,
 ) -> None:
     now = datetime.now(UTC)
-    overdue = {f"+1415777{i:04d}": timedelta(days=15) for i in range(40)}
+    # 240 rows at 8 a second: 30 s of work, more than the checks below take on a busy machine
+    # (40 rows, 5 s, were once done before the third check).
+    overdue = {f"+1415777{i:04d}": timedelta(days=15) for i in range(240)}
     with pg_factory.begin() as session:
         make_numbers(session, account_id="acc_busy", ages=overdue, now=now)
     # One pool process, kept busy by a purge paced to 8 rows a second, one row per batch.
@@ -136,6 +139,11 @@ def test_a_busy_worker_is_healthy_a_hung_or_stopped_one_is_not(
             os.kill(worker.popen.pid, signal.SIGCONT)
         wait_for(lambda: healthy(env, "worker", "--max-age", "3"), timeout=15, what="recovery")
     finally:
+        # As `docker stop` and the unit (KillMode=mixed) do: SIGTERM to the main process alone,
+        # which ends the purge at its next batch (to the group, it killed the busy child).
+        worker.popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.popen.wait(20)
         worker.stop()
     # A warm shutdown takes the heartbeat away at once.
     done = healthcheck(env, "worker")
