@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import signal
 from collections.abc import Callable
@@ -164,8 +163,8 @@ class Flower:
 
 
 def summary(task: dict[str, Any]) -> dict[str, Any]:
-    """The task's return value: Flower shows the repr the worker put in its event."""
-    result: dict[str, Any] = ast.literal_eval(task["result"])
+    """The task's return value: Flower shows the text the worker put in its event, JSON."""
+    result: dict[str, Any] = json.loads(task["result"])
     return result
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery.utils.saferepr import saferepr
 from freezegun import freeze_time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +23,7 @@ from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from worker.app import app, beat_schedule, broker_options, create_app
-from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped
+from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped, Summary
 
 Factory = sessionmaker[Session]
 
@@ -131,6 +132,33 @@ def test_purge_task_at_a_frozen_instant(
     # An hour later the second number's deadline has passed too.
     with freeze_time(now + timedelta(hours=1)):
         assert task_app.tasks[PURGE].apply().get()["purged"] == 1
+
+
+@pytest.mark.redis
+def test_task_results_are_json_in_events_and_objects_in_the_backend(
+    task_store: Factory, redis_url: str, now: datetime, tmp_path: Path
+) -> None:
+    """Flower's task list shows the text Celery's tracer puts in the task-succeeded event
+    (saferepr of the return value, cut at the task's resultrepr_maxsize): it is the summary's
+    JSON, whole; the result backend's JSON encoding of it is the plain object."""
+    task_app = app_for(task_store, tmp_path, redis_url=redis_url)
+    with task_store.begin() as session:
+        make_numbers(
+            session,
+            account_id="acc_a",
+            ages={"+14155550304": timedelta(days=20), "+14155550305": timedelta(days=1)},
+        )
+    for name, kwargs in ((PURGE, {"dry_run": True}), (PUBLISH, {})):
+        task = task_app.tasks[name]
+        with freeze_time(now):
+            result = task.apply(kwargs=kwargs).get()
+        assert isinstance(result, Summary)
+        event_text = saferepr(result, task.resultrepr_maxsize)
+        assert json.loads(event_text) == dict(result), name
+        stored = task_app.backend.decode(task_app.backend.encode({"result": result}))
+        assert type(stored["result"]) is dict
+        assert stored["result"] == dict(result)
+    assert json.loads(event_text)["published"] == 1
 
 
 def test_purge_task_binds_task_id_and_name_and_clears_them(task_app: Celery) -> None:

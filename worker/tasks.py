@@ -8,7 +8,7 @@ the environment, at import or later.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from datetime import datetime
 from functools import partial
@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from kombu.utils.json import register_type
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -67,6 +68,37 @@ class PurgeStopped(Exception):
         result: dict[str, Any] = json.loads(self.args[0])
         return result
 
+
+class Summary(Mapping[str, Any]):
+    """A task's JSON summary, as the task returns it.
+
+    Celery's events carry the repr of a task's return value (what Flower's task list, task
+    page and `/api/tasks` show): Python's text for a dict, which `jq` cannot read. This
+    mapping's repr is its JSON. The result backend stores it as the plain JSON object (its
+    kombu encoder below), so `AsyncResult.get()` and Flower's `/api/task/result` give an object.
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return json.dumps(self._data, sort_keys=True, default=str)
+
+
+register_type(Summary, None, dict)
+
+# The longest repr of a return value Celery puts in an event (its default, 1,024 characters,
+# would cut a summary's JSON in the middle).
+SUMMARY_REPR_MAX = 64 * 1024
 
 # Retried with backoff and jitter: a database or Redis that is briefly away. Anything else
 # (bad input, a bug) fails the task at once.
@@ -219,8 +251,14 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     # Not shared: Celery would add a shared task to every app made later, with these settings.
     task = partial(celery.task, shared=False)
 
-    @task(name=PURGE, **limits[PURGE], **retry, throws=(PurgeStopped,))
-    def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
+    @task(
+        name=PURGE,
+        **limits[PURGE],
+        **retry,
+        throws=(PurgeStopped,),
+        resultrepr_maxsize=SUMMARY_REPR_MAX,
+    )
+    def purge_expired_task(now: object = None, dry_run: object = False) -> Summary:
         """Purge released numbers past their deadline; returns the run's summary.
 
         A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
@@ -230,13 +268,13 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
         summary = run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
         if summary["status"] in STOPPED:
             raise PurgeStopped(summary)
-        return summary
+        return Summary(summary)
 
-    @task(name=PUBLISH, **limits[PUBLISH], **retry)
-    def publish_releasable_task(now: object = None) -> dict[str, Any]:
+    @task(name=PUBLISH, **limits[PUBLISH], **retry, resultrepr_maxsize=SUMMARY_REPR_MAX)
+    def publish_releasable_task(now: object = None) -> Summary:
         """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
         # A failure leaves its marker in Redis for `status` and the exporter, then retries.
-        return publish_now(settings, now=parse_now(now))
+        return Summary(publish_now(settings, now=parse_now(now)))
 
     # No retries: beat sends the next run within seconds, and a retry would only queue behind
     # it. No stored result and no events (QuietTask): one run every few seconds would drown
