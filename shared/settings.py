@@ -166,6 +166,10 @@ class Settings(StoreSettings):
     relay_every_seconds: int = Field(default=2, ge=1, le=DAY)
     relay_batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH)
     relay_max_seconds: float = Field(default=5.0, gt=0, le=HOUR)
+    # On PostgreSQL each scheduled relay stays LISTENing for most of its interval and applies a
+    # commit's events at once (shared/wakeups.py); off where LISTEN cannot work (PgBouncer in
+    # transaction mode): the relay keeps to its schedule.
+    relay_wakeups: bool = True
     events_stream_maxlen: int = Field(default=100_000, ge=1000, le=MAX_COUNT)
     # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.
     beat_max_loop_seconds: int = Field(default=60, ge=1, le=HOUR)

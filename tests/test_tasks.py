@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,17 +13,21 @@ import redis
 from celery import Celery
 from celery.utils.saferepr import saferepr
 from freezegun import freeze_time
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.contextvars import get_contextvars, merge_contextvars
 from structlog.testing import capture_logs
 
+import shared
 from shared.errors import ValidationError
 from shared.models import NumberEvent
+from shared.releasable import account_key
 from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
+from tests.processes import wait_for
 from worker.app import app, beat_schedule, broker_options, create_app
+from worker.stopping import STOP
 from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped, Summary
 
 Factory = sessionmaker[Session]
@@ -282,3 +287,48 @@ def test_a_purge_the_provider_stopped_fails_the_task_with_its_summary_in_the_err
     [finished] = [e for e in logs if e["event"] == "purge.finished"]
     assert (finished["log_level"], finished["status"]) == ("warning", "provider_misconfigured")
     assert fake_telnyx.released == set()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_scheduled_relay_applies_a_commit_while_it_waits_for_its_next_run(
+    pg_factory: Factory, redis_url: str, redis_client: redis.Redis, wall_now: datetime, tmp_path
+) -> None:
+    """On PostgreSQL a scheduled relay LISTENs until its next run is due: a release committed
+    meanwhile reaches the published set in that same run (the outbox trigger's NOTIFY wakes
+    it), not one interval later."""
+    settings = {"redis_url": redis_url, "relay_every_seconds": 10}
+    relay = app_for(pg_factory, tmp_path, **settings).tasks[RELAY]
+    with pg_factory.begin() as session:
+        make_number(session, account_id="acc_w", phone_number="+14155550321", now=wall_now)
+    runs: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: runs.append(relay.apply().get()))
+    waiting.start()
+    try:
+        wait_for(lambda: listeners(pg_factory), timeout=30, what="the relay to LISTEN")
+        with pg_factory.begin() as session:
+            shared.release_number(session, account_id="acc_w", phone_number="+14155550321")
+        wait_for(
+            lambda: redis_client.zscore(account_key("acc_w"), "+14155550321"),
+            timeout=30,
+            interval=0.01,
+            what="the release in the published set",
+        )
+        assert waiting.is_alive()  # the run that was waiting applied it
+    finally:
+        STOP.request("test over")
+        waiting.join(30)
+        STOP.clear()
+    assert [(run["status"], run["applied"]) for run in runs] == [("completed", 1)]
+
+
+def listeners(factory: Factory) -> int | None:
+    """Connections to the test's database whose last statement was the relay's LISTEN (a new
+    transaction each time: pg_stat_activity is a snapshot within one)."""
+    with factory() as session:
+        return session.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query = 'LISTEN numbers_outbox'"
+            )
+        )

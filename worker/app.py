@@ -15,7 +15,15 @@ from shared.settings import Settings, get_settings
 from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
 from worker.health import WorkerHeartbeat
 from worker.logs import configure_logging
-from worker.tasks import PUBLISH, PURGE, RELAY, discards_events, longest_hold, register_tasks
+from worker.tasks import (
+    EXPIRES,
+    PUBLISH,
+    PURGE,
+    RELAY,
+    discards_events,
+    longest_hold,
+    register_tasks,
+)
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
         "task": task,
         "schedule": crontab(minute=f"*/{minutes}") if on_clock else timedelta(seconds=seconds),
         # A run that waited past its slot is dropped instead of piling up behind the next.
-        "options": {"expires": seconds * 0.9},
+        "options": {"expires": seconds * EXPIRES},
     }
 
 

@@ -8,6 +8,7 @@ the environment, at import or later.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from datetime import datetime
@@ -29,8 +30,9 @@ from shared.publication import recording_failures
 from shared.purge import PurgeReport, StopRequest, purge_expired
 from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
-from shared.relay import discard_events, relay_events
+from shared.relay import RelayReport, discard_events, relay_events
 from shared.settings import Settings
+from shared.wakeups import listen_url, listening
 from worker.connections import redis_client, session_factory
 from worker.stopping import STOP
 
@@ -41,6 +43,13 @@ RELAY = "numbers.relay_events"
 # Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
 PURGE_SOFT_MARGIN = 60
 PURGE_HARD_MARGIN = 120
+
+# A scheduled run that waited past this share of its interval is dropped (worker.app._every).
+EXPIRES = 0.9
+# How long a scheduled relay stays awake for commits (PostgreSQL): until its next run is due
+# (its share EXPIRES of RELAY_EVERY_SECONDS, so that it hands over about when that one
+# starts), at most LINGER_MAX seconds (a long interval would hold a pool process all along).
+LINGER_MAX = 10.0
 
 # Set while a reconciliation asked for by the relay is pending, so it is asked for once.
 RECONCILE_REQUESTED = "releasable:reconcile-requested"
@@ -141,9 +150,10 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
         # hourly.
         PUBLISH: {"soft_time_limit": 600, "time_limit": 660},
+        # Its wait for commits, then one more run started at the wait's end.
         RELAY: {
-            "soft_time_limit": settings.relay_max_seconds + 30,
-            "time_limit": settings.relay_max_seconds + 60,
+            "soft_time_limit": LINGER_MAX + settings.relay_max_seconds + 30,
+            "time_limit": LINGER_MAX + settings.relay_max_seconds + 60,
         },
     }
 
@@ -291,16 +301,25 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
                 max_seconds=settings.relay_max_seconds,
             ).as_dict()
         client = redis_client(settings)
-        report = relay_events(
-            session_factory(settings),
-            client,
-            now=when,
-            batch_size=settings.relay_batch_size,
-            max_seconds=settings.relay_max_seconds,
-            stream_maxlen=settings.events_stream_maxlen,
-        )
-        # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an
-        # hour.
-        if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
-            publish_releasable_task.apply_async(expires=600)
-        return report.as_dict()
+
+        def relay() -> RelayReport:
+            report = relay_events(
+                session_factory(settings),
+                client,
+                now=when,
+                batch_size=settings.relay_batch_size,
+                max_seconds=settings.relay_max_seconds,
+                stream_maxlen=settings.events_stream_maxlen,
+            )
+            # A new or emptied Redis holds only what was relayed since: rebuild it now, not in
+            # an hour.
+            if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
+                publish_releasable_task.apply_async(expires=600)
+            return report
+
+        url = listen_url(settings.resolved_database_url()) if settings.relay_wakeups else None
+        if url is None or when is not None:
+            return relay().as_dict()
+        # Until the next run is due (the run's expiry), a commit's events wake it at once.
+        until = time.monotonic() + min(settings.relay_every_seconds * EXPIRES, LINGER_MAX)
+        return listening(url, relay, until=until, stop=lambda: STOP.requested).as_dict()
