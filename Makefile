@@ -46,8 +46,12 @@ CLOCK_TESTS = $(BIN)/pytest -m real_clock -q -p no:cacheprovider
 MOVED_CLOCK = PYTHONPATH=$(CURDIR)/tests/clock_shift $(CLOCK_TESTS) \
 	-W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
 
+# The fixed-instant tests in two xdist processes (a test file stays in one), the second on a
+# database and a Redis database of its own (tests/conftest.py: test_gw1, the second URL).
+FIXED_REDIS ?= $(CLOCK_REDIS)/15,$(CLOCK_REDIS)/11
 test-fixed: install-dev
-	$(BIN)/pytest -m "not real_clock" --cov --cov-report=term:skip-covered
+	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not real_clock" -n 2 --dist loadfile \
+		--cov --cov-report=term:skip-covered
 
 clock-now: install-dev
 	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS)

@@ -91,9 +91,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
 
 
+def xdist_worker() -> int:
+    """This process's number among pytest-xdist's workers (`-n N`): 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    # Each xdist worker past the first on a database of its own: test_gw1, test_gw2, ...
+    if worker := xdist_worker():
+        parsed = make_url(url)
+        url = parsed.set(database=f"{parsed.database}_gw{worker}").render_as_string(
+            hide_password=False
+        )
     target = make_url(url).set(drivername="postgresql")
     # The server's maintenance database: the test database is created there when missing, so
     # suites side by side (make test-clock) each take a database of their own.
@@ -116,7 +127,14 @@ def pg_url() -> str:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    # One Redis database per xdist worker, comma-separated: the tests flush theirs.
+    urls = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15").split(",")
+    if xdist_worker() >= len(urls):
+        pytest.fail(
+            f"xdist worker {xdist_worker()} has no Redis database of its own: give"
+            " TEST_REDIS_URL one URL per worker, comma-separated"
+        )
+    url = urls[xdist_worker()]
     try:
         with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
             client.ping()

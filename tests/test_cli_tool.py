@@ -10,7 +10,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import redis
 
 from shared.clock import utcnow
 from shared.releasable import STREAM
-from tests.processes import cli_env
+from tests.processes import cli_env, wait_for
 
 CLI = str(Path(sys.executable).parent / "numbers-retention")
 NUMBER = "+14155550123"
@@ -264,6 +263,7 @@ def test_events_follow_prints_new_entries_until_sigterm(
     tmp_path: Path, stream: redis.Redis, redis_url: str
 ) -> None:
     _entry(stream, 1)  # older than the command: --follow without --since starts after it
+    db = stream.connection_pool.connection_kwargs["db"]  # other suites' clients block too
     with subprocess.Popen(
         [CLI, "events", "--follow", "--json"],
         env=cli_env(tmp_path, REDIS_URL=redis_url),
@@ -272,7 +272,16 @@ def test_events_follow_prints_new_entries_until_sigterm(
         text=True,
     ) as process:
         try:
-            time.sleep(1.5)  # the command starts and blocks on XREAD
+            # Not a fixed sleep: on a busy machine the command read the stream's last id after
+            # the entry was added (it then waits after it, as it should) and the test hung.
+            wait_for(
+                lambda: any(
+                    c["cmd"] == "xread" and c["db"] == str(db) for c in stream.client_list()
+                ),
+                timeout=60,
+                interval=0.05,
+                what="the command to block on XREAD",
+            )
             added = _entry(stream, 3)
             assert process.stdout is not None
             assert json.loads(process.stdout.readline())["stream_id"] == added
