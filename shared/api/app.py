@@ -93,8 +93,10 @@ class RequestContext:
                 )
                 await envelope(error, request_id)(scope, receive, send_with_id)
             finally:
+                # request_id given again: a log set up without contextvars still has it.
                 log.info(
                     "api.request",
+                    request_id=request_id,
                     method=scope["method"],
                     path=scope["path"],
                     status=status,
