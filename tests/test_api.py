@@ -215,9 +215,9 @@ def test_release_then_order_back_keeps_created_at(
         ).one()
     assert number.billing_status == "active"
     assert number.created_at.isoformat().replace("+00:00", "Z") == created_at
-    # Released again: a second release of the same number is a clear 400.
+    # Released again: a second release of the same number conflicts with its state.
     again = api("DELETE", f"/numbers/{active}", key=key)
-    assert again.json()["error"]["code"] == "number_already_released"
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "number_already_released")
 
 
 def _without_number(answer: httpx.Response, number: str) -> dict[str, Any]:
@@ -242,16 +242,16 @@ def test_another_accounts_number_answers_like_an_unknown_one(
     with sessions() as session:
         before = snapshot(session)
     others, unknown = act(OTHERS), act(UNKNOWN)
-    assert others.status_code == unknown.status_code == 400
+    assert others.status_code == unknown.status_code == 404
     assert _without_number(others, OTHERS) == _without_number(unknown, UNKNOWN)
     assert others.json()["error"]["code"] == "number_not_found"
     with sessions() as session:
         assert snapshot(session) == before
 
 
-def test_ordering_an_active_number_is_a_clear_400(api: Call, error_validator: Any) -> None:
+def test_ordering_an_active_number_is_a_clear_409(api: Call, error_validator: Any) -> None:
     answer = api("POST", "/numbers/order", json={"phoneNumber": ACTIVE})
-    assert_envelope(answer, error_validator, status=400, code="number_not_released")
+    assert_envelope(answer, error_validator, status=409, code="number_not_released")
 
 
 def test_ordering_back_past_the_plan_cap_is_402(
@@ -273,7 +273,7 @@ def test_ordering_back_past_the_plan_cap_is_402(
         assert snapshot(session) == before
 
 
-def test_a_window_closed_is_a_clear_400(
+def test_a_window_closed_is_a_clear_409(
     pg_engine: Engine, store: dict[str, str], error_validator: Any
 ) -> None:
     app = create_app(engine=pg_engine, clock=lambda: NOW + timedelta(days=14))
@@ -284,7 +284,7 @@ def test_a_window_closed_is_a_clear_400(
         json={"phoneNumber": RELEASED},
         headers={"Authorization": f"Bearer {store['acc_a']}"},
     )
-    assert_envelope(answer, error_validator, status=400, code="repurchase_window_closed")
+    assert_envelope(answer, error_validator, status=409, code="repurchase_window_closed")
 
 
 DEEP = b"[" * 5000 + b"]" * 5000

@@ -48,9 +48,22 @@ class BodyTooLarge(ApiError):
     default_code = "body_too_large"
 
 
-def envelope(error: ApiError, request_id: str, *, status: int | None = None) -> JSONResponse:
+# The library's 400s that are not bad input, answered with HTTP's own statuses: a number the
+# account cannot act on (unknown, or another account's: one answer) is not found; a number
+# whose state forbids the act conflicts with it. The envelope and its code stay the library's.
+HTTP_STATUS = {
+    "number_not_found": 404,
+    "number_already_released": 409,
+    "number_not_released": 409,
+    "number_being_purged": 409,
+    "repurchase_window_closed": 409,
+}
+
+
+def envelope(error: ApiError, request_id: str) -> JSONResponse:
     """The page's error envelope, its trackingId the request's id (as in the logs)."""
-    return JSONResponse(error.body(tracking_id=request_id), status_code=status or error.status)
+    status = HTTP_STATUS.get(error.code, error.status) if error.status == 400 else error.status
+    return JSONResponse(error.body(tracking_id=request_id), status_code=status)
 
 
 def _request_id(request: Request) -> str:
@@ -156,8 +169,9 @@ class NumbersApi:
             account = self.authenticate(request)
             body = action(account)
         except ApiError as error:
-            log.info("api.refused", code=error.code, status=error.status)
-            return envelope(error, _request_id(request))
+            answer = envelope(error, _request_id(request))
+            log.info("api.refused", code=error.code, status=answer.status_code)
+            return answer
         return JSONResponse(body)
 
     def _list(self, account: str) -> dict[str, Any]:

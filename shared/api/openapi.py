@@ -14,6 +14,12 @@ PAGE_ANSWERS = {
     "500": "Internal Server Error",
     "502": "Bad Gateway - provider error",
 }
+# Beyond the page: a number the account cannot act on, and one whose state forbids the act.
+NUMBER_ANSWERS = {
+    "404": "Not Found - no such number on this account (another account's number included)",
+    "409": "Conflict - the number's state forbids this (already released, not released, "
+    "window closed)",
+}
 PHONE_NUMBER = {"type": "string", "pattern": "^\\+[1-9][0-9]{1,14}$", "description": "E.164"}
 
 
@@ -29,9 +35,9 @@ def _json(schema: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
 
 
-def _answers(ok: str, description: str, *extra: str) -> dict[str, Any]:
+def _answers(ok: str, description: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
     answers = {"200": {"description": description, "content": _json(ok)}}
-    statuses = {**PAGE_ANSWERS, **{status: "Request body too large" for status in extra}}
+    statuses = PAGE_ANSWERS | (extra or {})
     for status, text in sorted(statuses.items()):
         answers[status] = {"description": text, "content": _json("ErrorResponse")}
     return answers
@@ -73,7 +79,7 @@ def openapi_document() -> dict[str, Any]:
     release = _operation(
         "numbers_release_number",
         "Release a phone number from the account. No refund for the current billing month.",
-        _answers("ReleasePhoneNumberResponse", "Released"),
+        _answers("ReleasePhoneNumberResponse", "Released", NUMBER_ANSWERS),
     )
     release["parameters"] = [
         {
@@ -81,14 +87,18 @@ def openapi_document() -> dict[str, Any]:
             "in": "path",
             "required": True,
             "description": "E.164 phone number to release",
-            "schema": {"type": "string"},
+            "schema": PHONE_NUMBER,
         }
     ]
     order = _operation(
         "numbers_order_number",
         "Reactivate a number the account released, within its repurchase window "
         "(keeps its original createdAt).",
-        _answers("OrderPhoneNumberResponse", "Ordered", "413"),
+        _answers(
+            "OrderPhoneNumberResponse",
+            "Ordered",
+            NUMBER_ANSWERS | {"413": "Payload Too Large - the body is over the limit"},
+        ),
     )
     order["requestBody"] = {"required": True, "content": _json("OrderPhoneNumberRequest")}
     listing = _operation(
