@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from pingram import Pingram
 from pingram.exceptions import ApiException, NotFoundException, UnauthorizedException
 from pingram.models.order_phone_number_request import OrderPhoneNumberRequest
@@ -180,6 +182,17 @@ def test_another_accounts_number_is_not_found_like_an_unknown_one(
     # acc_b's number is untouched.
     listed = served.sdk(lambda numbers: numbers.numbers_list_released(), account="acc_b")
     assert [number.phone_number for number in listed.numbers] == [OTHERS]
+
+
+def test_the_compose_healthcheck_passes_against_it(served: Served, wall_now: datetime) -> None:
+    """The compose `api` service's healthcheck, as Docker runs it, on this server's port."""
+    compose = yaml.safe_load((Path(__file__).parent.parent / "docker-compose.yml").read_text())
+    kind, *command = compose["services"]["api"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    port = served.url.rpartition(":")[2]
+    command = [arg.replace(":8080/", f":{port}/") for arg in command]
+    command[0] = sys.executable if command[0] == "python" else command[0]
+    assert subprocess.run(command, timeout=30, check=False).returncode == 0
 
 
 def test_sigterm_stops_the_server_cleanly(served: Served, wall_now: datetime) -> None:
