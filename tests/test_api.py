@@ -14,7 +14,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.routing import Mount
 from structlog.testing import capture_logs
 
 import shared
@@ -442,3 +444,14 @@ def test_every_request_is_logged_with_its_id(api: Call) -> None:
     assert (lines[0]["status"], lines[0]["path"]) == (200, "/numbers/released")
     # The key is never logged.
     assert "nrk_" not in json.dumps(logs, default=str)
+
+
+def test_mounted_in_a_platforms_app(pg_engine: Engine, store: dict[str, str]) -> None:
+    """As the README mounts it: under a prefix of the platform's own ASGI app."""
+    platform = Starlette(routes=[Mount("/v1", app=create_app(engine=pg_engine, clock=lambda: NOW))])
+    headers = {"Authorization": f"Bearer {store['acc_b']}"}
+    listed = call_app(platform, "GET", "/v1/numbers/released", headers=headers)
+    assert [n["phoneNumber"] for n in listed.json()["numbers"]] == [OTHERS]
+    unknown = call_app(platform, "DELETE", f"/v1/numbers/{UNKNOWN}", headers=headers)
+    assert unknown.status_code == 404
+    assert unknown.json()["trackingId"] == unknown.headers["x-request-id"]
