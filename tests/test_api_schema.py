@@ -111,7 +111,7 @@ def test_schemathesis_finds_no_failure(
     strategy = schema[path][method].as_strategy(generation_mode=schemathesis.GenerationMode(mode))
 
     @hypothesis.given(case=strategy)
-    @hypothesis.settings(max_examples=25)
+    @hypothesis.settings(max_examples=20)
     def check(case: Any) -> None:
         case.call_and_validate(headers={"Authorization": f"Bearer {key}"})
 
