@@ -84,13 +84,13 @@ class RequestContext:
             return
         request_id = f"trk_{uuid.uuid4().hex}"
         scope.setdefault("state", {})["request_id"] = request_id
-        started, status = time.perf_counter(), 500
+        started, status, responded = time.perf_counter(), 500, False
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 message = {**message, "headers": [*message.get("headers", ()), header]}
             await send(message)
 
@@ -99,6 +99,8 @@ class RequestContext:
                 await self.app(scope, receive, send_with_id)
             except Exception:  # the request's boundary: logged with its traceback, answered 500
                 log.exception("api.failed", method=scope["method"], path=scope["path"])
+                if responded:  # too late for an envelope: the server drops the connection
+                    raise
                 error = InternalError(
                     "The request failed on our side.",
                     fix=f"Try again; if it persists, give the operators the trackingId "
