@@ -964,10 +964,6 @@ def disconnects(month: str, output: str) -> None:
             writer.writerow([number, when.isoformat()])
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
@@ -1012,3 +1008,7 @@ def api_key_list(account_id: str | None) -> None:
     """The keys' ids, accounts and dates (never a key)."""
     with _sessions(read_only=True)() as session:
         _print_json(list_api_keys(session, account_id=account_id))
+
+
+if __name__ == "__main__":
+    main()
