@@ -64,13 +64,21 @@ def _port() -> int:
         return port
 
 
-def project_app(url: str) -> Any:
+def project_app(url: str, *, key_store: bool = True) -> Any:
     from shared.api import create_app
     from shared.settings import get_settings
     from worker.logs import configure_logging
 
     configure_logging(get_settings())
-    return create_app(engine=store_engine(url), clock=lambda: NOW)
+    if key_store:
+        return create_app(engine=store_engine(url), clock=lambda: NOW)
+    # --platform-auth: the account from a header, as a platform's own `authenticate` may
+    # give it without a query: what the key store's look-up costs.
+    return create_app(
+        engine=store_engine(url),
+        clock=lambda: NOW,
+        authenticate=lambda request: request.headers["x-account"],
+    )
 
 
 def floor_app(url: str) -> Any:
@@ -101,7 +109,7 @@ def serve(kind: str, url: str, port: int) -> None:
     """The child: one uvicorn server of `kind` on `port`."""
     import uvicorn
 
-    app = project_app(url) if kind == "project" else floor_app(url)
+    app = floor_app(url) if kind == "floor" else project_app(url, key_store=kind == "project")
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 
@@ -160,7 +168,7 @@ def compare(
 ) -> list[dict[str, float]]:
     """`repeat` series of `calls` calls of each server, interleaved: median and p99 of each."""
     headers = {
-        "project": {"Authorization": f"Bearer {key}"},
+        "project": {"Authorization": f"Bearer {key}", "X-Account": account_id},
         "floor": {"X-Account": account_id},
     }
     urls = {"project": project.url, "floor": floor.url}
@@ -200,13 +208,15 @@ def compare(
     return series
 
 
-def during_purge(project: Server, *, key: str, url: str, idle: float, window: float) -> float:
+def during_purge(
+    project: Server, *, headers: dict[str, str], url: str, idle: float, window: float
+) -> float:
     """The list's p99 during the purge windows over its p99 in the idle ones."""
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
 
     def client() -> None:
-        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
+        with httpx.Client(timeout=30, headers=headers) as http:
             while not stop.is_set():
                 started, clock = time.time(), time.perf_counter()
                 answer = http.get(f"{project.url}/numbers/released")
@@ -260,6 +270,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="series of calls")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per purge window")
+    parser.add_argument(
+        "--platform-auth",
+        action="store_true",
+        help="the project without the key store: the account from a header (its cost)",
+    )
     add_database_arguments(parser)
     args = parser.parse_args(argv)
     print(machine(args.url))
@@ -271,14 +286,19 @@ def main(argv: list[str]) -> None:
         account_id, count, key = prepare(url)
         print(f"# account={account_id} listed={count}")
         # Started together, waited for together: each takes seconds to import.
-        servers = [Server("project", url), Server("floor", url)]
+        project = "project-platform-auth" if args.platform_auth else "project"
+        servers = [Server(project, url), Server("floor", url)]
         for server in servers:
             server.wait()
         series = compare(
             *servers, account_id=account_id, key=key, calls=args.calls, repeat=args.repeat
         )
         purge_ratio = during_purge(
-            servers[0], key=key, url=url, idle=args.idle_seconds, window=args.window
+            servers[0],
+            headers={"Authorization": f"Bearer {key}", "X-Account": account_id},
+            url=url,
+            idle=args.idle_seconds,
+            window=args.window,
         )
     finally:
         for server in servers:
