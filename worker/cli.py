@@ -974,7 +974,7 @@ def serve_api_command(host: str, port: int, workers: int) -> None:
         from worker.api import serve as serve_api
     except ImportError as error:
         raise InternalError(
-            f"The HTTP API is not installed ({error.name} is missing).",
+            f"The HTTP API is not installed ({error.name or 'starlette'} is missing).",
             code="api_not_installed",
             fix="Install the api extra: pip install 'numbers-retention[api]'.",
         ) from None

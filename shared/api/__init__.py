@@ -6,6 +6,13 @@ envelope; `serve` runs it, or a platform mounts it in its own ASGI application. 
 `shared` alone never imports this package (nor Starlette).
 """
 
+try:
+    import starlette  # noqa: F401 - only to say what is missing
+except ImportError as error:  # pragma: no cover - the api extra is missing
+    raise ImportError(
+        "shared.api needs the api extra: pip install 'numbers-retention[api]'"
+    ) from error
+
 from shared.api.app import create_app
 from shared.api.auth import Authenticate, bearer_key, key_store
 
