@@ -1,4 +1,4 @@
-# The one image for migrate, worker, beat and flower (see docker-compose.yml).
+# The one image for migrate, worker, beat, flower, metrics and api (see docker-compose.yml).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,8 +14,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY worker ./worker
-# A regular (non-editable) install: the migrations and the contract ship inside the package.
-RUN pip install . \
+# A regular (non-editable) install: the migrations and the contract ship inside the package;
+# with the api extra, for `numbers-retention serve` (the compose `api` service).
+RUN pip install ".[api]" \
     && rm -rf build shared worker ./*.egg-info \
     && mkdir -p /app/data \
     && chown retention:retention /app/data

@@ -325,3 +325,20 @@ class NumberEvent(Base):
         return (
             f"NumberEvent(id={self.id!r}, kind={self.kind!r}, phone_number={self.phone_number!r})"
         )
+
+
+class ApiKey(Base):
+    """A key of the HTTP API: only its hash is stored; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    # The key's public id (its first characters), shown by `api-key list` and accepted by
+    # `api-key revoke`; never enough to authenticate.
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id!r}, account_id={self.account_id!r})"

@@ -26,6 +26,7 @@ TABLES = (
     "purge_runs",
     "purge_controls",
     "campaign_assignments",
+    "api_keys",
     "phone_numbers",
     "accounts",
 )

@@ -41,7 +41,7 @@ SECRETS = {
     "FLOWER_PASSWORD": "flower-test-secret",
     "GRAFANA_PASSWORD": "grafana-test-secret",
 }
-APP_SERVICES = ("migrate", "worker", "beat", "flower", "metrics")
+APP_SERVICES = ("migrate", "worker", "beat", "flower", "metrics", "api")
 MONITORING = ("prometheus", "grafana")
 
 
@@ -187,6 +187,20 @@ def test_config_validates_services_healthchecks_and_start_order(config: dict[str
     assert (port["target"], port["published"], port["host_ip"]) == (5555, "5555", "127.0.0.1")
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == "ops:flower-test-secret"
 
+    # The HTTP API: `serve` on all interfaces in the container, its port on the host's loopback,
+    # a key-less /health check, time to finish requests in flight on `docker stop`.
+    api = services["api"]
+    assert api["command"][:5] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert depends(api) == {
+        "postgres": "service_healthy",
+        "migrate": "service_completed_successfully",
+    }
+    assert "http://127.0.0.1:8080/health" in " ".join(api["healthcheck"]["test"])
+    [port] = api["ports"]
+    assert (port["target"], port["published"], port["host_ip"]) == (8080, "8080", "127.0.0.1")
+    assert api["stop_grace_period"] == "30s"
+    assert "TELNYX_API_KEY" not in api["environment"]
+
 
 def test_secrets_come_from_the_environment_only(config: dict[str, Any]) -> None:
     text = COMPOSE_FILE.read_text()
@@ -269,7 +283,8 @@ def test_dockerfile_installs_the_project_and_runs_it_as_a_non_root_user() -> Non
     users = [args for key, args in steps if key == "USER"]
     assert users
     assert users[-1] not in {"root", "0"}
-    assert any(key == "RUN" and "pip install ." in args for key, args in steps)
+    # With the api extra: the compose `api` service runs `serve` from the same image.
+    assert any(key == "RUN" and 'pip install ".[api]"' in args for key, args in steps)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert image_entrypoint() == ["numbers-retention"]
     assert "numbers-retention" in scripts

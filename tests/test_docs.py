@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from sqlalchemy import CheckConstraint
@@ -43,6 +44,7 @@ def test_the_runbooks_plain_processes_are_what_the_deploy_check_runs() -> None:
         assert command in lines, command
     # The install is the Dockerfile's, which the check reads from the Dockerfile itself.
     sources, install = check.dockerfile_install(ROOT / "Dockerfile")
-    assert install == ["pip", "install", "."]
+    # The runtime with the api extra (`serve`, the compose `api` service).
+    assert install == ["pip", "install", ".[api]"]
     assert sources == ["pyproject.toml", "README.md", "shared", "worker"]
-    assert lines[0] == f"python3 -m venv .venv && .venv/bin/{' '.join(install)}"
+    assert lines[0] == f"python3 -m venv .venv && .venv/bin/{shlex.join(install)}"

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.api_keys import create_api_key, list_api_keys, revoke_api_key
 from shared.clock import resolve_now
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
@@ -961,6 +962,52 @@ def disconnects(month: str, output: str) -> None:
         writer.writerow(["telephone_number", "disconnect_date"])
         for number, when in disconnections(session, period):
             writer.writerow([number, when.isoformat()])
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+def serve_api_command(host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API (GET /numbers/released, DELETE /numbers/{phone}, POST /numbers/order)."""
+    try:
+        from worker.api import serve as serve_api
+    except ImportError as error:
+        raise InternalError(
+            f"The HTTP API is not installed ({error.name or 'starlette'} is missing).",
+            code="api_not_installed",
+            fix="Install the api extra: pip install 'numbers-retention[api]'.",
+        ) from None
+    serve_api(host=host, port=port, workers=workers)
+
+
+@main.group("api-key")
+def api_key() -> None:
+    """Keys of the HTTP API: stored hashed, each shown once when created."""
+
+
+@api_key.command("create")
+@click.option("--account", "account_id", required=True, help="The account the key acts for.")
+def api_key_create(account_id: str) -> None:
+    """Create a key and print it once: {"account_id", "key"}."""
+    with _sessions().begin() as session:
+        _print_json(create_api_key(session, account_id=account_id))
+
+
+@api_key.command("revoke")
+@click.argument("key")
+def api_key_revoke(key: str) -> None:
+    """Revoke a key (the key, or its id as `api-key list` shows it)."""
+    with _sessions().begin() as session:
+        _print_json(revoke_api_key(session, key=key))
+
+
+@api_key.command("list")
+@click.option("--account", "account_id", help="Only this account's keys.")
+def api_key_list(account_id: str | None) -> None:
+    """The keys' ids, accounts and dates (never a key)."""
+    with _sessions(read_only=True)() as session:
+        _print_json(list_api_keys(session, account_id=account_id))
 
 
 if __name__ == "__main__":
