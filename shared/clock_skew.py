@@ -19,11 +19,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import Connection, Engine, text
 
-from shared.clock import as_utc, utcnow
+from shared.clock import as_utc, iso_timestamp, utcnow
 from shared.errors import InternalError
 from shared.settings import get_store_settings
+
+log = structlog.get_logger("shared.clock_skew")
 
 
 @dataclass(frozen=True)
@@ -98,5 +101,11 @@ def check_clocks(
         tolerance = get_store_settings().clock_skew_max_seconds
     reading = read_clocks(bind)
     if reading is not None and reading.beyond(tolerance):
+        log.warning(
+            "clock_skew.refused",
+            skew_seconds=reading.skew_seconds,
+            tolerance_seconds=tolerance,
+            database_clock=iso_timestamp(reading.database),
+        )
         raise ClockSkewError(reading, tolerance)
     return reading
