@@ -91,7 +91,7 @@ def publish_releasable(
     (ClockSkewError, nothing replaced) while this host's clock and the database server's
     differ by more than `clock_skew_max` seconds (default CLOCK_SKEW_MAX_SECONDS)."""
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
-    check_clocks(session.connection(), tolerance=clock_skew_max)
+    check_clocks(session.get_bind(), tolerance=clock_skew_max)
     clock = time.monotonic()
     staging = f"{prefix}:staging:{uuid.uuid4().hex}"
     # The mark first, then the snapshot: see the module's docstring.
