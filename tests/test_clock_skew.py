@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import redis
 import time_machine
@@ -35,7 +36,7 @@ from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
 from shared.retention import RETENTION
-from shared.settings import get_settings, get_store_settings
+from shared.settings import StoreSettings, get_settings, get_store_settings
 from shared.status import store_status
 from tests.factories import make_number, make_numbers, snapshot
 from tests.processes import cli_env
@@ -66,6 +67,10 @@ def test_the_second_clock_is_the_database_servers_and_sqlite_has_none(
     assert reading.trusted == min(reading.host, reading.database)
     # One host, one clock: on SQLite the guard is the refusal of a `now` ahead only.
     assert read_clocks(sqlite_engine) is None
+    # A store setting (the library's write paths read it): refused by `import shared` itself.
+    for wrong in ("0", "-1", "inf", "nan"):
+        with pytest.raises(pydantic.ValidationError, match="clock_skew_max_seconds"):
+            StoreSettings(CLOCK_SKEW_MAX_SECONDS=wrong)
 
 
 @pytest.mark.postgres

@@ -62,7 +62,6 @@ SETTINGS_CASES = [
     pytest.param("RETENTION_DAYS", "99999999999", {}, id="retention-overflows-timedelta"),
     pytest.param("DB_PING_AFTER_IDLE_SECONDS", "x", {}, id="ping-not-a-number"),
     pytest.param("DB_PING_AFTER_IDLE_SECONDS", "inf", {}, id="ping-inf"),
-    pytest.param("CLOCK_SKEW_MAX_SECONDS", "0", {}, id="clock-skew-zero"),
     pytest.param(
         "DATABASE_URL", f"mysql://retention:{SECRET}@db.example/retention", {}, id="db-mysql"
     ),
