@@ -54,7 +54,7 @@ class ClockReading:
 
 
 def describe(skew_seconds: float, tolerance: float) -> str:
-    """`this host's clock is 86,400.0 s ahead of the database server's (tolerance 5 s)`."""
+    """E.g. `this host's clock is 86,400.0 s ahead of the database server's (CLOCK_SKEW_MAX_SECONDS is 5)`."""
     way = "ahead of" if skew_seconds > 0 else "behind"
     return (
         f"this host's clock is {abs(skew_seconds):,.1f} s {way} the database server's "
@@ -63,18 +63,40 @@ def describe(skew_seconds: float, tolerance: float) -> str:
 
 
 class ClockSkewError(InternalError):
-    """500 `clock_skew`: this host's clock and the database server's disagree; nothing done."""
+    """500 `clock_skew`: this host's clock and the database server's disagree; nothing done.
 
-    def __init__(self, reading: ClockReading, tolerance: float) -> None:
-        super().__init__(
-            f"Refused: {describe(reading.skew_seconds, tolerance)}; nothing was changed.",
-            code="clock_skew",
-            fix="Check time synchronisation (NTP, chrony: `timedatectl`, `chronyc tracking`) on "
-            "this host and on the database server, then run again (docs/runbook.md, Clock skew).",
-        )
-        self.reading = reading
-        self.skew_seconds = reading.skew_seconds
-        self.trusted_at = reading.trusted
+    Built by `refusal` (with the reading); the plain constructor stays ApiError's, so that
+    Celery can rebuild the error from its message in a task's result.
+    """
+
+    default_code = "clock_skew"
+    reading: ClockReading | None = None
+
+
+FIX = (
+    "Check time synchronisation (NTP, chrony: `timedatectl`, `chronyc tracking`) on this host "
+    "and on the database server, then run again (docs/runbook.md, Clock skew)."
+)
+
+
+def log_refusal(reading: ClockReading, tolerance: float) -> None:
+    """Log a run refused for `reading` (`clock_skew.refused`, a warning)."""
+    log.warning(
+        "clock_skew.refused",
+        skew_seconds=reading.skew_seconds,
+        tolerance_seconds=tolerance,
+        database_clock=iso_timestamp(reading.database),
+    )
+
+
+def refusal(reading: ClockReading, tolerance: float) -> ClockSkewError:
+    """The error that refuses a run for `reading`, logged."""
+    log_refusal(reading, tolerance)
+    error = ClockSkewError(
+        f"Refused: {describe(reading.skew_seconds, tolerance)}; nothing was changed.", fix=FIX
+    )
+    error.reading = reading
+    return error
 
 
 def read_clocks(bind: Engine | Connection) -> ClockReading | None:
@@ -101,11 +123,5 @@ def check_clocks(
         tolerance = get_store_settings().clock_skew_max_seconds
     reading = read_clocks(bind)
     if reading is not None and reading.beyond(tolerance):
-        log.warning(
-            "clock_skew.refused",
-            skew_seconds=reading.skew_seconds,
-            tolerance_seconds=tolerance,
-            database_clock=iso_timestamp(reading.database),
-        )
-        raise ClockSkewError(reading, tolerance)
+        raise refusal(reading, tolerance)
     return reading

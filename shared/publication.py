@@ -38,7 +38,8 @@ def recording_failures(client: redis.Redis, *, prefix: str = PREFIX) -> Iterator
         # Refused for a clock that disagrees with the database server's: dated at the earlier
         # of the two, never by this host's clock (a marker dated ahead would outlive the next
         # successes and say "failing" for as long).
-        at = error.trusted_at if isinstance(error, ClockSkewError) else utcnow()
+        skewed = error.reading if isinstance(error, ClockSkewError) else None
+        at = skewed.trusted if skewed is not None else utcnow()
         # Redis is most likely what failed then; the stale last success tells the same story.
         with suppress(redis.RedisError):
             client.hset(

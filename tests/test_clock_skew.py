@@ -36,11 +36,13 @@ from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
 from shared.retention import RETENTION
-from shared.settings import StoreSettings, get_settings, get_store_settings
+from shared.settings import Settings, StoreSettings, get_settings, get_store_settings
 from shared.status import store_status
 from tests.factories import make_number, make_numbers, snapshot
 from tests.processes import cli_env
+from worker.app import create_app
 from worker.cli import CLOCK_SKEW_EXIT_CODE
+from worker.tasks import PUBLISH, PURGE, RELAY, PurgeStopped
 
 DAY = timedelta(days=1)
 TOLERANCE = 5.0
@@ -141,6 +143,30 @@ def test_a_publication_and_a_relay_on_a_host_clock_ahead_are_refused_and_change_
     publication = publication_status(redis_client, now=now)
     assert (publication["failing"], publication["last_failure"]) == (True, "ClockSkewError")
     assert datetime.fromisoformat(publication["last_failure_at"]) <= now
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_the_tasks_fail_on_a_host_clock_ahead(
+    pg_store: Engine, pg_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Flower counts them failed: the purge's summary in its error, the others' envelope."""
+    settings = Settings(
+        database_url=pg_url,
+        redis_url=redis_url,
+        NUMBERS_RETENTION_DATA=tmp_path,
+        clock_skew_max_seconds=TOLERANCE,
+    )
+    tasks = create_app(settings).tasks
+    with time_machine.travel(database_clock(pg_store) + DAY, tick=True):
+        purge, publish, relay = (tasks[name].apply() for name in (PURGE, PUBLISH, RELAY))
+    assert purge.failed()
+    assert isinstance(purge.result, PurgeStopped)
+    assert purge.result.summary["status"] == "clock_skew"
+    for refused in (publish, relay):
+        assert refused.failed()
+        assert isinstance(refused.result, ClockSkewError)
+    assert not redis_client.exists("releasable:all")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import validation
 from shared.clock import iso_timestamp, not_ahead, resolve_now
-from shared.clock_skew import ClockSkewError, check_clocks, describe
+from shared.clock_skew import ClockReading, describe, log_refusal, read_clocks
 from shared.controls import pause_reason, read_controls
 from shared.models import PhoneNumber
 from shared.provider import Provider, make_provider
@@ -78,11 +78,10 @@ def purge_expired(
         dry_run=dry_run,
         provider=provider.name if provider else config.provider,
     )
-    try:
-        # Before the lock: even a skipped run's record would be dated by a wrong clock.
-        check_clocks(session_factory.kw["bind"], tolerance=config.clock_skew_max_seconds)
-    except ClockSkewError as error:
-        return _refused(session_factory, report, error, config.clock_skew_max_seconds)
+    # Before the lock: even a skipped run's record would be dated by a wrong clock.
+    clocks = read_clocks(session_factory.kw["bind"])
+    if clocks is not None and clocks.beyond(config.clock_skew_max_seconds):
+        return _refused(session_factory, report, clocks, config.clock_skew_max_seconds)
     budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
     with lock.run_lock(session_factory.kw["bind"]) as got_lock:
         if not got_lock:
@@ -142,14 +141,15 @@ def _optional(check: Callable[..., Any], value: object, **kwargs: Any) -> Any:
 
 
 def _refused(
-    factory: sessionmaker[Session], report: PurgeReport, error: ClockSkewError, tolerance: float
+    factory: sessionmaker[Session], report: PurgeReport, clocks: ClockReading, tolerance: float
 ) -> PurgeReport:
     """A run refused because this host's clock and the database server's disagree: nothing
     done, recorded (status `clock_skew`) at the earlier of the two clocks."""
-    at = error.trusted_at
+    log_refusal(clocks, tolerance)
+    at = clocks.trusted
     report.status = "clock_skew"
-    report.reason = describe(error.skew_seconds, tolerance)
-    report.clock_skew_seconds = error.skew_seconds
+    report.reason = describe(clocks.skew_seconds, tolerance)
+    report.clock_skew_seconds = clocks.skew_seconds
     report.now, report.cutoff = iso_timestamp(at), iso_timestamp(retention_cutoff(at))
     record_refused(factory, report, at)
     log.warning("purge.clock_skew", **report.as_dict())
