@@ -54,7 +54,8 @@ class ClockReading:
 
 
 def describe(skew_seconds: float, tolerance: float) -> str:
-    """E.g. `this host's clock is 86,400.0 s ahead of the database server's (CLOCK_SKEW_MAX_SECONDS is 5)`."""
+    """How far and which way, e.g. `this host's clock is 86,400.0 s ahead of the database
+    server's (CLOCK_SKEW_MAX_SECONDS is 5)`."""
     way = "ahead of" if skew_seconds > 0 else "behind"
     return (
         f"this host's clock is {abs(skew_seconds):,.1f} s {way} the database server's "
