@@ -67,6 +67,26 @@ def not_ahead(now: datetime | None) -> datetime:
     return now
 
 
+def not_far_ahead(now: datetime | None, *, tolerance: float) -> datetime:
+    """The instant a write path (a registration, a release, a repurchase) records: `now`,
+    refused when more than `tolerance` seconds ahead of this host's clock (a caller on
+    another host may run slightly ahead; a number released in the future could never be
+    repurchased nor purged)."""
+    current = utcnow()
+    if now is None:
+        return current
+    now = as_utc(now)
+    if (now - current).total_seconds() > tolerance:
+        raise ValidationError(
+            f"now {now.isoformat()} is ahead of this host's clock ({current.isoformat()}) by "
+            f"more than CLOCK_SKEW_MAX_SECONDS ({tolerance:g} s).",
+            code="now_in_future",
+            fix="Leave now out (the host's clock decides), or pass the current time; check "
+            "the caller's clock synchronisation (NTP).",
+        )
+    return now
+
+
 def iso_timestamp(value: datetime) -> str:
     """ISO 8601 in UTC with a Z, e.g. 2026-11-27T09:30:00.123456Z."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -7,11 +7,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared import validation
 from shared.clock import iso_timestamp, resolve_now
-from shared.errors import ValidationError
+from shared.errors import InternalError, ValidationError
 from shared.models import PurgeControl
 
 PAUSE = "pause"
@@ -24,10 +25,11 @@ def operator_record(
 ) -> tuple[str | None, str, datetime]:
     """An operator's act as recorded (a pause, a pace, a hold): (reason, by, at), checked.
 
-    A 400 for a reason over REASON_MAX characters or a bad `by`; `now` defaults to the clock.
+    A 400 for a reason over REASON_MAX characters or not one printable line, or a bad `by`;
+    `now` defaults to the clock.
     """
     return (
-        validation.text(reason, name="reason", limit=REASON_MAX),
+        validation.text(reason, name="reason", limit=REASON_MAX, printable=True),
         validation.short_id(
             by,
             name="by",
@@ -96,6 +98,39 @@ def read_controls(session: Session) -> Controls:
     )
 
 
+def _locked(
+    session: Session,
+    name: str,
+    record: tuple[str | None, str, datetime],
+    rows_per_second: float | None = None,
+) -> tuple[PurgeControl, bool]:
+    """The control `name`, locked: the one stored (True), else one stored now with `record`.
+
+    Two operators acting at once both find no row to lock: the second insert then fails on
+    the name. It is made in a savepoint, so that only it is undone, and the row the first
+    committed is locked and returned instead (never a raw IntegrityError).
+    """
+    for _attempt in range(3):
+        row = session.get(PurgeControl, name, with_for_update=True, populate_existing=True)
+        if row is not None:
+            return row, True
+        reason, by, at = record
+        row = PurgeControl(
+            name=name, reason=reason, set_by=by, set_at=at, rows_per_second=rows_per_second
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            continue  # stored meanwhile: lock that one
+        return row, False
+    raise InternalError(
+        f"The {name} control changed under three attempts to store it.",
+        code="control_contended",
+        fix="Run the command again.",
+    )
+
+
 def _store(
     session: Session,
     name: str,
@@ -104,10 +139,7 @@ def _store(
     rows_per_second: float | None = None,
 ) -> None:
     """Insert or replace the control `name` with an operator's record (and a pace's rate)."""
-    row = session.get(PurgeControl, name, with_for_update=True)
-    if row is None:
-        row = PurgeControl(name=name)
-        session.add(row)
+    row, _stored = _locked(session, name, record, rows_per_second)
     row.reason, row.set_by, row.set_at = record
     row.rows_per_second = rows_per_second
     session.flush()
@@ -131,12 +163,12 @@ def pause_purge(
     a pause was stored already.
     """
     record = operator_record(by=by, reason=reason, now=now)
-    row = session.get(PurgeControl, PAUSE, with_for_update=True)
-    if row is not None and record[0] is None:
+    row, was_paused = _locked(session, PAUSE, record)
+    if was_paused and record[0] is None:
         kept = Pause(reason=row.reason, by=row.set_by, at=row.set_at)
         return {"paused": True, **kept.as_dict(), "was_paused": True}
     _store(session, PAUSE, record)
-    return {"paused": True, **Pause(*record).as_dict(), "was_paused": row is not None}
+    return {"paused": True, **Pause(*record).as_dict(), "was_paused": was_paused}
 
 
 def resume_purge(session: Session) -> dict[str, Any]:

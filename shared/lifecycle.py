@@ -12,12 +12,13 @@ from sqlalchemy.orm import Session
 
 from shared import events, provider, validation
 from shared.accounts import require_account
-from shared.clock import iso_timestamp, resolve_now
+from shared.clock import iso_timestamp, not_far_ahead, resolve_now
 from shared.controls import operator_record
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import number_body
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber, PurgeRun
 from shared.retention import RETENTION, is_repurchasable, repurchase_deadline
+from shared.settings import get_store_settings
 
 
 def _not_found(phone_number: str, *, of_account: bool = True) -> ValidationError:
@@ -81,6 +82,12 @@ def refuse_while_called(session: Session, number: PhoneNumber, *, doing: str) ->
     )
 
 
+def _write_instant(now: datetime | None) -> datetime:
+    """A write path's instant: `now`, refused (before any row is touched) when ahead of this
+    host's clock by more than CLOCK_SKEW_MAX_SECONDS."""
+    return not_far_ahead(now, tolerance=get_store_settings().clock_skew_max_seconds)
+
+
 def _campaign_status(session: Session, number: PhoneNumber) -> str | None:
     return session.scalar(
         select(CampaignAssignment.status).where(CampaignAssignment.number_id == number.id)
@@ -138,7 +145,7 @@ def register_number(
     Ordering a number the account itself released, within its window, reactivates it and
     keeps its original createdAt (the platform's documented behaviour).
     """
-    now = resolve_now(now)
+    now = _write_instant(now)
     fields = {
         "phone_number": validation.phone_number(phone_number),
         "country_code": validation.country_code(country_code),
@@ -220,7 +227,7 @@ def release_number(
     session: Session, *, account_id: str, phone_number: str, now: datetime | None = None
 ) -> dict[str, Any]:
     """DELETE /numbers/{phoneNumber}: the number joins the released list for the window."""
-    now = resolve_now(now)
+    now = _write_instant(now)
     account = require_account(session, account_id)
     number = _require_number(session, account.id, phone_number)
     if number.billing_status != "active":
@@ -244,7 +251,7 @@ def repurchase_number(
     session: Session, *, account_id: str, phone_number: str, now: datetime | None = None
 ) -> dict[str, Any]:
     """Buy a released number back within its window; keeps createdAt, bills a month on."""
-    now = resolve_now(now)
+    now = _write_instant(now)
     account = require_account(session, account_id, lock=True)
     number = _require_number(session, account.id, phone_number)
     if number.billing_status != "released" or number.released_at is None:

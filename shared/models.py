@@ -245,7 +245,7 @@ class PurgedNumber(Base):
 # A purge run's statuses: `running` while it runs, then how it ended.
 RUN_STATUSES = (
     "running", "completed", "limit_reached", "skipped", "paused", "dry_run", "failed",
-    "provider_unavailable", "provider_misconfigured", "interrupted",
+    "provider_unavailable", "provider_misconfigured", "interrupted", "clock_skew",
 )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
+from shared.clock_skew import ClockSkewError
 from shared.errors import ValidationError
 from shared.releasable import PREFIX, meta_key, publication
 
@@ -34,11 +35,16 @@ def recording_failures(client: redis.Redis, *, prefix: str = PREFIX) -> Iterator
     except ValidationError:
         raise
     except Exception as error:
+        # Refused for a clock that disagrees with the database server's: dated at the earlier
+        # of the two, never by this host's clock (a marker dated ahead would outlive the next
+        # successes and say "failing" for as long).
+        skewed = error.reading if isinstance(error, ClockSkewError) else None
+        at = skewed.trusted if skewed is not None else utcnow()
         # Redis is most likely what failed then; the stale last success tells the same story.
         with suppress(redis.RedisError):
             client.hset(
                 meta_key(prefix),
-                mapping={FAILED_AT: iso_timestamp(utcnow()), FAILURE: type(error).__name__},
+                mapping={FAILED_AT: iso_timestamp(at), FAILURE: type(error).__name__},
             )
         raise
 

@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.clock import iso_timestamp, not_ahead, resolve_now
+from shared.clock_skew import check_clocks
 from shared.errors import InternalError
 from shared.models import PhoneNumber
 from shared.publication import LAST_SUCCESS
@@ -82,11 +83,15 @@ def publish_releasable(
     lock_seconds: float = LOCK_SECONDS,
     lock_wait: float = LOCK_WAIT_SECONDS,
     progress: Callable[[int], None] = lambda _numbers: None,
+    clock_skew_max: float | None = None,
 ) -> dict[str, Any]:
     """Replace the published sets with the store's repurchasable numbers; report the drift.
 
-    `progress` is told the numbers of each chunk written to the staging sets."""
+    `progress` is told the numbers of each chunk written to the staging sets. Refused
+    (ClockSkewError, nothing replaced) while this host's clock and the database server's
+    differ by more than `clock_skew_max` seconds (default CLOCK_SKEW_MAX_SECONDS)."""
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
+    check_clocks(session.get_bind(), tolerance=clock_skew_max)
     clock = time.monotonic()
     staging = f"{prefix}:staging:{uuid.uuid4().hex}"
     # The mark first, then the snapshot: see the module's docstring.

@@ -29,6 +29,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import as_utc, iso_timestamp, not_ahead, utcnow
+from shared.clock_skew import check_clocks
 from shared.events import EVENTS
 from shared.publication import LAST_SUCCESS
 from shared.releasable import (
@@ -101,12 +102,16 @@ def relay_events(
     stream_maxlen: int = STREAM_MAXLEN,
     prefix: str = PREFIX,
     stream: str = STREAM,
+    clock_skew_max: float | None = None,
 ) -> RelayReport:
     """Apply the outbox's events to Redis in batches until it is empty or `max_seconds` pass.
 
-    One relay at a time: while another writer holds the lock this returns `skipped`.
+    One relay at a time: while another writer holds the lock this returns `skipped`. Refused
+    (ClockSkewError, nothing relayed) while this host's clock and the database server's differ
+    by more than `clock_skew_max` seconds (default CLOCK_SKEW_MAX_SECONDS).
     """
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
+    check_clocks(session_factory.kw["bind"], tolerance=clock_skew_max)
     clock = time.monotonic()
     report = RelayReport(status="running", now=iso_timestamp(now))
     lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)

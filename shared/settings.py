@@ -105,6 +105,11 @@ class StoreSettings(BaseSettings):
     # A pooled PostgreSQL connection idle longer than this is pinged before use (not every
     # checkout: that cost the list a round trip per call; see shared/db.py).
     db_ping_after_idle_seconds: float = Field(default=1.0, ge=0, le=DAY)
+    # The most this host's clock and the database server's may differ before a purge, a
+    # publication or a relay run is refused (`clock_skew`), and the most a `now` given to a
+    # write path may lie ahead of this host's clock (shared/clock_skew.py). Up to ten years:
+    # the test lanes that move every Python clock a year cannot move the database's.
+    clock_skew_max_seconds: float = Field(default=5.0, gt=0, le=3650 * DAY)
 
     @field_validator("data_dir")
     @classmethod

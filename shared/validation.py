@@ -109,8 +109,13 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def text(value: object, *, name: str, limit: int) -> str | None:
-    """Optional free text (a label, a reason) of at most `limit` characters; empty means none."""
+def text(value: object, *, name: str, limit: int, printable: bool = False) -> str | None:
+    """Optional free text (a label, a reason) of at most `limit` characters; empty means none.
+
+    `printable`: one line of printable characters only, for text printed on an operator's
+    terminal (`status`, `holds`): an escape sequence in it would run there, a bidi override or
+    a carriage return would disguise what is printed around it.
+    """
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > limit or "\x00" in value or not _is_text(value):
@@ -118,6 +123,13 @@ def text(value: object, *, name: str, limit: int) -> str | None:
             f"{name} must be text of at most {limit} characters, without NUL.",
             code=f"invalid_{name}",
             fix=f"Send at most {limit} characters of text, without NUL or lone surrogates.",
+        )
+    if printable and not value.isprintable():
+        raise ValidationError(
+            f"{name} must be one line of printable text: it holds a control or format "
+            "character (a terminal escape sequence, a tab, a line break, a bidi override).",
+            code=f"invalid_{name}",
+            fix=f"Write {name} as plain text on one line.",
         )
     return value
 
@@ -163,6 +175,32 @@ def short_id(value: object, *, name: str, fix: str | None = None) -> str:
             fix=fix or f"Pass {name} as the provider gave it.",
         )
     return value
+
+
+def count(value: object, *, name: str, limit: int) -> int:
+    """A whole number from 1 to `limit` (a batch size, a row bound); '10' or 10.0 is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ValidationError(
+            f"{name} must be a whole number from 1 to {limit:,}, got {value!r:.40}.",
+            code=f"invalid_{name}",
+            fix=f"Pass {name} as an int from 1 to {limit}, or leave it out (the settings' value).",
+        )
+    return value
+
+
+def seconds(value: object, *, name: str, limit: float) -> float:
+    """A finite, positive number of seconds of at most `limit`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= limit  # also refuses nan
+    ):
+        raise ValidationError(
+            f"{name} must be a number of seconds above 0 and at most {limit:g}, got {value!r:.40}.",
+            code=f"invalid_{name}",
+            fix=f"Pass {name} as a number such as 60, or leave it out (the settings' value).",
+        )
+    return float(value)
 
 
 def flag(value: object, *, name: str) -> bool:

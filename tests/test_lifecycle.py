@@ -76,17 +76,18 @@ def test_register_number(session: Session, phone_number_validator: Draft202012Va
     [
         (NOW, "2025-11-27T12:00:00Z", "2025-12-27"),
         (datetime(2026, 1, 31, 8, 0, tzinfo=UTC), "2026-01-31T08:00:00Z", "2026-02-28"),
-        (datetime(2028, 1, 31, 8, 0, tzinfo=UTC), "2028-01-31T08:00:00Z", "2028-02-29"),
+        # Past instants only: a write path refuses a `now` ahead of the host's clock.
+        (datetime(2024, 1, 31, 8, 0, tzinfo=UTC), "2024-01-31T08:00:00Z", "2024-02-29"),
         (
-            datetime(2026, 12, 15, 0, 0, 0, 250_000, tzinfo=UTC),
-            "2026-12-15T00:00:00.250000Z",
-            "2027-01-15",
+            datetime(2025, 12, 15, 0, 0, 0, 250_000, tzinfo=UTC),
+            "2025-12-15T00:00:00.250000Z",
+            "2026-01-15",
         ),
         # 23:30 in New York is already the next day in UTC: the date follows UTC.
         (
-            datetime(2026, 12, 31, 23, 30, tzinfo=NEW_YORK_WINTER),
-            "2027-01-01T04:30:00Z",
-            "2027-02-01",
+            datetime(2025, 12, 31, 23, 30, tzinfo=NEW_YORK_WINTER),
+            "2026-01-01T04:30:00Z",
+            "2026-02-01",
         ),
         (datetime(2025, 11, 28, 1, 0, tzinfo=TOKYO), "2025-11-27T16:00:00Z", "2025-12-27"),
     ],

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared import migrate
 from shared.db import make_engine
-from shared.models import EVENT_KINDS, Base
+from shared.models import EVENT_KINDS, RUN_STATUSES, Base
 from tests.factories import NOW, make_number
 
 TABLES = {
@@ -171,6 +171,20 @@ def test_the_migrated_store_takes_every_event_kind_of_the_models_and_no_other(
         connection.execute(insert, {"kind": kind, "at": NOW.isoformat()})
     with pytest.raises(IntegrityError), connection.begin_nested():
         connection.execute(insert, {"kind": "exploded", "at": NOW.isoformat()})
+
+
+def test_the_migrated_store_takes_every_run_status_of_the_models_and_no_other(
+    connection: Connection,
+) -> None:
+    """The migrations freeze their own copy of the statuses (clock_skew: 0011)."""
+    insert = text(
+        "INSERT INTO purge_runs (id, started_at, cutoff, status, purged, batches)"
+        " VALUES (:id, :at, :at, :status, 0, 0)"
+    )
+    for status in RUN_STATUSES:
+        connection.execute(insert, {"id": f"run-{status}", "status": status, "at": NOW})
+    with pytest.raises(IntegrityError), connection.begin_nested():
+        connection.execute(insert, {"id": "run-x", "status": "exploded", "at": NOW})
 
 
 def test_deleting_a_number_deletes_its_assignment(connection: Connection) -> None:

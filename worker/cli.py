@@ -260,6 +260,9 @@ LOCKED_EXIT_CODE = 4
 # ... and this when the provider stopped the run (misconfigured or unavailable): the rows are
 # kept, and a cron job or CI step must not read the run as a success.
 PROVIDER_EXIT_CODE = 5
+# ... and this when it was refused because this host's clock and the database server's
+# disagree beyond CLOCK_SKEW_MAX_SECONDS (`clock_skew`): nothing was done.
+CLOCK_SKEW_EXIT_CODE = 7
 
 
 @contextmanager
@@ -309,7 +312,8 @@ def purge(
 
     SIGTERM or Ctrl-C ends the run at its next batch boundary, status `interrupted`. Exits 4
     when another run holds the lock (status `skipped`): nothing was done; exits 5 when the
-    provider stopped the run (`provider_misconfigured`, `provider_unavailable`).
+    provider stopped the run (`provider_misconfigured`, `provider_unavailable`); exits 7 when
+    this host's clock and the database server's disagree (`clock_skew`): nothing was done.
     """
     stop = StopRequest()
 
@@ -332,6 +336,9 @@ def purge(
     if report.status == "skipped":
         click.echo("purge skipped: another run holds the lock; nothing was done.", err=True)
         sys.exit(LOCKED_EXIT_CODE)
+    if report.status == "clock_skew":  # as the task fails
+        click.echo(f"purge refused (clock_skew): {report.reason}.", err=True)
+        sys.exit(CLOCK_SKEW_EXIT_CODE)
     if report.status in STOPPED:  # as the task fails
         click.echo(f"purge stopped ({report.status}): {report.reason}", err=True)
         sys.exit(PROVIDER_EXIT_CODE)
@@ -470,7 +477,7 @@ def status(as_json: bool, max_lag: timedelta | None, runs: int, now: datetime | 
             pause = report["pause"]
             who = f"by {pause['by']}" if pause else "by PURGE_PAUSED"
             why = f": {pause['reason']}" if pause and pause["reason"] else ""
-            click.echo(f"purging is paused ({who}{why}): {behind}.", err=True)
+            click.echo(_printable(f"purging is paused ({who}{why}): {behind}."), err=True)
             sys.exit(PAUSED_LAG_EXIT_CODE)
         click.echo(f"purging lags: {behind}.", err=True)
         sys.exit(LAG_EXIT_CODE)
@@ -565,7 +572,7 @@ def _run_note(run: dict[str, Any]) -> str:
 def _status_table(report: dict[str, Any]) -> str:
     facts = _facts(report)
     lines = [f"Retention status at {_when(report['now'])}", ""]
-    lines += [f"  {label:<25}{value}" for label, value in facts]
+    lines += [f"  {label:<25}{_printable(value)}" for label, value in facts]
     lines += ["", "Last purge runs"]
     if not report["last_runs"]:
         lines.append("  (none recorded yet)")
@@ -638,8 +645,17 @@ def _published(publication: dict[str, Any]) -> str:
     return text
 
 
+def _printable(text: str) -> str:
+    """`text` with every control or format character escaped (ESC as \\x1b): stored text
+    (a reason, a carrier's message) never runs as a terminal escape sequence when shown."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: set[int]) -> list[str]:
-    """Aligned columns, numbers to the right."""
+    """Aligned columns, numbers to the right; stored text escaped."""
+    rows = [[_printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return [
         "  "

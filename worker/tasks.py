@@ -23,6 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
 from shared.clock import as_utc
+from shared.clock_skew import ClockSkewError
 from shared.db import normalize_url
 from shared.errors import ValidationError
 from shared.provider import make_provider
@@ -55,13 +56,15 @@ LINGER_MAX = 10.0
 RECONCILE_REQUESTED = "releasable:reconcile-requested"
 
 # Purge statuses that end the task in Celery's FAILURE state: the run was stopped by the
-# provider (its calls refused or unanswered). A run that failed raises its own error.
-STOPPED = ("provider_misconfigured", "provider_unavailable")
+# provider (its calls refused or unanswered), or refused because this host's clock and the
+# database server's disagree. A run that failed raises its own error.
+STOPPED = ("provider_misconfigured", "provider_unavailable", "clock_skew")
 
 
 class PurgeStopped(Exception):
-    """A purge run the provider stopped: the task's error, its one argument the run's JSON
-    summary (what the task would have returned), so that `str(error)` is that JSON.
+    """A purge run the provider stopped, or the clocks refused: the task's error, its one
+    argument the run's JSON summary (what the task would have returned), so that
+    `str(error)` is that JSON.
 
     Raised as an expected error (the task's `throws`): Celery logs it without a traceback,
     stores it as the task's FAILURE and Flower counts it as failed.
@@ -250,7 +253,13 @@ def publish_now(
     """
     client = redis_client(settings)
     with recording_failures(client), session_factory(settings)() as session:
-        summary = publish_releasable(session, client, now=now, progress=progress)
+        summary = publish_releasable(
+            session,
+            client,
+            now=now,
+            progress=progress,
+            clock_skew_max=settings.clock_skew_max_seconds,
+        )
     client.delete(RECONCILE_REQUESTED)
     return summary
 
@@ -280,7 +289,14 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
             raise PurgeStopped(summary)
         return Summary(summary)
 
-    @task(name=PUBLISH, **limits[PUBLISH], **retry, resultrepr_maxsize=SUMMARY_REPR_MAX)
+    # A refusal for the clocks is expected (`throws`): logged without a traceback, FAILURE.
+    @task(
+        name=PUBLISH,
+        **limits[PUBLISH],
+        **retry,
+        throws=(ClockSkewError,),
+        resultrepr_maxsize=SUMMARY_REPR_MAX,
+    )
     def publish_releasable_task(now: object = None) -> Summary:
         """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
         # A failure leaves its marker in Redis for `status` and the exporter, then retries.
@@ -289,7 +305,7 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     # No retries: beat sends the next run within seconds, and a retry would only queue behind
     # it. No stored result and no events (QuietTask): one run every few seconds would drown
     # Flower's task list; its summary is logged (`relay.applied`) when it applied something.
-    @task(name=RELAY, **limits[RELAY], ignore_result=True, base=QuietTask)
+    @task(name=RELAY, **limits[RELAY], ignore_result=True, base=QuietTask, throws=(ClockSkewError,))
     def relay_events_task(now: object = None) -> dict[str, Any]:
         """Apply committed lifecycle events to the releasable set and the event stream (with
         no Redis on a SQLite store: delete them, nothing reads them)."""
@@ -310,6 +326,7 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
                 batch_size=settings.relay_batch_size,
                 max_seconds=settings.relay_max_seconds,
                 stream_maxlen=settings.events_stream_maxlen,
+                clock_skew_max=settings.clock_skew_max_seconds,
             )
             # A new or emptied Redis holds only what was relayed since: rebuild it now, not in
             # an hour.

@@ -38,6 +38,9 @@ class PurgeConfig:
     provider_failure_streak: int
     provider_backoff_seconds: float
     provider_backoff_max_seconds: float
+    # A run is refused (`clock_skew`) while this host's clock and the database server's
+    # differ by more (shared/clock_skew.py).
+    clock_skew_max_seconds: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PurgeConfig:
@@ -60,6 +63,7 @@ class PurgeConfig:
             provider_failure_streak=settings.provider_failure_streak,
             provider_backoff_seconds=settings.provider_backoff_seconds,
             provider_backoff_max_seconds=settings.provider_backoff_max_seconds,
+            clock_skew_max_seconds=settings.clock_skew_max_seconds,
         )
 
     def overridden(

@@ -52,6 +52,24 @@ def record_skipped(factory: sessionmaker[Session], report: PurgeReport, now: dat
         )
 
 
+def record_refused(factory: sessionmaker[Session], report: PurgeReport, at: datetime) -> None:
+    """Record a run refused before it began (`clock_skew`), dated `at`: an instant the caller
+    trusts (never this host's clock when that is what was refused)."""
+    with factory.begin() as session:
+        session.add(
+            PurgeRun(
+                id=report.run_id,
+                started_at=at,
+                finished_at=at,
+                cutoff=retention_cutoff(at),
+                status=report.status,
+                purged=0,
+                batches=0,
+                summary=report.as_dict(),
+            )
+        )
+
+
 def close_dead_runs(session: Session, *, at: datetime) -> None:
     """Mark runs still 'running' as failed, with the rows they really purged.
 

@@ -47,6 +47,9 @@ class PurgeReport:
     # run's time bound; and the carrier's 429 answers (each call asked again, none a failure).
     provider_deferred: int = 0
     provider_rate_limited: int = 0
+    # How far this host's clock was ahead of the database server's (negative: behind), in
+    # seconds, when the run was refused for it (`clock_skew`); None otherwise.
+    clock_skew_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""

@@ -6,13 +6,16 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import validation
 from shared.clock import iso_timestamp, not_ahead, resolve_now
+from shared.clock_skew import ClockReading, describe, log_refusal, read_clocks
 from shared.controls import pause_reason, read_controls
 from shared.models import PhoneNumber
 from shared.provider import Provider, make_provider
@@ -21,7 +24,7 @@ from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.config import PurgeConfig
 from shared.purge.pacing import Pacer
-from shared.purge.records import record_end, record_skipped, record_start
+from shared.purge.records import record_end, record_refused, record_skipped, record_start
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements, count_overdue
 from shared.purge.stop import StopRequest
@@ -30,7 +33,7 @@ from shared.purge.upstream_sweep import UpstreamSweep
 from shared.ratelimit import run_bounds
 from shared.retention import cutoff as retention_cutoff
 from shared.retention import purgeable_numbers, waiting_numbers
-from shared.settings import get_settings
+from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 
 log = structlog.get_logger("shared.purge")
 SAMPLE_SIZE = 10
@@ -60,8 +63,12 @@ def purge_expired(
     each committed batch (a progress bar's).
     """
     config = (config or PurgeConfig.from_settings(get_settings())).overridden(
-        batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds, paused=paused
+        batch_size=_optional(validation.count, batch_size, name="batch_size", limit=MAX_BATCH),
+        max_rows=_optional(validation.count, max_rows, name="max_rows", limit=MAX_COUNT),
+        max_seconds=_optional(validation.seconds, max_seconds, name="max_seconds", limit=DAY),
+        paused=_optional(validation.flag, paused, name="paused"),
     )
+    dry_run = validation.flag(dry_run, name="dry_run")
     now = resolve_now(now) if dry_run else not_ahead(now)
     report = PurgeReport(
         run_id=str(uuid.uuid4()),
@@ -71,6 +78,10 @@ def purge_expired(
         dry_run=dry_run,
         provider=provider.name if provider else config.provider,
     )
+    # Before the lock: even a skipped run's record would be dated by a wrong clock.
+    clocks = read_clocks(session_factory.kw["bind"])
+    if clocks is not None and clocks.beyond(config.clock_skew_max_seconds):
+        return _refused(session_factory, report, clocks, config.clock_skew_max_seconds)
     budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
     with lock.run_lock(session_factory.kw["bind"]) as got_lock:
         if not got_lock:
@@ -121,6 +132,27 @@ def purge_expired(
     stopped = report.status in ("provider_misconfigured", "provider_unavailable")
     level = log.warning if stopped else log.info
     level("purge.finished", **report.as_dict())
+    return report
+
+
+def _optional(check: Callable[..., Any], value: object, **kwargs: Any) -> Any:
+    """`value` checked by `check`, or None when the caller left it out."""
+    return None if value is None else check(value, **kwargs)
+
+
+def _refused(
+    factory: sessionmaker[Session], report: PurgeReport, clocks: ClockReading, tolerance: float
+) -> PurgeReport:
+    """A run refused because this host's clock and the database server's disagree: nothing
+    done, recorded (status `clock_skew`) at the earlier of the two clocks."""
+    log_refusal(clocks, tolerance)
+    at = clocks.trusted
+    report.status = "clock_skew"
+    report.reason = describe(clocks.skew_seconds, tolerance)
+    report.clock_skew_seconds = clocks.skew_seconds
+    report.now, report.cutoff = iso_timestamp(at), iso_timestamp(retention_cutoff(at))
+    record_refused(factory, report, at)
+    log.warning("purge.clock_skew", **report.as_dict())
     return report
 
 
