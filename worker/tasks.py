@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
+from shared.audit import AuditRetention, PruneReport, prune_audit
 from shared.clock import as_utc
 from shared.db import normalize_url
 from shared.errors import ValidationError
@@ -36,6 +37,7 @@ from worker.stopping import STOP
 PURGE = "numbers.purge_expired"
 PUBLISH = "numbers.publish_releasable"
 RELAY = "numbers.relay_events"
+PRUNE = "numbers.prune_audit"
 
 # Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
 PURGE_SOFT_MARGIN = 60
@@ -112,6 +114,11 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         RELAY: {
             "soft_time_limit": settings.relay_max_seconds + 30,
             "time_limit": settings.relay_max_seconds + 60,
+        },
+        # The prune has the purge's bounds (PURGE_MAX_SECONDS, PURGE_MAX_ROWS).
+        PRUNE: {
+            "soft_time_limit": settings.purge_max_seconds + PURGE_SOFT_MARGIN,
+            "time_limit": settings.purge_max_seconds + PURGE_HARD_MARGIN,
         },
     }
 
@@ -194,6 +201,34 @@ def run_purge(
         )
 
 
+def run_prune(
+    settings: Settings,
+    *,
+    now: datetime | None,
+    dry_run: bool,
+    stop: StopRequest,
+    batch_size: int | None = None,
+    max_rows: int | None = None,
+    max_seconds: float | None = None,
+) -> PruneReport:
+    """One prune of the worker's own records (shared/audit.py) under the settings' retention
+    and the purge's batch sizing, pacing and bounds; the bounds given override the settings'.
+    The task and `numbers-retention prune` run this."""
+    config = PurgeConfig.from_settings(settings).overridden(
+        batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
+    )
+    return prune_audit(
+        session_factory(settings),
+        retention=AuditRetention(
+            audit_days=settings.audit_retention_days, redact_days=settings.tombstone_redact_days
+        ),
+        config=config,
+        now=now,
+        dry_run=dry_run,
+        stop=stop,
+    )
+
+
 def publish_now(
     settings: Settings,
     *,
@@ -231,6 +266,12 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
         if summary["status"] in STOPPED:
             raise PurgeStopped(summary)
         return summary
+
+    @task(name=PRUNE, **limits[PRUNE], **retry)
+    def prune_audit_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
+        """Erase due labels, delete due tombstones and run records; returns the run's summary."""
+        when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
+        return run_prune(settings, now=when, dry_run=dry, stop=STOP).as_dict()
 
     @task(name=PUBLISH, **limits[PUBLISH], **retry)
     def publish_releasable_task(now: object = None) -> dict[str, Any]:
