@@ -14,10 +14,10 @@ from typing import Any
 
 import pydantic
 import pytest
-from structlog.testing import capture_logs
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
 import worker.cli
 from shared.audit import AuditRetention, PruneReport, prune_audit
@@ -260,7 +260,11 @@ def test_a_pause_holds_the_prune_and_a_second_prune_is_skipped(
     with session_factory.begin() as session:
         pause_purge(session, by="ops", reason="audit", now=SEPTEMBER_GOES)
     report = prune(session_factory, SEPTEMBER_GOES)
-    assert (report.status, report.reason, report.due["tombstones"]) == ("paused", "paused by ops: audit", 1)
+    assert (report.status, report.reason, report.due["tombstones"]) == (
+        "paused",
+        "paused by ops: audit",
+        1,
+    )
     assert set(tombstones(session_factory)) == {1}
 
 
