@@ -3,7 +3,8 @@
     python bench/prune.py --rows 1000000 [--url postgresql+psycopg://postgres@127.0.0.1/bench_prune]
 
 Builds a store of `--rows` tombstones (generate_series, about 310 bytes each as in production,
-label included) purged evenly over the last 800 days, so that about half lie in months that
+label included) purged evenly over the last 800 days (ids growing with the purge time, as
+the purge writes them), so that about half lie in months that
 AUDIT_RETENTION_DAYS=400 lets go and most of the rest carry a label older than
 TOMBSTONE_REDACT_DAYS=90. Then, each on a fresh `CREATE DATABASE ... TEMPLATE` copy:
 
@@ -61,7 +62,8 @@ SELECT i, 'acc_' || (i %% 10000), '+1415' || lpad(i::text, 7, '0'),
   p - interval '14 days', 'pn-' || md5(i::text), 'C' || (i %% 500), 'approved', p,
   'run-' || (i / 5000), 'telnyx', p, 'provider', 'telnyx',
   '{"resolution": "provider"}'::json, (p AT TIME ZONE 'UTC')::date, 'released'
-FROM (SELECT i, %(now)s::timestamptz - (i::float / %(rows)s * %(span)s) * interval '1 day' AS p
+FROM (SELECT i, %(now)s::timestamptz
+             - ((%(rows)s - i)::float / %(rows)s * %(span)s) * interval '1 day' AS p
       FROM generate_series(1, %(rows)s) AS i) AS s
 """
 
@@ -160,6 +162,8 @@ def batched(url: str) -> dict[str, Any]:
     probe.join()
     engine.dispose()
     steps: dict[str, dict[str, float]] = {}
+    batch_ms: list[float] = []
+    sizes: list[int] = []
     for entry in logs:
         if entry["event"] == "prune.batch":
             step = steps.setdefault(entry["step"], {"rows": 0, "ms": 0.0, "batches": 0, "worst": 0})
@@ -167,10 +171,17 @@ def batched(url: str) -> dict[str, Any]:
             step["ms"] += entry["ms"]
             step["batches"] += 1
             step["worst"] = max(step["worst"], entry["ms"])
+            batch_ms.append(entry["ms"])
+            sizes.append(entry["size"])
+    batch_ms.sort()
     return {
         "status": report.status,
         "seconds": report.seconds,
         "worst_batch_ms": report.worst_batch_ms,
+        "batch_ms_p50": batch_ms[len(batch_ms) // 2],
+        "batch_ms_p99": batch_ms[int(len(batch_ms) * 0.99) - 1],
+        "batches_over_250_ms": sum(1 for ms in batch_ms if ms > 250),
+        "batch_sizes": [min(sizes), max(sizes)],
         "steps": {
             name: {
                 "rows": int(s["rows"]),
@@ -281,7 +292,7 @@ def main() -> None:
     prefix = args.url.rsplit("/", 1)[1]
     template = f"{prefix}_template"
     build_template(args.url, template, args.rows)
-    results: dict[str, Any] = {"rows": args.rows}
+    results: dict[str, Any] = {"rows": args.rows, "load_before": os.getloadavg()[0]}
     for name, measure in (("batched", batched), ("partitioned", partitioned)):
         url = copy_of(args.url, template, f"{prefix}_{name}")
         try:
@@ -290,6 +301,7 @@ def main() -> None:
             drop(args.url, f"{prefix}_{name}")
         print(name, results[name], file=sys.stderr)
     drop(args.url, template)
+    results["load_after"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
 
 
