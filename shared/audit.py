@@ -33,7 +33,7 @@ from sqlalchemy import ColumnElement, CursorResult, delete, func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from shared.clock import iso_timestamp, not_ahead, resolve_now
-from shared.models import PURGED_BY_PRUNED_RUNS, PrunedTotal, PurgedNumber, PurgeRun
+from shared.models import PURGED_BY_PRUNED_RUNS, Base, PrunedTotal, PurgedNumber, PurgeRun
 from shared.purge import lock
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer, Budget
@@ -86,23 +86,18 @@ def _rowcount(result: object) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
+# Core tables, not the ORM entities (as the purge's statements): plain statements, no ORM
+# bulk path per batch.
+TOMBSTONES = Base.metadata.tables[PurgedNumber.__tablename__]
+RUNS = Base.metadata.tables[PurgeRun.__tablename__]
+
+
 def _delete_tombstones(session: Session, rows: ColumnElement[bool]) -> int:
-    return _rowcount(
-        session.execute(
-            delete(PurgedNumber).where(rows).execution_options(synchronize_session=False)
-        )
-    )
+    return _rowcount(session.execute(delete(TOMBSTONES).where(rows)))
 
 
 def _erase_labels(session: Session, rows: ColumnElement[bool]) -> int:
-    return _rowcount(
-        session.execute(
-            update(PurgedNumber)
-            .where(rows)
-            .values(label=None)
-            .execution_options(synchronize_session=False)
-        )
-    )
+    return _rowcount(session.execute(update(TOMBSTONES).where(rows).values(label=None)))
 
 
 def _delete_runs(session: Session, rows: ColumnElement[bool]) -> int:
@@ -110,9 +105,7 @@ def _delete_runs(session: Session, rows: ColumnElement[bool]) -> int:
     purged = session.execute(
         select(func.coalesce(func.sum(PurgeRun.purged), 0)).where(rows)
     ).scalar_one()
-    gone = _rowcount(
-        session.execute(delete(PurgeRun).where(rows).execution_options(synchronize_session=False))
-    )
+    gone = _rowcount(session.execute(delete(RUNS).where(rows)))
     total = session.get(PrunedTotal, PURGED_BY_PRUNED_RUNS)
     if total is None:
         session.add(PrunedTotal(name=PURGED_BY_PRUNED_RUNS, value=purged))
