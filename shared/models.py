@@ -198,6 +198,8 @@ class PurgedNumber(Base):
             + ")",
             name="disconnect_reason_known",
         ),
+        # The audit prune's redaction: tombstones whose label is not erased yet, by purge time.
+        _partial_index("ix_purged_numbers_unredacted", "purged_at", where="label IS NOT NULL"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -272,6 +274,23 @@ class PurgeRun(Base):
 
     def __repr__(self) -> str:
         return f"PurgeRun(id={self.id!r}, status={self.status!r}, purged={self.purged!r})"
+
+
+# The sum of `purged` over the deleted run records (`purged_total` adds it).
+PURGED_BY_PRUNED_RUNS = "purged_by_pruned_runs"
+
+
+class PrunedTotal(Base):
+    """A sum kept when the records it adds up are pruned (shared/audit.py): e.g. the numbers
+    purged by pruned runs, so `purged_total` (a Prometheus counter) never goes down."""
+
+    __tablename__ = "pruned_totals"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    def __repr__(self) -> str:
+        return f"PrunedTotal(name={self.name!r}, value={self.value!r})"
 
 
 class PurgeControl(Base):

@@ -176,6 +176,10 @@ class Settings(StoreSettings):
     # transaction mode): the relay keeps to its schedule.
     relay_wakeups: bool = True
     events_stream_maxlen: int = Field(default=100_000, ge=1000, le=MAX_COUNT)
+    audit_retention_days: int = Field(default=400, ge=1, le=36500)
+    # A tombstone's personal field (the number's label) is erased this many days after its
+    # purge, long before the tombstone itself goes (AUDIT_RETENTION_DAYS; shared/audit.py).
+    tombstone_redact_days: int = Field(default=90, ge=1, le=36500)
     # Beat wakes at least this often; a standby beat polls RedBeat's lock at this pace too.
     beat_max_loop_seconds: int = Field(default=60, ge=1, le=HOUR)
     # RedBeat's lock expires this long after the last tick of the beat holding it: a killed
@@ -256,6 +260,17 @@ class Settings(StoreSettings):
         # between ticks and let a standby beat send the same run again.
         if self.beat_lock_timeout_seconds < 2 * self.beat_max_loop_seconds:
             raise _invalid("BEAT_LOCK_TIMEOUT_SECONDS must be at least twice BEAT_MAX_LOOP_SECONDS")
+        return self
+
+    @model_validator(mode="after")
+    def _redact_before_pruning(self) -> Settings:
+        # Erasing the label after its tombstone is gone would erase nothing: a redaction
+        # period longer than the retention is a typo, refused here.
+        if self.tombstone_redact_days > self.audit_retention_days:
+            raise _invalid(
+                "TOMBSTONE_REDACT_DAYS must be at most AUDIT_RETENTION_DAYS (labels are "
+                "erased before their tombstones are pruned)"
+            )
         return self
 
 

@@ -10,7 +10,13 @@ from sqlalchemy.orm import Session
 
 from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
 from shared.controls import read_controls
-from shared.models import NumberEvent, PhoneNumber, PurgeRun
+from shared.models import (
+    PURGED_BY_PRUNED_RUNS,
+    NumberEvent,
+    PhoneNumber,
+    PrunedTotal,
+    PurgeRun,
+)
 from shared.provider import REFUSED_CODE
 from shared.retention import (
     purgeable_numbers,
@@ -146,6 +152,12 @@ def store_status(
         select(func.max(PurgeRun.finished_at)).where(real, PurgeRun.status.in_(SUCCEEDED))
     )
     purged_total = session.execute(select(func.coalesce(func.sum(PurgeRun.purged), 0))).scalar_one()
+    # Runs pruned after AUDIT_RETENTION_DAYS left their count behind (shared/audit.py).
+    purged_total += session.execute(
+        select(func.coalesce(func.sum(PrunedTotal.value), 0)).where(
+            PrunedTotal.name == PURGED_BY_PRUNED_RUNS
+        )
+    ).scalar_one()
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
     # The outbox: events the relay has not applied (or, without Redis, discarded) yet.

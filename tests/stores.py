@@ -24,6 +24,7 @@ TABLES = (
     "number_events",
     "purged_numbers",
     "purge_runs",
+    "pruned_totals",
     "purge_controls",
     "campaign_assignments",
     "api_keys",

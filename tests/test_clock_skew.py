@@ -26,6 +26,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 import shared
+from shared.audit import AuditRetention, prune_audit
 from shared.clock import as_utc, utcnow
 from shared.clock_skew import ClockSkewError, read_clocks
 from shared.db import make_session_factory
@@ -40,6 +41,7 @@ from shared.settings import Settings, StoreSettings, get_settings, get_store_set
 from shared.status import store_status
 from tests.factories import make_number, make_numbers, snapshot
 from tests.processes import cli_env
+from tests.test_audit_retention import add_tombstone
 from worker.app import create_app
 from worker.cli import CLOCK_SKEW_EXIT_CODE
 from worker.tasks import PUBLISH, PURGE, RELAY, PurgeStopped
@@ -275,3 +277,28 @@ def test_a_purge_process_on_a_host_clock_a_day_ahead_is_refused_and_deletes_noth
         latest = session.scalar(select(func.max(NumberEvent.occurred_at)))
         assert latest is not None
         assert latest <= now
+
+
+@pytest.mark.postgres
+def test_a_prune_on_a_host_clock_ahead_is_refused_and_deletes_nothing(pg_store: Engine) -> None:
+    """The audit prune deletes tombstones and run records for good: the same second clock."""
+    factory = make_session_factory(pg_store)
+    long_ago = database_clock(pg_store) - timedelta(days=800)
+    with factory.begin() as session:
+        add_tombstone(session, 1, long_ago)
+    with factory() as session:
+        before = snapshot(session)
+    retention = AuditRetention(audit_days=400, redact_days=90)
+    with (
+        time_machine.travel(database_clock(pg_store) + DAY, tick=True),
+        pytest.raises(ClockSkewError) as refused,
+    ):
+        prune_audit(factory, retention=retention, config=tight_config())
+    assert "ahead of the database server's" in refused.value.message
+    with factory() as session:
+        assert snapshot(session) == before
+    # On the same clock as the database's, the same prune deletes the tombstone.
+    done = prune_audit(factory, retention=retention, config=tight_config())
+    assert done.status == "completed"
+    with factory() as session:
+        assert session.scalars(select(PurgedNumber)).all() == []

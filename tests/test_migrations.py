@@ -26,6 +26,7 @@ TABLES = {
     "purged_numbers",
     "purge_runs",
     "purge_controls",
+    "pruned_totals",
 }
 
 VALID_NUMBER: dict[str, Any] = {

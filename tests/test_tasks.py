@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 
 import shared
 from shared.errors import ValidationError
-from shared.models import NumberEvent
+from shared.models import NumberEvent, PurgedNumber
+from shared.purge import purge_expired
 from shared.releasable import account_key
 from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
@@ -28,7 +29,7 @@ from tests.fake_telnyx import API_KEY, FakeTelnyx
 from tests.processes import wait_for
 from worker.app import app, beat_schedule, broker_options, create_app
 from worker.stopping import STOP
-from worker.tasks import PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped, Summary
+from worker.tasks import PRUNE, PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped, Summary
 
 Factory = sessionmaker[Session]
 
@@ -81,11 +82,14 @@ def test_beat_schedule_uses_crontab_with_expiry() -> None:
     assert schedule["relay-events"]["schedule"] == timedelta(seconds=2)
     assert schedule["relay-events"]["options"]["expires"] < 2
     assert schedule["purge-expired"]["options"]["expires"] < 15 * 60
+    # The worker's own records are pruned once a day (shared/audit.py), on every deployment.
+    assert str(schedule["prune-audit"]["schedule"]).startswith("<crontab: 17 3 ")
+    assert schedule["prune-audit"]["options"]["expires"] < 24 * 3600
     # No Redis configured (the embedded default): nothing to publish to, no publish entry;
     # the relay empties the outbox there. A PostgreSQL store keeps its events for a relay.
-    assert set(beat_schedule(Settings())) == {"purge-expired", "relay-events"}
+    assert set(beat_schedule(Settings())) == {"purge-expired", "prune-audit", "relay-events"}
     pg = Settings(database_url="postgresql://u@h/db")
-    assert set(beat_schedule(pg)) == {"purge-expired"}
+    assert set(beat_schedule(pg)) == {"purge-expired", "prune-audit"}
     short = beat_schedule(Settings(purge_every_seconds=2))
     assert short["purge-expired"]["schedule"] == timedelta(seconds=2)
 
@@ -151,7 +155,7 @@ def test_task_results_are_json_in_events_and_objects_in_the_backend(
     """Flower's task list shows the text Celery's tracer puts in the task-succeeded event
     (saferepr of the return value, cut at the task's resultrepr_maxsize): it is the summary's
     JSON, whole; the result backend's JSON encoding of it is the plain object."""
-    task_app = app_for(task_store, tmp_path, redis_url=redis_url)
+    task_app = app_for(task_store, tmp_path, redis_url=redis_url, **FROZEN_CLOCK)
     with task_store.begin() as session:
         make_numbers(
             session,
@@ -189,6 +193,30 @@ def test_purge_task_takes_now_and_dry_run(
         task_app.tasks[PURGE].apply(kwargs={"now": "2025-11-27T12:00:00Z", "dry_run": True}).get()
     )
     assert (result["status"], result["would_purge"]) == ("dry_run", 1)
+
+
+def test_prune_task_takes_now_and_dry_run(
+    task_store: Factory, task_app: Celery, now: datetime
+) -> None:
+    september = datetime(2024, 9, 20, 12, 0, tzinfo=UTC)
+    with task_store.begin() as session:
+        make_numbers(
+            session, account_id="acc_a", ages={"+14155550306": timedelta(days=15)}, now=september
+        )
+    assert purge_expired(task_store, now=september).purged == 1
+    at = {"now": "2025-11-27T12:00:00Z"}
+    dry = task_app.tasks[PRUNE].apply(kwargs=at | {"dry_run": True}).get()
+    assert (dry["status"], dry["due"]["tombstones"]) == ("dry_run", 1)
+    done = task_app.tasks[PRUNE].apply(kwargs=at).get()
+    assert (done["status"], done["done"]["tombstones"], done["due"]["tombstones"]) == (
+        "completed",
+        1,
+        0,
+    )
+    # The purge's run record (September 2024) is the last of its status: kept.
+    assert done["done"]["runs"] == 0
+    with task_store() as session:
+        assert session.scalar(select(func.count()).select_from(PurgedNumber)) == 0
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from worker.health import WorkerHeartbeat
 from worker.logs import configure_logging
 from worker.tasks import (
     EXPIRES,
+    PRUNE,
     PUBLISH,
     PURGE,
     RELAY,
@@ -114,9 +115,17 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
-    """Purge, reconcile and relay in UTC: the reconciliation only where a Redis is configured,
-    the relay there and on the embedded store (where it empties the outbox)."""
-    schedule = {"purge-expired": _every(settings.purge_every_seconds, PURGE)}
+    """Purge, prune, reconcile and relay in UTC: the reconciliation only where a Redis is
+    configured, the relay there and on the embedded store (where it empties the outbox)."""
+    schedule = {
+        "purge-expired": _every(settings.purge_every_seconds, PURGE),
+        # The worker's own records (shared/audit.py), once a day at a quiet hour.
+        "prune-audit": {
+            "task": PRUNE,
+            "schedule": crontab(minute=17, hour=3),
+            "options": {"expires": 23 * 3600},
+        },
+    }
     if settings.resolved_redis_url():
         schedule["publish-releasable"] = _every(settings.publish_every_seconds, PUBLISH)
     if settings.resolved_redis_url() or discards_events(settings):

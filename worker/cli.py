@@ -50,7 +50,15 @@ from worker.connections import make_redis, session_factory
 from worker.entry import PROG, VERSION_MESSAGE
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
-from worker.tasks import PUBLISH, PURGE, STOPPED, parse_now, publish_now, run_purge
+from worker.tasks import (
+    PUBLISH,
+    PURGE,
+    STOPPED,
+    parse_now,
+    publish_now,
+    run_prune,
+    run_purge,
+)
 
 log = structlog.get_logger("worker.cli")
 
@@ -342,6 +350,48 @@ def purge(
     if report.status in STOPPED:  # as the task fails
         click.echo(f"purge stopped ({report.status}): {report.reason}", err=True)
         sys.exit(PROVIDER_EXIT_CODE)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Count what is due; change nothing.")
+@now_option
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=MAX_BATCH),
+    help="Most rows per transaction (caps the adaptive size; default PURGE_BATCH_SIZE).",
+)
+@click.option(
+    "--max-rows", type=click.IntRange(min=1, max=MAX_COUNT), help="Stop after this many rows."
+)
+@click.option("--max-seconds", type=Finite(min=0.001, max=DAY), help="Stop after this long.")
+def prune(
+    dry_run: bool,
+    now: datetime | None,
+    batch_size: int | None,
+    max_rows: int | None,
+    max_seconds: float | None,
+) -> None:
+    """Prune the worker's own records now: erase tombstone labels after TOMBSTONE_REDACT_DAYS,
+    delete tombstones and run records after AUDIT_RETENTION_DAYS; prints the run summary.
+
+    In batches, as the purge. SIGTERM or Ctrl-C ends the run at its next batch boundary
+    (`interrupted`). Exits 4 when another prune holds the lock (`skipped`).
+    """
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        report = run_prune(
+            get_settings(),
+            now=now,
+            dry_run=dry_run,
+            stop=stop,
+            batch_size=batch_size,
+            max_rows=max_rows,
+            max_seconds=max_seconds,
+        )
+    _print_json(report.as_dict())
+    if report.status == "skipped":
+        click.echo("prune skipped: another prune holds the lock; nothing was done.", err=True)
+        sys.exit(LOCKED_EXIT_CODE)
 
 
 @main.command()

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
+from shared.audit import AuditRetention, PruneReport, prune_audit
 from shared.clock import as_utc
 from shared.clock_skew import ClockSkewError
 from shared.db import normalize_url
@@ -40,6 +41,7 @@ from worker.stopping import STOP
 PURGE = "numbers.purge_expired"
 PUBLISH = "numbers.publish_releasable"
 RELAY = "numbers.relay_events"
+PRUNE = "numbers.prune_audit"
 
 # Seconds the purge task may run past PURGE_MAX_SECONDS: its soft and hard time limits.
 PURGE_SOFT_MARGIN = 60
@@ -158,6 +160,11 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
             "soft_time_limit": LINGER_MAX + settings.relay_max_seconds + 30,
             "time_limit": LINGER_MAX + settings.relay_max_seconds + 60,
         },
+        # The prune has the purge's bounds (PURGE_MAX_SECONDS, PURGE_MAX_ROWS).
+        PRUNE: {
+            "soft_time_limit": settings.purge_max_seconds + PURGE_SOFT_MARGIN,
+            "time_limit": settings.purge_max_seconds + PURGE_HARD_MARGIN,
+        },
     }
 
 
@@ -239,6 +246,34 @@ def run_purge(
         )
 
 
+def run_prune(
+    settings: Settings,
+    *,
+    now: datetime | None,
+    dry_run: bool,
+    stop: StopRequest,
+    batch_size: int | None = None,
+    max_rows: int | None = None,
+    max_seconds: float | None = None,
+) -> PruneReport:
+    """One prune of the worker's own records (shared/audit.py) under the settings' retention
+    and the purge's batch sizing, pacing and bounds; the bounds given override the settings'.
+    The task and `numbers-retention prune` run this."""
+    config = PurgeConfig.from_settings(settings).overridden(
+        batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
+    )
+    return prune_audit(
+        session_factory(settings),
+        retention=AuditRetention(
+            audit_days=settings.audit_retention_days, redact_days=settings.tombstone_redact_days
+        ),
+        config=config,
+        now=now,
+        dry_run=dry_run,
+        stop=stop,
+    )
+
+
 def publish_now(
     settings: Settings,
     *,
@@ -288,6 +323,12 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
         if summary["status"] in STOPPED:
             raise PurgeStopped(summary)
         return Summary(summary)
+
+    @task(name=PRUNE, **limits[PRUNE], **retry, resultrepr_maxsize=SUMMARY_REPR_MAX)
+    def prune_audit_task(now: object = None, dry_run: object = False) -> Summary:
+        """Erase due labels, delete due tombstones and run records; returns the run's summary."""
+        when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
+        return Summary(run_prune(settings, now=when, dry_run=dry, stop=STOP).as_dict())
 
     # A refusal for the clocks is expected (`throws`): logged without a traceback, FAILURE.
     @task(

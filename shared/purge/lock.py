@@ -11,11 +11,13 @@ from sqlalchemy import Engine, func, select
 
 # Any constant works; it only has to be the same for every purge process on the database.
 PURGE_LOCK_KEY = 0x6E756D62  # "numb"
+# The audit prune's own lock (shared/audit.py): it never waits for a purge, nor a purge for it.
+PRUNE_LOCK_KEY = 0x6E756D70  # "nump"
 
 
 @contextmanager
-def run_lock(engine: Engine) -> Iterator[bool]:
-    """Yield whether this process holds the one-run-at-a-time lock.
+def run_lock(engine: Engine, key: int = PURGE_LOCK_KEY, name: str = "purge") -> Iterator[bool]:
+    """Yield whether this process holds the one-run-at-a-time lock `key` (`name` on SQLite).
 
     PostgreSQL: a session advisory lock on its own connection, released when the connection
     closes, so a killed worker never leaves it behind. SQLite: flock on a file beside the
@@ -23,17 +25,17 @@ def run_lock(engine: Engine) -> Iterator[bool]:
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            got = bool(conn.scalar(select(func.pg_try_advisory_lock(PURGE_LOCK_KEY))))
+            got = bool(conn.scalar(select(func.pg_try_advisory_lock(key))))
             conn.commit()
             try:
                 yield got
             finally:
                 if got:
-                    conn.scalar(select(func.pg_advisory_unlock(PURGE_LOCK_KEY)))
+                    conn.scalar(select(func.pg_advisory_unlock(key)))
                     conn.commit()
         return
     database = engine.url.database or ""
-    lock_path = Path(f"{database}.purge.lock")
+    lock_path = Path(f"{database}.{name}.lock")
     with lock_path.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,21 +5,42 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer
 from shared.purge.records import record_progress
-from shared.purge.report import PurgeReport
-from shared.purge.statements import BatchStatements
 
 # Lanes after the first wait while the share of batches that found others at work is above
 # this, looking again this often.
 SOLO_WHEN_BUSY = 0.05
 LANE_WAIT_SECONDS = 0.05
+
+
+class Batches(Protocol):
+    """A walk in key order over rows due for one change: the purge's `BatchStatements`, the
+    audit prune's (shared/audit.py)."""
+
+    def pick(self, session: Session, *, after: Any, limit: int) -> list[Any]:
+        """Lock up to `limit` due rows with keys above `after`; their keys, ascending."""
+        ...
+
+    def purge(self, session: Session, ids: list[Any]) -> int:
+        """Change the locked rows `ids` that are still due; rows changed."""
+        ...
+
+
+class BatchReport(Protocol):
+    """What a sweep tells its run: each committed batch, in pick order."""
+
+    run_id: str
+
+    def add_batch(self, purged: int, ms: float, *, size: int) -> None: ...
 
 
 @dataclass
@@ -41,11 +62,14 @@ class Sweep:
     order they commit in.
     """
 
-    report: PurgeReport
-    statements: BatchStatements
+    report: BatchReport
+    statements: Batches
     boundary: Boundary
     sizer: BatchSizer
-    after: int = 0  # keyset: every overdue id up to here is picked or was skipped as locked
+    after: Any = 0  # keyset: every overdue id up to here is picked or was skipped as locked
+    # Counts each committed batch in the run's `purge_runs` record, in the batch's own
+    # transaction (None: a run recorded elsewhere, as the audit prune).
+    record: Callable[[Session, str, int], None] | None = record_progress
     picked: int = 0
     halt: Halt | None = None  # why no further batch starts
     finished: dict[int, _Done] = field(default_factory=dict)
@@ -67,6 +91,14 @@ class Sweep:
                 self.reported += 1
                 self._report_batch(self.reported)
             return self.boundary.pacer.rest_after(rows=picked, ms=done.ms)
+
+    def apply(self, session: Session, ids: list[Any]) -> int:
+        """Change the picked rows `ids` in the batch's transaction and count them in the
+        run's record; rows changed."""
+        purged = self.statements.purge(session, ids)
+        if self.record is not None:
+            self.record(session, self.report.run_id, purged)
+        return purged
 
     def report_the_rest(self) -> None:
         """Report the committed batches still waiting for an earlier one (that failed)."""
@@ -122,8 +154,7 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                         sweep.picked += 1
                         number = sweep.picked
                 if not wait:
-                    purged = sweep.statements.purge(session, ids)
-                    record_progress(session, sweep.report.run_id, purged)
+                    purged = sweep.apply(session, ids)
             if wait:
                 boundary.stop.sleep(wait)
                 continue
