@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -50,6 +50,11 @@ log = structlog.get_logger("shared.reconcile")
 CHUNK = 5000
 LOCK_SECONDS = 60.0
 LOCK_WAIT_SECONDS = 60.0
+# Staging keys expire this long after their last write, so that a reconciliation killed
+# mid-build (SIGKILL, the task's hard time limit) leaves nothing behind for good; well above
+# the task's hard time limit (660 s). The next reconciliation also deletes leftovers older than
+# this (keys a version without the TTL left, which Redis never expires).
+STAGING_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -88,13 +93,52 @@ def publish_releasable(
     `progress` is told the numbers of each chunk written to the staging sets."""
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
     clock = time.monotonic()
-    staging = f"{prefix}:staging:{uuid.uuid4().hex}"
+    # Named after Redis's own clock (one clock for every host), so that a later reconciliation
+    # can tell a dead one's leftovers from a live one's keys.
+    started = int(client.time()[0])
+    drop_stale_staging(client, before=started - STAGING_SECONDS, prefix=prefix)
+    staging = f"{prefix}:staging:{started}.{uuid.uuid4().hex}"
+    try:
+        summary = _publish(
+            session,
+            client,
+            now=now,
+            staging=staging,
+            prefix=prefix,
+            stream=stream,
+            lock_seconds=lock_seconds,
+            lock_wait=lock_wait,
+            progress=progress,
+        )
+    finally:
+        # Whatever happened (the swap renamed what it used), nothing stays under staging.
+        _drop_staging(client, staging)
+    summary |= {"seconds": round(time.monotonic() - clock, 3)}
+    log.info("releasable.published", **summary)
+    drift = summary["drift_added"] or summary["drift_removed"] or summary["drift_rescored"]
+    if drift and not summary["first"]:
+        log.warning("releasable.drift_repaired", **summary)
+    return summary
+
+
+def _publish(
+    session: Session,
+    client: redis.Redis,
+    *,
+    now: datetime,
+    staging: str,
+    prefix: str,
+    stream: str,
+    lock_seconds: float,
+    lock_wait: float,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
+    """Build under `staging`, then replay and swap under the writers' lock."""
     # The mark first, then the snapshot: see the module's docstring.
     mark = stream_mark(client, stream)
     per_account, drift = _build(session, client, now, staging, prefix, progress)
     lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
     if not lock.acquire(blocking=True, blocking_timeout=lock_wait):
-        _drop_staging(client, staging, per_account)
         raise InternalError(
             "The releasable set's writers' lock stayed taken; nothing was replaced.",
             code="publication_lock_busy",
@@ -122,13 +166,7 @@ def publish_releasable(
     finally:
         if lock.owned():
             lock.release()
-        _drop_staging(client, staging, per_account)
-    summary |= {"replayed": replayed, "seconds": round(time.monotonic() - clock, 3)}
-    log.info("releasable.published", **summary)
-    drift = summary["drift_added"] or summary["drift_removed"] or summary["drift_rescored"]
-    if drift and not summary["first"]:
-        log.warning("releasable.drift_repaired", **summary)
-    return summary
+    return summary | {"replayed": replayed}
 
 
 @dataclass
@@ -173,27 +211,31 @@ def _build(  # noqa: PLR0917 - one caller, in order
         .execution_options(yield_per=CHUNK)
     )
     per_account: defaultdict[str, int] = defaultdict(int)
-    for chunk in rows.partitions():
-        pipe = client.pipeline(transaction=False)
-        scores: dict[str, float] = {}
-        by_account: defaultdict[str, dict[str, float]] = defaultdict(dict)
-        for phone_number, account_id, released_at in chunk:
-            score = repurchase_deadline(cast(datetime, released_at)).timestamp()
-            scores[phone_number] = score
-            by_account[account_id][phone_number] = score
-        pipe.zmscore(live, list(scores))
-        pipe.zadd(all_key(staging), scores)
-        for account_id, members in by_account.items():
-            pipe.zadd(account_key(account_id, staging), members)
-            per_account[account_id] += len(members)
-        found = cast(list[float | None], pipe.execute()[0])
-        progress(len(scores))
-        for score, was in zip(scores.values(), found, strict=True):
-            if was is None or was <= cutoff:
-                drift.added += 1
-            else:
-                drift.found += 1
-                drift.rescored += was != score
+    # Closed on failure too: the server-side cursor must not outlive a failed build.
+    with rows:
+        for chunk in rows.partitions():
+            pipe = client.pipeline(transaction=False)
+            scores: dict[str, float] = {}
+            by_account: defaultdict[str, dict[str, float]] = defaultdict(dict)
+            for phone_number, account_id, released_at in chunk:
+                score = repurchase_deadline(cast(datetime, released_at)).timestamp()
+                scores[phone_number] = score
+                by_account[account_id][phone_number] = score
+            pipe.zmscore(live, list(scores))
+            pipe.zadd(all_key(staging), scores)
+            pipe.expire(all_key(staging), STAGING_SECONDS)
+            for account_id, members in by_account.items():
+                pipe.zadd(account_key(account_id, staging), members)
+                pipe.expire(account_key(account_id, staging), STAGING_SECONDS)
+                per_account[account_id] += len(members)
+            found = cast(list[float | None], pipe.execute()[0])
+            progress(len(scores))
+            for score, was in zip(scores.values(), found, strict=True):
+                if was is None or was <= cutoff:
+                    drift.added += 1
+                else:
+                    drift.found += 1
+                    drift.rescored += was != score
     return per_account, drift
 
 
@@ -261,10 +303,13 @@ def _swap(
         # RENAME would block Redis for everyone for about a second.
         pipe.unlink(all_key(prefix))
         if accounts:
+            # RENAME keeps the staging key's TTL: the published sets must not expire.
             pipe.rename(all_key(staging), all_key(prefix))
+            pipe.persist(all_key(prefix))
         for account_id in accounts:
             pipe.unlink(account_key(account_id, prefix))
             pipe.rename(account_key(account_id, staging), account_key(account_id, prefix))
+            pipe.persist(account_key(account_id, prefix))
         for account_id in previous - set(accounts):
             pipe.unlink(account_key(account_id, prefix))
         pipe.delete(accounts_key(prefix))
@@ -291,9 +336,33 @@ def _swap(
     return summary
 
 
-def _drop_staging(client: redis.Redis, staging: str, per_account: dict[str, int]) -> None:
-    """Remove what is left under the staging keys (all of it when the swap did not happen)."""
-    keys = [all_key(staging)]
-    keys += [account_key(account_id, staging) for account_id in per_account]
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])
+def _unlink(client: redis.Redis, keys: Iterable[bytes]) -> int:
+    """UNLINK `keys` a thousand at a time; how many existed."""
+    dropped, batch = 0, []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == 1000:
+            dropped += int(client.unlink(*batch))
+            batch = []
+    return dropped + (int(client.unlink(*batch)) if batch else 0)
+
+
+def _drop_staging(client: redis.Redis, staging: str) -> None:
+    """Remove what is left under this reconciliation's staging keys (all of them when the swap
+    did not happen: the build failed, the lock stayed taken, the stream lost entries)."""
+    _unlink(client, client.scan_iter(match=f"{staging}:*", count=1000))
+
+
+def drop_stale_staging(client: redis.Redis, *, before: int, prefix: str = PREFIX) -> int:
+    """Delete staging keys of reconciliations started before `before` (Redis's clock, epoch
+    seconds), and those named without a start (left by a version that set no TTL); how many."""
+
+    def stale(key: bytes) -> bool:
+        started, dot, _ = key.decode().removeprefix(f"{prefix}:staging:").partition(".")
+        return not dot or not started.isdigit() or int(started) < before
+
+    keys = client.scan_iter(match=f"{prefix}:staging:*", count=1000)
+    dropped = _unlink(client, (key for key in cast(Iterator[bytes], keys) if stale(key)))
+    if dropped:
+        log.warning("releasable.staging_dropped", keys=dropped)
+    return dropped
