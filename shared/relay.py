@@ -42,13 +42,15 @@ from shared.releasable import (
     meta_key,
     writer_lock,
 )
+from shared.stream import trim_stream
 
 log = structlog.get_logger("shared.relay")
 
 BATCH_SIZE = 1000
 MAX_SECONDS = 5.0
 LOCK_SECONDS = 30.0
-STREAM_MAXLEN = 100_000
+STREAM_MAXLEN = 100_000  # the stream's ceiling (shared.stream)
+STREAM_RETENTION_DAYS = 400  # AUDIT_RETENTION_DAYS: read entries older than this are trimmed
 
 
 # A relay run that emptied the outbox, or relayed its share of a larger one.
@@ -99,12 +101,15 @@ def relay_events(
     max_seconds: float = MAX_SECONDS,
     lock_seconds: float = LOCK_SECONDS,
     stream_maxlen: int = STREAM_MAXLEN,
+    retention_days: int = STREAM_RETENTION_DAYS,
     prefix: str = PREFIX,
     stream: str = STREAM,
 ) -> RelayReport:
     """Apply the outbox's events to Redis in batches until it is empty or `max_seconds` pass.
 
-    One relay at a time: while another writer holds the lock this returns `skipped`.
+    One relay at a time: while another writer holds the lock this returns `skipped`. After
+    each batch the stream is trimmed (`shared.stream.trim_stream`): to `stream_maxlen` entries
+    at most, and of the entries older than `retention_days` that every consumer group has read.
     """
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
     clock = time.monotonic()
@@ -125,6 +130,7 @@ def relay_events(
                 now=now,
                 batch_size=batch_size,
                 stream_maxlen=stream_maxlen,
+                retention_days=retention_days,
                 prefix=prefix,
                 stream=stream,
             )
@@ -215,6 +221,7 @@ def _batch(
     now: datetime,
     batch_size: int,
     stream_maxlen: int,
+    retention_days: int,
     prefix: str,
     stream: str,
 ) -> bool:
@@ -231,7 +238,8 @@ def _batch(
         def queue(pipe: Pipeline) -> None:
             for event in fresh:
                 apply_event(pipe, event, now=now, prefix=prefix)
-                pipe.xadd(stream, event.fields(), maxlen=stream_maxlen, approximate=True)
+                # Trimmed after the batch, never past what a consumer group has not read.
+                pipe.xadd(stream, event.fields())
             if fresh:
                 pipe.sadd(applied_key(prefix), *(event.id for event in fresh))
 
@@ -241,6 +249,9 @@ def _batch(
         session.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids)))
     # Committed: these ids need no more protection against a second application.
     client.srem(applied_key(prefix), *ids)
+    trim_stream(
+        client, maxlen=stream_maxlen, retention_days=retention_days, stream=stream, prefix=prefix
+    )
     done.difference_update(ids)
     report.applied += len(fresh)
     report.already_applied += len(events) - len(fresh)

@@ -260,6 +260,7 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
             batch_size=settings.relay_batch_size,
             max_seconds=settings.relay_max_seconds,
             stream_maxlen=settings.events_stream_maxlen,
+            retention_days=settings.audit_retention_days,
         )
         # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an
         # hour.
