@@ -31,6 +31,7 @@ from shared.errors import InternalError
 from shared.models import PhoneNumber
 from shared.publication import LAST_SUCCESS
 from shared.releasable import (
+    GAP,
     PREFIX,
     STREAM,
     Event,
@@ -41,6 +42,7 @@ from shared.releasable import (
     apply_event,
     fenced,
     meta_key,
+    published_key,
     writer_lock,
 )
 from shared.retention import repurchasable_numbers, repurchase_deadline
@@ -267,6 +269,8 @@ def _replay(
         )
     pipe = client.pipeline(transaction=False)
     for _id, fields in entries:
+        if fields.get(b"kind") == GAP.encode():  # the relay's record of a gap: no number's
+            continue
         event = Event.from_fields(fields)
         apply_event(pipe, event, now=now, prefix=staging)
         per_account.setdefault(event.account_id, 0)
@@ -315,6 +319,8 @@ def _swap(
         pipe.delete(accounts_key(prefix))
         if accounts:
             pipe.sadd(accounts_key(prefix), *accounts)
+        # Readers take the sets as published from here on (read_releasable).
+        pipe.set(published_key(prefix), generated_at)
 
     results = fenced(client, lock, queue)
     summary: dict[str, Any] = {

@@ -25,13 +25,15 @@ from typing import Any, cast
 import redis
 import structlog
 from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import as_utc, iso_timestamp, not_ahead, utcnow
 from shared.events import EVENTS
-from shared.publication import LAST_SUCCESS
+from shared.models import RelayMark
 from shared.releasable import (
+    GAP,
     PREFIX,
     STREAM,
     Event,
@@ -39,7 +41,7 @@ from shared.releasable import (
     applied_key,
     apply_event,
     fenced,
-    meta_key,
+    published_key,
     writer_lock,
 )
 from shared.stream import trim_stream
@@ -56,6 +58,8 @@ STREAM_RETENTION_DAYS = 400  # AUDIT_RETENTION_DAYS: read entries older than thi
 # A relay run that emptied the outbox, or relayed its share of a larger one.
 SUCCEEDED = ("completed", "limit_reached")
 RELAY_LAST_SUCCESS = "last_success_at"
+# The highest outbox id applied to this Redis; the store keeps the same mark (RelayMark).
+RELAYED_THROUGH = "relayed_through"
 
 
 def relay_meta_key(prefix: str = PREFIX) -> str:
@@ -86,6 +90,8 @@ class RelayReport:
     seconds: float = 0.0
     # No reconciliation has published the sets yet (a new or emptied Redis): one is due.
     unpublished: bool = False
+    # Redis was found behind the store (`after_id`, `through_id`): see `_check_mark`.
+    gap: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""
@@ -119,6 +125,9 @@ def relay_events(
         report.status = "skipped"
         return report
     try:
+        through = _check_mark(
+            session_factory, client, lock, report=report, prefix=prefix, stream=stream
+        )
         done = _forget_committed(session_factory, client, prefix)
         while report.status == "running":
             relayed = _batch(
@@ -127,6 +136,7 @@ def relay_events(
                 lock=lock,
                 report=report,
                 done=done,
+                through=through,
                 now=now,
                 batch_size=batch_size,
                 stream_maxlen=stream_maxlen,
@@ -149,10 +159,9 @@ def relay_events(
         client.hset(relay_meta_key(prefix), RELAY_LAST_SUCCESS, iso_timestamp(utcnow()))
     if report.status != "completed":  # completed: the last batch found the outbox empty
         report.remaining = _outbox_size(session_factory)
-    # The last success, not the hash: a failed publication leaves its marker there too.
-    report.unpublished = not client.hexists(meta_key(prefix), LAST_SUCCESS)
+    report.unpublished = not client.exists(published_key(prefix))
     report.seconds = round(time.monotonic() - clock, 3)
-    if report.applied or report.already_applied or report.status == "lost_lock":
+    if report.applied or report.already_applied or report.status == "lost_lock" or report.gap:
         log.info("relay.applied", **report.as_dict())
     return report
 
@@ -211,6 +220,57 @@ def _forget_committed(factory: sessionmaker[Session], client: redis.Redis, prefi
     return pending
 
 
+def _check_mark(
+    factory: sessionmaker[Session],
+    client: redis.Redis,
+    lock: Any,
+    *,
+    report: RelayReport,
+    prefix: str,
+    stream: str,
+) -> list[int]:
+    """The highest outbox id relayed, as a one-item list the batches raise.
+
+    The store and Redis each keep it. A Redis whose mark is lower, or gone, lost what the
+    relay had applied and the outbox no longer holds (restored from an older snapshot, or
+    restarted without persistence): its sets are withdrawn (readers get `NotPublished` until
+    the reconciliation the relay's task asks for at once), and a `gap` entry tells the
+    stream's consumers which event ids they may have missed.
+    """
+    with factory() as session:
+        mark = session.get(RelayMark, prefix)
+    stored = mark.relayed_through if mark is not None else None
+    raw = client.hget(relay_meta_key(prefix), RELAYED_THROUGH)
+    held = int(raw) if raw is not None else None
+    if stored is None or (held is not None and held >= stored):
+        return [max(held or 0, stored or 0)]
+    report.gap = {"after_id": held or 0, "through_id": stored}
+    entry: dict[FieldT, EncodableT] = {
+        "kind": GAP,
+        "after_id": held or 0,
+        "through_id": stored,
+        "occurred_at": iso_timestamp(utcnow()),
+    }
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.xadd(stream, entry)
+        pipe.delete(published_key(prefix))
+        pipe.hset(relay_meta_key(prefix), RELAYED_THROUGH, stored)
+
+    fenced(client, lock, queue)
+    log.warning("relay.redis_behind", **report.gap)
+    return [stored]
+
+
+def _store_mark(session: Session, prefix: str, through: int) -> None:
+    """Raise the store's mark to `through`, in the transaction that deletes the events."""
+    mark = session.get(RelayMark, prefix)
+    if mark is None:
+        session.add(RelayMark(name=prefix, relayed_through=through, updated_at=utcnow()))
+    elif through > mark.relayed_through:
+        mark.relayed_through, mark.updated_at = through, utcnow()
+
+
 def _batch(
     factory: sessionmaker[Session],
     client: redis.Redis,
@@ -218,6 +278,7 @@ def _batch(
     lock: Any,
     report: RelayReport,
     done: set[int],
+    through: list[int],
     now: datetime,
     batch_size: int,
     stream_maxlen: int,
@@ -234,6 +295,7 @@ def _batch(
         if not events:
             return False
         fresh = [event for event in events if event.id not in done]
+        through[0] = max(through[0], *(event.id for event in events))
 
         def queue(pipe: Pipeline) -> None:
             for event in fresh:
@@ -242,11 +304,13 @@ def _batch(
                 pipe.xadd(stream, event.fields())
             if fresh:
                 pipe.sadd(applied_key(prefix), *(event.id for event in fresh))
+            pipe.hset(relay_meta_key(prefix), RELAYED_THROUGH, through[0])
 
         # Raises LockLost (nothing written): the transaction rolls back, the events stay.
         fenced(client, lock, queue)
         ids = [event.id for event in events]
         session.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids)))
+        _store_mark(session, prefix, through[0])
     # Committed: these ids need no more protection against a second application.
     client.srem(applied_key(prefix), *ids)
     trim_stream(

@@ -263,7 +263,9 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
             retention_days=settings.audit_retention_days,
         )
         # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an
-        # hour.
+        # hour. A Redis found behind the store may have come back with an old request.
+        if report.gap:
+            client.delete(RECONCILE_REQUESTED)
         if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
             publish_releasable_task.apply_async(expires=600)
         return report.as_dict()
