@@ -4,15 +4,31 @@ on, the eviction policy and RedBeat's schedule entries."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
+import shared
 from shared import reconcile
+from shared.models import PhoneNumber
 from shared.reconcile import STAGING_SECONDS, publish_releasable
+from shared.relay import RELAYED_THROUGH, relay_events, relay_meta_key
+from shared.releasable import STREAM, NotPublished, read_releasable
+from shared.retention import repurchasable_numbers
+from shared.settings import Settings
 from tests.factories import make_numbers
+from tests.servers import RedisServer
+from worker.app import create_app
+from worker.tasks import PUBLISH, RECONCILE_REQUESTED, RELAY
+
+DAY = timedelta(days=1)
 
 pytestmark = pytest.mark.redis
 
@@ -66,3 +82,111 @@ def test_published_sets_keep_no_ttl_and_stale_staging_keys_are_dropped(
     assert staging_keys(redis_client) == [live]
     assert redis_client.ttl("releasable:all") == -1
     assert redis_client.ttl("releasable:account:acc_s0") == -1
+
+
+# --- a Redis that lost what the relay acknowledged ---------------------------------------------
+
+
+def offered(factory: sessionmaker[Session], now: datetime) -> set[str]:
+    with factory() as session:
+        return set(
+            session.scalars(select(PhoneNumber.phone_number).where(repurchasable_numbers(now)))
+        )
+
+
+def reads(client: redis.Redis, now: datetime) -> set[str]:
+    return {number for number, _ in read_releasable(client, now=now)}
+
+
+@pytest.mark.postgres
+def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
+    pg_factory: sessionmaker[Session], fault_redis: RedisServer, now: datetime, tmp_path: Path
+) -> None:
+    store = pg_factory.kw["bind"].url.render_as_string(hide_password=False)
+    url = fault_redis.url()
+    settings = Settings(
+        database_url=store, broker_url=url, redis_url=url, NUMBERS_RETENTION_DATA=tmp_path
+    )
+    relay_task = create_app(settings).tasks[RELAY]
+    client = fault_redis.client()
+    with pg_factory.begin() as session:
+        make_numbers(session, account_id="acc_g", ages={"+14155550701": DAY, "+14155550702": DAY})
+    relay_events(pg_factory, client, now=now)
+    with pg_factory() as session:
+        publish_releasable(session, client, now=now)
+    assert reads(client, now) == {"+14155550701", "+14155550702"}
+    client.set(RECONCILE_REQUESTED, 1, ex=600)  # a request pending at the snapshot's time
+    client.save()  # the snapshot an operator restores later
+    snapshot = fault_redis.root / "snapshot.rdb"
+    shutil.copy(fault_redis.root / "dump.rdb", snapshot)
+    with pg_factory.begin() as session:
+        shared.repurchase_number(session, account_id="acc_g", phone_number="+14155550701", now=now)
+        make_numbers(session, account_id="acc_g", ages={"+14155550703": DAY}, now=now)
+    through = relay_events(pg_factory, client, now=now)
+    assert through.applied == 3
+    behind = int(client.hget(relay_meta_key(), RELAYED_THROUGH) or 0)
+
+    fault_redis.stop()
+    shutil.copy(snapshot, fault_redis.root / "dump.rdb")
+    fault_redis.start()
+    client = fault_redis.client()
+    assert reads(client, now) == {"+14155550701", "+14155550702"}  # stale, and it looks fine
+    with capture_logs() as logs:
+        report = relay_task.apply(kwargs={"now": now.isoformat()}).get()
+    assert report["gap"]["through_id"] == behind
+    assert report["gap"]["after_id"] < behind
+    assert report["unpublished"]
+    # The reconciliation is asked for at once, whatever request the snapshot held.
+    queued = [json.loads(m) for m in client.lrange("celery", 0, -1)]
+    assert [m["headers"]["task"] for m in queued] == [PUBLISH]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["relay.redis_behind"]
+    last = client.xrevrange(STREAM, count=1)[0][1]
+    assert last[b"kind"] == b"gap"
+    assert int(last[b"through_id"]) == behind
+    with pytest.raises(NotPublished) as refused:
+        read_releasable(client, now=now)
+    assert (refused.value.status, refused.value.code) == (503, "releasable_not_published")
+
+    with pg_factory() as session:
+        publish_releasable(session, client, now=now)
+    assert reads(client, now) == offered(pg_factory, now) == {"+14155550702", "+14155550703"}
+    assert relay_events(pg_factory, client, now=now).gap is None  # reported once
+
+
+@pytest.mark.postgres
+def test_a_redis_restarted_empty_is_not_published_until_the_reconciliation(
+    pg_factory: sessionmaker[Session], fault_redis: RedisServer, now: datetime
+) -> None:
+    """Readers saw an empty, then partial, set for seconds; now they are told to wait."""
+    client = fault_redis.client()
+    with pg_factory.begin() as session:
+        make_numbers(session, account_id="acc_e", ages={"+14155550711": DAY})
+    relay_events(pg_factory, client, now=now)
+    with pg_factory() as session:
+        publish_releasable(session, client, now=now)
+    fault_redis.stop()
+    fault_redis.start()  # no persistence: empty
+    client = fault_redis.client()
+    with pytest.raises(NotPublished):
+        read_releasable(client, now=now)
+    with pg_factory.begin() as session:
+        make_numbers(session, account_id="acc_e", ages={"+14155550712": DAY}, now=now)
+    report = relay_events(pg_factory, client, now=now)  # the new release only: partial
+    assert report.gap is not None
+    assert report.gap["after_id"] == 0
+    assert client.zrange("releasable:all", 0, -1) == [b"+14155550712"]
+    with pytest.raises(NotPublished):
+        read_releasable(client, now=now)
+    with pg_factory() as session:
+        publish_releasable(session, client, now=now)
+    assert reads(client, now) == {"+14155550711", "+14155550712"}
+
+
+def test_an_empty_publication_reads_as_empty_not_as_unpublished(
+    session: Session, redis_client: redis.Redis, now: datetime
+) -> None:
+    with pytest.raises(NotPublished):
+        read_releasable(redis_client, now=now)
+    publish_releasable(session, redis_client, now=now)
+    assert read_releasable(redis_client, now=now) == []
+    assert read_releasable(redis_client, account_id="acc_none", now=now) == []
