@@ -26,6 +26,7 @@ from shared.settings import Settings
 from tests.factories import make_numbers
 from tests.servers import RedisServer
 from worker.app import create_app
+from worker.beat import ResilientRedBeatScheduler
 from worker.tasks import PUBLISH, RECONCILE_REQUESTED, RELAY
 
 DAY = timedelta(days=1)
@@ -190,3 +191,35 @@ def test_an_empty_publication_reads_as_empty_not_as_unpublished(
     publish_releasable(session, redis_client, now=now)
     assert read_releasable(redis_client, now=now) == []
     assert read_releasable(redis_client, account_id="acc_none", now=now) == []
+
+
+# --- RedBeat's schedule and Redis's eviction policy ---------------------------------------------
+
+
+def test_beat_re_adds_a_schedule_entry_redis_lost(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/store.db",
+        broker_url=redis_url,
+        redis_url=redis_url,
+        NUMBERS_RETENTION_DATA=tmp_path,
+    )
+    app = create_app(settings)
+    beat = ResilientRedBeatScheduler(app=app)
+    key = b"redbeat:publish-releasable"
+    try:
+        beat.tick()  # takes the lock, installs the schedule
+        assert redis_client.zscore("redbeat::schedule", key) is not None
+        redis_client.delete(key)  # evicted at maxmemory, or deleted by hand
+        # When it falls due, RedBeat finds no entry and drops it from its schedule for good.
+        redis_client.zrem("redbeat::schedule", key)
+        with capture_logs() as logs:
+            beat.tick()  # the next tick puts it back
+        assert redis_client.exists(key)
+        assert redis_client.zscore("redbeat::schedule", key) is not None
+        restored = [e["entries"] for e in logs if e["event"] == "beat.entries_restored"]
+        assert restored == [["publish-releasable"]]
+        assert beat.restore_lost_entries() == []
+    finally:
+        beat.close()

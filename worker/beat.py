@@ -43,7 +43,8 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     then dies silently while its worker goes on. Here such a tick logs and waits. Once Redis
     answers again the lock is taken back, unless a standby beat holds it by then (this one
     then stands by), and the static schedule is installed again (it keeps `last_run_at`
-    where Redis still has it, and is due at once where Redis lost it).
+    where Redis still has it, and is due at once where Redis lost it). Each tick of the beat
+    holding the lock re-adds a static entry Redis lost meanwhile (`restore_lost_entries`).
 
     The lock is taken by a tick, without waiting, at start-up too: a standby beat ticks once
     per loop (`BEAT_MAX_LOOP_SECONDS`), trying the lock and writing its heartbeat.
@@ -57,6 +58,7 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         try:
             if self.lock_key and self.lock is None and not self._acquire_lock():
                 return float(self.max_interval)
+            self.restore_lost_entries()
             return float(super().tick(*args, **kwargs))
         except LockError:
             # Expired while Redis was away, or gone with a Redis restarted empty.
@@ -66,6 +68,30 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         except (redis.ConnectionError, redis.TimeoutError) as error:
             log.warning("beat.redis_unavailable", error=str(error), retry_in=retry)
             return retry
+
+    def restore_lost_entries(self) -> list[str]:
+        """Re-add the static schedule's entries Redis lost; their names.
+
+        RedBeat drops an entry whose key is gone (evicted at maxmemory, deleted by hand) for
+        good: the task would not run again until beat restarts. One round trip per tick.
+        """
+        conf = self.app.redbeat_conf
+        names = list(conf.schedule)
+        keys = [self.Entry.generate_key(self.app, name) for name in names]
+        with get_redis(self.app).pipeline() as pipe:
+            for key in keys:
+                pipe.exists(key)
+                pipe.zscore(conf.schedule_key, key)
+            found = pipe.execute()
+        lost = [
+            name
+            for name, exists, score in zip(names, found[::2], found[1::2], strict=True)
+            if not exists or score is None
+        ]
+        if lost:
+            self.update_from_dict({name: conf.schedule[name] for name in lost})
+            log.warning("beat.entries_restored", entries=lost)
+        return lost
 
     def _acquire_lock(self) -> bool:
         """Take the beat lock without waiting; reinstall the schedule when we get it."""
