@@ -8,6 +8,7 @@ import json
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ from shared.settings import Settings
 from tests.factories import make_numbers
 from tests.servers import RedisServer
 from worker.app import create_app
-from worker.beat import ResilientRedBeatScheduler
+from worker.beat import ResilientRedBeatScheduler, _check_worker_redis, check_eviction_policy
 from worker.tasks import PUBLISH, RECONCILE_REQUESTED, RELAY
 
 DAY = timedelta(days=1)
@@ -223,3 +224,26 @@ def test_beat_re_adds_a_schedule_entry_redis_lost(
         assert beat.restore_lost_entries() == []
     finally:
         beat.close()
+
+
+def test_an_eviction_policy_that_may_drop_the_sets_is_an_error_in_the_log(
+    fault_redis: RedisServer, tmp_path: Path
+) -> None:
+    client = fault_redis.client()
+    with capture_logs() as logs:
+        assert check_eviction_policy(client) == "noeviction"
+    assert logs == []
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    with capture_logs() as logs:
+        assert check_eviction_policy(client) == "allkeys-lru"
+    assert [(e["event"], e["log_level"], e["policy"]) for e in logs] == [
+        ("redis.may_evict", "error", "allkeys-lru")
+    ]
+    # What a worker does when it is ready (celery's worker_ready, its consumer the sender).
+    url = fault_redis.url()
+    app = create_app(
+        Settings(database_url=f"sqlite:///{tmp_path}/s.db", redis_url=url, broker_url=url)
+    )
+    with capture_logs() as logs:
+        _check_worker_redis(sender=SimpleNamespace(app=app))
+    assert [e["event"] for e in logs] == ["redis.may_evict"]

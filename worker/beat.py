@@ -3,13 +3,14 @@ writes beat's heartbeat (worker/health.py)."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import redis
 import structlog
 from celery.beat import PersistentScheduler, Scheduler
-from celery.signals import beat_init
+from celery.signals import beat_init, worker_ready
 from redbeat.schedulers import (
     LUA_EXTEND_TO_SCRIPT,
     RedBeatScheduler,
@@ -29,6 +30,33 @@ beat_init.disconnect(acquire_distributed_beat_lock)
 
 def heartbeat_file(scheduler: Scheduler) -> Path:
     return health.heartbeat_file(scheduler.app.conf.numbers_retention_heartbeat_dir, "beat")
+
+
+def check_eviction_policy(client: redis.Redis) -> str:
+    """Redis's maxmemory-policy; an error in the log when it may evict what has no TTL.
+
+    Under allkeys-* a Redis at maxmemory drops any key: a releasable set (readers then miss
+    numbers), the stream (consumers miss events), RedBeat's entries (re-added at the next tick,
+    `restore_lost_entries`). Alerted, not refused: refusing would stop the purge as well, and
+    a policy changed later (CONFIG SET) is seen by the exporter's alert, not by a check at start.
+    """
+    policy = str(client.info("memory")["maxmemory_policy"])
+    if policy.startswith("allkeys-"):
+        log.error(
+            "redis.may_evict",
+            policy=policy,
+            fix="Set maxmemory-policy noeviction (docs/runbook.md, Redis memory).",
+        )
+    return policy
+
+
+@worker_ready.connect
+def _check_worker_redis(sender: Any = None, **_kwargs: Any) -> None:
+    """At a worker's start, the eviction policy of the Redis beat and the sets use."""
+    app = getattr(sender, "app", None)
+    if app is not None and app.conf.get("redbeat_redis_url"):
+        with suppress(redis.RedisError):  # Redis away: the relay and the exporter will say
+            check_eviction_policy(get_redis(app))
 
 
 # While Redis is away, try again this often (capped by beat's own loop interval).
@@ -104,6 +132,7 @@ class ResilientRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
         self.lock = lock
         self.setup_schedule()
         log.info("beat.lock_acquired", lock=self.lock_key)
+        check_eviction_policy(client)
         return True
 
     def close(self) -> None:
