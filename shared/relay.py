@@ -11,6 +11,10 @@ A relay killed after its EXEC but before its commit leaves the events in the out
 ids in the `applied` set: the next relay deletes them without applying them twice. Killed
 before its EXEC, it applied nothing. Either way nothing is lost and nothing is streamed twice.
 
+The highest id relayed is kept in the store (`RelayMark`) and in Redis alike, not to decide what
+to relay but to notice a Redis that lost what was relayed to it (`_check_mark`). After each
+batch the stream is trimmed, never past what a consumer group has not read (`shared.stream`).
+
 Where there is no Redis to relay to (the embedded default: a SQLite file, no Redis), nothing
 reads the outbox: `discard_events` empties it instead, so that it stays bounded.
 """
