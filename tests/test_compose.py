@@ -220,6 +220,8 @@ def test_the_exporter_gets_what_it_reads_and_no_provider_key(config: dict[str, A
         "PURGE_EVERY_SECONDS",
         "PUBLISH_EVERY_SECONDS",
         "RELAY_EVERY_SECONDS",
+        # ...and a consumer group's lag against the stream's ceiling.
+        "EVENTS_STREAM_MAXLEN",
     ):
         assert metrics[key] == worker[key] == services["beat"]["environment"][key], key
 
