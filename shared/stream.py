@@ -6,8 +6,9 @@ The relay trims after each batch it appends:
 - entries every group has read and acknowledged, older than `AUDIT_RETENTION_DAYS` by their
   stream id (Redis's clock), are trimmed (XTRIM MINID, never past the slowest group);
 - the stream never holds more than `EVENTS_STREAM_MAXLEN` entries, the memory ceiling: beyond
-  it the oldest go, read ones first (they are the oldest). An entry some group had not read
-  that goes that way is counted (`dropped_unread`, exported and alerted) and logged.
+  it the oldest go, read ones first (they are the oldest). An entry at or above the slowest
+  group's floor (not read, or not acknowledged) that goes that way is counted
+  (`dropped_unread`, exported and alerted) and logged.
 
 Without any group nobody is registered to lose an entry: the ceiling alone applies, uncounted.
 A group's floor is its oldest pending entry (delivered, not acknowledged: a consumer that died
