@@ -156,8 +156,9 @@ def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
 
 
 @pytest.mark.postgres
-def test_a_redis_restarted_empty_is_not_published_until_the_reconciliation(
-    pg_factory: sessionmaker[Session], fault_redis: RedisServer, now: datetime
+@pytest.mark.parametrize("emptied", ["restart", "flushall"])
+def test_a_redis_emptied_is_not_published_until_the_reconciliation(
+    pg_factory: sessionmaker[Session], fault_redis: RedisServer, now: datetime, emptied: str
 ) -> None:
     """Readers saw an empty, then partial, set for seconds; now they are told to wait."""
     client = fault_redis.client()
@@ -166,9 +167,12 @@ def test_a_redis_restarted_empty_is_not_published_until_the_reconciliation(
     relay_events(pg_factory, client, now=now)
     with pg_factory() as session:
         publish_releasable(session, client, now=now)
-    fault_redis.stop()
-    fault_redis.start()  # no persistence: empty
-    client = fault_redis.client()
+    if emptied == "restart":
+        fault_redis.stop()
+        fault_redis.start()  # no persistence: empty
+        client = fault_redis.client()
+    else:
+        client.flushall()
     with pytest.raises(NotPublished):
         read_releasable(client, now=now)
     with pg_factory.begin() as session:
