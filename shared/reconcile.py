@@ -106,6 +106,7 @@ def publish_releasable(
             client,
             now=now,
             staging=staging,
+            expires=started + STAGING_SECONDS,
             prefix=prefix,
             stream=stream,
             lock_seconds=lock_seconds,
@@ -129,13 +130,16 @@ def _publish(
     *,
     now: datetime,
     staging: str,
+    expires: int,
     prefix: str,
     stream: str,
     lock_seconds: float,
     lock_wait: float,
     progress: Callable[[int], None],
 ) -> dict[str, Any]:
-    """Build under `staging`, then replay and swap under the writers' lock."""
+    """Build under `staging`, then replay and swap under the writers' lock; refuse the swap
+    once the staging keys may have expired or been dropped as stale (at `expires`, Redis's
+    clock): a set missing from them would be published as empty."""
     # The mark first, then the snapshot: see the module's docstring.
     mark = stream_mark(client, stream)
     per_account, drift = _build(session, client, now, staging, prefix, progress)
@@ -147,6 +151,12 @@ def _publish(
             fix="Run the publication again; check for a relay that does not finish.",
         )
     try:
+        if int(client.time()[0]) >= expires:
+            raise InternalError(
+                "The releasable set's rebuild outlived its staging keys; nothing was replaced.",
+                code="publication_too_slow",
+                fix="Run the publication again; check what slows the store's read.",
+            )
         replayed = _replay(
             client, mark, now=now, staging=staging, per_account=per_account, stream=stream
         )

@@ -251,3 +251,21 @@ def test_an_eviction_policy_that_may_drop_the_sets_is_an_error_in_the_log(
     with capture_logs() as logs:
         _check_worker_redis(sender=SimpleNamespace(app=app))
     assert [e["event"] for e in logs] == ["redis.may_evict"]
+
+
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_a_rebuild_that_outlived_its_staging_keys_replaces_nothing(
+    session: Session, redis_client: redis.Redis, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its keys may have expired, or been dropped as stale by another reconciliation: an
+    account set missing from them would have been published as empty."""
+    _seed(session, now, accounts=2)
+    publish_releasable(session, redis_client, now=now)
+    before = reads(redis_client, now)
+    monkeypatch.setattr(reconcile, "STAGING_SECONDS", 0)  # expired as soon as written
+    with pytest.raises(shared.InternalError) as refused:
+        publish_releasable(session, redis_client, now=now)
+    assert refused.value.code == "publication_too_slow"
+    assert reads(redis_client, now) == before
+    assert len(before) == 4
+    assert staging_keys(redis_client) == []
