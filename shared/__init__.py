@@ -18,13 +18,14 @@ from shared.lifecycle import (
 )
 from shared.listing import released_numbers_body
 from shared.purge import PurgeReport, purge_expired
-from shared.releasable import read_releasable
+from shared.releasable import NotPublished, read_releasable
 from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
 
 __all__ = [
     "RETENTION",
     "ApiError",
     "InternalError",
+    "NotPublished",
     "ProviderError",
     "PurgeReport",
     "UnauthorizedError",

@@ -361,3 +361,19 @@ class ApiKey(Base):
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, account_id={self.account_id!r})"
+
+
+class RelayMark(Base):
+    """The highest outbox id the relay has applied to Redis, kept in the store as in Redis:
+    a Redis that comes back with a lower one (restored from an older snapshot, or emptied)
+    lost acknowledged state (shared.relay)."""
+
+    __tablename__ = "relay_marks"
+
+    # The releasable set's Redis prefix: one mark per relayed Redis.
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    relayed_through: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return f"RelayMark(name={self.name!r}, relayed_through={self.relayed_through!r})"

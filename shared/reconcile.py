@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -32,6 +32,7 @@ from shared.errors import InternalError
 from shared.models import PhoneNumber
 from shared.publication import LAST_SUCCESS
 from shared.releasable import (
+    GAP,
     PREFIX,
     STREAM,
     Event,
@@ -42,6 +43,7 @@ from shared.releasable import (
     apply_event,
     fenced,
     meta_key,
+    published_key,
     writer_lock,
 )
 from shared.retention import repurchasable_numbers, repurchase_deadline
@@ -51,6 +53,11 @@ log = structlog.get_logger("shared.reconcile")
 CHUNK = 5000
 LOCK_SECONDS = 60.0
 LOCK_WAIT_SECONDS = 60.0
+# Staging keys expire this long after their last write, so that a reconciliation killed
+# mid-build (SIGKILL, the task's hard time limit) leaves nothing behind for good; well above
+# the task's hard time limit (660 s). The next reconciliation also deletes leftovers older than
+# this (keys a version without the TTL left, which Redis never expires).
+STAGING_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -93,19 +100,68 @@ def publish_releasable(
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
     check_clocks(session.get_bind(), tolerance=clock_skew_max)
     clock = time.monotonic()
-    staging = f"{prefix}:staging:{uuid.uuid4().hex}"
+    # Named after Redis's own clock (one clock for every host), so that a later reconciliation
+    # can tell a dead one's leftovers from a live one's keys.
+    started = int(client.time()[0])
+    drop_stale_staging(client, before=started - STAGING_SECONDS, prefix=prefix)
+    staging = f"{prefix}:staging:{started}.{uuid.uuid4().hex}"
+    try:
+        summary = _publish(
+            session,
+            client,
+            now=now,
+            staging=staging,
+            expires=started + STAGING_SECONDS,
+            prefix=prefix,
+            stream=stream,
+            lock_seconds=lock_seconds,
+            lock_wait=lock_wait,
+            progress=progress,
+        )
+    finally:
+        # Whatever happened (the swap renamed what it used), nothing stays under staging.
+        _drop_staging(client, staging)
+    summary |= {"seconds": round(time.monotonic() - clock, 3)}
+    log.info("releasable.published", **summary)
+    drift = summary["drift_added"] or summary["drift_removed"] or summary["drift_rescored"]
+    if drift and not summary["first"]:
+        log.warning("releasable.drift_repaired", **summary)
+    return summary
+
+
+def _publish(
+    session: Session,
+    client: redis.Redis,
+    *,
+    now: datetime,
+    staging: str,
+    expires: int,
+    prefix: str,
+    stream: str,
+    lock_seconds: float,
+    lock_wait: float,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
+    """Build under `staging`, then replay and swap under the writers' lock; refuse the swap
+    once the staging keys may have expired or been dropped as stale (at `expires`, Redis's
+    clock): a set missing from them would be published as empty."""
     # The mark first, then the snapshot: see the module's docstring.
     mark = stream_mark(client, stream)
     per_account, drift = _build(session, client, now, staging, prefix, progress)
     lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
     if not lock.acquire(blocking=True, blocking_timeout=lock_wait):
-        _drop_staging(client, staging, per_account)
         raise InternalError(
             "The releasable set's writers' lock stayed taken; nothing was replaced.",
             code="publication_lock_busy",
             fix="Run the publication again; check for a relay that does not finish.",
         )
     try:
+        if int(client.time()[0]) >= expires:
+            raise InternalError(
+                "The releasable set's rebuild outlived its staging keys; nothing was replaced.",
+                code="publication_too_slow",
+                fix="Run the publication again; check what slows the store's read.",
+            )
         replayed = _replay(
             client, mark, now=now, staging=staging, per_account=per_account, stream=stream
         )
@@ -127,13 +183,7 @@ def publish_releasable(
     finally:
         if lock.owned():
             lock.release()
-        _drop_staging(client, staging, per_account)
-    summary |= {"replayed": replayed, "seconds": round(time.monotonic() - clock, 3)}
-    log.info("releasable.published", **summary)
-    drift = summary["drift_added"] or summary["drift_removed"] or summary["drift_rescored"]
-    if drift and not summary["first"]:
-        log.warning("releasable.drift_repaired", **summary)
-    return summary
+    return summary | {"replayed": replayed}
 
 
 @dataclass
@@ -178,27 +228,31 @@ def _build(  # noqa: PLR0917 - one caller, in order
         .execution_options(yield_per=CHUNK)
     )
     per_account: defaultdict[str, int] = defaultdict(int)
-    for chunk in rows.partitions():
-        pipe = client.pipeline(transaction=False)
-        scores: dict[str, float] = {}
-        by_account: defaultdict[str, dict[str, float]] = defaultdict(dict)
-        for phone_number, account_id, released_at in chunk:
-            score = repurchase_deadline(cast(datetime, released_at)).timestamp()
-            scores[phone_number] = score
-            by_account[account_id][phone_number] = score
-        pipe.zmscore(live, list(scores))
-        pipe.zadd(all_key(staging), scores)
-        for account_id, members in by_account.items():
-            pipe.zadd(account_key(account_id, staging), members)
-            per_account[account_id] += len(members)
-        found = cast(list[float | None], pipe.execute()[0])
-        progress(len(scores))
-        for score, was in zip(scores.values(), found, strict=True):
-            if was is None or was <= cutoff:
-                drift.added += 1
-            else:
-                drift.found += 1
-                drift.rescored += was != score
+    # Closed on failure too: the server-side cursor must not outlive a failed build.
+    with rows:
+        for chunk in rows.partitions():
+            pipe = client.pipeline(transaction=False)
+            scores: dict[str, float] = {}
+            by_account: defaultdict[str, dict[str, float]] = defaultdict(dict)
+            for phone_number, account_id, released_at in chunk:
+                score = repurchase_deadline(cast(datetime, released_at)).timestamp()
+                scores[phone_number] = score
+                by_account[account_id][phone_number] = score
+            pipe.zmscore(live, list(scores))
+            pipe.zadd(all_key(staging), scores)
+            pipe.expire(all_key(staging), STAGING_SECONDS)
+            for account_id, members in by_account.items():
+                pipe.zadd(account_key(account_id, staging), members)
+                pipe.expire(account_key(account_id, staging), STAGING_SECONDS)
+                per_account[account_id] += len(members)
+            found = cast(list[float | None], pipe.execute()[0])
+            progress(len(scores))
+            for score, was in zip(scores.values(), found, strict=True):
+                if was is None or was <= cutoff:
+                    drift.added += 1
+                else:
+                    drift.found += 1
+                    drift.rescored += was != score
     return per_account, drift
 
 
@@ -230,6 +284,8 @@ def _replay(
         )
     pipe = client.pipeline(transaction=False)
     for _id, fields in entries:
+        if fields.get(b"kind") == GAP.encode():  # the relay's record of a gap: no number's
+            continue
         event = Event.from_fields(fields)
         apply_event(pipe, event, now=now, prefix=staging)
         per_account.setdefault(event.account_id, 0)
@@ -266,15 +322,20 @@ def _swap(
         # RENAME would block Redis for everyone for about a second.
         pipe.unlink(all_key(prefix))
         if accounts:
+            # RENAME keeps the staging key's TTL: the published sets must not expire.
             pipe.rename(all_key(staging), all_key(prefix))
+            pipe.persist(all_key(prefix))
         for account_id in accounts:
             pipe.unlink(account_key(account_id, prefix))
             pipe.rename(account_key(account_id, staging), account_key(account_id, prefix))
+            pipe.persist(account_key(account_id, prefix))
         for account_id in previous - set(accounts):
             pipe.unlink(account_key(account_id, prefix))
         pipe.delete(accounts_key(prefix))
         if accounts:
             pipe.sadd(accounts_key(prefix), *accounts)
+        # Readers take the sets as published from here on (read_releasable).
+        pipe.set(published_key(prefix), generated_at)
 
     results = fenced(client, lock, queue)
     summary: dict[str, Any] = {
@@ -296,9 +357,33 @@ def _swap(
     return summary
 
 
-def _drop_staging(client: redis.Redis, staging: str, per_account: dict[str, int]) -> None:
-    """Remove what is left under the staging keys (all of it when the swap did not happen)."""
-    keys = [all_key(staging)]
-    keys += [account_key(account_id, staging) for account_id in per_account]
-    for start in range(0, len(keys), 1000):
-        client.delete(*keys[start : start + 1000])
+def _unlink(client: redis.Redis, keys: Iterable[bytes]) -> int:
+    """UNLINK `keys` a thousand at a time; how many existed."""
+    dropped, batch = 0, []
+    for key in keys:
+        batch.append(key)
+        if len(batch) == 1000:
+            dropped += int(client.unlink(*batch))
+            batch = []
+    return dropped + (int(client.unlink(*batch)) if batch else 0)
+
+
+def _drop_staging(client: redis.Redis, staging: str) -> None:
+    """Remove what is left under this reconciliation's staging keys (all of them when the swap
+    did not happen: the build failed, the lock stayed taken, the stream lost entries)."""
+    _unlink(client, client.scan_iter(match=f"{staging}:*", count=1000))
+
+
+def drop_stale_staging(client: redis.Redis, *, before: int, prefix: str = PREFIX) -> int:
+    """Delete staging keys of reconciliations started before `before` (Redis's clock, epoch
+    seconds), and those named without a start (left by a version that set no TTL); how many."""
+
+    def stale(key: bytes) -> bool:
+        started, dot, _ = key.decode().removeprefix(f"{prefix}:staging:").partition(".")
+        return not dot or not started.isdigit() or int(started) < before
+
+    keys = client.scan_iter(match=f"{prefix}:staging:*", count=1000)
+    dropped = _unlink(client, (key for key in cast(Iterator[bytes], keys) if stale(key)))
+    if dropped:
+        log.warning("releasable.staging_dropped", keys=dropped)
+    return dropped

@@ -11,6 +11,10 @@ A relay killed after its EXEC but before its commit leaves the events in the out
 ids in the `applied` set: the next relay deletes them without applying them twice. Killed
 before its EXEC, it applied nothing. Either way nothing is lost and nothing is streamed twice.
 
+The highest id relayed is kept in the store (`RelayMark`) and in Redis alike, not to decide what
+to relay but to notice a Redis that lost what was relayed to it (`_check_mark`). After each
+batch the stream is trimmed, never past what a consumer group has not read (`shared.stream`).
+
 Where there is no Redis to relay to (the embedded default: a SQLite file, no Redis), nothing
 reads the outbox: `discard_events` empties it instead, so that it stays bounded.
 """
@@ -25,14 +29,16 @@ from typing import Any, cast
 import redis
 import structlog
 from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import as_utc, iso_timestamp, not_ahead, utcnow
 from shared.clock_skew import check_clocks
 from shared.events import EVENTS
-from shared.publication import LAST_SUCCESS
+from shared.models import RelayMark
 from shared.releasable import (
+    GAP,
     PREFIX,
     STREAM,
     Event,
@@ -40,21 +46,25 @@ from shared.releasable import (
     applied_key,
     apply_event,
     fenced,
-    meta_key,
+    published_key,
     writer_lock,
 )
+from shared.stream import trim_stream
 
 log = structlog.get_logger("shared.relay")
 
 BATCH_SIZE = 1000
 MAX_SECONDS = 5.0
 LOCK_SECONDS = 30.0
-STREAM_MAXLEN = 100_000
+STREAM_MAXLEN = 100_000  # the stream's ceiling (shared.stream)
+STREAM_RETENTION_DAYS = 400  # AUDIT_RETENTION_DAYS: read entries older than this are trimmed
 
 
 # A relay run that emptied the outbox, or relayed its share of a larger one.
 SUCCEEDED = ("completed", "limit_reached")
 RELAY_LAST_SUCCESS = "last_success_at"
+# The highest outbox id applied to this Redis; the store keeps the same mark (RelayMark).
+RELAYED_THROUGH = "relayed_through"
 
 
 def relay_meta_key(prefix: str = PREFIX) -> str:
@@ -85,6 +95,8 @@ class RelayReport:
     seconds: float = 0.0
     # No reconciliation has published the sets yet (a new or emptied Redis): one is due.
     unpublished: bool = False
+    # Redis was found behind the store (`after_id`, `through_id`): see `_check_mark`.
+    gap: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""
@@ -100,15 +112,18 @@ def relay_events(
     max_seconds: float = MAX_SECONDS,
     lock_seconds: float = LOCK_SECONDS,
     stream_maxlen: int = STREAM_MAXLEN,
+    retention_days: int = STREAM_RETENTION_DAYS,
     prefix: str = PREFIX,
     stream: str = STREAM,
     clock_skew_max: float | None = None,
 ) -> RelayReport:
     """Apply the outbox's events to Redis in batches until it is empty or `max_seconds` pass.
 
-    One relay at a time: while another writer holds the lock this returns `skipped`. Refused
-    (ClockSkewError, nothing relayed) while this host's clock and the database server's differ
-    by more than `clock_skew_max` seconds (default CLOCK_SKEW_MAX_SECONDS).
+    One relay at a time: while another writer holds the lock this returns `skipped`. After
+    each batch the stream is trimmed (`shared.stream.trim_stream`): to `stream_maxlen` entries
+    at most, and of the entries older than `retention_days` that every consumer group has read.
+    Refused (ClockSkewError, nothing relayed) while this host's clock and the database
+    server's differ by more than `clock_skew_max` seconds (default CLOCK_SKEW_MAX_SECONDS).
     """
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
     check_clocks(session_factory.kw["bind"], tolerance=clock_skew_max)
@@ -119,6 +134,9 @@ def relay_events(
         report.status = "skipped"
         return report
     try:
+        through = _check_mark(
+            session_factory, client, lock, report=report, prefix=prefix, stream=stream
+        )
         done = _forget_committed(session_factory, client, prefix)
         while report.status == "running":
             relayed = _batch(
@@ -127,9 +145,11 @@ def relay_events(
                 lock=lock,
                 report=report,
                 done=done,
+                through=through,
                 now=now,
                 batch_size=batch_size,
                 stream_maxlen=stream_maxlen,
+                retention_days=retention_days,
                 prefix=prefix,
                 stream=stream,
             )
@@ -148,10 +168,9 @@ def relay_events(
         client.hset(relay_meta_key(prefix), RELAY_LAST_SUCCESS, iso_timestamp(utcnow()))
     if report.status != "completed":  # completed: the last batch found the outbox empty
         report.remaining = _outbox_size(session_factory)
-    # The last success, not the hash: a failed publication leaves its marker there too.
-    report.unpublished = not client.hexists(meta_key(prefix), LAST_SUCCESS)
+    report.unpublished = not client.exists(published_key(prefix))
     report.seconds = round(time.monotonic() - clock, 3)
-    if report.applied or report.already_applied or report.status == "lost_lock":
+    if report.applied or report.already_applied or report.status == "lost_lock" or report.gap:
         log.info("relay.applied", **report.as_dict())
     return report
 
@@ -210,6 +229,57 @@ def _forget_committed(factory: sessionmaker[Session], client: redis.Redis, prefi
     return pending
 
 
+def _check_mark(
+    factory: sessionmaker[Session],
+    client: redis.Redis,
+    lock: Any,
+    *,
+    report: RelayReport,
+    prefix: str,
+    stream: str,
+) -> list[int]:
+    """The highest outbox id relayed, as a one-item list the batches raise.
+
+    The store and Redis each keep it. A Redis whose mark is lower, or gone, lost what the
+    relay had applied and the outbox no longer holds (restored from an older snapshot, or
+    restarted without persistence): its sets are withdrawn (readers get `NotPublished` until
+    the reconciliation the relay's task asks for at once), and a `gap` entry tells the
+    stream's consumers which event ids they may have missed.
+    """
+    with factory() as session:
+        mark = session.get(RelayMark, prefix)
+    stored = mark.relayed_through if mark is not None else None
+    raw = client.hget(relay_meta_key(prefix), RELAYED_THROUGH)
+    held = int(raw) if raw is not None else None
+    if stored is None or (held is not None and held >= stored):
+        return [max(held or 0, stored or 0)]
+    report.gap = {"after_id": held or 0, "through_id": stored}
+    entry: dict[FieldT, EncodableT] = {
+        "kind": GAP,
+        "after_id": held or 0,
+        "through_id": stored,
+        "occurred_at": iso_timestamp(utcnow()),
+    }
+
+    def queue(pipe: Pipeline) -> None:
+        pipe.xadd(stream, entry)
+        pipe.delete(published_key(prefix))
+        pipe.hset(relay_meta_key(prefix), RELAYED_THROUGH, stored)
+
+    fenced(client, lock, queue)
+    log.warning("relay.redis_behind", **report.gap)
+    return [stored]
+
+
+def _store_mark(session: Session, prefix: str, through: int) -> None:
+    """Raise the store's mark to `through`, in the transaction that deletes the events."""
+    mark = session.get(RelayMark, prefix)
+    if mark is None:
+        session.add(RelayMark(name=prefix, relayed_through=through, updated_at=utcnow()))
+    elif through > mark.relayed_through:
+        mark.relayed_through, mark.updated_at = through, utcnow()
+
+
 def _batch(
     factory: sessionmaker[Session],
     client: redis.Redis,
@@ -217,9 +287,11 @@ def _batch(
     lock: Any,
     report: RelayReport,
     done: set[int],
+    through: list[int],
     now: datetime,
     batch_size: int,
     stream_maxlen: int,
+    retention_days: int,
     prefix: str,
     stream: str,
 ) -> bool:
@@ -232,20 +304,27 @@ def _batch(
         if not events:
             return False
         fresh = [event for event in events if event.id not in done]
+        through[0] = max(through[0], *(event.id for event in events))
 
         def queue(pipe: Pipeline) -> None:
             for event in fresh:
                 apply_event(pipe, event, now=now, prefix=prefix)
-                pipe.xadd(stream, event.fields(), maxlen=stream_maxlen, approximate=True)
+                # Trimmed after the batch, never past what a consumer group has not read.
+                pipe.xadd(stream, event.fields())
             if fresh:
                 pipe.sadd(applied_key(prefix), *(event.id for event in fresh))
+            pipe.hset(relay_meta_key(prefix), RELAYED_THROUGH, through[0])
 
         # Raises LockLost (nothing written): the transaction rolls back, the events stay.
         fenced(client, lock, queue)
         ids = [event.id for event in events]
         session.execute(delete(EVENTS).where(EVENTS.c.id.in_(ids)))
+        _store_mark(session, prefix, through[0])
     # Committed: these ids need no more protection against a second application.
     client.srem(applied_key(prefix), *ids)
+    trim_stream(
+        client, maxlen=stream_maxlen, retention_days=retention_days, stream=stream, prefix=prefix
+    )
     done.difference_update(ids)
     report.applied += len(fresh)
     report.already_applied += len(events) - len(fresh)

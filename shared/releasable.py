@@ -18,6 +18,7 @@ from redis.lock import Lock
 from redis.typing import EncodableT, FieldT
 
 from shared.clock import iso_timestamp, resolve_now
+from shared.errors import InternalError
 
 PREFIX = "releasable"
 # The lifecycle stream other services read with consumer groups (runbook: "The event stream").
@@ -26,6 +27,9 @@ STREAM = "numbers:events"
 # others (held, unheld, upstream_failed, upstream_reset) do not change what is offered.
 ADDS = frozenset({"released"})
 REMOVES = frozenset({"registered", "repurchased", "claimed", "purged"})
+# The stream entry the relay writes when it finds Redis behind the store: events with ids in
+# (`after_id`, `through_id`] may be missing from the stream (runbook: "The stream").
+GAP = "gap"
 
 
 def all_key(prefix: str = PREFIX) -> str:
@@ -41,6 +45,13 @@ def account_key(account_id: str, prefix: str = PREFIX) -> str:
 def meta_key(prefix: str = PREFIX) -> str:
     """Hash describing the last successful reconciliation (runbook: "The releasable set")."""
     return f"{prefix}:meta"
+
+
+def published_key(prefix: str = PREFIX) -> str:
+    """Set, with the sets, by each successful reconciliation; gone from a Redis that lost its
+    data (restarted empty) and deleted by the relay when it finds Redis behind the store:
+    without it the sets are not published (`read_releasable` raises `NotPublished`)."""
+    return f"{prefix}:published"
 
 
 def accounts_key(prefix: str = PREFIX) -> str:
@@ -119,6 +130,13 @@ def apply_event(pipe: Pipeline, event: Event, *, now: datetime, prefix: str = PR
             pipe.zrem(key, event.phone_number)
 
 
+class NotPublished(InternalError):
+    """503: the sets are not published (Redis lost them); a reconciliation is on its way."""
+
+    status = 503
+    default_code = "releasable_not_published"
+
+
 class LockLost(Exception):
     """The writers' lock expired or was taken over; this writer's changes were not applied."""
 
@@ -159,13 +177,23 @@ def read_releasable(
     """Published numbers still repurchasable at `now`, soonest deadline first.
 
     A score at or before `now` is treated as gone, so a stale set never offers an expired number.
+    Raises `NotPublished` while no reconciliation has published the sets into this Redis (new,
+    restarted empty, or found behind the store): an empty list always means none.
     """
     now = resolve_now(now)
     key = all_key(prefix) if account_id is None else account_key(account_id, prefix)
-    members = cast(
-        list[tuple[bytes, float]],
-        client.zrangebyscore(key, f"({now.timestamp()}", "+inf", withscores=True),
-    )
+    # One MULTI: the marker and the set are read at the same instant of Redis.
+    with client.pipeline(transaction=True) as pipe:
+        pipe.exists(published_key(prefix))
+        pipe.zrangebyscore(key, f"({now.timestamp()}", "+inf", withscores=True)
+        published, members = cast(tuple[int, list[tuple[bytes, float]]], pipe.execute())
+    if not published:
+        raise NotPublished(
+            "The releasable numbers are not published in Redis yet (a new or emptied Redis, or "
+            "one found behind the store); a reconciliation is on its way.",
+            fix="Retry in a few seconds, or read the store, the source of truth, instead "
+            "(released_numbers_body: GET /numbers/released).",
+        )
     return [
         (member.decode(), datetime.fromtimestamp(score, tz=now.tzinfo)) for member, score in members
     ]

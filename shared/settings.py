@@ -167,7 +167,7 @@ class Settings(StoreSettings):
     # The full publication is a reconciliation now: the relay keeps the set current.
     publish_every_seconds: int = Field(default=HOUR, ge=1, le=WEEK)
     # The relay: how often beat sends it, events per batch, how long one run may go on, and
-    # how many entries the numbers:events stream keeps (approximately: MAXLEN ~).
+    # how many entries the numbers:events stream keeps at most (its ceiling: shared/stream.py).
     relay_every_seconds: int = Field(default=2, ge=1, le=DAY)
     relay_batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH)
     relay_max_seconds: float = Field(default=5.0, gt=0, le=HOUR)

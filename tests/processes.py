@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,12 +79,16 @@ class Process:
             os.killpg(self.popen.pid, sig)
 
     def stop(self, timeout: float = 15) -> None:
-        self.kill(signal.SIGTERM)
-        try:
+        """Stop it as `docker stop` and the systemd units (KillMode=mixed) do: SIGTERM to the
+        main process alone, which ends its pool's children itself (a SIGTERM to the whole group
+        killed a child mid-task: WorkerLostError); then SIGKILL to what is left of the group."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            self.popen.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(5)
         self._file.close()
 
 

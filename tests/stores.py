@@ -22,6 +22,7 @@ from tests.factories import NOW
 # Child tables first, so a plain DELETE respects the foreign keys.
 TABLES = (
     "number_events",
+    "relay_marks",
     "purged_numbers",
     "purge_runs",
     "pruned_totals",

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 import redis
 import yaml
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from shared.settings import Settings
@@ -234,6 +235,8 @@ def test_the_exporter_gets_what_it_reads_and_no_provider_key(config: dict[str, A
         "PURGE_EVERY_SECONDS",
         "PUBLISH_EVERY_SECONDS",
         "RELAY_EVERY_SECONDS",
+        # ...and a consumer group's lag against the stream's ceiling.
+        "EVENTS_STREAM_MAXLEN",
     ):
         assert metrics[key] == worker[key] == services["beat"]["environment"][key], key
 
@@ -359,6 +362,7 @@ def schema_url(pg_url: str) -> Iterator[str]:
 def test_each_service_command_runs_here(
     config: dict[str, Any],
     schema_url: str,
+    pg_store: Engine,  # the services' own store, migrated (whatever ran before in this process)
     pg_url: str,
     redis_url: str,
     redis_client: redis.Redis,

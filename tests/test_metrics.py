@@ -200,6 +200,9 @@ def test_publication_metrics_come_from_redis(
         status = store_status(session, now=NOW)
     policy = str(redis_client.info("memory")["maxmemory_policy"])
     assert samples.pop(("numbers_retention_redis_maxmemory_policy", (("policy", policy),))) == 1
+    # The stream (tests/test_stream.py): empty, no group, nothing dropped.
+    assert samples.pop(("numbers_retention_stream_entries", ())) == 0
+    assert samples.pop(("numbers_retention_stream_dropped_unread_total", ())) == 0
     assert samples == expected(status, publication_status(redis_client, now=NOW))
     assert (
         samples[("numbers_retention_publish_last_success_timestamp_seconds", ())]

@@ -17,6 +17,7 @@ import shared
 from shared.db import make_session_factory
 from shared.models import PhoneNumber
 from shared.purge import purge_expired
+from shared.reconcile import publish_releasable
 from shared.relay import relay_events
 from shared.releasable import STREAM, read_releasable
 from shared.retention import repurchasable_numbers
@@ -82,6 +83,8 @@ def test_after_the_relay_catches_up_the_set_is_the_stores(
     redis_client.flushdb()
     factory = make_session_factory(pg_store)
     _seed(factory, now)
+    with factory() as session:  # as deployed: a reconciliation publishes the sets first
+        publish_releasable(session, redis_client, now=now)
     barrier = threading.Barrier(len(threads))
     workers = [
         threading.Thread(target=_run, args=(factory, redis_client, now, ops, barrier))

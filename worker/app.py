@@ -12,7 +12,10 @@ from celery import Celery, signals
 from celery.schedules import crontab
 
 from shared.settings import Settings, get_settings
-from worker import stopping  # noqa: F401 - connects the warm-shutdown stop of a purge
+from worker import (
+    beat,  # noqa: F401 - connects the worker's check of Redis's eviction policy
+    stopping,  # noqa: F401 - connects the warm-shutdown stop of a purge
+)
 from worker.health import WorkerHeartbeat
 from worker.logs import configure_logging
 from worker.tasks import (

@@ -35,6 +35,7 @@ from shared.publication import publication_status
 from shared.relay import relay_last_success
 from shared.settings import Settings
 from shared.status import store_status
+from shared.stream import stream_state
 from worker.app import beat_schedule
 from worker.connections import existing_store, make_redis
 
@@ -59,7 +60,8 @@ class Reading:
     # The configured interval of each scheduled task (purge, publish, relay), in seconds: what
     # the alert rules measure ages against (deploy/prometheus/alerts.yml).
     schedule: dict[str, int] = field(default_factory=dict)
-    # Redis's own state: `relay_last_success_at` (ISO or None) and `maxmemory_policy`.
+    # Redis's own state: `relay_last_success_at` (ISO or None), `maxmemory_policy` and
+    # `stream` (shared.stream.stream_state, and the ceiling as `maxlen`).
     redis: dict[str, Any] | None = None
 
 
@@ -189,6 +191,8 @@ def families(reading: Reading) -> list[Metric]:
         )
         policy.add_metric([reading.redis["maxmemory_policy"]], 1)
         metrics.append(policy)
+        if "stream" in reading.redis:
+            metrics += stream_families(reading.redis["stream"])
     publication = reading.publication
     if publication is not None:
         metrics += _gauge(
@@ -204,6 +208,43 @@ def families(reading: Reading) -> list[Metric]:
     return metrics
 
 
+def stream_families(stream: dict[str, Any]) -> list[Metric]:
+    """The event stream: its length and ceiling, each consumer group's lag and pending
+    entries, and the entries ever dropped at the ceiling before a group read them."""
+    metrics = _gauge("stream_entries", "Entries in the numbers:events stream.", stream["entries"])
+    metrics += _gauge(
+        "stream_maxlen",
+        "The stream's ceiling (EVENTS_STREAM_MAXLEN, the exporter's setting): beyond it the "
+        "oldest entries go, read or not.",
+        stream.get("maxlen"),
+    )
+    lag = GaugeMetricFamily(
+        f"{PREFIX}_stream_group_lag",
+        "Entries of the stream not yet delivered to each consumer group (absent where Redis "
+        "cannot tell).",
+        labels=["group"],
+    )
+    pending = GaugeMetricFamily(
+        f"{PREFIX}_stream_group_pending",
+        "Entries delivered to each consumer group and not acknowledged yet.",
+        labels=["group"],
+    )
+    for group in stream["groups"]:
+        if group["lag"] is not None:
+            lag.add_metric([group["name"]], group["lag"])
+        pending.add_metric([group["name"]], group["pending"])
+    metrics += [lag, pending]
+    metrics.append(
+        CounterMetricFamily(
+            f"{PREFIX}_stream_dropped_unread",  # exposed as ..._stream_dropped_unread_total
+            "Stream entries dropped at the ceiling before every consumer group had read them "
+            "(kept in Redis: a Redis that lost its data starts again from 0).",
+            value=stream["dropped_unread"],
+        )
+    )
+    return metrics
+
+
 class Reader:
     """Reads the store (and Redis) at one instant; what cannot be read is left out."""
 
@@ -215,10 +256,12 @@ class Reader:
         deploy_paused: bool = False,
         schedule: dict[str, int] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        stream_maxlen: int | None = None,
     ) -> None:
         self.factory, self.client = factory, client
         self.deploy_paused, self.clock = deploy_paused, clock
         self.schedule = dict(schedule or {})
+        self.stream_maxlen = stream_maxlen
 
     def __call__(self) -> Reading:
         now = self.clock()
@@ -238,6 +281,7 @@ class Reader:
                 redis_state = {
                     "relay_last_success_at": iso_timestamp(success) if success else None,
                     "maxmemory_policy": str(self.client.info("memory")["maxmemory_policy"]),
+                    "stream": stream_state(self.client) | {"maxlen": self.stream_maxlen},
                 }
             except redis.RedisError as error:
                 log.warning("metrics.redis_unreadable", error=type(error).__name__)
@@ -307,6 +351,7 @@ def make_collector(settings: Settings) -> RetentionCollector:
         client,
         deploy_paused=settings.purge_paused,
         schedule=schedule_seconds(settings),
+        stream_maxlen=settings.events_stream_maxlen,
     )
     return RetentionCollector(reader, cache_seconds=settings.metrics_cache_seconds)
 

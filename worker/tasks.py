@@ -299,6 +299,47 @@ def publish_now(
     return summary
 
 
+def run_relay(
+    settings: Settings, *, now: datetime | None, reconcile: Callable[[], object]
+) -> dict[str, Any]:
+    """One scheduled relay (the task runs this): on PostgreSQL it stays LISTENing for commits
+    until its next run is due; `reconcile` sends the reconciliation a new, emptied or older
+    Redis needs."""
+    if discards_events(settings):
+        return discard_events(
+            session_factory(settings),
+            batch_size=settings.relay_batch_size,
+            max_seconds=settings.relay_max_seconds,
+        ).as_dict()
+    client = redis_client(settings)
+
+    def relay() -> RelayReport:
+        report = relay_events(
+            session_factory(settings),
+            client,
+            now=now,
+            batch_size=settings.relay_batch_size,
+            max_seconds=settings.relay_max_seconds,
+            stream_maxlen=settings.events_stream_maxlen,
+            clock_skew_max=settings.clock_skew_max_seconds,
+            retention_days=settings.audit_retention_days,
+        )
+        # A new or emptied Redis holds only what was relayed since: rebuild it now, not in an
+        # hour. A Redis found behind the store may have come back with an old request.
+        if report.gap:
+            client.delete(RECONCILE_REQUESTED)
+        if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
+            reconcile()
+        return report
+
+    url = listen_url(settings.resolved_database_url()) if settings.relay_wakeups else None
+    if url is None or now is not None:
+        return relay().as_dict()
+    # Until the next run is due (the run's expiry), a commit's events wake it at once.
+    until = time.monotonic() + min(settings.relay_every_seconds * EXPIRES, LINGER_MAX)
+    return listening(url, relay, until=until, stop=lambda: STOP.requested).as_dict()
+
+
 def register_tasks(celery: Celery, settings: Settings) -> None:
     """Add the purge, the reconciliation and the relay to `celery`, configured by `settings`."""
     retry, limits = retry_policy(settings), time_limits(settings)
@@ -350,34 +391,8 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     def relay_events_task(now: object = None) -> dict[str, Any]:
         """Apply committed lifecycle events to the releasable set and the event stream (with
         no Redis on a SQLite store: delete them, nothing reads them)."""
-        when = parse_now(now)
-        if discards_events(settings):
-            return discard_events(
-                session_factory(settings),
-                batch_size=settings.relay_batch_size,
-                max_seconds=settings.relay_max_seconds,
-            ).as_dict()
-        client = redis_client(settings)
-
-        def relay() -> RelayReport:
-            report = relay_events(
-                session_factory(settings),
-                client,
-                now=when,
-                batch_size=settings.relay_batch_size,
-                max_seconds=settings.relay_max_seconds,
-                stream_maxlen=settings.events_stream_maxlen,
-                clock_skew_max=settings.clock_skew_max_seconds,
-            )
-            # A new or emptied Redis holds only what was relayed since: rebuild it now, not in
-            # an hour.
-            if report.unpublished and client.set(RECONCILE_REQUESTED, 1, nx=True, ex=600):
-                publish_releasable_task.apply_async(expires=600)
-            return report
-
-        url = listen_url(settings.resolved_database_url()) if settings.relay_wakeups else None
-        if url is None or when is not None:
-            return relay().as_dict()
-        # Until the next run is due (the run's expiry), a commit's events wake it at once.
-        until = time.monotonic() + min(settings.relay_every_seconds * EXPIRES, LINGER_MAX)
-        return listening(url, relay, until=until, stop=lambda: STOP.requested).as_dict()
+        return run_relay(
+            settings,
+            now=parse_now(now),
+            reconcile=lambda: publish_releasable_task.apply_async(expires=600),
+        )

@@ -5,7 +5,7 @@ Nothing is rewritten: an existing store keeps every row; the first prune run (sh
 erases and deletes what is due, in batches.
 
 Revision ID: 0013_audit_retention
-Revises: 0011_clock_skew
+Revises: 0012_stream
 Create Date: 2026-12-05
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013_audit_retention"
-down_revision: str | None = "0011_clock_skew"
+down_revision: str | None = "0012_stream"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
