@@ -10,14 +10,10 @@ from sqlalchemy.orm import Session
 
 from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
 from shared.controls import read_controls
-from shared.models import NumberEvent, PhoneNumber, PurgeRun
+from shared.counts import kept_counts, waiting_count
+from shared.models import PhoneNumber, PurgeRun
 from shared.provider import REFUSED_CODE
-from shared.retention import (
-    purgeable_numbers,
-    repurchasable_numbers,
-    repurchase_deadline,
-    waiting_numbers,
-)
+from shared.retention import repurchase_deadline
 
 STUCK_SHOWN = 20
 # A run that did its job: everything overdue purged, or its share of a larger backlog.
@@ -84,44 +80,13 @@ def store_status(
     `provider`: the caller's PROVIDER, which decides which overdue numbers a run can take now.
     """
     now = resolve_now(now)
-    # One pass over the released numbers for every count (each a FILTER of the same scan).
-    overdue = purgeable_numbers(now)
-    failed_upstream = PhoneNumber.provider_error_code.is_not(None)
-    # Claimed by a run that stopped before the provider answered (killed, provider down or
-    # misconfigured): only a run with the provider configured, or a person, settles them.
-    claimed = (PhoneNumber.purge_state == "purging") & PhoneNumber.provider_error_code.is_(None)
-    # Refused by the carrier for themselves alone (locked, a port-out): waiting on a person
-    # (kept for good until `retry-upstream`) or on the carrier (asked again after a backoff).
-    refused = PhoneNumber.provider_error_code == REFUSED_CODE
-    permanent = PhoneNumber.provider_failed_permanently.is_(True)
-    (
-        overdue_count,
-        overdue_waiting,
-        oldest,
-        held,
-        releasable,
-        upstream_failed,
-        upstream_permanent,
-        upstream_claimed,
-        refused_person,
-        refused_carrier,
-    ) = session.execute(
-        select(
-            func.count().filter(overdue),
-            func.count().filter(waiting_numbers(now, provider)),
-            func.min(PhoneNumber.released_at).filter(overdue),
-            func.count().filter(PhoneNumber.purge_hold.is_(True)),
-            func.count().filter(repurchasable_numbers(now)),
-            func.count().filter(failed_upstream),
-            func.count().filter(failed_upstream & permanent),
-            func.count().filter(claimed),
-            func.count().filter(refused & permanent),
-            func.count().filter(refused & ~permanent),
-        ).where(PhoneNumber.billing_status == "released")
-    ).one()
+    # Kept counts (shared/counts.py): the cost of a reading does not grow with the store.
+    counts = kept_counts(session, now)
+    overdue_count, oldest = counts.overdue, counts.oldest_overdue
+    overdue_waiting = waiting_count(session, now, provider)
     stuck = session.scalars(
         select(PhoneNumber)
-        .where(failed_upstream)
+        .where(PhoneNumber.provider_error_code.is_not(None))
         .order_by(PhoneNumber.provider_failed_permanently.desc(), PhoneNumber.released_at)
         .limit(STUCK_SHOWN)
     ).all()
@@ -149,9 +114,7 @@ def store_status(
     # An overdue number's lag is how long it has been past its deadline.
     oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
     # The outbox: events the relay has not applied (or, without Redis, discarded) yet.
-    outbox_events, outbox_oldest = session.execute(
-        select(func.count(), func.min(NumberEvent.occurred_at))
-    ).one()
+    outbox_events, outbox_oldest = counts.outbox_events, counts.outbox_oldest
     outbox_age = (now - as_utc(outbox_oldest)).total_seconds() if outbox_oldest else 0.0
     controls = read_controls(session)
     pause = controls.pause
@@ -166,13 +129,13 @@ def store_status(
         "overdue_waiting": overdue_waiting,
         "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
         "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
-        "held": held,
-        "releasable": releasable,
-        "upstream_failed": upstream_failed,
-        "upstream_permanent": upstream_permanent,
-        "upstream_claimed": upstream_claimed,
-        "upstream_refused_person": refused_person,
-        "upstream_refused_carrier": refused_carrier,
+        "held": counts.held,
+        "releasable": counts.releasable,
+        "upstream_failed": counts.upstream_failed,
+        "upstream_permanent": counts.upstream_permanent,
+        "upstream_claimed": counts.upstream_claimed,
+        "upstream_refused_person": counts.upstream_refused_person,
+        "upstream_refused_carrier": counts.upstream_refused_carrier,
         "upstream_stuck": [
             {
                 "phone_number": number.phone_number,
