@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
 from shared.clock import as_utc
+from shared.counts import reconcile_counts
 from shared.db import normalize_url
 from shared.errors import ValidationError
 from shared.provider import make_provider
@@ -210,6 +211,9 @@ def publish_now(
     with recording_failures(client), session_factory(settings)() as session:
         summary = publish_releasable(session, client, now=now, progress=progress)
     client.delete(RECONCILE_REQUESTED)
+    # The kept counts (shared/counts.py) against a full scan: drift repaired and reported.
+    with session_factory(settings)() as session:
+        summary |= reconcile_counts(session)
     return summary
 
 
