@@ -11,6 +11,8 @@ runs there, timed). Then, at the fixed instant NOW:
   start and imports; median and p99, ms);
 - scrape: the exporter's collector on that store (cache off), rendered as Prometheus reads it
   (median and p99, ms);
+- full scan: the counts as status and every scrape computed them before they were kept (one
+  pass over the released numbers, `scanned_counts`), for comparison (median and p99, ms);
 - purge: one `purge_expired` run bounded at `--purge-rows` rows (provider none), rows/s. It
   deletes those rows: run it last, and rebuild (`--rebuild`) for identical stores.
 Prints one line per size and the ratios of the largest size to the smallest.
@@ -41,6 +43,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from shared import migrate, released_numbers_body
+from shared.counts import scanned_counts
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
 from shared.models import Account
@@ -108,11 +111,19 @@ def measure(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     registry.register(
         RetentionCollector(Reader(factory, None, clock=lambda: NOW, budget=30), cache_seconds=0)
     )
+
+    def scan() -> None:
+        with factory() as session:
+            scanned_counts(session, NOW)
+
     result: dict[str, Any] = {
         "list": figures(timed(listing, args.calls)),
         "status": figures(timed(status, args.repeat)),
         "scrape": figures(timed(lambda: generate_latest(registry), args.repeat)),
     }
+    if args.scans:
+        # What status and every scrape did before the counts were kept: one pass over the store.
+        result["scan"] = figures(timed(scan, args.scans))
     if args.purge_rows:
         report = purge_expired(factory, now=NOW, max_rows=args.purge_rows, max_seconds=600)
         seconds = report.as_dict()["seconds"]
@@ -129,6 +140,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="list calls per size")
     parser.add_argument("--repeat", type=int, default=30, help="status and scrape calls")
     parser.add_argument("--purge-rows", type=int, default=20000, help="0: no purge")
+    parser.add_argument("--scans", type=int, default=5, help="full-scan counts timed (0: none)")
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
     print(machine(args.url))
@@ -143,7 +155,9 @@ def main() -> None:
         print(
             f"size={rows} numbers={result['numbers']} migrate_s={migrated:.1f} "
             f"list_ms(median,p99)={result['list']} status_ms={result['status']} "
-            f"scrape_ms={result['scrape']} " + (f"purge(rows,rows/s)={purge}" if purge else ""),
+            f"scrape_ms={result['scrape']} "
+            + (f"full_scan_ms={result['scan']} " if "scan" in result else "")
+            + (f"purge(rows,rows/s)={purge}" if purge else ""),
             flush=True,
         )
     smallest, largest = min(results), max(results)

@@ -1,11 +1,12 @@
 """Counts kept, not scanned: what `status` and the exporter report, kept up to date by triggers.
 
 `number_counts` holds, per counter name, per hour of release (`hour`, for the two counters a
-reading splits at the cutoff; 0 for the others) and per shard (the row's id modulo `SHARDS`, so
-that concurrent writers rarely wait on the same counter row), how many rows of the store the
-counter covers. Triggers on `phone_numbers` and `number_events` add each statement's changes
-in the statement's own transaction (PostgreSQL: one aggregate per statement, from its transition
-tables; SQLite: per row), so the counts commit and roll back with the changes.
+reading splits at the cutoff; 0 for the others) and per shard (the writing transaction's id
+modulo `SHARDS`, so that concurrent writers rarely wait on the same counter row; a counter is
+the sum of its shards), how many rows of the store the counter covers. Triggers on
+`phone_numbers` and `number_events` add each statement's changes in the statement's own
+transaction (PostgreSQL: one aggregate per statement, from its transition tables, in one pass;
+SQLite: per row), so the counts commit and roll back with the changes.
 
 A reading sums whole hours on either side of the cutoff and counts, through the partial indexes
 on `released_at`, only the rows of the cutoff's own hour: its cost follows the hours the store
@@ -71,8 +72,14 @@ def _hour(dialect: str, column: str) -> str:
     return f"CAST(strftime('%s', {column}) AS INTEGER) / {HOUR_SECONDS}"
 
 
-def _shard(row: str) -> str:
-    return f"({row}.id - ({row}.id / {SHARDS}) * {SHARDS})"
+def _shard(dialect: str) -> str:
+    """The writing transaction's shard: every counter row a transaction changes is in one shard,
+    so concurrent writers meet on a row one time in SHARDS, and a transaction that holds one
+    shard's rows never waits for another's (a statement locks its rows in order: no deadlock
+    with the relay's or the purge's statements). SQLite has one writer at a time: shard 0."""
+    if dialect == "postgresql":
+        return f"CAST(mod(txid_current(), {SHARDS}) AS smallint)"
+    return "0"
 
 
 def _number_keys(dialect: str, row: str, sign: int, source: str = "") -> str:
@@ -81,14 +88,14 @@ def _number_keys(dialect: str, row: str, sign: int, source: str = "") -> str:
     for name, (hourly, covers) in COUNTERS.items():
         hour = _hour(dialect, f"{row}.released_at") if hourly else "0"
         parts.append(
-            f"SELECT '{name}' AS name, {hour} AS hour, {_shard(row)} AS shard, {sign} AS d"
+            f"SELECT '{name}' AS name, {hour} AS hour, {_shard(dialect)} AS shard, {sign} AS d"
             f"{source} WHERE {covers.format(r=row)}"
         )
     return " UNION ALL ".join(parts)
 
 
-def _event_keys(row: str, sign: int, source: str = "") -> str:
-    return f"SELECT '{OUTBOX}' AS name, 0 AS hour, {_shard(row)} AS shard, {sign} AS d{source}"
+def _event_keys(dialect: str, sign: int, source: str = "") -> str:
+    return f"SELECT '{OUTBOX}' AS name, 0 AS hour, {_shard(dialect)} AS shard, {sign} AS d{source}"
 
 
 def _add(keys: str) -> str:
@@ -101,21 +108,46 @@ def _add(keys: str) -> str:
     )
 
 
+def _values(row: str, sign: int) -> str:
+    """PostgreSQL: the (name, hour, hit, d) of every counter for the row `row`, as VALUES rows."""
+    rows = []
+    for name, (hourly, covers) in COUNTERS.items():
+        hour = _hour("postgresql", f"{row}.released_at") if hourly else "CAST(0 AS bigint)"
+        rows.append(f"('{name}', {hour}, {covers.format(r=row)}, {sign})")
+    return ", ".join(rows)
+
+
+def _lateral(values: str, source: str, where: str = "true") -> str:
+    """One pass over `source`: each row's counters from a LATERAL VALUES list."""
+    return (
+        f"SELECT k.name, k.hour, {_shard('postgresql')} AS shard, k.d FROM {source} "
+        f"CROSS JOIN LATERAL (VALUES {values}) AS k(name, hour, hit, d) WHERE k.hit AND {where}"
+    )
+
+
 def _postgresql_ddl() -> list[str]:
     old, new = " FROM old_rows r", " FROM new_rows r"
+    # An update counts only where a column the counters read changed (most of the purge's and
+    # the carrier calls' updates change none of them).
+    changed = (
+        f"ROW({', '.join(f'o.{c}' for c in COLUMNS)}) IS DISTINCT FROM "
+        f"ROW({', '.join(f'n.{c}' for c in COLUMNS)})"
+    )
     numbers = {
-        "INSERT": _add(_number_keys("postgresql", "r", 1, new)),
+        "INSERT": _add(_lateral(_values("r", 1), "new_rows r")),
         "UPDATE": _add(
-            _number_keys("postgresql", "r", -1, old)
-            + " UNION ALL "
-            + _number_keys("postgresql", "r", 1, new)
+            _lateral(
+                _values("o", -1) + ", " + _values("n", 1),
+                "old_rows o JOIN new_rows n ON n.id = o.id",
+                changed,
+            )
         ),
-        "DELETE": _add(_number_keys("postgresql", "r", -1, old)),
+        "DELETE": _add(_lateral(_values("r", -1), "old_rows r")),
         "TRUNCATE": f"DELETE FROM number_counts WHERE name <> '{OUTBOX}'",
     }
     events = {
-        "INSERT": _add(_event_keys("r", 1, new)),
-        "DELETE": _add(_event_keys("r", -1, old)),
+        "INSERT": _add(_event_keys("postgresql", 1, new)),
+        "DELETE": _add(_event_keys("postgresql", -1, old)),
         "TRUNCATE": f"DELETE FROM number_counts WHERE name = '{OUTBOX}'",
     }
     statements = []
@@ -148,7 +180,7 @@ def _sqlite_ddl() -> list[str]:
         ),
         "DELETE": _add(_number_keys("sqlite", "OLD", -1)),
     }
-    events = {"INSERT": _add(_event_keys("NEW", 1)), "DELETE": _add(_event_keys("OLD", -1))}
+    events = {"INSERT": _add(_event_keys("sqlite", 1)), "DELETE": _add(_event_keys("sqlite", -1))}
     statements = []
     for table, bodies in (("phone_numbers", numbers), ("number_events", events)):
         for op, body in bodies.items():
@@ -360,6 +392,8 @@ def reconcile_counts(session: Session) -> dict[str, Any]:
     if drift:
         repair_counts(session, drift)
         session.commit()
-        named = {f"{name}@{hour}" if hour else name: delta for (name, hour), delta in drift.items()}
-        log.warning("counts.drift_repaired", drift=named)
+        by_name: Counter[str] = Counter()
+        for (name, _hour_of), delta in drift.items():
+            by_name[name] += delta
+        log.warning("counts.drift_repaired", drift=dict(by_name), rows=len(drift))
     return {"counts_drift": sum(abs(delta) for delta in drift.values())}

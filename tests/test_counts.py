@@ -135,13 +135,16 @@ def test_the_reconciliation_repairs_and_reports_drift(
         make_number(session, account_id=ACCOUNT, phone_number=NUMBERS[1], released_at=now)
     with session_factory.begin() as session:
         # Drift, as a bug or a hand edit with the triggers off would leave it.
-        session.execute(text("UPDATE number_counts SET n = n + 5 WHERE name = 'unclaimed'"))
+        rows = session.execute(
+            text("UPDATE number_counts SET n = n + 5 WHERE name = 'unclaimed'")
+        ).rowcount
         session.execute(text("DELETE FROM number_counts WHERE name = 'outbox'"))
     with session_factory() as session:
         assert kept_counts(session, now) != scanned_counts(session, now)
     with session_factory() as session:
-        # Two numbers (two shards) over by 5 each, and the 4 events of their outbox missing.
-        assert reconcile_counts(session) == {"counts_drift": 2 * 5 + 4}
+        # Each counter row over by 5, and the 4 events of the outbox missing.
+        assert rows >= 1
+        assert reconcile_counts(session) == {"counts_drift": rows * 5 + 4}
     with session_factory() as session:
         assert kept_counts(session, now) == scanned_counts(session, now)
     with session_factory() as session:
