@@ -383,7 +383,10 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
         "maxmemory_policy": "noeviction",
     }
     names = {
-        family.name for family in families(Reading(status, publication, schedule, redis_state))
+        family.name
+        for family in families(
+            Reading(status, publication, schedule, redis_state, sources={"store": True})
+        )
     }
     assert names == {f"numbers_retention_{name}" for name in EXPORTED}
 
