@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -237,37 +237,49 @@ def _hour_start(moment: datetime) -> tuple[int, datetime]:
 
 
 def kept_counts(session: Session, now: datetime) -> Counts:
-    """The counts at `now` from the kept counters, and the cutoff's own hour from the indexes."""
+    """The counts at `now` from the kept counters, and the cutoff's own hour from the indexes
+    (its smaller side: the rows released in it up to the cutoff, or those after)."""
     line = cutoff(now)
     hour, start = _hour_start(line)
-    sums: dict[tuple[str, bool], int] = {}
-    for name, before, after in session.execute(
+    sums: dict[tuple[str, int], int] = {}  # (name, -1/0/1: hours before, the cutoff's, after)
+    for name, *parts in session.execute(
         select(
             NumberCount.name,
             func.sum(NumberCount.n).filter(NumberCount.hour < hour),
-            func.sum(NumberCount.n).filter(NumberCount.hour >= hour),
+            func.sum(NumberCount.n).filter(NumberCount.hour == hour),
+            func.sum(NumberCount.n).filter(NumberCount.hour > hour),
         ).group_by(NumberCount.name)
     ):
-        sums[name, True], sums[name, False] = int(before or 0), int(after or 0)
+        for where, total in zip((-1, 0, 1), parts, strict=True):
+            sums[name, where] = int(total or 0)
 
-    def kept(name: str, *, before: bool | None = None) -> int:
-        if before is None:
-            return sums.get((name, True), 0) + sums.get((name, False), 0)
-        return sums.get((name, before), 0)
+    def kept(name: str, *sides: int) -> int:
+        return sum(sums.get((name, where), 0) for where in sides or (-1, 0, 1))
 
-    # The rows released in the cutoff's hour up to the cutoff, not held / held / claimed.
-    in_hour = (PhoneNumber.released_at >= start) & (PhoneNumber.released_at <= line)
+    # The rows of the cutoff's hour on the side counted, not held / held / claimed.
+    early = line - start < timedelta(seconds=HOUR_SECONDS / 2)
+    if early:
+        side = (PhoneNumber.released_at >= start) & (PhoneNumber.released_at <= line)
+    else:
+        end = start + timedelta(seconds=HOUR_SECONDS)
+        side = (PhoneNumber.released_at > line) & (PhoneNumber.released_at < end)
     # `= false` / `= true`, not IS: PostgreSQL proves the partial indexes' predicates from these.
-    unheld = _count(session, in_hour & (PhoneNumber.purge_hold == false()))
-    held = _count(session, in_hour & (PhoneNumber.purge_hold == true()))
-    claimed = _count(session, in_hour & (PhoneNumber.purge_state == "purging"))
+    unheld = _count(session, side & (PhoneNumber.purge_hold == false()))
+    held = _count(session, side & (PhoneNumber.purge_hold == true()))
+    unclaimed = unheld + held - _count(session, side & (PhoneNumber.purge_state == "purging"))
+    if early:  # overdue: released up to the cutoff; releasable: after it
+        overdue = kept("unheld", -1) + unheld
+        releasable = kept("unclaimed", 0, 1) - unclaimed
+    else:
+        overdue = kept("unheld", -1, 0) - unheld
+        releasable = kept("unclaimed", 1) + unclaimed
     oldest = session.scalar(select(func.min(PhoneNumber.released_at)).where(purgeable_numbers(now)))
     outbox_oldest = session.scalar(select(func.min(NumberEvent.occurred_at)))
     return Counts(
-        overdue=kept("unheld", before=True) + unheld,
+        overdue=overdue,
         oldest_overdue=oldest,
         held=kept("held"),
-        releasable=kept("unclaimed", before=False) - (unheld + held - claimed),
+        releasable=releasable,
         upstream_failed=kept("failed"),
         upstream_permanent=kept("permanent"),
         upstream_claimed=kept("claimed"),

@@ -20,7 +20,7 @@ from shared.provider import REFUSED_CODE
 from shared.purge import purge_expired
 from shared.relay import discard_events
 from shared.retention import RETENTION
-from tests.factories import ensure_account, make_number
+from tests.factories import make_number
 from tests.stores import TABLES, delete_all_rows
 
 NUMBERS = [f"+1415558{i:04d}" for i in range(6)]
@@ -29,8 +29,10 @@ ACCOUNT = "acc_counts"
 AGES = [
     RETENTION + timedelta(minutes=m) for m in (-70, -20, -1, 0, 1, 15, 45, 61, 150, 60 * 24 * 3)
 ] + [timedelta(days=1)]
-# The instants the counts are read at, around the store's `now`.
-SHIFTS = [timedelta(minutes=m) for m in (-30, 0, 10, 59, 60 * 24)]
+SEEDED = [RETENTION + timedelta(minutes=m) for m in (-20, 1, 15, 45, 61)] + [None]
+# The instants the counts are read at, around the store's `now`: cutoffs early in their hour
+# (counted up to the cutoff) and late (counted after it), each with releases on the side counted.
+SHIFTS = [timedelta(minutes=m) for m in (-50, -15, 0, 10, 25, 60 * 24)]
 FAILURES = {
     "transient": ("provider_refused", False),
     "permanent": ("provider_refused", True),
@@ -112,7 +114,10 @@ def test_the_kept_counts_equal_a_full_scan_after_any_changes(
 ) -> None:
     factory = make_session_factory(engine)
     with factory.begin() as session:
-        ensure_account(session, ACCOUNT)
+        # Every example starts from released numbers on both sides of each reading's cutoff.
+        for number, age in zip(NUMBERS, SEEDED, strict=True):
+            released = None if age is None else now - age
+            make_number(session, account_id=ACCOUNT, phone_number=number, released_at=released)
     try:
         for operation in operations:
             _apply(factory, operation, now)
