@@ -74,9 +74,11 @@ def _hour(dialect: str, column: str) -> str:
 
 def _shard(dialect: str) -> str:
     """The writing transaction's shard: every counter row a transaction changes is in one shard,
-    so concurrent writers meet on a row one time in SHARDS, and a transaction that holds one
-    shard's rows never waits for another's (a statement locks its rows in order: no deadlock
-    with the relay's or the purge's statements). SQLite has one writer at a time: shard 0."""
+    so concurrent writers meet on a row one time in SHARDS, and each statement locks its rows in
+    order. The relay (outbox rows only) cannot deadlock with a writer; two writers of the same
+    shard that change the same counters in opposite orders over two statements can (a hold of
+    an overdue number while a purge batch takes its hour): PostgreSQL then aborts one after
+    deadlock_timeout. SQLite has one writer at a time: shard 0."""
     if dialect == "postgresql":
         return f"CAST(mod(txid_current(), {SHARDS}) AS smallint)"
     return "0"
