@@ -18,11 +18,13 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    SmallInteger,
     String,
     Text,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import JSON, TypeDecorator
 
 PLANS = {"free": 1, "paid": 49}
@@ -69,7 +71,7 @@ class Account(Base):
         return f"Account(id={self.id!r}, plan={self.plan!r})"
 
 
-def _partial_index(name: str, *columns: str, where: str) -> Index:
+def _partial_index(name: str, *columns: str | TextClause, where: str) -> Index:
     """An index of the rows `where` holds for, the same on PostgreSQL and SQLite."""
     return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
 
@@ -109,6 +111,18 @@ class PhoneNumber(Base):
         ),
         # `numbers-retention holds` and status's count: the held numbers only.
         _partial_index("ix_phone_numbers_held", "hold_set_at", where="purge_hold"),
+        # Status's counts in the cutoff's hour (shared/counts.py): the held released numbers.
+        _partial_index(
+            "ix_phone_numbers_held_released",
+            "released_at",
+            where="released_at IS NOT NULL AND purge_hold",
+        ),
+        # Status's numbers kept upstream (its list and its waiting count): that subset only.
+        _partial_index(
+            "ix_phone_numbers_upstream",
+            "released_at",
+            where="provider_error_code IS NOT NULL",
+        ),
         # The plan cap: active numbers per account.
         _partial_index(
             "ix_phone_numbers_account_active", "account_id", where="billing_status = 'active'"
@@ -326,6 +340,8 @@ class NumberEvent(Base):
         CheckConstraint(
             "kind IN (" + ", ".join(f"'{kind}'" for kind in EVENT_KINDS) + ")", name="kind_known"
         ),
+        # The outbox's oldest event, for status and the exporter.
+        Index("ix_number_events_occurred_at", "occurred_at"),
         # Never reuse an id on SQLite: applied events are deleted, and consumers of the stream
         # tell events apart by id.
         {"sqlite_autoincrement": True},
@@ -377,3 +393,19 @@ class RelayMark(Base):
 
     def __repr__(self) -> str:
         return f"RelayMark(name={self.name!r}, relayed_through={self.relayed_through!r})"
+
+
+class NumberCount(Base):
+    """A kept count (shared/counts.py): how many rows counter `name` covers among the numbers
+    released in `hour` (hours since the epoch; 0 for the counters not kept per hour), in
+    `shard`. Written by triggers only (migration 0010_counts)."""
+
+    __tablename__ = "number_counts"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"NumberCount(name={self.name!r}, hour={self.hour!r}, n={self.n!r})"

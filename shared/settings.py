@@ -205,6 +205,9 @@ class Settings(StoreSettings):
     # seconds; each of its queries is cancelled after the timeout (the scrape then says up 0).
     metrics_cache_seconds: float = Field(default=5.0, ge=0, le=HOUR)
     metrics_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=10 * MINUTE)
+    # A scrape answers within this many seconds with what it could read (below Prometheus's
+    # default 10 s scrape timeout); a source that did not answer is scrape_source_up 0.
+    metrics_scrape_budget_seconds: float = Field(default=4.0, gt=0, le=10 * MINUTE)
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -10,20 +10,10 @@ from sqlalchemy.orm import Session
 
 from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
 from shared.controls import read_controls
-from shared.models import (
-    PURGED_BY_PRUNED_RUNS,
-    NumberEvent,
-    PhoneNumber,
-    PrunedTotal,
-    PurgeRun,
-)
+from shared.counts import kept_counts, waiting_count
+from shared.models import PURGED_BY_PRUNED_RUNS, PhoneNumber, PrunedTotal, PurgeRun
 from shared.provider import REFUSED_CODE
-from shared.retention import (
-    purgeable_numbers,
-    repurchasable_numbers,
-    repurchase_deadline,
-    waiting_numbers,
-)
+from shared.retention import repurchase_deadline
 
 STUCK_SHOWN = 20
 # A run that did its job: everything overdue purged, or its share of a larger backlog.
@@ -76,61 +66,74 @@ def _waits_on(number: PhoneNumber) -> str | None:
     return "carrier" if number.provider_error_code == REFUSED_CODE else None
 
 
-def store_status(
+def _stuck(number: PhoneNumber) -> dict[str, Any]:
+    return {
+        "phone_number": number.phone_number,
+        "account_id": number.account_id,
+        "permanent": number.provider_failed_permanently,
+        "refused": number.provider_error_code == REFUSED_CODE,
+        "waits_on": _waits_on(number),
+        "error_code": number.provider_error_code,
+        "provider_code": number.provider_code,
+        "message": number.provider_error_message,
+        "attempts": number.provider_attempts,
+        "next_attempt_at": iso_timestamp(number.provider_next_attempt_at)
+        if number.provider_next_attempt_at
+        else None,
+    }
+
+
+def counts_status(
+    session: Session, *, now: datetime, provider: str = "none", stuck: bool = True
+) -> dict[str, Any]:
+    """The store's counts at `now` (kept, not scanned: shared/counts.py, so a reading costs
+    the same whatever the store's size) and, with `stuck`, the numbers kept upstream."""
+    counts = kept_counts(session, now)
+    oldest = counts.oldest_overdue
+    # An overdue number's lag is how long it has been past its deadline.
+    oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
+    # The outbox: events the relay has not applied (or, without Redis, discarded) yet.
+    outbox_oldest = counts.outbox_oldest
+    outbox_age = (now - as_utc(outbox_oldest)).total_seconds() if outbox_oldest else 0.0
+    report: dict[str, Any] = {
+        "overdue": counts.overdue,
+        # Of them, those a run cannot take now: they wait on the provider or a person.
+        "overdue_waiting": waiting_count(session, now, provider),
+        "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
+        "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
+        "held": counts.held,
+        "releasable": counts.releasable,
+        "upstream_failed": counts.upstream_failed,
+        "upstream_permanent": counts.upstream_permanent,
+        "upstream_claimed": counts.upstream_claimed,
+        "upstream_refused_person": counts.upstream_refused_person,
+        "upstream_refused_carrier": counts.upstream_refused_carrier,
+        "outbox": {
+            "events": counts.outbox_events,
+            "oldest_age_seconds": round(max(outbox_age, 0.0), 3),
+        },
+    }
+    if stuck:
+        numbers = session.scalars(
+            select(PhoneNumber)
+            .where(PhoneNumber.provider_error_code.is_not(None))
+            .order_by(PhoneNumber.provider_failed_permanently.desc(), PhoneNumber.released_at)
+            .limit(STUCK_SHOWN)
+        ).all()
+        report["upstream_stuck"] = [_stuck(number) for number in numbers]
+    return report
+
+
+def runs_status(
     session: Session,
     *,
-    now: datetime | None = None,
+    now: datetime,
     runs: int = 5,
     deploy_paused: bool = False,
-    provider: str = "none",
+    takeable: int | None = None,
 ) -> dict[str, Any]:
-    """Counts, the last `runs` real purge runs and the last success, as JSON-ready values.
-
-    `deploy_paused`: the caller's PURGE_PAUSED, which pauses runs as a stored pause does;
-    `provider`: the caller's PROVIDER, which decides which overdue numbers a run can take now.
-    """
-    now = resolve_now(now)
-    # One pass over the released numbers for every count (each a FILTER of the same scan).
-    overdue = purgeable_numbers(now)
-    failed_upstream = PhoneNumber.provider_error_code.is_not(None)
-    # Claimed by a run that stopped before the provider answered (killed, provider down or
-    # misconfigured): only a run with the provider configured, or a person, settles them.
-    claimed = (PhoneNumber.purge_state == "purging") & PhoneNumber.provider_error_code.is_(None)
-    # Refused by the carrier for themselves alone (locked, a port-out): waiting on a person
-    # (kept for good until `retry-upstream`) or on the carrier (asked again after a backoff).
-    refused = PhoneNumber.provider_error_code == REFUSED_CODE
-    permanent = PhoneNumber.provider_failed_permanently.is_(True)
-    (
-        overdue_count,
-        overdue_waiting,
-        oldest,
-        held,
-        releasable,
-        upstream_failed,
-        upstream_permanent,
-        upstream_claimed,
-        refused_person,
-        refused_carrier,
-    ) = session.execute(
-        select(
-            func.count().filter(overdue),
-            func.count().filter(waiting_numbers(now, provider)),
-            func.min(PhoneNumber.released_at).filter(overdue),
-            func.count().filter(PhoneNumber.purge_hold.is_(True)),
-            func.count().filter(repurchasable_numbers(now)),
-            func.count().filter(failed_upstream),
-            func.count().filter(failed_upstream & permanent),
-            func.count().filter(claimed),
-            func.count().filter(refused & permanent),
-            func.count().filter(refused & ~permanent),
-        ).where(PhoneNumber.billing_status == "released")
-    ).one()
-    stuck = session.scalars(
-        select(PhoneNumber)
-        .where(failed_upstream)
-        .order_by(PhoneNumber.provider_failed_permanently.desc(), PhoneNumber.released_at)
-        .limit(STUCK_SHOWN)
-    ).all()
+    """The pause and pace, the last `runs` real purge runs (a running one with `takeable`,
+    what is left for it to take now), the last dry run, finished run and success."""
     # Dry runs are listed apart, so trying one never pushes the real runs out of view.
     real = ~dry_run_clause()
     last_runs = session.scalars(
@@ -158,13 +161,6 @@ def store_status(
             PrunedTotal.name == PURGED_BY_PRUNED_RUNS
         )
     ).scalar_one()
-    # An overdue number's lag is how long it has been past its deadline.
-    oldest_seconds = (now - repurchase_deadline(oldest)).total_seconds() if oldest else 0.0
-    # The outbox: events the relay has not applied (or, without Redis, discarded) yet.
-    outbox_events, outbox_oldest = session.execute(
-        select(func.count(), func.min(NumberEvent.occurred_at))
-    ).one()
-    outbox_age = (now - as_utc(outbox_oldest)).total_seconds() if outbox_oldest else 0.0
     controls = read_controls(session)
     pause = controls.pause
     return {
@@ -173,36 +169,7 @@ def store_status(
         "paused_by_setting": deploy_paused,
         "pause": pause.as_dict() if pause else None,
         "pace": controls.pace.as_dict() if controls.pace else None,
-        "overdue": overdue_count,
-        # Of them, those a run cannot take now: they wait on the provider or a person.
-        "overdue_waiting": overdue_waiting,
-        "oldest_overdue_seconds": round(max(oldest_seconds, 0.0), 3),
-        "oldest_overdue_released_at": iso_timestamp(oldest) if oldest is not None else None,
-        "held": held,
-        "releasable": releasable,
-        "upstream_failed": upstream_failed,
-        "upstream_permanent": upstream_permanent,
-        "upstream_claimed": upstream_claimed,
-        "upstream_refused_person": refused_person,
-        "upstream_refused_carrier": refused_carrier,
-        "upstream_stuck": [
-            {
-                "phone_number": number.phone_number,
-                "account_id": number.account_id,
-                "permanent": number.provider_failed_permanently,
-                "refused": number.provider_error_code == REFUSED_CODE,
-                "waits_on": _waits_on(number),
-                "error_code": number.provider_error_code,
-                "provider_code": number.provider_code,
-                "message": number.provider_error_message,
-                "attempts": number.provider_attempts,
-                "next_attempt_at": iso_timestamp(number.provider_next_attempt_at)
-                if number.provider_next_attempt_at
-                else None,
-            }
-            for number in stuck
-        ],
-        "last_runs": [_run(run, takeable=overdue_count - overdue_waiting) for run in last_runs],
+        "last_runs": [_run(run, takeable=takeable) for run in last_runs],
         "last_dry_run": _run(last_dry_run) if last_dry_run else None,
         "purge_last_success_at": iso_timestamp(last_success) if last_success else None,
         # The newest run that ended (what it purged, how long it and its slowest batch took).
@@ -211,5 +178,26 @@ def store_status(
         if last_finished
         else None,
         "purged_total": int(purged_total),
-        "outbox": {"events": outbox_events, "oldest_age_seconds": round(max(outbox_age, 0.0), 3)},
     }
+
+
+def store_status(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    runs: int = 5,
+    deploy_paused: bool = False,
+    provider: str = "none",
+) -> dict[str, Any]:
+    """Counts, the last `runs` real purge runs and the last success, as JSON-ready values.
+
+    `deploy_paused`: the caller's PURGE_PAUSED, which pauses runs as a stored pause does;
+    `provider`: the caller's PROVIDER, which decides which overdue numbers a run can take now.
+    """
+    now = resolve_now(now)
+    counts = counts_status(session, now=now, provider=provider)
+    takeable = counts["overdue"] - counts["overdue_waiting"]
+    return (
+        runs_status(session, now=now, runs=runs, deploy_paused=deploy_paused, takeable=takeable)
+        | counts
+    )

@@ -27,4 +27,5 @@ EXTRAS = (
     "publish_failing",
     "schedule_seconds",
     "redis_maxmemory_policy",
+    "scrape_source_up",
 )

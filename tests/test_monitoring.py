@@ -79,7 +79,9 @@ def exported() -> set[str]:
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     registry = CollectorRegistry()
     registry.register(
-        RetentionCollector(lambda: Reading(status, publication, SCHEDULE, REDIS), cache_seconds=0)
+        RetentionCollector(
+            lambda: Reading(status, publication, SCHEDULE, REDIS, {"store": True}), cache_seconds=0
+        )
     )
     text = generate_latest(registry).decode()
     return {

@@ -25,6 +25,7 @@ from shared import validation
 from shared.audit import AuditRetention, PruneReport, prune_audit
 from shared.clock import as_utc
 from shared.clock_skew import ClockSkewError
+from shared.counts import reconcile_counts
 from shared.db import normalize_url
 from shared.errors import ValidationError
 from shared.provider import make_provider
@@ -296,6 +297,9 @@ def publish_now(
             clock_skew_max=settings.clock_skew_max_seconds,
         )
     client.delete(RECONCILE_REQUESTED)
+    # The kept counts (shared/counts.py) against a full scan: drift repaired and reported.
+    with session_factory(settings)() as session:
+        summary |= reconcile_counts(session)
     return summary
 
 

@@ -2,7 +2,7 @@
 disagree beyond CLOCK_SKEW_MAX_SECONDS.
 
 Revision ID: 0011_clock_skew
-Revises: 0009_api_keys
+Revises: 0010_counts
 Create Date: 2026-12-05
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0011_clock_skew"
-down_revision: str | None = "0009_api_keys"
+down_revision: str | None = "0010_counts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
