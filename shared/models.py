@@ -134,6 +134,9 @@ class PhoneNumber(Base):
     hold_set_by: Mapped[str | None] = mapped_column(String(64))
     hold_set_at: Mapped[datetime | None]
     provider_number_id: Mapped[str | None] = mapped_column(String(128))
+    # The carrier holding the number (shared/carriers/), where its release is asked; NULL: the
+    # default carrier of the purge run (PROVIDER), for numbers stored without one.
+    carrier: Mapped[str | None] = mapped_column(String(16))
     # 'purging' once a purge batch has claimed the row (two-phase purge); repurchase is refused.
     purge_state: Mapped[str | None] = mapped_column(String(8))
     claimed_at: Mapped[datetime | None]

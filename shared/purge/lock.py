@@ -14,8 +14,9 @@ PURGE_LOCK_KEY = 0x6E756D62  # "numb"
 
 
 @contextmanager
-def run_lock(engine: Engine) -> Iterator[bool]:
-    """Yield whether this process holds the one-run-at-a-time lock.
+def run_lock(engine: Engine, key: int = PURGE_LOCK_KEY, name: str = "purge") -> Iterator[bool]:
+    """Yield whether this process holds the one-run-at-a-time lock (`key`, `name`: one lane's,
+    shared/purge/lanes.py; default: the whole store's).
 
     PostgreSQL: a session advisory lock on its own connection, released when the connection
     closes, so a killed worker never leaves it behind. SQLite: flock on a file beside the
@@ -23,17 +24,17 @@ def run_lock(engine: Engine) -> Iterator[bool]:
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            got = bool(conn.scalar(select(func.pg_try_advisory_lock(PURGE_LOCK_KEY))))
+            got = bool(conn.scalar(select(func.pg_try_advisory_lock(key))))
             conn.commit()
             try:
                 yield got
             finally:
                 if got:
-                    conn.scalar(select(func.pg_advisory_unlock(PURGE_LOCK_KEY)))
+                    conn.scalar(select(func.pg_advisory_unlock(key)))
                     conn.commit()
         return
     database = engine.url.database or ""
-    lock_path = Path(f"{database}.purge.lock")
+    lock_path = Path(f"{database}.{name}.lock")
     with lock_path.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

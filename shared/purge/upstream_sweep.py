@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import get_args
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.carriers.base import Provider, Resolution, UpstreamResult
 from shared.ledger import record_proofs
-from shared.provider import Provider, Resolution, UpstreamResult
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
 from shared.purge.records import record_progress
@@ -43,6 +44,8 @@ class UpstreamSweep:
     settle: dict[str, BatchStatements]
     now: datetime
     limited_before: int = 0  # the carrier's 429s counted before this run
+    # The numbers of this carrier's lane (shared/purge/lanes.py; None: every number).
+    lane: ColumnElement[bool] | None = None
 
     @classmethod
     def build(
@@ -54,6 +57,7 @@ class UpstreamSweep:
         boundary: Boundary,
         provider: Provider,
         now: datetime,
+        lane: ColumnElement[bool] | None = None,
     ) -> UpstreamSweep:
         dialect = factory.kw["bind"].dialect.name
         settle = {
@@ -69,7 +73,7 @@ class UpstreamSweep:
             for resolution in RESOLUTIONS
         }
         limited = provider.pace.limited if provider.pace is not None else 0
-        return cls(report, config, boundary, provider, settle, now, limited)
+        return cls(report, config, boundary, provider, settle, now, limited, lane)
 
     def run(self, factory: sessionmaker[Session]) -> Halt:
         """Batches until the backlog is done or something halts the run; why it ended."""
@@ -78,7 +82,7 @@ class UpstreamSweep:
         if refused is not None:
             return _provider_halt(refused)
         with factory() as session:
-            proven = account_proven(self.provider, account_probe(session))
+            proven = account_proven(self.provider, account_probe(session, self.lane))
         after = 0
         while True:
             started = time.monotonic()
@@ -92,7 +96,9 @@ class UpstreamSweep:
                     limit = pacer.ceiling_size(
                         min(self._claim_size(), self.boundary.budget.rows_left())
                     )
-                    claims = claim_batch(session, now=self.now, after=after, limit=limit)
+                    claims = claim_batch(
+                        session, now=self.now, after=after, limit=limit, lane=self.lane
+                    )
                     pacer.count(len(claims))
             if wait:
                 self.boundary.stop.sleep(wait)
