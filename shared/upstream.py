@@ -341,6 +341,8 @@ def record_failures(
                 provider_failed_permanently=for_a_person,
                 provider_next_attempt_at=None if for_a_person else now + wait_for,
                 provider_call_run_id=None,  # answered: no call in flight any more
+                provider_order_id=None,  # an order's outcome: claimable again after backoff
+                provider_submitted_at=None,
             )
         )
     events.record_upstream_failed(

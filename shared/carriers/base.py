@@ -127,3 +127,49 @@ def unreachable(carrier: str, exc: Exception) -> UpstreamResult:
             provider=carrier,
         ),
     )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """An asynchronous release accepted by the carrier: its order (or job) id."""
+
+    order_id: str
+
+
+class AsyncProvider(Protocol):
+    """A carrier that releases numbers by orders read later (Bandwidth's disconnect orders,
+    Telnyx's deletion jobs): the numbers go to the `submitted` state with the order id; later
+    runs read the order and settle each number by its own outcome."""
+
+    name: str
+    # At most this many numbers in one order.
+    max_order: int
+
+    @property
+    def pace(self) -> CarrierPace | None: ...
+
+    def check(self) -> UpstreamResult | None: ...
+
+    def holds(self, provider_number_id: str) -> bool: ...
+
+    def invalid(self, provider_number_id: str) -> UpstreamResult | None:
+        """Why this stored id is never sent (None: it is a valid id of this carrier)."""
+        ...
+
+    def submit(self, provider_number_ids: list[str]) -> Submitted | UpstreamResult:
+        """One order for these numbers: its id, or why none was placed (for all of them)."""
+        ...
+
+    def settle(
+        self, order_id: str, provider_number_ids: list[str]
+    ) -> dict[str, UpstreamResult] | UpstreamResult:
+        """Each number's outcome in a settled order (numbers still pending are left out), or
+        why the order could not be read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def is_async(provider: object) -> bool:
+    """Whether an adapter releases by orders (`AsyncProvider`)."""
+    return callable(getattr(provider, "submit", None))

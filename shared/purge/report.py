@@ -47,6 +47,10 @@ class PurgeReport:
     # run's time bound; and the carrier's 429 answers (each call asked again, none a failure).
     provider_deferred: int = 0
     provider_rate_limited: int = 0
+    # Asynchronous carriers (shared/carriers/base.AsyncProvider): numbers submitted in orders
+    # this run, and orders read that settled numbers.
+    provider_submitted: int = 0
+    provider_orders_settled: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""

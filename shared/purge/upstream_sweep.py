@@ -10,10 +10,11 @@ from typing import get_args
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.carriers.base import Provider, Resolution, UpstreamResult
+from shared.carriers.base import Provider, Resolution, UpstreamResult, is_async
 from shared.ledger import record_proofs
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
+from shared.purge.orders import Orders
 from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
@@ -77,12 +78,9 @@ class UpstreamSweep:
 
     def run(self, factory: sessionmaker[Session]) -> Halt:
         """Batches until the backlog is done or something halts the run; why it ended."""
-        # Before anything is claimed: a read-only call proving the base URL and the key work.
-        refused = self.provider.check()
-        if refused is not None:
-            return _provider_halt(refused)
-        with factory() as session:
-            proven = account_proven(self.provider, account_probe(session, self.lane))
+        halt, proven, orders = self._start(factory)
+        if halt is not None:
+            return halt
         after = 0
         while True:
             started = time.monotonic()
@@ -104,18 +102,11 @@ class UpstreamSweep:
                 self.boundary.stop.sleep(wait)
                 continue
             if not claims:
-                return Halt("completed")
+                # Orders submitted this run may have settled already.
+                return (orders and orders.settle(factory)) or Halt("completed")
             after = claims[-1].id
             self.boundary.budget.take(len(claims))
-            outcome = release_upstream(
-                self.provider,
-                claims,
-                concurrency=self.config.provider_concurrency,
-                failure_streak=self.config.provider_failure_streak,
-                account_proven=proven,
-                stopping=lambda: self.boundary.stop.requested,
-                before_call=lambda claim: self._begin_call(factory, claim),
-            )
+            outcome = self._release(factory, claims, orders, proven)
             purged = self._settle(factory, outcome)
             ms = round((time.monotonic() - started) * 1000, 1)
             with factory.begin() as session:
@@ -143,6 +134,38 @@ class UpstreamSweep:
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
 
+    def _release(
+        self,
+        factory: sessionmaker[Session],
+        claims: list[Claim],
+        orders: Orders | None,
+        proven: bool,
+    ) -> UpstreamOutcome:
+        """The batch's releases: orders placed (an asynchronous carrier), else one call each."""
+        if orders is not None:
+            return orders.submit(factory, claims)
+        return release_upstream(
+            self.provider,
+            claims,
+            concurrency=self.config.provider_concurrency,
+            failure_streak=self.config.provider_failure_streak,
+            account_proven=proven,
+            stopping=lambda: self.boundary.stop.requested,
+            before_call=lambda claim: self._begin_call(factory, claim),
+        )
+
+    def _start(self, factory: sessionmaker[Session]) -> tuple[Halt | None, bool, Orders | None]:
+        """Before anything is claimed: a read-only call proving the base URL and the key
+        work, the account proven (or not), the orders submitted before read."""
+        refused = self.provider.check()
+        if refused is not None:
+            return _provider_halt(refused), False, None
+        with factory() as session:
+            proven = account_proven(self.provider, account_probe(session, self.lane))
+        orders = Orders(self, proven) if is_async(self.provider) else None
+        halt = orders.settle(factory) if orders is not None else None
+        return halt, proven, orders
+
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
         still be released, marking the call in flight (`shared.upstream.begin_call`)."""
@@ -162,6 +185,10 @@ class UpstreamSweep:
         if pace is None:
             return 0
         return pace.limited - self.limited_before - self.report.provider_rate_limited
+
+    def settle_outcome(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
+        """Tombstone what the carrier released, keep the failures (see `_settle`)."""
+        return self._settle(factory, outcome)
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their

@@ -1,5 +1,8 @@
 """Each number records its carrier (shared/carriers/): the one its release is asked of.
 
+It also adds the `submitted` state of an asynchronous release (a Bandwidth disconnect order,
+a Telnyx deletion job): a claimed number with the carrier's order id and when it was submitted.
+
 Numbers stored before get the configured PROVIDER (read from the environment the migration
 runs in). 'none' is recorded only for a number with nothing upstream: a number with a
 provider id and no known carrier is left NULL, which a purge reads as the default carrier of
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from shared.models import UTCDateTime
 from shared.settings import StoreSettings
 
 revision: str = "0014_carriers"
@@ -25,6 +29,16 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("phone_numbers", sa.Column("carrier", sa.String(16)))
+    op.add_column("phone_numbers", sa.Column("provider_order_id", sa.String(64)))
+    op.add_column("phone_numbers", sa.Column("provider_submitted_at", UTCDateTime()))
+    # The submitted numbers, read by order at each run (few: a partial index).
+    op.create_index(
+        "ix_phone_numbers_submitted",
+        "phone_numbers",
+        ["provider_order_id"],
+        postgresql_where=sa.text("provider_order_id IS NOT NULL"),
+        sqlite_where=sa.text("provider_order_id IS NOT NULL"),
+    )
     provider = StoreSettings().provider
     numbers = sa.table(
         "phone_numbers", sa.column("carrier", sa.String), sa.column("provider_number_id")
@@ -41,4 +55,7 @@ def downgrade() -> None:
     with op.batch_alter_table(
         "phone_numbers", table_kwargs={"sqlite_autoincrement": True}
     ) as batch:
+        batch.drop_index("ix_phone_numbers_submitted")
+        batch.drop_column("provider_submitted_at")
+        batch.drop_column("provider_order_id")
         batch.drop_column("carrier")
