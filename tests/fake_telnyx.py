@@ -687,7 +687,7 @@ class StaticServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_DELETE = _answer
+            do_GET = do_DELETE = do_POST = _answer
 
             def log_message(self, format: str, *args: object) -> None:
                 return

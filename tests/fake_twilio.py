@@ -64,8 +64,8 @@ def emergency_refusal() -> Reply:
 
 @dataclass
 class FakeTwilio:
-    """Numbers the account holds; scripted DELETE answers per SID (consumed in order, the last
-    one repeats); every request logged."""
+    """Numbers the account holds; scripted DELETE answers per SID (each used once, in order,
+    then the number is answered for as it stands); every request logged."""
 
     held: set[str] = field(default_factory=set)
     emergency: set[str] = field(default_factory=set)  # held numbers with an emergency address
@@ -86,9 +86,7 @@ class FakeTwilio:
     def scripted(self, number: str) -> Reply | None:
         with self._lock:
             replies = self.script.get(number)
-            if not replies:
-                return None
-            return replies.pop(0) if len(replies) > 1 else replies[0]
+            return replies.pop(0) if replies else None
 
     def delete(self, path: str, number: str) -> Reply:
         reply = self.scripted(number)
