@@ -70,6 +70,20 @@ def _waits_on(number: PhoneNumber) -> str | None:
     return "carrier" if number.provider_error_code == REFUSED_CODE else None
 
 
+def _submitted(session: Session, now: datetime) -> dict[str, Any]:
+    """Numbers submitted in carrier orders not settled yet: how many, in how many orders, and
+    how long the oldest has waited (0: none). An order that never settles shows here."""
+    numbers, orders, oldest = session.execute(
+        select(
+            func.count(),
+            func.count(func.distinct(PhoneNumber.provider_order_id)),
+            func.min(PhoneNumber.provider_submitted_at),
+        ).where(PhoneNumber.provider_order_id.is_not(None))
+    ).one()
+    age = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
+    return {"numbers": numbers, "orders": orders, "oldest_age_seconds": round(max(age, 0.0), 3)}
+
+
 def store_status(
     session: Session,
     *,
@@ -155,6 +169,7 @@ def store_status(
     outbox_age = (now - as_utc(outbox_oldest)).total_seconds() if outbox_oldest else 0.0
     controls = read_controls(session)
     pause = controls.pause
+    submitted = _submitted(session, now)
     return {
         "now": iso_timestamp(now),
         "paused": pause is not None or deploy_paused,
@@ -173,6 +188,8 @@ def store_status(
         "upstream_claimed": upstream_claimed,
         "upstream_refused_person": refused_person,
         "upstream_refused_carrier": refused_carrier,
+        # Numbers in orders the carrier has not settled yet (asynchronous releases).
+        "submitted": submitted,
         "upstream_stuck": [
             {
                 "phone_number": number.phone_number,

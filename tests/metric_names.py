@@ -27,4 +27,6 @@ EXTRAS = (
     "publish_failing",
     "schedule_seconds",
     "redis_maxmemory_policy",
+    "submitted_numbers",
+    "submitted_oldest_age_seconds",
 )

@@ -11,6 +11,7 @@ leaves its numbers submitted (`status` and the exporter show how long the oldest
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, cast
 
@@ -121,6 +122,7 @@ class Orders:
     def _settle_order(
         self, factory: sessionmaker[Session], order_id: str, claims: list[Claim]
     ) -> Halt | None:
+        started = time.monotonic()
         numbers = [cast(str, c.provider_number_id) for c in claims]
         results = self.provider.settle(order_id, numbers)
         if isinstance(results, UpstreamResult):
@@ -143,10 +145,8 @@ class Orders:
                 outcome.proofs[claim.id] = {"release": result.proof, "detach": []}
             else:
                 outcome.failed[claim.id] = result
-        self.sweep.settle_outcome(factory, outcome)
+        self.sweep.settle_outcome(factory, outcome, started=started, size=len(claims))
         self.sweep.report.provider_orders_settled += 1
-        self.sweep.report.provider_released += len(outcome.released)
-        self.sweep.report.provider_refused += outcome.refused
         return None
 
 

@@ -107,23 +107,7 @@ class UpstreamSweep:
             after = claims[-1].id
             self.boundary.budget.take(len(claims))
             outcome = self._release(factory, claims, orders, proven)
-            purged = self._settle(factory, outcome)
-            ms = round((time.monotonic() - started) * 1000, 1)
-            with factory.begin() as session:
-                record_progress(session, self.report.run_id, purged)
-            self.boundary.progress(purged)
-            self.report.add_batch(
-                purged,
-                ms,
-                size=limit,
-                provider_released=len(outcome.released),
-                provider_failed=len(outcome.failed) - outcome.refused,
-                provider_refused=outcome.refused,
-                provider_skipped=len(outcome.skipped),
-                provider_held=len(outcome.withheld),
-                provider_deferred=len(outcome.deferred),
-                provider_rate_limited=self._rate_limited(),
-            )
+            self.settle_outcome(factory, outcome, started=started, size=limit)
             if outcome.stopped_by is not None:
                 return _provider_halt(outcome.stopped_by)
             if outcome.deferred_by is not None and not self.boundary.stop.requested:
@@ -186,9 +170,33 @@ class UpstreamSweep:
             return 0
         return pace.limited - self.limited_before - self.report.provider_rate_limited
 
-    def settle_outcome(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
-        """Tombstone what the carrier released, keep the failures (see `_settle`)."""
-        return self._settle(factory, outcome)
+    def settle_outcome(
+        self,
+        factory: sessionmaker[Session],
+        outcome: UpstreamOutcome,
+        *,
+        started: float,
+        size: int,
+    ) -> None:
+        """Tombstone what the carrier released, keep the failures (see `_settle`), and count
+        it as a batch of `size` rows begun at `started` (monotonic)."""
+        purged = self._settle(factory, outcome)
+        ms = round((time.monotonic() - started) * 1000, 1)
+        with factory.begin() as session:
+            record_progress(session, self.report.run_id, purged)
+        self.boundary.progress(purged)
+        self.report.add_batch(
+            purged,
+            ms,
+            size=size,
+            provider_released=len(outcome.released),
+            provider_failed=len(outcome.failed) - outcome.refused,
+            provider_refused=outcome.refused,
+            provider_skipped=len(outcome.skipped),
+            provider_held=len(outcome.withheld),
+            provider_deferred=len(outcome.deferred),
+            provider_rate_limited=self._rate_limited(),
+        )
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
