@@ -20,10 +20,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
+from shared.carriers import CARRIERS, make_provider
 from shared.clock import as_utc
 from shared.db import normalize_url
 from shared.errors import ValidationError
-from shared.provider import make_provider
 from shared.publication import recording_failures
 from shared.purge import PurgeReport, StopRequest, purge_expired
 from shared.purge.config import PurgeConfig
@@ -175,10 +175,12 @@ def run_purge(
     max_rows: int | None = None,
     max_seconds: float | None = None,
     progress: Callable[[int], None] | None = None,
+    carrier: str | None = None,
 ) -> PurgeReport:
     """One purge run on the store, provider and limits the settings name; the bounds given
     (the CLI's flags) override the settings'. The task and `numbers-retention purge` run this;
-    `progress` is told the rows of each committed batch."""
+    `progress` is told the rows of each committed batch. `carrier`: that carrier's lane alone
+    (shared/purge/lanes.py), so lanes of different carriers run on different workers."""
     config = PurgeConfig.from_settings(settings).overridden(
         batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
     )
@@ -191,7 +193,21 @@ def run_purge(
             provider=provider,
             stop=stop,
             progress=progress,
+            carrier=carrier,
         )
+
+
+def parse_carrier(value: object) -> str | None:
+    """A task's `carrier` argument: one of the carriers, or None (every lane)."""
+    if value is None:
+        return None
+    if value not in CARRIERS:
+        raise ValidationError(
+            f"carrier must be one of {', '.join(CARRIERS)}, got {str(value)[:20]!r}.",
+            code="invalid_carrier",
+            fix="Pass a carrier's name, or leave it out to purge every carrier's lane.",
+        )
+    return str(value)
 
 
 def publish_now(
@@ -220,14 +236,17 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
     task = partial(celery.task, shared=False)
 
     @task(name=PURGE, **limits[PURGE], **retry, throws=(PurgeStopped,))
-    def purge_expired_task(now: object = None, dry_run: object = False) -> dict[str, Any]:
+    def purge_expired_task(
+        now: object = None, dry_run: object = False, carrier: object = None
+    ) -> dict[str, Any]:
         """Purge released numbers past their deadline; returns the run's summary.
 
         A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
         A run the provider stopped raises `PurgeStopped` with its summary: the task FAILs.
         """
         when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-        summary = run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
+        lane = parse_carrier(carrier)
+        summary = run_purge(settings, now=when, dry_run=dry, stop=STOP, carrier=lane).as_dict()
         if summary["status"] in STOPPED:
             raise PurgeStopped(summary)
         return summary

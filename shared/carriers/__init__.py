@@ -48,18 +48,20 @@ def _module(name: str) -> Any:
 
 def number_carrier(carrier: object, provider_number_id: object) -> dict[str, str | None]:
     """A number's `carrier` and `provider_number_id` as stored: the carrier named (default:
-    PROVIDER) and an id of that carrier's (its module's NUMBER_ID). 'none' is stored only for
-    a number with nothing upstream: an id without a known carrier leaves the carrier NULL,
-    the default carrier of each purge run (never "nothing to release")."""
-    name = get_store_settings().provider if carrier is None else carrier
+    PROVIDER) and an id of that carrier's (its module's NUMBER_ID). With no carrier named and
+    PROVIDER `none` (no carrier configured), the carrier stays NULL: the default carrier of
+    each purge run, never "nothing to release"."""
+    default = carrier is None
+    name = get_store_settings().provider if default else carrier
     if name not in CARRIERS:
         raise ValidationError(
             f"Unknown carrier {str(name)[:20]!r}.",
             code="invalid_carrier",
             fix=f"Name one of: {', '.join(CARRIERS)}.",
         )
+    stored = None if default and name == "none" else str(name)
     if provider_number_id is None:
-        return {"carrier": str(name), "provider_number_id": None}
+        return {"carrier": stored, "provider_number_id": None}
     pattern: re.Pattern[str] = _module("telnyx" if name == "none" else str(name)).NUMBER_ID
     if not isinstance(provider_number_id, str) or not pattern.fullmatch(provider_number_id):
         raise ValidationError(
@@ -69,7 +71,6 @@ def number_carrier(carrier: object, provider_number_id: object) -> dict[str, str
             fix="Pass the id as the carrier gave it (Telnyx: its decimal id; Twilio: the "
             "number's SID, PN and 32 hex digits; Bandwidth: the telephone number's 10 digits).",
         )
-    return {
-        "carrier": None if name == "none" else str(name),
-        "provider_number_id": provider_number_id,
-    }
+    if name == "none":  # an id upstream, at no known carrier: the run's default carrier
+        stored = None
+    return {"carrier": stored, "provider_number_id": provider_number_id}

@@ -4,9 +4,8 @@ It also adds the `submitted` state of an asynchronous release (a Bandwidth disco
 a Telnyx deletion job): a claimed number with the carrier's order id and when it was submitted.
 
 Numbers stored before get the configured PROVIDER (read from the environment the migration
-runs in). 'none' is recorded only for a number with nothing upstream: a number with a
-provider id and no known carrier is left NULL, which a purge reads as the default carrier of
-its run (never as "nothing to release").
+runs in). With PROVIDER `none` (no carrier configured) they are left NULL, which a purge reads
+as the default carrier of its run (never as "nothing to release").
 
 Revision ID: 0014_carriers
 Revises: 0008_disconnect_ledger
