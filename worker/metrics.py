@@ -146,16 +146,16 @@ def families(reading: Reading) -> list[Metric]:
             for name in sorted({*RUN_STATUSES, last["status"]}):
                 run_status.add_metric([name], 1 if name == last["status"] else 0)
             metrics.append(run_status)
-        submitted = status["submitted"]
+        submitted = status.get("submitted") or {}
         metrics += _gauge(
             "submitted_numbers",
             "Numbers submitted in carrier orders (Bandwidth disconnects) not settled yet.",
-            submitted["numbers"],
+            submitted.get("numbers"),
         )
         metrics += _gauge(
             "submitted_oldest_age_seconds",
             "How long the oldest number submitted in a carrier order has waited (0: none).",
-            submitted["oldest_age_seconds"],
+            submitted.get("oldest_age_seconds"),
         )
         outbox = status["outbox"]
         metrics += _gauge(
