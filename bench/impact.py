@@ -210,11 +210,13 @@ def child(url: str, window: float, lanes: list[str]) -> None:
 
 
 def split_lanes(url: str, lanes: list[str]) -> None:
-    """Give the store's numbers the carriers of `lanes`, alternately by id."""
+    """Give the store's numbers the carriers of `lanes`, alternately by id, and no provider
+    id (no per-number call: what is measured is the lanes' claim and settle transactions)."""
     engine = store_engine(url)
     with engine.begin() as connection:
         connection.execute(
             update(PhoneNumber).values(
+                provider_number_id=None,
                 carrier=case(
                     *((PhoneNumber.id % len(lanes) == i, lane) for i, lane in enumerate(lanes))
                 )
