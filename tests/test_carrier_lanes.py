@@ -6,18 +6,22 @@ loopback (one set of servers for the module)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from click.testing import CliRunner
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import migrate
 from shared.carriers.bandwidth import BandwidthProvider
 from shared.carriers.base import Provider
 from shared.carriers.telnyx import TelnyxProvider
 from shared.carriers.twilio import TwilioProvider
+from shared.db import make_engine
 from shared.errors import ValidationError
 from shared.models import PhoneNumber, PurgedNumber
 from shared.purge import lanes, lock, purge_expired
@@ -26,6 +30,8 @@ from tests import fake_bandwidth as bw
 from tests import fake_twilio as tw
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, LOCKED, FakeTelnyx
+from worker import cli
+from worker.tasks import parse_carrier
 
 Factory = sessionmaker[Session]
 WHEN = NOW - timedelta(days=2)
@@ -224,3 +230,48 @@ def test_a_number_records_its_carrier_and_an_id_of_that_carrier(session: Session
     assert wrong_id.value.code == "invalid_provider_number_id"
     with pytest.raises(ValidationError):
         _number(session, "+14157050003", "bandwidth", "+19195550000", due=False)
+
+
+def test_numbers_stored_before_get_the_configured_provider(
+    tmp_path: Path, settings_env: Callable[..., None]
+) -> None:
+    """Migration 0014_carriers: the numbers of a store migrated with PROVIDER=twilio record
+    Twilio; with PROVIDER none (no carrier configured) they stay NULL, the run's default."""
+    for provider, expected in (("twilio", "twilio"), ("none", None)):
+        settings_env(PROVIDER=provider)
+        engine = make_engine(f"sqlite:///{tmp_path}/{provider}.db")
+        try:
+            migrate.upgrade(engine, "0008_disconnect_ledger")
+            with engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "INSERT INTO accounts (id, plan, created_at) "
+                        "VALUES ('acc_m', 'paid', CURRENT_TIMESTAMP)"
+                    )
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO phone_numbers (account_id, phone_number, created_at, "
+                        "country_code, number_type, billing_status, next_billing_date, "
+                        "monthly_price, purge_hold, provider_number_id) VALUES ('acc_m', "
+                        "'+14155550100', CURRENT_TIMESTAMP, 'US', 'local', 'active', "
+                        "CURRENT_DATE, 1, false, :pid)"
+                    ),
+                    {"pid": tw.sid(1)},
+                )
+            migrate.upgrade(engine)
+            with engine.connect() as connection:
+                assert connection.scalar(text("SELECT carrier FROM phone_numbers")) == expected
+        finally:
+            engine.dispose()
+
+
+def test_a_lane_is_named_by_a_known_carrier_only() -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_carrier("vonage")
+    assert refused.value.code == "invalid_carrier"
+    assert parse_carrier("bandwidth") == "bandwidth"
+    assert parse_carrier(None) is None
+    result = CliRunner().invoke(cli.main, ["purge", "--carrier", "vonage"])
+    assert result.exit_code == 2
+    assert "vonage" in result.output
