@@ -195,6 +195,9 @@ class Settings(StoreSettings):
     provider_backoff_max_seconds: float = Field(default=6 * HOUR, gt=0, le=30 * DAY)
     # This many failures in a row end the run early (status provider_unavailable).
     provider_failure_streak: int = Field(default=20, ge=1, le=1_000_000)
+    # Telnyx numbers released by bulk deletion jobs (up to 1,000 a job) instead of one DELETE
+    # each: they wait `submitted` until a later run reads the job.
+    telnyx_bulk_delete: bool = False
     # Twilio (shared/carriers/twilio.py): the account's SID and auth token (HTTP basic).
     twilio_account_sid: str = Field(default="", validate_default=True)
     twilio_auth_token: SecretStr = Field(default=SecretStr(""), validate_default=True)

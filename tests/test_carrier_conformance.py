@@ -21,6 +21,7 @@ from shared.carriers import CARRIERS, make_carrier
 from shared.carriers.bandwidth import BandwidthProvider
 from shared.carriers.base import REFUSED_CODE, Submitted, UpstreamResult, is_async
 from shared.carriers.telnyx import TelnyxProvider
+from shared.carriers.telnyx_jobs import TelnyxJobsProvider
 from shared.carriers.twilio import TwilioProvider
 from shared.settings import Settings
 from tests import fake_bandwidth as bw
@@ -152,6 +153,37 @@ def _twilio_kit(fake: tw.FakeTwilio) -> Kit:
     )
 
 
+def _telnyx_jobs_kit(fake: FakeTelnyx) -> Kit:
+    kit = _telnyx_kit(fake)
+    base_reset = kit.reset
+
+    def reset() -> None:
+        base_reset()
+        fake.job_failures.clear()
+        fake.job_script.clear()
+        fake.job_pending_reads = 0
+
+    def refuse(number: str) -> None:
+        kit.hold(number)
+        fake.job_failures[number] = ("10035", "Resource locked")
+
+    def gone(number: str) -> None:
+        assert fake.held is not None
+        fake.held.discard(number)
+
+    kit.name = "telnyx"
+    kit.make = lambda url, good, timeout: TelnyxJobsProvider(
+        base_url=url, api_key=API_KEY if good else "KEY_wrong", timeout=timeout
+    )
+    kit.number = lambda i: f"78{i:04d}"
+    kit.gone = gone
+    kit.refuse = refuse
+    kit.answer_next = lambda number, reply: fake.job_script.__setitem__("POST job", [reply])
+    kit.garbage = Reply(202, '{"data": {"id": ')
+    kit.reset = reset
+    return kit
+
+
 BANDWIDTH_REFUSAL = ("5007", "The telephone number has an active emergency (E911) record")
 
 
@@ -193,10 +225,11 @@ def kits() -> Iterator[dict[str, Kit]]:
             "telnyx": _telnyx_kit(telnyx),
             "twilio": _twilio_kit(twilio),
             "bandwidth": _bandwidth_kit(bandwidth),
+            "telnyx-jobs": _telnyx_jobs_kit(telnyx),
         }
 
 
-@pytest.fixture(params=["telnyx", "twilio", "bandwidth"])
+@pytest.fixture(params=["telnyx", "twilio", "bandwidth", "telnyx-jobs"])
 def kit(request: pytest.FixtureRequest, kits: dict[str, Kit]) -> Kit:
     chosen = kits[request.param]
     chosen.reset()
@@ -221,7 +254,7 @@ def test_every_carrier_has_a_module_and_a_kit(kits: dict[str, Kit]) -> None:
         made = make_carrier(name, settings)
         assert made.name == name
         made.close()
-    assert set(kits) == set(CARRIERS) - {"none"}
+    assert {kit.name for kit in kits.values()} == set(CARRIERS) - {"none"}
 
 
 # --- proof ------------------------------------------------------------------------------------
@@ -454,5 +487,38 @@ def test_the_twilio_proof_is_a_read_after_its_bodiless_answer(kits: dict[str, Ki
         assert (proven.outcome, proven.account_bound) == ("released", True)
         assert proven.proof is not None
         assert proven.proof["read"].startswith("GET ")
+    finally:
+        adapter.close()
+
+
+def test_a_telnyx_deletion_job_settles_each_number_by_its_own_operation(
+    kits: dict[str, Kit],
+) -> None:
+    """Telnyx's bulk deletion job: 202 with the job; a later read of the job settles each
+    number by its own operation (successful, failed with Telnyx's code, or not found)."""
+    kit = kits["telnyx-jobs"]
+    kit.reset()
+    adapter = kit.make(kit.url(), True, 0.5)
+    try:
+        held, refused, gone = kit.number(21), kit.number(22), kit.number(23)
+        kit.hold(held)
+        kit.refuse(refused)
+        placed = adapter.submit([held, refused, gone])
+        assert isinstance(placed, Submitted)
+        settled = adapter.settle(placed.order_id, [held, refused, gone])
+        assert isinstance(settled, dict)
+        assert (settled[held].outcome, settled[held].resolution) == ("released", "provider")
+        assert settled[held].proof == {
+            "resolution": "provider",
+            "call": "POST /v2/phone_numbers/jobs/delete_phone_numbers",
+            "job": placed.order_id,
+        }
+        assert settled[refused].error is not None
+        assert (settled[refused].outcome, settled[refused].error.provider_code) == (
+            "refused",
+            "10035",
+        )
+        assert (settled[gone].outcome, settled[gone].needs_account) == ("released", True)
+        assert not kit.holds_now(held)
     finally:
         adapter.close()

@@ -20,6 +20,7 @@ from shared import migrate
 from shared.carriers.bandwidth import BandwidthProvider
 from shared.carriers.base import Provider
 from shared.carriers.telnyx import TelnyxProvider
+from shared.carriers.telnyx_jobs import TelnyxJobsProvider
 from shared.carriers.twilio import TwilioProvider
 from shared.db import make_engine
 from shared.errors import ValidationError
@@ -76,6 +77,10 @@ def fakes(servers: Fakes) -> Fakes:
     servers.telnyx.script.clear()
     servers.telnyx.released.clear()
     servers.telnyx.held = None
+    servers.telnyx.jobs.clear()
+    servers.telnyx.job_failures.clear()
+    servers.telnyx.job_pending_reads = 0
+    servers.telnyx.paths.clear()
     servers.twilio.reset()
     servers.bandwidth.reset()
     return servers
@@ -275,3 +280,28 @@ def test_a_lane_is_named_by_a_known_carrier_only() -> None:
     result = CliRunner().invoke(cli.main, ["purge", "--carrier", "vonage"])
     assert result.exit_code == 2
     assert "vonage" in result.output
+
+
+def test_telnyx_numbers_released_by_a_bulk_deletion_job(
+    session_factory: Factory, fakes: Fakes
+) -> None:
+    """TELNYX_BULK_DELETE: one deletion job for the batch; its numbers wait submitted with the
+    job id until a later run reads the job and settles each by its own operation."""
+    with session_factory.begin() as session:
+        for i in range(3):
+            _number(session, f"+1415706{i:04d}", "telnyx", f"76{i}", due=True)
+    fakes.telnyx.job_pending_reads = 1
+    fakes.telnyx.job_failures["762"] = ("10035", "Resource locked")
+    jobs = TelnyxJobsProvider(base_url=fakes.telnyx.url, api_key=API_KEY, timeout=0.5)
+    try:
+        first = purge_expired(session_factory, now=WHEN, carrier="telnyx", provider=jobs)
+        assert (first.provider_submitted, first.purged) == (3, 0)
+        assert not any(path.startswith("/v2/phone_numbers/76") for path in fakes.telnyx.paths)
+        second = purge_expired(session_factory, now=WHEN, carrier="telnyx", provider=jobs)
+        assert (second.provider_orders_settled, second.purged) == (1, 2)
+    finally:
+        jobs.close()
+    [job_id] = fakes.telnyx.jobs
+    assert stones(session_factory)["+14157060000"].release_proof["job"] == job_id
+    locked = kept(session_factory)["+14157060002"]
+    assert (locked.provider_code, locked.provider_order_id) == ("10035", None)

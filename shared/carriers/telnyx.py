@@ -350,7 +350,12 @@ def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> U
 
 
 def from_settings(settings: Settings) -> TelnyxProvider:
-    """The Telnyx adapter the settings describe (TELNYX_API_KEY, TELNYX_BASE_URL)."""
+    """The Telnyx adapter the settings describe (TELNYX_API_KEY, TELNYX_BASE_URL); with
+    TELNYX_BULK_DELETE, the one releasing by bulk deletion jobs (shared/carriers/telnyx_jobs.py)."""
+    if settings.telnyx_bulk_delete:
+        from shared.carriers import telnyx_jobs
+
+        return telnyx_jobs.from_settings(settings)
     api_key = settings.telnyx_api_key.get_secret_value()
     return TelnyxProvider(
         base_url=settings.telnyx_base_url,

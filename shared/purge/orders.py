@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.carriers.base import AsyncProvider, Submitted, UpstreamResult
+from shared.carriers.base import AsyncProvider, Provider, Submitted, UpstreamResult
+from shared.detach import Target, detacher_for
 from shared.ledger import release_proof
 from shared.models import PhoneNumber
 from shared.purge.boundary import Halt
@@ -52,10 +54,14 @@ class Orders:
             bad = self.provider.invalid(number)
             if bad is not None:  # never sent: kept for a person
                 outcome.failed[claim.id] = bad
-            elif self.sweep._begin_call(factory, claim):
-                sendable.append(claim)
-            else:
+            elif not self.sweep._begin_call(factory, claim):
                 outcome.withheld.append(claim.id)
+            else:
+                failed = self._detach(claim, number)
+                if failed is None:
+                    sendable.append(claim)
+                else:
+                    outcome.failed[claim.id] = failed
         size = max(1, self.provider.max_order)
         for start in range(0, len(sendable), size):
             chunk = sendable[start : start + size]
@@ -65,6 +71,16 @@ class Orders:
             placed = self.provider.submit([cast(str, c.provider_number_id) for c in chunk])
             self._placed(factory, outcome, chunk, placed)
         return outcome
+
+    def _detach(self, claim: Claim, number: str) -> UpstreamResult | None:
+        """What the number carries at the carrier removed before it is ordered released
+        (shared/detach.py); a failed step is its outcome. The steps' proofs of a number
+        released by order are not kept in its ledger entry (the order id is)."""
+        detacher = detacher_for(cast(Provider, self.provider))
+        if detacher is None:
+            return None
+        proofs, failure = detacher.detach(Target(number, claim.phone_number, claim.country_code))
+        return None if failure is None else replace(failure, detached=tuple(proofs))
 
     def _placed(
         self,
