@@ -219,7 +219,7 @@ def split_lanes(url: str, lanes: list[str]) -> None:
                 provider_number_id=None,
                 carrier=case(
                     *((PhoneNumber.id % len(lanes) == i, lane) for i, lane in enumerate(lanes))
-                )
+                ),
             )
         )
     engine.dispose()
