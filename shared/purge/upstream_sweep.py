@@ -89,6 +89,9 @@ class UpstreamSweep:
                 if halt is not None:
                     return halt
                 pacer = self.boundary.pacer
+                # Lanes of several carriers purge at once: each takes turns with the API's
+                # sessions for the time it spends in the store (claim and settle).
+                pacer.sample_activity(session)
                 wait = pacer.replica_wait(session, started) or pacer.ceiling_wait()
                 if not wait:
                     limit = pacer.ceiling_size(
@@ -106,8 +109,12 @@ class UpstreamSweep:
                 return (orders and orders.settle(factory)) or Halt("completed")
             after = claims[-1].id
             self.boundary.budget.take(len(claims))
+            claimed_ms = (time.monotonic() - started) * 1000
             outcome = self._release(factory, claims, orders, proven)
+            settling = time.monotonic()
             self.settle_outcome(factory, outcome, started=started, size=limit)
+            store_ms = claimed_ms + (time.monotonic() - settling) * 1000
+            self.boundary.stop.sleep(self.boundary.pacer.rest_after(rows=len(claims), ms=store_ms))
             if outcome.stopped_by is not None:
                 return _provider_halt(outcome.stopped_by)
             if outcome.deferred_by is not None and not self.boundary.stop.requested:
