@@ -1,6 +1,13 @@
 """What a backlog purge costs the API: list and write latency, idle and during the purge.
 
     python bench/impact.py [--rows 1000000] [--idle-seconds 15] [--repeat 1]
+    python bench/impact.py --lanes telnyx,twilio [--rows 300000]
+
+With `--lanes`, the overdue numbers are split between those carriers (alternately, by id) and
+each window runs one purge per carrier's lane at once, in two threads of the child (as two
+workers would), each with its own lock, budget and pace, against the tests' fake Telnyx and
+Twilio servers on loopback (the numbers carry no provider id: no per-number call is made, the
+lanes go through the two-phase claim / settle transactions).
 
 On a fresh copy of the purge benchmark's store (about a third of it overdue), two client
 threads work as the API service would, each call with a session from the pool:
@@ -30,7 +37,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common import (
@@ -48,7 +57,7 @@ from common import (
     store_engine,
     store_template,
 )
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
@@ -122,18 +131,64 @@ def clients(engine: Engine) -> list[Client]:
     return [Client("list", list_call), Client("write", write_call)]
 
 
-def child(url: str, window: float) -> None:
+def _lane_runs(
+    factory: sessionmaker[Session], window: float, lanes: list[str], carriers: dict[str, Any]
+) -> list[Any]:
+    """One window: a run per lane, at once (one thread each), or the whole store's run."""
+    if not lanes:
+        return [purge_expired(factory, now=NOW, max_seconds=window)]
+    found: list[Any] = []
+
+    def lane_run(lane: str) -> None:
+        found.append(
+            purge_expired(factory, now=NOW, max_seconds=window, carrier=lane, carriers=carriers)
+        )
+
+    threads = [threading.Thread(target=lane_run, args=(lane,)) for lane in lanes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found
+
+
+def _fake_carriers(stack: ExitStack) -> dict[str, Any]:
+    """The tests' fake Telnyx and Twilio servers, running in this process, and adapters."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from shared.carriers.telnyx import TelnyxProvider
+    from shared.carriers.twilio import TwilioProvider
+    from tests import fake_twilio
+    from tests.fake_telnyx import API_KEY, FakeTelnyx
+
+    telnyx = stack.enter_context(FakeTelnyx().running())
+    twilio = stack.enter_context(fake_twilio.FakeTwilio().running())
+    return {
+        "telnyx": TelnyxProvider(base_url=telnyx.url, api_key=API_KEY),
+        "twilio": TwilioProvider(
+            base_url=twilio.url,
+            account_sid=fake_twilio.ACCOUNT_SID,
+            auth_token=fake_twilio.AUTH_TOKEN,
+        ),
+    }
+
+
+def child(url: str, window: float, lanes: list[str]) -> None:
     engine = store_engine(url)
     factory: sessionmaker[Session] = make_session_factory(engine)
     windows, reports = [], []
     # The batch events, kept rather than printed: their times are part of the result.
-    with capture_logs() as logs:
-        while not reports or reports[-1].status != "completed":
+    with ExitStack() as stack, capture_logs() as logs:
+        carriers = _fake_carriers(stack) if lanes else {}
+        done = False
+        while not done:
             started = time.time()
-            reports.append(purge_expired(factory, now=NOW, max_seconds=window))
+            runs = _lane_runs(factory, window, lanes, carriers)
+            reports.extend(runs)
             windows.append((started, time.time()))
-            if reports[-1].status not in ("completed", "limit_reached"):
-                raise SystemExit(f"purge ended {reports[-1].status}: {reports[-1].reason}")
+            for report in runs:
+                if report.status not in ("completed", "limit_reached"):
+                    raise SystemExit(f"purge ended {report.status}: {report.reason}")
+            done = all(report.status == "completed" for report in runs)
             time.sleep(window)
     engine.dispose()
     batches = [(e["batch"], e["size"], e["ms"]) for e in logs if e["event"] == "purge.batch"]
@@ -154,7 +209,25 @@ def child(url: str, window: float) -> None:
     )
 
 
-def one_round(url: str, idle_seconds: float, window: float) -> dict[str, Any]:
+def split_lanes(url: str, lanes: list[str]) -> None:
+    """Give the store's numbers the carriers of `lanes`, alternately by id, and no provider
+    id (no per-number call: what is measured is the lanes' claim and settle transactions)."""
+    engine = store_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            update(PhoneNumber).values(
+                provider_number_id=None,
+                carrier=case(
+                    *((PhoneNumber.id % len(lanes) == i, lane) for i, lane in enumerate(lanes))
+                ),
+            )
+        )
+    engine.dispose()
+
+
+def one_round(url: str, idle_seconds: float, window: float, lanes: list[str]) -> dict[str, Any]:
+    if lanes:
+        split_lanes(url, lanes)
     engine = store_engine(url)
     threads_of = clients(engine)
     threads = [threading.Thread(target=c.run, name=c.name) for c in threads_of]
@@ -164,7 +237,7 @@ def one_round(url: str, idle_seconds: float, window: float) -> dict[str, Any]:
         began = time.time()
         time.sleep(idle_seconds)
         done = subprocess.run(
-            [sys.executable, __file__, "--child", url, str(window)],
+            [sys.executable, __file__, "--child", url, str(window), ",".join(lanes)],
             check=True,
             stdout=subprocess.PIPE,
             text=True,
@@ -203,13 +276,18 @@ def one_round(url: str, idle_seconds: float, window: float) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--child"]:
-        child(argv[1], float(argv[2]))
+        child(argv[1], float(argv[2]), [lane for lane in argv[3].split(",") if lane])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_store_arguments(parser, rows=1_000_000)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per purge window")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (default %(default)s)")
+    parser.add_argument(
+        "--lanes",
+        default="",
+        help="carriers whose lanes purge at once, e.g. telnyx,twilio (default: one run)",
+    )
     add_database_arguments(parser)
     args = parser.parse_args(argv)
     print(machine(args.url))
@@ -224,7 +302,8 @@ def main(argv: list[str]) -> None:
     try:
         for round_ in range(args.repeat):
             url = fresh_copy(args.url, source, copy)
-            result = one_round(url, args.idle_seconds, args.window)
+            lanes = [lane for lane in args.lanes.split(",") if lane]
+            result = one_round(url, args.idle_seconds, args.window, lanes)
             rounds.append(result)
             purge = result["purge"]
             seconds = purge["seconds"]

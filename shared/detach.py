@@ -37,20 +37,19 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.errors import ProviderError
-from shared.provider import (
-    Provider,
+from shared.carriers.base import Provider, UpstreamResult
+from shared.carriers.base import answer_kind as _answer
+from shared.carriers.base import json_body as _json
+from shared.carriers.telnyx import (
     TelnyxProvider,
-    UpstreamResult,
-    _answer,
     _error,
     _failure,
-    _json,
     _locked,
     _record_of,
     _telnyx_errors,
     misconfigured,
 )
+from shared.errors import ProviderError
 
 # The ids and numbers the calls put in a path: never anything that could address another
 # resource (the release validates its id the same way).

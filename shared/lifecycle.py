@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import events, provider, validation
+from shared import carriers, events, validation
 from shared.accounts import require_account
 from shared.clock import iso_timestamp, not_far_ahead, resolve_now
 from shared.controls import operator_record
@@ -139,8 +139,12 @@ def register_number(
     label: str | None = None,
     provider_number_id: str | None = None,
     now: datetime | None = None,
+    carrier: str | None = None,
 ) -> dict[str, Any]:
     """Record a purchase: active, created now, billed a month on; 402 past the plan's cap.
+
+    `carrier` records where the number is held (default: PROVIDER); its release is asked of
+    that carrier, and `provider_number_id` must be an id of that carrier's.
 
     Ordering a number the account itself released, within its window, reactivates it and
     keeps its original createdAt (the platform's documented behaviour).
@@ -152,8 +156,8 @@ def register_number(
         "number_type": validation.number_type(number_type),
         "monthly_price": validation.monthly_price(monthly_price),
         "label": validation.label(label),
-        "provider_number_id": provider.provider_number_id(provider_number_id),
     }
+    fields.update(carriers.number_carrier(carrier, provider_number_id))
     account = require_account(session, account_id, lock=True)
     existing = session.scalars(
         select(PhoneNumber).where(PhoneNumber.phone_number == fields["phone_number"])

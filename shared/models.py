@@ -109,6 +109,12 @@ class PhoneNumber(Base):
         _partial_index(
             "ix_phone_numbers_claimed", "provider_next_attempt_at", where="purge_state = 'purging'"
         ),
+        # Submitted numbers (an order at the carrier), read by order at each run.
+        _partial_index(
+            "ix_phone_numbers_submitted",
+            "provider_order_id",
+            where="provider_order_id IS NOT NULL",
+        ),
         # `numbers-retention holds` and status's count: the held numbers only.
         _partial_index("ix_phone_numbers_held", "hold_set_at", where="purge_hold"),
         # Status's counts in the cutoff's hour (shared/counts.py): the held released numbers.
@@ -148,6 +154,14 @@ class PhoneNumber(Base):
     hold_set_by: Mapped[str | None] = mapped_column(String(64))
     hold_set_at: Mapped[datetime | None]
     provider_number_id: Mapped[str | None] = mapped_column(String(128))
+    # The carrier holding the number (shared/carriers/), where its release is asked; NULL: the
+    # default carrier of the purge run (PROVIDER), for numbers stored without one.
+    carrier: Mapped[str | None] = mapped_column(String(16))
+    # An asynchronous release (a Bandwidth disconnect order, a Telnyx deletion job): the state
+    # `submitted` is a claimed row with the carrier's order id, read by later runs until the
+    # order settles this number.
+    provider_order_id: Mapped[str | None] = mapped_column(String(64))
+    provider_submitted_at: Mapped[datetime | None]
     # 'purging' once a purge batch has claimed the row (two-phase purge); repurchase is refused.
     purge_state: Mapped[str | None] = mapped_column(String(8))
     claimed_at: Mapped[datetime | None]

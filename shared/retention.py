@@ -99,19 +99,26 @@ def waiting_numbers(now: datetime, provider: str) -> ColumnElement[bool]:
             None
         )
     else:
-        upstream = PhoneNumber.provider_failed_permanently.is_(True) | (
-            PhoneNumber.purge_state.is_not(None)
-            & PhoneNumber.provider_next_attempt_at.is_not(None)
-            & (PhoneNumber.provider_next_attempt_at > now)
+        upstream = (
+            PhoneNumber.provider_failed_permanently.is_(True)
+            | (
+                PhoneNumber.purge_state.is_not(None)
+                & PhoneNumber.provider_next_attempt_at.is_not(None)
+                & (PhoneNumber.provider_next_attempt_at > now)
+            )
+            # Submitted in an order the carrier has not settled yet.
+            | PhoneNumber.provider_order_id.is_not(None)
         )
     return purgeable_numbers(now) & upstream
 
 
 def claimable_numbers(now: datetime) -> ColumnElement[bool]:
-    """Purgeable numbers not yet claimed, or claimed and due for another upstream attempt."""
+    """Purgeable numbers not yet claimed, or claimed and due for another upstream attempt;
+    never one submitted in an order (its order settles it)."""
     return (
         purgeable_numbers(now)
         & PhoneNumber.provider_failed_permanently.is_(False)
+        & PhoneNumber.provider_order_id.is_(None)
         & or_(
             PhoneNumber.purge_state.is_(None),
             PhoneNumber.provider_next_attempt_at.is_(None),

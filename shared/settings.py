@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,9 @@ DATABASE_DRIVERS = frozenset(
 )
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 BROKER_SCHEMES = ("redis", "rediss", "sentinel")
+# The carriers a number can be held at (one module each in shared/carriers/; `none`: nowhere).
+CarrierName = Literal["none", "telnyx", "twilio", "bandwidth"]
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
 def _invalid(reason: str) -> PydanticCustomError:
@@ -110,6 +114,8 @@ class StoreSettings(BaseSettings):
     # write path may lie ahead of this host's clock (shared/clock_skew.py). Up to ten years:
     # the test lanes that move every Python clock a year cannot move the database's.
     clock_skew_max_seconds: float = Field(default=5.0, gt=0, le=3650 * DAY)
+    # The carrier of numbers registered without one (`register_number(..., carrier=None)`).
+    provider: CarrierName = "none"
 
     @field_validator("data_dir")
     @classmethod
@@ -186,7 +192,9 @@ class Settings(StoreSettings):
     # beat is replaced by a standby after at most this plus beat_max_loop_seconds.
     beat_lock_timeout_seconds: int = Field(default=300, ge=2, le=DAY)
 
-    provider: Literal["none", "telnyx"] = "none"
+    # The default carrier: of numbers registered without one, and of numbers stored before
+    # each number recorded its own (migration 0014_carriers).
+    provider: CarrierName = "none"
     # Checked even when left out: a provider without its key is refused (see below).
     telnyx_api_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
     telnyx_base_url: str = "https://api.telnyx.com"
@@ -200,6 +208,18 @@ class Settings(StoreSettings):
     provider_backoff_max_seconds: float = Field(default=6 * HOUR, gt=0, le=30 * DAY)
     # This many failures in a row end the run early (status provider_unavailable).
     provider_failure_streak: int = Field(default=20, ge=1, le=1_000_000)
+    # Telnyx numbers released by bulk deletion jobs (up to 1,000 a job) instead of one DELETE
+    # each: they wait `submitted` until a later run reads the job.
+    telnyx_bulk_delete: bool = False
+    # Twilio (shared/carriers/twilio.py): the account's SID and auth token (HTTP basic).
+    twilio_account_sid: str = Field(default="", validate_default=True)
+    twilio_auth_token: SecretStr = Field(default=SecretStr(""), validate_default=True)
+    twilio_base_url: str = "https://api.twilio.com"
+    # Bandwidth (its Dashboard API): the account id and an API user's name and password.
+    bandwidth_account_id: str = Field(default="", validate_default=True)
+    bandwidth_username: str = ""
+    bandwidth_password: SecretStr = Field(default=SecretStr(""), validate_default=True)
+    bandwidth_base_url: str = "https://dashboard.bandwidth.com/api"
 
     # `numbers-retention metrics`: one reading of the store serves the scrapes of this many
     # seconds; each of its queries is cancelled after the timeout (the scrape then says up 0).
@@ -249,6 +269,50 @@ class Settings(StoreSettings):
         if info.data.get("provider") == "telnyx" and not key.get_secret_value().strip():
             raise _invalid("must be set when PROVIDER is telnyx (the API key of the account)")
         return key
+
+    @field_validator("twilio_base_url", "bandwidth_base_url")
+    @classmethod
+    def _carrier_base_url(cls, url: str) -> str:
+        _check_url(url, schemes=("https", "http"), example="https://api.twilio.com")
+        if not urlsplit(url).hostname:
+            raise _invalid("must be an https:// URL with a host, e.g. https://api.twilio.com")
+        return url
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _twilio_sid(cls, sid: str, info: ValidationInfo) -> str:
+        if sid and not TWILIO_ACCOUNT_SID.fullmatch(sid):
+            raise _invalid("must be the account's SID: AC and 32 hex digits")
+        if info.data.get("provider") == "twilio" and not sid:
+            raise _invalid("must be set when PROVIDER is twilio (the account's SID, AC...)")
+        return sid
+
+    @field_validator("twilio_auth_token")
+    @classmethod
+    def _twilio_needs_its_token(cls, token: SecretStr, info: ValidationInfo) -> SecretStr:
+        if info.data.get("provider") == "twilio" and not token.get_secret_value().strip():
+            raise _invalid("must be set when PROVIDER is twilio (the account's auth token)")
+        return token
+
+    @field_validator("bandwidth_account_id")
+    @classmethod
+    def _bandwidth_account(cls, account: str, info: ValidationInfo) -> str:
+        if account and not account.isdigit():
+            raise _invalid("must be the numeric account id of Bandwidth's Dashboard")
+        if info.data.get("provider") == "bandwidth" and not account:
+            raise _invalid("must be set when PROVIDER is bandwidth (the account id)")
+        return account
+
+    @field_validator("bandwidth_password")
+    @classmethod
+    def _bandwidth_needs_its_password(cls, password: SecretStr, info: ValidationInfo) -> SecretStr:
+        if info.data.get("provider") == "bandwidth" and not (
+            password.get_secret_value().strip() and info.data.get("bandwidth_username")
+        ):
+            raise _invalid(
+                "BANDWIDTH_USERNAME and BANDWIDTH_PASSWORD must be set when PROVIDER is bandwidth"
+            )
+        return password
 
     @field_validator("log_level")
     @classmethod

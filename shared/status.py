@@ -66,6 +66,20 @@ def _waits_on(number: PhoneNumber) -> str | None:
     return "carrier" if number.provider_error_code == REFUSED_CODE else None
 
 
+def _submitted(session: Session, now: datetime) -> dict[str, Any]:
+    """Numbers submitted in carrier orders not settled yet: how many, in how many orders, and
+    how long the oldest has waited (0: none). An order that never settles shows here."""
+    numbers, orders, oldest = session.execute(
+        select(
+            func.count(),
+            func.count(func.distinct(PhoneNumber.provider_order_id)),
+            func.min(PhoneNumber.provider_submitted_at),
+        ).where(PhoneNumber.provider_order_id.is_not(None))
+    ).one()
+    age = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
+    return {"numbers": numbers, "orders": orders, "oldest_age_seconds": round(max(age, 0.0), 3)}
+
+
 def _stuck(number: PhoneNumber) -> dict[str, Any]:
     return {
         "phone_number": number.phone_number,
@@ -108,6 +122,8 @@ def counts_status(
         "upstream_claimed": counts.upstream_claimed,
         "upstream_refused_person": counts.upstream_refused_person,
         "upstream_refused_carrier": counts.upstream_refused_carrier,
+        # Numbers in orders the carrier has not settled yet (asynchronous releases).
+        "submitted": _submitted(session, now),
         "outbox": {
             "events": counts.outbox_events,
             "oldest_age_seconds": round(max(outbox_age, 0.0), 3),

@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import events
+from shared.carriers import carrier_module
+from shared.carriers.base import Provider, Resolution, UpstreamResult
 from shared.clock import not_ahead, resolve_now
 from shared.controls import operator_record
 from shared.detach import release_detached
@@ -28,7 +30,6 @@ from shared.errors import ProviderError, ValidationError
 from shared.ledger import release_proof
 from shared.lifecycle import lock_number, refuse_while_called
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
-from shared.provider import Provider, Resolution, UpstreamResult, misconfigured
 from shared.retention import claimable_numbers, is_purgeable, purgeable_numbers
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
@@ -89,8 +90,16 @@ class UpstreamOutcome:
         return {resolution: ids for resolution, ids in groups.items() if ids}
 
 
-def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> list[Claim]:
-    """Lock and claim up to `limit` claimable rows with ids above `after`; commit follows.
+def claim_batch(
+    session: Session,
+    *,
+    now: datetime,
+    after: int,
+    limit: int,
+    lane: ColumnElement[bool] | None = None,
+) -> list[Claim]:
+    """Lock and claim up to `limit` claimable rows with ids above `after` (of one carrier's
+    `lane`, see shared/purge/lanes.py); commit follows.
 
     A row a killed worker left claimed is claimable again: calling the provider twice for a
     number is harmless (its 404 counts as released where the account is proven, see
@@ -103,7 +112,7 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
             PhoneNumber.phone_number,
             PhoneNumber.country_code,
         )
-        .where(claimable_numbers(now), PhoneNumber.id > after)
+        .where(claimable_numbers(now), PhoneNumber.id > after, *_in(lane))
         .order_by(PhoneNumber.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -121,15 +130,24 @@ def claim_batch(session: Session, *, now: datetime, after: int, limit: int) -> l
     return claims
 
 
-def account_probe(session: Session) -> str | None:
-    """The provider id of one number the store holds active (None: no such number).
+def _in(lane: ColumnElement[bool] | None) -> tuple[ColumnElement[bool], ...]:
+    return () if lane is None else (lane,)
+
+
+def account_probe(session: Session, lane: ColumnElement[bool] | None = None) -> str | None:
+    """The provider id of one number the store holds active at the lane's carrier (None: no
+    such number).
 
     The provider's record of it proves that the key's account is the one holding this
     store's numbers: only then does a "not found" prove that a number was released.
     """
     return session.scalar(
         select(PhoneNumber.provider_number_id)
-        .where(PhoneNumber.released_at.is_(None), PhoneNumber.provider_number_id.is_not(None))
+        .where(
+            PhoneNumber.released_at.is_(None),
+            PhoneNumber.provider_number_id.is_not(None),
+            *_in(lane),
+        )
         .order_by(PhoneNumber.id)
         .limit(1)
     )
@@ -140,13 +158,15 @@ def account_proven(provider: Provider, probe: str | None) -> bool:
     return probe is not None and provider.holds(probe)
 
 
-def _unproven(claim: Claim) -> UpstreamResult:
-    return misconfigured(
-        f"Telnyx knows no number {claim.provider_number_id} for this key, and the key's "
+def _unproven(provider: Provider, claim: Claim) -> UpstreamResult:
+    carrier = "Telnyx" if provider.name == "telnyx" else provider.name.title()
+    stop: UpstreamResult = carrier_module(provider.name, "telnyx").misconfigured(
+        f"{carrier} knows no number {claim.provider_number_id} for this key, and the key's "
         "account was not seen holding any active number of this store (another account's "
         "key?)",
         cause="key",
     )
+    return stop
 
 
 def begin_call(session: Session, claim: Claim, *, run_id: str, now: datetime) -> bool:
@@ -228,8 +248,8 @@ def release_upstream(
             for future in done:
                 claim = running.pop(future)
                 result = _result(future)
-                if result.resolution == "not_found" and not account_proven:
-                    result = _unproven(claim)
+                if result.needs_account and not account_proven:
+                    result = _unproven(provider, claim)
                 if result.outcome == "deferred":
                     outcome.defer(claim.id, result, pending)
                     continue
@@ -245,7 +265,7 @@ def _take(outcome: UpstreamOutcome, claim: Claim, result: UpstreamResult, streak
         resolution = result.resolution or "provider"
         outcome.released[claim.id] = resolution
         outcome.proofs[claim.id] = {
-            "release": release_proof(resolution, claim.provider_number_id),
+            "release": result.proof or release_proof(resolution, claim.provider_number_id),
             "detach": list(result.detached),
         }
         return 0
@@ -321,6 +341,8 @@ def record_failures(
                 provider_failed_permanently=for_a_person,
                 provider_next_attempt_at=None if for_a_person else now + wait_for,
                 provider_call_run_id=None,  # answered: no call in flight any more
+                provider_order_id=None,  # an order's outcome: claimable again after backoff
+                provider_submitted_at=None,
             )
         )
     events.record_upstream_failed(

@@ -55,6 +55,7 @@ def make_number(
     label: str | None = None,
     a2p_status: str | None = None,
     provider_number_id: str | None = None,
+    carrier: str | None = None,
 ) -> dict[str, Any]:
     """A number registered 30 days before `now`, released at `released_at` if given.
 
@@ -71,6 +72,7 @@ def make_number(
         label=label,
         provider_number_id=provider_number_id,
         now=now - REGISTERED_BEFORE,
+        carrier=carrier,
     )
     if a2p_status is not None:
         body = shared.assign_campaign(

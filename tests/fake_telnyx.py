@@ -137,6 +137,8 @@ def port_out_pending(number_id: str) -> Reply:
 NUMBERS = "/v2/phone_numbers/"
 CAMPAIGNS = "/v2/10dlc/phone_number_campaigns/"
 EMERGENCY_JOB = "/v2/phone_numbers/jobs/update_emergency_settings"
+DELETE_JOB = "/v2/phone_numbers/jobs/delete_phone_numbers"
+JOBS = "/v2/phone_numbers/jobs/"
 
 
 @dataclass
@@ -310,6 +312,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         path, prefix = self.path.split("?")[0], NUMBERS
+        if path.startswith(JOBS):
+            self._send(fake.scripted_job("GET job") or fake.read_job(path[len(JOBS) :]))
+            return
         if path.startswith(CAMPAIGNS):
             key = unquote(path[len(CAMPAIGNS) :])
             self._send(fake.detach_reply("campaign_get", key) or fake.campaign(path, delete=False))
@@ -335,6 +340,11 @@ class _Handler(BaseHTTPRequestHandler):
         key = str(numbers[0]) if isinstance(numbers, list) and numbers else ""
         fake.logged("POST", self.path, about=key)
         if not self._authorized():
+            return
+        if self.path == DELETE_JOB:
+            reply = fake.scripted_job("POST job") or fake.delete_job(body)
+            time.sleep(reply.delay)
+            self._send(reply)
             return
         if self.path != EMERGENCY_JOB:
             self._send(NOT_FOUND)
@@ -479,6 +489,12 @@ class FakeTelnyx:
         self._unassigning: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
+        # Deletion jobs: errors a job fails numbers with (code, detail), reads that still show
+        # a job pending, and scripted answers ("POST job", "GET job").
+        self.job_failures: dict[str, tuple[str, str]] = {}
+        self.job_pending_reads = 0
+        self.job_script: dict[str, list[Reply]] = {}
+        self._job_reads: dict[str, int] = {}
         # Every request, in order: (method, path, the number id a job's body names or "").
         self.log: list[tuple[str, str, str]] = []
         # For each number DELETE: what the number still carried at Telnyx at that moment.
@@ -628,6 +644,64 @@ class FakeTelnyx:
             self.jobs[job_id] = job
         return Reply(202, json.dumps({"data": job}))
 
+    def scripted_job(self, key: str) -> Reply | None:
+        """A scripted answer to a deletion job's POST or GET ("POST job", "GET job"), used
+        once."""
+        with self._lock:
+            replies = self.job_script.get(key)
+            return replies.pop(0) if replies else None
+
+    def delete_job(self, body: Any) -> Reply:
+        """`POST /v2/phone_numbers/jobs/delete_phone_numbers`: 202 with a pending job; its
+        numbers are carried out at the job's first read after `job_pending_reads` reads."""
+        numbers = body.get("phone_numbers") if isinstance(body, dict) else None
+        if not isinstance(numbers, list) or not numbers or len(numbers) > 1000:
+            return telnyx_error(422, "10015", "Bad Request", "phone_numbers: 1 to 1000 numbers")
+        job_id = str(uuid.uuid4())
+        job = {
+            "id": job_id,
+            "record_type": "phone_numbers_job",
+            "status": "pending",
+            "type": "delete_phone_numbers",
+            "phone_numbers": [{"id": str(n)} for n in numbers],
+            "pending_operations": [{"id": str(n)} for n in numbers],
+            "successful_operations": [],
+            "failed_operations": [],
+        }
+        with self._lock:
+            self.jobs[job_id] = job
+            self._job_reads[job_id] = 0
+        return Reply(202, json.dumps({"data": job}))
+
+    def read_job(self, job_id: str) -> Reply:
+        """`GET /v2/phone_numbers/jobs/{id}`: the job, its operations settled once carried out."""
+        with self._lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return NOT_FOUND
+            self._job_reads[job_id] = reads = self._job_reads.get(job_id, 0) + 1
+            pending = job["type"] == "delete_phone_numbers" and job["pending_operations"]
+            if pending and reads > self.job_pending_reads:
+                self._carry_out(job)
+            return Reply(200, json.dumps({"data": job}))
+
+    def _carry_out(self, job: dict[str, Any]) -> None:
+        """Each pending number deleted, failed with its scripted error, or not found."""
+        for operation in job["pending_operations"]:
+            number_id = operation["id"]
+            held = (self.held is None or number_id in self.held) and number_id not in self.released
+            error = self.job_failures.get(number_id)
+            if error is None and held:
+                self.released.add(number_id)
+                job["successful_operations"].append({"id": number_id})
+                continue
+            code, detail = error or ("10005", "Resource not found")
+            job["failed_operations"].append(
+                {"id": number_id, "errors": [{"code": code, "title": detail, "detail": detail}]}
+            )
+        job["pending_operations"] = []
+        job["status"] = "completed"
+
     def block(self, number_id: str) -> Gate:
         """Hold every DELETE of this id until the gate is opened (opened when the server stops)."""
         gate = self.gates[number_id] = Gate()
@@ -687,7 +761,7 @@ class StaticServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_DELETE = _answer
+            do_GET = do_DELETE = do_POST = _answer
 
             def log_message(self, format: str, *args: object) -> None:
                 return

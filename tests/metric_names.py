@@ -28,4 +28,6 @@ EXTRAS = (
     "schedule_seconds",
     "redis_maxmemory_policy",
     "scrape_source_up",
+    "submitted_numbers",
+    "submitted_oldest_age_seconds",
 )

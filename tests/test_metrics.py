@@ -83,6 +83,10 @@ def expected(
             "oldest_age_seconds"
         ],
         ("numbers_retention_overdue", ()): status["overdue"],
+        ("numbers_retention_submitted_numbers", ()): status["submitted"]["numbers"],
+        ("numbers_retention_submitted_oldest_age_seconds", ()): status["submitted"][
+            "oldest_age_seconds"
+        ],
         ("numbers_retention_oldest_overdue_seconds", ()): status["oldest_overdue_seconds"],
         ("numbers_retention_held", ()): status["held"],
         ("numbers_retention_releasable", ()): status["releasable"],
@@ -378,6 +382,7 @@ def test_families_name_only_the_contract_and_its_extras() -> None:
         },
         "purged_total": 7,
         "outbox": {"events": 0, "oldest_age_seconds": 0.0},
+        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     schedule = {"purge": 900, "publish": 3600, "relay": 2}
@@ -474,6 +479,7 @@ def test_the_last_run_status_is_one_of_a_labelled_set() -> None:
         },
         "purged_total": 0,
         "outbox": {"events": 0, "oldest_age_seconds": 0.0},
+        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
     }
     samples = scrape(RetentionCollector(lambda: Reading(status, None), cache_seconds=0))
     statuses = {

@@ -75,6 +75,7 @@ def exported() -> set[str]:
         },
         "purged_total": 1,
         "outbox": {"events": 0, "oldest_age_seconds": 0.0},
+        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
     }
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     registry = CollectorRegistry()
@@ -128,7 +129,7 @@ def test_alert_rules_pass_their_promtool_unit_tests() -> None:
 
 def test_prometheus_config_and_rules_check() -> None:
     checked = promtool_passes("check", "config", "prometheus.yml", timeout=60)
-    assert "SUCCESS: 16 rules found" in checked
+    assert "SUCCESS: 17 rules found" in checked
 
 
 def test_every_alert_rule_fires_in_a_unit_test() -> None:

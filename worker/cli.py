@@ -25,6 +25,7 @@ from sqlalchemy.exc import NoSuchTableError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.api_keys import create_api_key, list_api_keys, revoke_api_key
+from shared.carriers import CARRIERS
 from shared.clock import resolve_now
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
 from shared.db import make_engine, make_session_factory, redact_url
@@ -309,12 +310,19 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
 )
 # A run is always bounded: no inf, no nan, at most the bound of PURGE_MAX_SECONDS.
 @click.option("--max-seconds", type=Finite(min=0.001, max=DAY), help="Stop after this long.")
+@click.option(
+    "--carrier",
+    type=click.Choice(CARRIERS),
+    help="Purge this carrier's lane alone (its own lock: lanes run at once on other hosts).",
+)
 def purge(
+    *,
     dry_run: bool,
     now: datetime | None,
     batch_size: int | None,
     max_rows: int | None,
     max_seconds: float | None,
+    carrier: str | None,
 ) -> None:
     """Purge overdue released numbers now, in the foreground; prints the run summary.
 
@@ -339,6 +347,7 @@ def purge(
             max_rows=max_rows,
             max_seconds=max_seconds,
             progress=advance,
+            carrier=carrier,
         )
     _print_json(report.as_dict())
     if report.status == "skipped":

@@ -225,6 +225,17 @@ def _count_families(status: dict[str, Any]) -> list[Metric]:
     upstream.add_metric(["refused_person"], person)
     upstream.add_metric(["refused_carrier"], carrier)
     metrics.append(upstream)
+    submitted = status.get("submitted") or {}
+    metrics += _gauge(
+        "submitted_numbers",
+        "Numbers submitted in carrier orders (Bandwidth disconnects) not settled yet.",
+        submitted.get("numbers"),
+    )
+    metrics += _gauge(
+        "submitted_oldest_age_seconds",
+        "How long the oldest number submitted in a carrier order has waited (0: none).",
+        submitted.get("oldest_age_seconds"),
+    )
     outbox = status["outbox"]
     metrics += _gauge(
         "outbox_events",

@@ -23,12 +23,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
 from shared.audit import AuditRetention, PruneReport, prune_audit
+from shared.carriers import CARRIERS, make_provider
 from shared.clock import as_utc
 from shared.clock_skew import ClockSkewError
 from shared.counts import reconcile_counts
 from shared.db import normalize_url
 from shared.errors import ValidationError
-from shared.provider import make_provider
 from shared.publication import recording_failures
 from shared.purge import PurgeReport, StopRequest, purge_expired
 from shared.purge.config import PurgeConfig
@@ -228,10 +228,12 @@ def run_purge(
     max_rows: int | None = None,
     max_seconds: float | None = None,
     progress: Callable[[int], None] | None = None,
+    carrier: str | None = None,
 ) -> PurgeReport:
     """One purge run on the store, provider and limits the settings name; the bounds given
     (the CLI's flags) override the settings'. The task and `numbers-retention purge` run this;
-    `progress` is told the rows of each committed batch."""
+    `progress` is told the rows of each committed batch. `carrier`: that carrier's lane alone
+    (shared/purge/lanes.py), so lanes of different carriers run on different workers."""
     config = PurgeConfig.from_settings(settings).overridden(
         batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
     )
@@ -244,6 +246,7 @@ def run_purge(
             provider=provider,
             stop=stop,
             progress=progress,
+            carrier=carrier,
         )
 
 
@@ -273,6 +276,19 @@ def run_prune(
         dry_run=dry_run,
         stop=stop,
     )
+
+
+def parse_carrier(value: object) -> str | None:
+    """A task's `carrier` argument: one of the carriers, or None (every lane)."""
+    if value is None:
+        return None
+    if value not in CARRIERS:
+        raise ValidationError(
+            f"carrier must be one of {', '.join(CARRIERS)}, got {str(value)[:20]!r}.",
+            code="invalid_carrier",
+            fix="Pass a carrier's name, or leave it out to purge every carrier's lane.",
+        )
+    return str(value)
 
 
 def publish_now(
@@ -357,14 +373,17 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
         throws=(PurgeStopped,),
         resultrepr_maxsize=SUMMARY_REPR_MAX,
     )
-    def purge_expired_task(now: object = None, dry_run: object = False) -> Summary:
+    def purge_expired_task(
+        now: object = None, dry_run: object = False, carrier: object = None
+    ) -> Summary:
         """Purge released numbers past their deadline; returns the run's summary.
 
         A warm shutdown of this worker ends the run at its next batch boundary (`interrupted`).
         A run the provider stopped raises `PurgeStopped` with its summary: the task FAILs.
         """
         when, dry = parse_now(now), validation.flag(dry_run, name="dry_run")
-        summary = run_purge(settings, now=when, dry_run=dry, stop=STOP).as_dict()
+        lane = parse_carrier(carrier)
+        summary = run_purge(settings, now=when, dry_run=dry, stop=STOP, carrier=lane).as_dict()
         if summary["status"] in STOPPED:
             raise PurgeStopped(summary)
         return Summary(summary)

@@ -17,7 +17,8 @@ PRUNE_LOCK_KEY = 0x6E756D70  # "nump"
 
 @contextmanager
 def run_lock(engine: Engine, key: int = PURGE_LOCK_KEY, name: str = "purge") -> Iterator[bool]:
-    """Yield whether this process holds the one-run-at-a-time lock `key` (`name` on SQLite).
+    """Yield whether this process holds the one-run-at-a-time lock `key` (`name` on SQLite):
+    the whole store's purge (the default), one lane's (shared/purge/lanes.py), the prune's.
 
     PostgreSQL: a session advisory lock on its own connection, released when the connection
     closes, so a killed worker never leaves it behind. SQLite: flock on a file beside the

@@ -50,6 +50,10 @@ class PurgeReport:
     # How far this host's clock was ahead of the database server's (negative: behind), in
     # seconds, when the run was refused for it (`clock_skew`); None otherwise.
     clock_skew_seconds: float | None = None
+    # Asynchronous carriers (shared/carriers/base.AsyncProvider): numbers submitted in orders
+    # this run, and orders read that settled numbers.
+    provider_submitted: int = 0
+    provider_orders_settled: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, keys in snake_case."""

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import validation
+from shared.carriers import make_carrier
+from shared.carriers.base import Provider
 from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.clock_skew import ClockReading, describe, log_refusal, read_clocks
 from shared.controls import pause_reason, read_controls
 from shared.models import PhoneNumber
-from shared.provider import Provider, make_provider
-from shared.purge import lock
+from shared.purge import lanes, lock
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.config import PurgeConfig
@@ -52,6 +55,8 @@ def purge_expired(
     config: PurgeConfig | None = None,
     stop: StopRequest | None = None,
     progress: Callable[[int], None] | None = None,
+    carrier: str | None = None,
+    carriers: Mapping[str, Provider] | None = None,
 ) -> PurgeReport:
     """Purge released numbers past their deadline, in batches of one transaction each.
 
@@ -61,6 +66,11 @@ def purge_expired(
     `interrupted`) and a pause (`paused`). With an upstream `provider` (default: the one the
     settings name) each number is released there first. `progress` is told the rows of
     each committed batch (a progress bar's).
+
+    Each number is released at its own carrier (shared/purge/lanes.py): `provider` is the
+    adapter of the default carrier (PROVIDER), `carriers` the adapters of others by name
+    (default: built from the settings). With `carrier` the run takes that carrier's lane
+    alone, under that lane's lock: runs of different lanes proceed at once.
     """
     config = (config or PurgeConfig.from_settings(get_settings())).overridden(
         batch_size=_optional(validation.count, batch_size, name="batch_size", limit=MAX_BATCH),
@@ -83,7 +93,7 @@ def purge_expired(
     if clocks is not None and clocks.beyond(config.clock_skew_max_seconds):
         return _refused(session_factory, report, clocks, config.clock_skew_max_seconds)
     budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
-    with lock.run_lock(session_factory.kw["bind"]) as got_lock:
+    with _run_lock(session_factory, carrier) as got_lock:
         if not got_lock:
             report.status, report.reason = "skipped", "locked"
             report.seconds = round(budget.elapsed(), 3)
@@ -112,10 +122,15 @@ def purge_expired(
                 )
                 if progress is not None:  # told the rows of each committed batch
                     boundary.progress = progress
-                halt = _purge(session_factory, report, boundary, now, provider)
+                adapters = dict(carriers or {})
+                if provider is not None:
+                    adapters[provider.name] = provider
+                halt = _purge_lanes(
+                    session_factory, report, boundary, now, Lanes(adapters, carrier)
+                )
                 # The longest-resting lane's rests, within the run's own time.
                 report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)
-            _finish(session_factory, report, halt, now)
+            _finish(session_factory, report, halt, now, carrier)
         except BaseException as error:
             report.status, report.reason = "failed", type(error).__name__
             report.seconds = round(budget.elapsed(), 3)
@@ -156,29 +171,125 @@ def _refused(
     return report
 
 
-def _purge(
+@contextmanager
+def _run_lock(factory: sessionmaker[Session], carrier: str | None) -> Iterator[bool]:
+    """The whole store's run lock, or one carrier lane's."""
+    engine = factory.kw["bind"]
+    if carrier is None:
+        with lock.run_lock(engine) as got:
+            yield got
+    else:
+        with lock.run_lock(engine, lanes.lane_lock_key(carrier), f"purge.{carrier}") as got:
+            yield got
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """The carriers' adapters a run was given (by name), and the one lane it is limited to."""
+
+    adapters: dict[str, Provider]
+    only: str | None = None
+
+
+# The status a run of several lanes ends with: the most telling of its lanes' (the first
+# here); each lane's own is in the reason.
+_WORST = (
+    "failed",
+    "provider_misconfigured",
+    "provider_unavailable",
+    "interrupted",
+    "paused",
+    "limit_reached",
+    "completed",
+)
+
+
+def _purge_lanes(
     factory: sessionmaker[Session],
     report: PurgeReport,
     boundary: Boundary,
     now: datetime,
-    provider: Provider | None,
+    given: Lanes,
 ) -> Halt:
-    """Sweep the overdue numbers, single-phase or through the provider; why it ended."""
+    """Each carrier's lane in turn (or the one asked for), each under its own lock; one
+    carrier stopped (misconfigured, down) holds up no other lane. Why the run ended."""
+    default = report.provider or "none"
+    if given.only is not None:
+        return _purge_lane(factory, report, boundary, now, given=given, name=given.only)
+    with factory() as session:
+        due = lanes.due_lanes(session, now, default)
+    if default not in due:
+        due.insert(0 if default == "none" else len(due), default)
+    halts: dict[str, Halt] = {}
+    engine = factory.kw["bind"]
+    for name in due:
+        with lock.run_lock(engine, lanes.lane_lock_key(name), f"purge.{name}") as got:
+            if not got:  # a run of this lane alone is under way on another worker
+                halts[name] = Halt("completed", "lane locked: purged by its own run")
+                continue
+            halt = _purge_lane(factory, report, boundary, now, given=given, name=name)
+        halts[name] = halt
+        if halt.status in ("interrupted", "paused", "failed"):
+            break
+    return _combined(halts)
+
+
+def _combined(halts: dict[str, Halt]) -> Halt:
+    """One Halt for the lanes' Halts: the most telling status, each lane's reason named."""
+    if len(halts) == 1:
+        return next(iter(halts.values()))
+    status = min((h.status for h in halts.values()), key=_WORST.index)
+    reasons = [
+        f"{name}: {h.status}" + (f" ({h.reason})" if h.reason else "") for name, h in halts.items()
+    ]
+    return Halt(status, "; ".join(reasons))
+
+
+def _purge_lane(
+    factory: sessionmaker[Session],
+    report: PurgeReport,
+    boundary: Boundary,
+    now: datetime,
+    *,
+    given: Lanes,
+    name: str,
+) -> Halt:
+    """One carrier's lane: single-phase for numbers held nowhere, else through the carrier."""
+    default = report.provider or "none"
+    lane = lanes.in_lane(name, default)
+    if name == "none":
+        return _single_phase(factory, report, boundary, now, lane)
     config = boundary.config
-    if report.provider != "none":
-        upstream = provider or make_provider(get_settings())
-        # No call waits for the carrier's rate limit past the run's time bound, nor a stop.
-        deadline = boundary.budget.started + config.max_seconds
-        try:
-            with run_bounds(deadline, lambda: boundary.stop.requested):
-                return UpstreamSweep.build(
-                    factory, report, config=config, boundary=boundary, provider=upstream, now=now
-                ).run(factory)
-        finally:
-            if provider is None:
-                upstream.close()
+    upstream = given.adapters.get(name) or make_carrier(name, get_settings())
+    # No call waits for the carrier's rate limit past the run's time bound, nor a stop.
+    deadline = boundary.budget.started + config.max_seconds
+    try:
+        with run_bounds(deadline, lambda: boundary.stop.requested):
+            return UpstreamSweep.build(
+                factory,
+                report,
+                config=config,
+                boundary=boundary,
+                provider=upstream,
+                now=now,
+                lane=lane,
+            ).run(factory)
+    finally:
+        if name not in given.adapters:
+            upstream.close()
+
+
+def _single_phase(
+    factory: sessionmaker[Session],
+    report: PurgeReport,
+    boundary: Boundary,
+    now: datetime,
+    lane: ColumnElement[bool],
+) -> Halt:
+    """The numbers held at no carrier: tombstoned and deleted in one phase."""
+    config = boundary.config
     dialect = factory.kw["bind"].dialect.name
-    statements = BatchStatements.build(dialect, now, report.run_id)
+    statements = BatchStatements.build(dialect, now, report.run_id, lane=lane)
     with factory() as session:
         after = statements.start(session)
     sweep = Sweep(
@@ -226,13 +337,21 @@ def _dry_run(
     return Halt("dry_run")
 
 
-def _finish(factory: sessionmaker[Session], report: PurgeReport, halt: Halt, now: datetime) -> None:
-    """The run's status and what is left overdue."""
+def _finish(
+    factory: sessionmaker[Session],
+    report: PurgeReport,
+    halt: Halt,
+    now: datetime,
+    carrier: str | None = None,
+) -> None:
+    """The run's status and what is left overdue (in its lane, for a run of one lane)."""
     report.status, report.reason = halt.status, halt.reason
+    lane = None if carrier is None else lanes.in_lane(carrier, report.provider or "none")
+    waiting = waiting_numbers(now, carrier or report.provider)
     with factory() as session:
-        report.remaining = count_overdue(session, now)
+        report.remaining = count_overdue(session, now, lane)
         report.remaining_waiting = session.execute(
-            select(func.count()).where(waiting_numbers(now, report.provider))
+            select(func.count()).where(waiting if lane is None else waiting & lane)
         ).scalar_one()
     # Nothing left that a run could take now: what waits on the provider or a person is not
     # this run's share.

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     CursorResult,
     Executable,
     Select,
@@ -31,9 +32,10 @@ from shared.retention import purgeable_numbers
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 
-def count_overdue(session: Session, now: datetime) -> int:
-    """How many numbers the purge would remove at `now`."""
-    return session.execute(select(func.count()).where(purgeable_numbers(now))).scalar_one()
+def count_overdue(session: Session, now: datetime, lane: ColumnElement[bool] | None = None) -> int:
+    """How many numbers the purge would remove at `now` (of one carrier's `lane`)."""
+    where = purgeable_numbers(now) if lane is None else purgeable_numbers(now) & lane
+    return session.execute(select(func.count()).where(where)).scalar_one()
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class BatchStatements:
         provider: str | None = None,
         resolution: str | None = None,
         carrier: str = "none",
+        lane: ColumnElement[bool] | None = None,
     ) -> BatchStatements:
         """Statements for the single-phase path (rows no upstream run has touched) or, with
         `claimed`, for the rows this run claimed and settled upstream (`resolution`) at
@@ -67,6 +70,8 @@ class BatchStatements:
             if claimed
             else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
         )
+        if lane is not None:  # the single-phase path takes the numbers of no carrier only
+            overdue = overdue & lane
         stone = partial(
             tombstone_values,
             now=now,

@@ -133,8 +133,8 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                     if halt is not None:
                         sweep.halt = halt
                         return
-                    # Only these batches rest for the API's sessions (the provider's batches
-                    # wait on the provider, not the database).
+                    # Rest for the API's sessions (the two-phase batches do too, for the time
+                    # they spend in the store: shared/purge/upstream_sweep.py).
                     boundary.pacer.sample_activity(session)
                     wait = (
                         boundary.pacer.replica_wait(session, started)

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import get_args
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.carriers.base import Provider, Resolution, UpstreamResult, is_async
 from shared.ledger import record_proofs
-from shared.provider import Provider, Resolution, UpstreamResult
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.config import PurgeConfig
+from shared.purge.orders import Orders
 from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
@@ -43,6 +45,8 @@ class UpstreamSweep:
     settle: dict[str, BatchStatements]
     now: datetime
     limited_before: int = 0  # the carrier's 429s counted before this run
+    # The numbers of this carrier's lane (shared/purge/lanes.py; None: every number).
+    lane: ColumnElement[bool] | None = None
 
     @classmethod
     def build(
@@ -54,6 +58,7 @@ class UpstreamSweep:
         boundary: Boundary,
         provider: Provider,
         now: datetime,
+        lane: ColumnElement[bool] | None = None,
     ) -> UpstreamSweep:
         dialect = factory.kw["bind"].dialect.name
         settle = {
@@ -69,16 +74,13 @@ class UpstreamSweep:
             for resolution in RESOLUTIONS
         }
         limited = provider.pace.limited if provider.pace is not None else 0
-        return cls(report, config, boundary, provider, settle, now, limited)
+        return cls(report, config, boundary, provider, settle, now, limited, lane)
 
     def run(self, factory: sessionmaker[Session]) -> Halt:
         """Batches until the backlog is done or something halts the run; why it ended."""
-        # Before anything is claimed: a read-only call proving the base URL and the key work.
-        refused = self.provider.check()
-        if refused is not None:
-            return _provider_halt(refused)
-        with factory() as session:
-            proven = account_proven(self.provider, account_probe(session))
+        halt, proven, orders = self._start(factory)
+        if halt is not None:
+            return halt
         after = 0
         while True:
             started = time.monotonic()
@@ -87,46 +89,32 @@ class UpstreamSweep:
                 if halt is not None:
                     return halt
                 pacer = self.boundary.pacer
+                # Lanes of several carriers purge at once: each takes turns with the API's
+                # sessions for the time it spends in the store (claim and settle).
+                pacer.sample_activity(session)
                 wait = pacer.replica_wait(session, started) or pacer.ceiling_wait()
                 if not wait:
                     limit = pacer.ceiling_size(
                         min(self._claim_size(), self.boundary.budget.rows_left())
                     )
-                    claims = claim_batch(session, now=self.now, after=after, limit=limit)
+                    claims = claim_batch(
+                        session, now=self.now, after=after, limit=limit, lane=self.lane
+                    )
                     pacer.count(len(claims))
             if wait:
                 self.boundary.stop.sleep(wait)
                 continue
             if not claims:
-                return Halt("completed")
+                # Orders submitted this run may have settled already.
+                return (orders and orders.settle(factory)) or Halt("completed")
             after = claims[-1].id
             self.boundary.budget.take(len(claims))
-            outcome = release_upstream(
-                self.provider,
-                claims,
-                concurrency=self.config.provider_concurrency,
-                failure_streak=self.config.provider_failure_streak,
-                account_proven=proven,
-                stopping=lambda: self.boundary.stop.requested,
-                before_call=lambda claim: self._begin_call(factory, claim),
-            )
-            purged = self._settle(factory, outcome)
-            ms = round((time.monotonic() - started) * 1000, 1)
-            with factory.begin() as session:
-                record_progress(session, self.report.run_id, purged)
-            self.boundary.progress(purged)
-            self.report.add_batch(
-                purged,
-                ms,
-                size=limit,
-                provider_released=len(outcome.released),
-                provider_failed=len(outcome.failed) - outcome.refused,
-                provider_refused=outcome.refused,
-                provider_skipped=len(outcome.skipped),
-                provider_held=len(outcome.withheld),
-                provider_deferred=len(outcome.deferred),
-                provider_rate_limited=self._rate_limited(),
-            )
+            claimed_ms = (time.monotonic() - started) * 1000
+            outcome = self._release(factory, claims, orders, proven)
+            settling = time.monotonic()
+            self.settle_outcome(factory, outcome, started=started, size=limit)
+            store_ms = claimed_ms + (time.monotonic() - settling) * 1000
+            self.boundary.stop.sleep(self.boundary.pacer.rest_after(rows=len(claims), ms=store_ms))
             if outcome.stopped_by is not None:
                 return _provider_halt(outcome.stopped_by)
             if outcome.deferred_by is not None and not self.boundary.stop.requested:
@@ -136,6 +124,38 @@ class UpstreamSweep:
                     "provider_unavailable",
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
+
+    def _release(
+        self,
+        factory: sessionmaker[Session],
+        claims: list[Claim],
+        orders: Orders | None,
+        proven: bool,
+    ) -> UpstreamOutcome:
+        """The batch's releases: orders placed (an asynchronous carrier), else one call each."""
+        if orders is not None:
+            return orders.submit(factory, claims)
+        return release_upstream(
+            self.provider,
+            claims,
+            concurrency=self.config.provider_concurrency,
+            failure_streak=self.config.provider_failure_streak,
+            account_proven=proven,
+            stopping=lambda: self.boundary.stop.requested,
+            before_call=lambda claim: self._begin_call(factory, claim),
+        )
+
+    def _start(self, factory: sessionmaker[Session]) -> tuple[Halt | None, bool, Orders | None]:
+        """Before anything is claimed: a read-only call proving the base URL and the key
+        work, the account proven (or not), the orders submitted before read."""
+        refused = self.provider.check()
+        if refused is not None:
+            return _provider_halt(refused), False, None
+        with factory() as session:
+            proven = account_proven(self.provider, account_probe(session, self.lane))
+        orders = Orders(self, proven) if is_async(self.provider) else None
+        halt = orders.settle(factory) if orders is not None else None
+        return halt, proven, orders
 
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
@@ -156,6 +176,34 @@ class UpstreamSweep:
         if pace is None:
             return 0
         return pace.limited - self.limited_before - self.report.provider_rate_limited
+
+    def settle_outcome(
+        self,
+        factory: sessionmaker[Session],
+        outcome: UpstreamOutcome,
+        *,
+        started: float,
+        size: int,
+    ) -> None:
+        """Tombstone what the carrier released, keep the failures (see `_settle`), and count
+        it as a batch of `size` rows begun at `started` (monotonic)."""
+        purged = self._settle(factory, outcome)
+        ms = round((time.monotonic() - started) * 1000, 1)
+        with factory.begin() as session:
+            record_progress(session, self.report.run_id, purged)
+        self.boundary.progress(purged)
+        self.report.add_batch(
+            purged,
+            ms,
+            size=size,
+            provider_released=len(outcome.released),
+            provider_failed=len(outcome.failed) - outcome.refused,
+            provider_refused=outcome.refused,
+            provider_skipped=len(outcome.skipped),
+            provider_held=len(outcome.withheld),
+            provider_deferred=len(outcome.deferred),
+            provider_rate_limited=self._rate_limited(),
+        )
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their

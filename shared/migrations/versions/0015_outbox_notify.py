@@ -5,7 +5,7 @@ the events at once instead of at its next scheduled run. SQLite has no notificat
 the relay keeps to its schedule.
 
 Revision ID: 0015_outbox_notify
-Revises: 0013_audit_retention
+Revises: 0014_carriers
 Create Date: 2026-12-05
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0015_outbox_notify"
-down_revision: str | None = "0013_audit_retention"
+down_revision: str | None = "0014_carriers"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
