@@ -38,7 +38,7 @@ pytest: install-dev
 # `make test` runs the suite in lanes side by side, each on a database and a Redis database of
 # its own (tests/conftest.py creates a missing database): the tests on the fixed instant, with
 # coverage; and the tests on the host's clock (real processes, `wall_now`: marker real_clock),
-# first on the clock as it is, then with every Python process's clock moved a year ahead and
+# on the clock as it is, and (at the same time) with every Python process's clock moved a year ahead and
 # a year back (tests/clock_shift): no calendar date breaks them.
 CLOCK_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432
 CLOCK_REDIS ?= redis://127.0.0.1:6379
@@ -60,18 +60,19 @@ test-fixed: install-dev
 clock-now: install-dev
 	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS)
 
-clock-ahead: clock-now
+clock-ahead: install-dev
 	TESTS_CLOCK_SHIFT_DAYS=365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_ahead \
 		TEST_REDIS_URL=$(CLOCK_REDIS)/13 $(MOVED_CLOCK)
 
-clock-back: clock-now
+clock-back: install-dev
 	TESTS_CLOCK_SHIFT_DAYS=-365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_back \
 		TEST_REDIS_URL=$(CLOCK_REDIS)/14 $(MOVED_CLOCK)
 
-test-clock: clock-ahead clock-back
+test-clock: clock-now clock-ahead clock-back
 
 test: lint types
-	$(MAKE) --no-print-directory -j3 --output-sync=target test-fixed test-clock
+	$(MAKE) --no-print-directory -j4 --output-sync=target test-fixed clock-now clock-ahead \
+		clock-back
 
 # The runtime alone in a fresh virtualenv, run as the runbook's plain processes (CI runs it).
 deploy-check:

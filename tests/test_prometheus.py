@@ -162,6 +162,11 @@ def agree(prometheus_values: Samples, report: dict[str, Any]) -> None:
     # Redis's own state, not a status key: its eviction policy (the test Redis's, whatever it is).
     policies = [key for key in got if key[0] == "numbers_retention_redis_maxmemory_policy"]
     assert [got.pop(key) for key in policies] == [1]
+    # The stream's own state (tests/test_stream.py): its ceiling, the default setting, and
+    # nothing dropped unread; its length (what the relay appended so far) is no status key.
+    assert got.pop(("numbers_retention_stream_maxlen", ())) == 100_000
+    assert got.pop(("numbers_retention_stream_dropped_unread_total", ())) == 0
+    got.pop(("numbers_retention_stream_entries", ()))
     for oldest in (
         ("numbers_retention_oldest_overdue_seconds", ()),
         ("numbers_retention_outbox_oldest_event_age_seconds", ()),
@@ -214,5 +219,6 @@ def test_prometheus_sees_what_status_says_before_and_after_a_purge(
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
     [group] = rules
     assert group["name"] == "numbers-retention"
-    assert len(group["rules"]) == 13
+    rules_file = yaml.safe_load(ALERTS.read_text())
+    assert len(group["rules"]) == len(rules_file["groups"][0]["rules"]) == 17
     assert {rule["health"] for rule in group["rules"]} == {"ok"}
