@@ -440,7 +440,8 @@ BAD_TASKS: list[tuple[str, list[Any], dict[str, Any], str]] = [
     ("numbers.purge_expired", [], {"dry_run": "false"}, "ValidationError"),
     ("numbers.purge_expired", [], {"dry_run": 0}, "ValidationError"),
     ("numbers.purge_expired", [], {"dry_run": None}, "ValidationError"),
-    ("numbers.purge_expired", [None, False, "extra"], {}, "TypeError"),
+    ("numbers.purge_expired", [], {"carrier": "extra"}, "ValidationError"),
+    ("numbers.purge_expired", [None, False, None, "extra"], {}, "TypeError"),
     ("numbers.purge_expired", [], {"batch_size": 1}, "TypeError"),
     ("numbers.publish_releasable", [], {"now": 3.5}, "ValidationError"),
     ("numbers.publish_releasable", [], {"now": FUTURE}, "ValidationError"),
@@ -521,7 +522,7 @@ def test_wrong_argument_types_fail_the_task_without_retry_or_change(
         message = " ".join(map(str, meta["result"]["exc_message"]))
         assert message, (name, kwargs)
         if error == "ValidationError":
-            assert any(word in message for word in ("now", "dry_run")), message
+            assert any(word in message for word in ("now", "dry_run", "carrier")), message
     ahead = wait_task(redis_client, look_ahead.id, timeout=30)["result"]
     assert (ahead["status"], ahead["would_purge"]) == ("dry_run", 2)
     assert "Retry in" not in worker.output()

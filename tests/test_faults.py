@@ -471,7 +471,7 @@ def test_concurrent_purges_without_the_run_lock_still_tombstone_once(
     seeded = seed_store(pg_store, numbers=3_000, now=datetime.now(UTC))
 
     class NoLock:
-        def __init__(self, _engine: Engine) -> None: ...
+        def __init__(self, _engine: Engine, *_key_and_name: object) -> None: ...
         def __enter__(self) -> bool:
             return True
 

@@ -172,6 +172,7 @@ def agree(prometheus_values: Samples, report: dict[str, Any]) -> None:
         ("numbers_retention_outbox_oldest_event_age_seconds", ()),
     ):
         assert got.pop(oldest) == pytest.approx(want.pop(oldest), abs=CLOCK_SLACK)
+    assert set(got) == set(want)  # the same series first: a clear diff if not
     assert got == pytest.approx(want, abs=1e-3)
 
 

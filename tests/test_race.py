@@ -31,7 +31,7 @@ from shared.retention import RETENTION
 pytestmark = pytest.mark.postgres
 
 # Figures quoted in docs/guarantees.md; change them together.
-ROUNDS = 200
+ROUNDS = 100
 RACERS = 6  # numbers at their deadline per round, one repurchase thread each
 PURGERS = 2  # purge threads per round
 ACCOUNTS = 3  # accounts per round (repurchases of one account queue on its row lock)
