@@ -18,7 +18,6 @@ must be allowed to create databases. Standard library only: it runs before any i
 from __future__ import annotations
 
 import argparse
-import ast
 import base64
 import json
 import os
@@ -314,7 +313,7 @@ class DeployCheck:
         url = f"{self.flower}/api/tasks?taskname={PURGE}&state=SUCCESS"
         tasks = json.loads(http_get(url, auth=self.flower_auth) or "{}")
         for task in tasks.values():
-            summary: dict[str, Any] = ast.literal_eval(task.get("result") or "{}")
+            summary: dict[str, Any] = json.loads(task.get("result") or "{}")  # the JSON summary
             if summary.get("purged"):
                 return summary
         return None
