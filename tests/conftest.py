@@ -17,12 +17,14 @@ import psycopg
 import psycopg.sql
 import pytest
 import redis
+from click.testing import CliRunner, Result
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
+import worker.cli
 from shared import migrate
 from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory
@@ -32,6 +34,7 @@ from tests.factories import NOW
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from tests.processes import service_env
 from tests.stores import delete_all_rows, service_missing
+from worker import connections
 
 # The private PostgreSQL and Redis servers' fixtures (fault_pg_server, fault_pg, fault_redis).
 pytest_plugins = ["tests.servers"]
@@ -221,6 +224,33 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
     monkeypatch.undo()
     get_settings.cache_clear()
     get_store_settings.cache_clear()
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def cli_on(
+    settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Invoke]]:
+    """`numbers-retention ARGS...` in this process (click's runner) on a given store:
+    `cli_on(engine, REDIS_URL="")` sets DATABASE_URL (and the settings given) and returns the
+    invoker; the engines the commands opened are closed after the test."""
+    urls: list[str] = []
+
+    def on(engine: Engine, **settings: str) -> Invoke:
+        url = engine.url.render_as_string(hide_password=False)
+        urls.append(url)
+        settings_env(**({"DATABASE_URL": url, "PROVIDER": "none"} | settings))
+        # The command line configures this process's logging for good: not the test's.
+        monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
+        runner = CliRunner()
+        return lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
+
+    yield on
+    for url in urls:
+        connections.engine(url).dispose()
+    connections.engine.cache_clear()
 
 
 @pytest.fixture

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import worker.cli
 from shared.api_keys import account_for_key, hash_key
 from shared.models import ApiKey
 from tests.factories import ensure_account
-from worker import connections
 
 pytestmark = pytest.mark.postgres
 
@@ -22,24 +20,14 @@ Invoke = Callable[..., Result]
 
 
 @pytest.fixture
-def cli(
-    pg_factory: sessionmaker[Session],
-    settings_env: Callable[..., None],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Invoke]:
+def cli(pg_factory: sessionmaker[Session], cli_on: Callable[..., Invoke]) -> Invoke:
     """`numbers-retention ARGS...` in this process on the store, with accounts acc_a, acc_b."""
     with pg_factory.begin() as session:
         ensure_account(session, "acc_a")
         ensure_account(session, "acc_b")
     engine = pg_factory.kw["bind"]
     assert isinstance(engine, Engine)
-    url = engine.url.render_as_string(hide_password=False)
-    settings_env(DATABASE_URL=url, PROVIDER="none")
-    monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
-    runner = CliRunner()
-    yield lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
-    connections.engine(url).dispose()
-    connections.engine.cache_clear()
+    return cli_on(engine)
 
 
 def test_create_prints_the_key_once_and_stores_its_hash(

@@ -7,19 +7,18 @@ backends, the command in-process (click's runner).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pydantic
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
-import worker.cli
 from shared.audit import AuditRetention, PruneReport, prune_audit
 from shared.controls import pause_purge
 from shared.errors import ValidationError
@@ -30,7 +29,6 @@ from shared.purge.config import PurgeConfig
 from shared.settings import Settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, snapshot
-from worker import connections
 
 Factory = sessionmaker[Session]
 RETENTION = AuditRetention(audit_days=400, redact_days=90)
@@ -278,19 +276,10 @@ def test_redaction_cannot_outlast_the_retention() -> None:
 
 @pytest.fixture
 def cli(
-    session_factory: Factory,
-    engine: Engine,
-    settings_env: Callable[..., None],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Callable[..., Result]]:
+    session_factory: Factory, engine: Engine, cli_on: Callable[..., Callable[..., Result]]
+) -> Callable[..., Result]:
     """`numbers-retention ARGS...` in this process, on the test store."""
-    url = engine.url.render_as_string(hide_password=False)
-    settings_env(DATABASE_URL=url, PROVIDER="none")
-    monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
-    runner = CliRunner()
-    yield lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
-    connections.engine(url).dispose()
-    connections.engine.cache_clear()
+    return cli_on(engine)
 
 
 def test_the_prune_command_prints_its_summary(

@@ -7,22 +7,20 @@ both backends; the command runs in-process (click's runner) against the test sto
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-import worker.cli
 from shared.errors import ValidationError
 from shared.ledger import parse_month
 from shared.models import PurgedNumber
 from tests.factories import NOW, make_number
 from tests.stores import fail_upstream
-from worker import connections
 
 Factory = sessionmaker[Session]
 Invoke = Callable[..., Result]
@@ -79,18 +77,9 @@ def ledger(session_factory: Factory) -> Factory:
 
 
 @pytest.fixture
-def cli(
-    engine: Engine, settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Invoke]:
+def cli(engine: Engine, cli_on: Callable[..., Invoke]) -> Invoke:
     """`numbers-retention ARGS...` in this process, on the test store."""
-    url = engine.url.render_as_string(hide_password=False)
-    settings_env(DATABASE_URL=url, PROVIDER="none")
-    # The command line configures this process's logging for good: not the test's.
-    monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
-    runner = CliRunner()
-    yield lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
-    connections.engine(url).dispose()
-    connections.engine.cache_clear()
+    return cli_on(engine)
 
 
 def test_the_csv_lists_the_months_permanent_disconnections_as_the_rnd_takes_them(

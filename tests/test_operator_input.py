@@ -5,25 +5,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-import worker.cli
 from shared.controls import pause_purge, set_pace
 from shared.db import make_session_factory
 from shared.holds import hold_number
 from shared.models import PhoneNumber, PurgeControl, PurgeRun
 from shared.purge import purge_expired
 from tests.factories import NOW, make_number, snapshot
-from worker import connections
 
 Factory = sessionmaker[Session]
 Invoke = Callable[..., Result]
@@ -141,18 +139,9 @@ def test_a_reason_must_be_one_printable_line(session: Session, reason: str) -> N
 
 
 @pytest.fixture
-def cli(
-    engine: Engine, settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Invoke]:
-    """`numbers-retention ARGS...` in this process, on the test store."""
-    url = engine.url.render_as_string(hide_password=False)
-    settings_env(DATABASE_URL=url, PROVIDER="none", REDIS_URL="")
-    # The command line configures this process's logging for good: not the test's.
-    monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
-    runner = CliRunner()
-    yield lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
-    connections.engine(url).dispose()
-    connections.engine.cache_clear()
+def cli(engine: Engine, cli_on: Callable[..., Invoke]) -> Invoke:
+    """`numbers-retention ARGS...` in this process, on the test store (no Redis)."""
+    return cli_on(engine, REDIS_URL="")
 
 
 def test_status_and_holds_escape_control_characters_in_stored_text(
