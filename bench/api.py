@@ -229,7 +229,8 @@ def during_purge(
         began = time.time()
         time.sleep(idle)
         done = subprocess.run(
-            [sys.executable, str(BENCH / "impact.py"), "--child", url, str(window)],
+            # No lanes named: the purge of every carrier's lane, as beat runs it.
+            [sys.executable, str(BENCH / "impact.py"), "--child", url, str(window), ""],
             check=True,
             stdout=subprocess.PIPE,
             text=True,
