@@ -39,7 +39,6 @@ from shared.purge import lock
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.config import PurgeConfig
-from shared.purge.pacing import Pacer
 from shared.purge.stop import StopRequest
 from shared.purge.sweep import Sweep, run_batches
 from shared.status import dry_run_clause
@@ -305,18 +304,7 @@ def _prune(
     stop: StopRequest | None,
 ) -> Halt:
     """Each step's batches in turn, under one boundary (stop, pause, the run's bounds)."""
-    boundary = Boundary(
-        config,
-        budget,
-        Pacer(
-            pressure_rest=config.pressure_rest,
-            max_replica_lag=config.max_replica_lag_seconds,
-            target_ms=config.target_ms,
-            busy_rest=config.busy_rest,
-            lag_checked_at=budget.started,
-        ),
-        stop or StopRequest(),
-    )
+    boundary = Boundary.for_run(config, budget, stop)
     for step in work:
         with factory() as session:
             after = step.start(session)

@@ -33,6 +33,20 @@ class Boundary:
     # Told the rows of each committed batch (the CLI's progress bar on a terminal).
     progress: Callable[[int], None] = lambda _rows: None
 
+    @classmethod
+    def for_run(cls, config: PurgeConfig, budget: Budget, stop: StopRequest | None) -> Boundary:
+        """A run's boundary: its bounds, and a pacer on the settings' rests and targets."""
+        pacer = Pacer(
+            pressure_rest=config.pressure_rest,
+            max_replica_lag=config.max_replica_lag_seconds,
+            target_ms=config.target_ms,
+            busy_rest=config.busy_rest,
+            # Replicas are first looked at a second into the run: a short run (the usual one
+            # between two schedules) starts at once.
+            lag_checked_at=budget.started,
+        )
+        return cls(config, budget, pacer, stop or StopRequest())
+
     def check(self, session: Session) -> Halt | None:
         """A Halt when the run must end before its next batch, else None.
 

@@ -26,7 +26,6 @@ from shared.purge import lanes, lock
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.config import PurgeConfig
-from shared.purge.pacing import Pacer
 from shared.purge.records import record_end, record_refused, record_skipped, record_start
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements, count_overdue
@@ -106,20 +105,7 @@ def purge_expired(
             if dry_run:
                 halt = _dry_run(session_factory, report, config, now)
             else:
-                boundary = Boundary(
-                    config,
-                    budget,
-                    Pacer(
-                        pressure_rest=config.pressure_rest,
-                        max_replica_lag=config.max_replica_lag_seconds,
-                        target_ms=config.target_ms,
-                        busy_rest=config.busy_rest,
-                        # Replicas are first looked at a second into the run: a short run
-                        # (the usual one between two schedules) starts at once.
-                        lag_checked_at=budget.started,
-                    ),
-                    stop or StopRequest(),
-                )
+                boundary = Boundary.for_run(config, budget, stop)
                 if progress is not None:  # told the rows of each committed batch
                     boundary.progress = progress
                 adapters = dict(carriers or {})
