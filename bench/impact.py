@@ -67,6 +67,7 @@ from shared.models import Account, PhoneNumber
 from shared.purge import purge_expired
 from shared.retention import repurchasable_numbers
 from shared.settings import get_settings
+from worker.connections import engine as worker_engine
 
 LIST_ACCOUNTS = 50
 WRITE_NUMBERS = 50
@@ -173,7 +174,8 @@ def _fake_carriers(stack: ExitStack) -> dict[str, Any]:
 
 
 def child(url: str, window: float, lanes: list[str]) -> None:
-    engine = store_engine(url)
+    # The engine the worker's tasks purge on: its sessions carry the worker's name.
+    engine = worker_engine(url)
     factory: sessionmaker[Session] = make_session_factory(engine)
     windows, reports = [], []
     # The batch events, kept rather than printed: their times are part of the result.

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 from shared.controls import clear_pace, read_controls, set_pace
+from shared.db import make_session_factory
 from shared.errors import ValidationError
 from shared.models import PhoneNumber
 from shared.provider import TelnyxProvider
@@ -28,6 +30,7 @@ from shared.purge.pacing import (
     APPLICATION_NAME,
     BURST_SECONDS,
     MAX_REST_SECONDS,
+    WORKER_APPLICATION_NAME,
     Pacer,
     others_at_work,
     replica_lag,
@@ -35,6 +38,7 @@ from shared.purge.pacing import (
 from shared.settings import Settings, get_settings
 from tests.factories import make_number
 from worker.app import create_app, visibility_timeout
+from worker.connections import engine as worker_engine
 from worker.tasks import PRUNE, PUBLISH, PURGE, RELAY
 
 Factory = sessionmaker[Session]
@@ -352,11 +356,18 @@ def test_the_redis_visibility_timeout_outlasts_every_tasks_hard_limit() -> None:
     assert timeout > settings.task_retry_backoff_max
 
 
-def seen_at_work(factory: Factory) -> int:
+def seen_at_work(looker: Connection, **options: Any) -> int:
     # Each look in a transaction of its own, as each batch has: PostgreSQL keeps one snapshot
-    # of pg_stat_activity per transaction.
-    with factory() as session:
-        return others_at_work(session)
+    # of pg_stat_activity per transaction. One connection for every look (a pool hands out
+    # its connections in turn, and each look would make the others recently at work).
+    with Session(bind=looker) as session:
+        return others_at_work(session, **options)
+
+
+def backend_pid(connection: Connection) -> int:
+    pid = connection.scalar(text("SELECT pg_backend_pid()"))
+    connection.rollback()
+    return int(pid)
 
 
 @pytest.mark.postgres
@@ -364,19 +375,98 @@ def test_sessions_at_work_on_the_store_are_seen_and_the_purges_own_are_not(
     pg_factory: Factory,
 ) -> None:
     engine = pg_factory.kw["bind"]
-    assert seen_at_work(pg_factory) == 0
-    with pg_factory() as session:
-        assert replica_lag(session) == 0  # no replica here
-    with engine.connect() as other:
+    # A window long enough that no look below falls outside it on a busy machine; first, wait
+    # until the fixtures' pooled sessions have been idle for longer than that.
+    window: dict[str, Any] = {"recent": 5.0}
+    with engine.connect() as looker, engine.connect() as other:
+        deadline = time.monotonic() + 60
+        while seen_at_work(looker, **window) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seen_at_work(looker, **window) == 0
+        assert replica_lag(Session(bind=looker)) == 0  # no replica here
+        looker.rollback()
         other.execute(text("SELECT 1"))  # now idle in a transaction: at work
-        assert seen_at_work(pg_factory) == 1
+        assert seen_at_work(looker, recent=0) == 1
         other.rollback()
-        assert seen_at_work(pg_factory) == 0
-        name = {"n": APPLICATION_NAME}
-        other.execute(text("SELECT set_config('application_name', :n, false)"), name)
-        other.execute(text("SELECT 1"))  # a parallel batch of the purge itself
-        assert seen_at_work(pg_factory) == 0
-        other.rollback()
+        # Idle, but at work a moment ago: an API between two calls (it spends most of each
+        # call in its own process). Seen while that moment is recent (failed before: a look
+        # at one instant saw an API in steady use almost never).
+        assert seen_at_work(looker, **window) == 1
+        assert seen_at_work(looker, recent=0) == 0
+        # The purge's own connections (its pool, used by its earlier batches) are not.
+        own = {backend_pid(other)}
+        assert seen_at_work(looker, own=own, **window) == 0
+        assert backend_pid(looker) in own  # the looking session joins them
+        for name in (APPLICATION_NAME, WORKER_APPLICATION_NAME):
+            # A parallel batch of the purge itself; the worker's relay woken by its commits.
+            other.execute(text("SELECT set_config('application_name', :n, false)"), {"n": name})
+            other.commit()  # a name set in a transaction rolled back would be undone with it
+            other.execute(text("SELECT 1"))
+            assert seen_at_work(looker, recent=0) == 0
+            other.rollback()
+            assert seen_at_work(looker, **window) == 0
+        other.invalidate()  # named: not back into the pool the next tests use
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("api", [False, True], ids=["alone", "beside-an-api"])
+def test_the_purge_takes_turns_with_an_api_in_use_and_not_with_itself(
+    api: bool, pg_url: str, pg_factory: Factory, now: datetime, settings_env: Callable[..., None]
+) -> None:
+    settings_env(PURGE_BUSY_REST="3", PURGE_PARALLEL_BATCHES="2", PURGE_PRESSURE_REST="0")
+    with pg_factory.begin() as session:
+        for i in range(40):
+            make_number(
+                session,
+                account_id="acc_t",
+                phone_number=f"+1415623{i:04d}",
+                released_at=now - timedelta(days=20),
+                now=now,
+            )
+    engine = pg_factory.kw["bind"]
+    # The fixtures' sessions out of the window first (looking from a connection named as the
+    # worker's: its own reset when it goes back to its pool does not count).
+    with worker_engine(pg_url).connect() as looker:
+        deadline = time.monotonic() + 60
+        while seen_at_work(looker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    done, serving = threading.Event(), threading.Event()
+
+    def use_the_api() -> None:  # short calls with time in between, as an API's are
+        with engine.connect() as client:
+            while not done.is_set():
+                client.execute(text("SELECT count(*) FROM phone_numbers"))
+                client.rollback()
+                serving.set()
+                time.sleep(0.005)
+
+    client = threading.Thread(target=use_the_api)
+    if api:
+        client.start()
+        assert serving.wait(60)
+    try:
+        # On the worker's engine, as the purge task runs: its sessions carry the worker's name.
+        report = purge_expired(make_session_factory(worker_engine(pg_url)), now=now, batch_size=2)
+    finally:
+        done.set()
+        if api:
+            client.join()
+    assert (report.status, report.purged, report.batches) == ("completed", 40, 20)
+    if api:
+        # Seen at work before every batch, so the purge rested 3 times each batch's time as the
+        # share of batches that found it climbed to 1: most of the run (failed before: a look
+        # at one instant found the API's session running its statement now and then, and the
+        # purge rested a tenth of the run or so).
+        assert report.paced_seconds > report.seconds / 2
+    else:
+        # Nothing else at work: no rest, with two lanes (its own connections do not count).
+        assert report.paced_seconds == 0
+
+
+@pytest.mark.postgres
+def test_the_workers_own_sessions_carry_its_name(pg_url: str) -> None:
+    with worker_engine(pg_url).connect() as connection:
+        assert connection.scalar(text("SHOW application_name")) == WORKER_APPLICATION_NAME
 
 
 def test_the_pace_holds_for_the_two_phase_purge_too(

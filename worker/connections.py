@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import InternalError, ValidationError
+from shared.purge.pacing import WORKER_APPLICATION_NAME
 from shared.settings import Settings
 
 
@@ -42,8 +43,15 @@ def existing_store(url: str) -> str:
 
 @lru_cache(maxsize=4)
 def engine(url: str) -> Engine:
-    """The engine for the store at `url`, which must exist (`existing_store`)."""
-    return make_engine(existing_store(url))
+    """The engine for the store at `url`, which must exist (`existing_store`).
+
+    On PostgreSQL its sessions carry the worker's application name: the purge does not take
+    them for the API's (shared/purge/pacing.py), and operators see them in pg_stat_activity.
+    """
+    url = existing_store(url)
+    if make_url(normalize_url(url)).get_backend_name() != "postgresql":
+        return make_engine(url)
+    return make_engine(url, connect_args={"application_name": WORKER_APPLICATION_NAME})
 
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:

@@ -42,6 +42,7 @@ from shared.clock import iso_timestamp, utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import ValidationError
 from shared.publication import publication_status
+from shared.purge.pacing import WORKER_APPLICATION_NAME
 from shared.relay import relay_last_success
 from shared.settings import Settings
 from shared.status import counts_status, runs_status
@@ -457,6 +458,7 @@ def exporter_engine(settings: Settings) -> Engine:
         url,
         connect_args={
             "connect_timeout": max(1, round(timeout)),
+            "application_name": WORKER_APPLICATION_NAME,
             "options": f"-c statement_timeout={round(timeout * 1000)}",
         },
     )

@@ -5,8 +5,9 @@ The field's anchors: pt-archiver's `--sleep-coef` (rest in proportion to the bat
 to rest, the longest wins:
 
 - other sessions at work on the store (the API): sampled in `pg_stat_activity` before each
-  batch, the purge rests `busy_rest` times each batch's time in proportion to how often it
-  found them, so it takes turns with the API instead of sharing every moment with it;
+  batch (running a statement, or idle for under a second), the purge rests `busy_rest` times
+  each batch's time in proportion to how often it found them, so it takes turns with the API
+  instead of sharing every moment with it;
 - a batch taking clearly longer than the target its size aims at (the database got busier
   than the size had adapted to);
 - a replica replaying too far behind;
@@ -39,14 +40,24 @@ BUSY_SMOOTHING = 0.2
 
 # Names this batch's session for the rest of its transaction (so parallel batches do not
 # count each other, and operators see the purge in pg_stat_activity), then counts the others.
+# The worker's other sessions (the relay woken by the purge's own commits, the reconciliation,
+# the exporter) carry WORKER_APPLICATION_NAME on their connections and are not counted either:
+# the purge takes turns with the API, not with itself.
 APPLICATION_NAME = "numbers-retention purge"
+WORKER_APPLICATION_NAME = "numbers-retention worker"
+# A session idle for less than this was at work just now: an API answers a call in a
+# millisecond or two and spends the rest of it in its own process (HTTP, JSON), so a look at
+# one instant would find its session idle almost always while the API is in steady use.
+RECENTLY_AT_WORK_SECONDS = 1.0
 OTHERS_AT_WORK = text(
-    "SELECT set_config('application_name', :name, true), ("
+    "SELECT set_config('application_name', :name, true), pg_backend_pid(), ("
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-    " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-    " AND state IN ('active', 'idle in transaction')"
-    " AND application_name IS DISTINCT FROM :name)"
-).bindparams(name=APPLICATION_NAME)
+    " AND pid <> pg_backend_pid() AND NOT pid = ANY(:own) AND backend_type = 'client backend'"
+    " AND (state IN ('active', 'idle in transaction')"
+    " OR (state = 'idle' AND state_change > now() - make_interval(secs => :recent)))"
+    " AND application_name IS DISTINCT FROM :name"
+    " AND application_name IS DISTINCT FROM :worker)"
+).bindparams(name=APPLICATION_NAME, worker=WORKER_APPLICATION_NAME)
 REPLICA_LAG = text(
     "SELECT coalesce(max(extract(epoch FROM greatest(replay_lag, write_lag, flush_lag))), 0)"
     " FROM pg_stat_replication"
@@ -60,15 +71,23 @@ def replica_lag(session: Session) -> float:
     return float(session.scalar(REPLICA_LAG) or 0.0)
 
 
-def others_at_work(session: Session) -> int:
-    """Other client sessions running a statement or a transaction on the store now.
+def others_at_work(
+    session: Session, *, recent: float = RECENTLY_AT_WORK_SECONDS, own: set[int] | None = None
+) -> int:
+    """Other client sessions at work on the store: running a statement or a transaction now,
+    or idle for less than `recent` seconds.
 
+    `own`: the server processes of the caller's other connections (the purge's pool, which
+    its batches just used), not counted; this session's is added to it.
     PostgreSQL reads pg_stat_activity once per transaction: call it first in a fresh one
     (each batch's), or it answers what the transaction saw before.
     """
     if session.get_bind().dialect.name != "postgresql":
         return 0
-    return int(session.execute(OTHERS_AT_WORK).one()[1] or 0)
+    mine = own if own is not None else set()
+    row = session.execute(OTHERS_AT_WORK, {"recent": recent, "own": sorted(mine)}).one()
+    mine.add(int(row[1]))
+    return int(row[2] or 0)
 
 
 @dataclass
@@ -91,6 +110,7 @@ class Pacer:
     ceiling_rows: int = 0
     ceiling_since: float = 0.0
     busy: float = 0.0  # smoothed share of batches that found other sessions at work
+    own_sessions: set[int] = field(default_factory=set)  # the run's server processes
     lag_checked_at: float | None = None
     clock: Callable[[], float] = time.monotonic
     # Seconds each lane (thread) rested: lanes rest side by side, so the run rested as long as
@@ -150,7 +170,7 @@ class Pacer:
         """Look whether other sessions are at work on the store (once per batch)."""
         if self.busy_rest <= 0:
             return
-        found = 1.0 if others_at_work(session) else 0.0
+        found = 1.0 if others_at_work(session, own=self.own_sessions) else 0.0
         self.busy += BUSY_SMOOTHING * (found - self.busy)
 
     def replica_wait(self, session: Session, now: float) -> float:
