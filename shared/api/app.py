@@ -40,6 +40,10 @@ MAX_BODY_BYTES = 16 * 1024
 
 Action = Callable[[str], dict[str, Any]]
 
+# The fixed routes beside `DELETE /numbers/{phoneNumber}` and their methods: a DELETE there is a
+# method the route does not have (405), not the release of a number called `released`.
+FIXED_ROUTES = {"released": "GET", "order": "POST"}
+
 
 class BodyTooLarge(ApiError):
     """413: the request body is over the API's limit; it was not read."""
@@ -150,6 +154,8 @@ class NumbersApi:
 
     async def release(self, request: Request) -> Response:
         phone_number = request.path_params["phone_number"]
+        if phone_number in FIXED_ROUTES:
+            raise HTTPException(405, headers={"Allow": FIXED_ROUTES[phone_number]})
         return await run_in_threadpool(
             self._answer, request, lambda account: self._release(account, phone_number)
         )
@@ -284,8 +290,8 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/numbers/released", api.released, methods=["GET"]),
-            Route("/numbers/order", api.order, methods=["POST"]),
+            Route("/numbers/released", api.released, methods=[FIXED_ROUTES["released"]]),
+            Route("/numbers/order", api.order, methods=[FIXED_ROUTES["order"]]),
             # `path`: a number with an encoded slash reaches the library's check (a 400)
             # instead of missing the route.
             Route("/numbers/{phone_number:path}", api.release, methods=["DELETE"]),
