@@ -217,6 +217,11 @@ def test_release_then_order_back_keeps_created_at(
         ).one()
     assert number.billing_status == "active"
     assert number.created_at.isoformat().replace("+00:00", "Z") == created_at
+    # The order is stored under the id it answered (it was not before): found again, alike.
+    with sessions() as session:
+        assert (
+            shared.find_order(session, account_id="acc_release", order_id=body["orderId"]) == body
+        )
     # Released again: a second release of the same number conflicts with its state.
     again = api("DELETE", f"/numbers/{active}", key=key)
     assert (again.status_code, again.json()["error"]["code"]) == (409, "number_already_released")

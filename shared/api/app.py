@@ -29,8 +29,9 @@ from shared.api.openapi import openapi_document
 from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory
 from shared.errors import ApiError, InternalError, ValidationError
-from shared.lifecycle import release_number, repurchase_number
+from shared.lifecycle import release_number
 from shared.listing import released_numbers_body
+from shared.orders import order_number
 
 log = structlog.get_logger("shared.api")
 
@@ -196,7 +197,9 @@ class NumbersApi:
         phone_number = validation.phone_number(order_phone_number(raw))
         with self.sessions.begin() as session:
             try:
-                number = repurchase_number(
+                # The order is recorded with the repurchase, in its transaction: the orderId
+                # answered is the one stored (shared/orders.py).
+                answer = order_number(
                     session, account_id=account, phone_number=phone_number, now=self.clock()
                 )
             except ValidationError as error:
@@ -209,9 +212,8 @@ class NumbersApi:
                     fix="This API orders back numbers the account released, within "
                     "their repurchase window; order other numbers from the platform.",
                 ) from None
-        order_id = f"ord_{uuid.uuid4().hex}"
-        log.info("api.ordered", order_id=order_id, phone_number=number["phoneNumber"])
-        return {"orderId": order_id, "status": "completed", "phoneNumber": number["phoneNumber"]}
+        log.info("api.ordered", order_id=answer["orderId"], phone_number=answer["phoneNumber"])
+        return answer
 
     def _health(self) -> Response:
         with self.sessions() as session:
