@@ -6,7 +6,9 @@ A fresh virtualenv gets the project as the Dockerfile installs it (the files it 
 dropped after) and a private Redis on a free port, the commands of docs/runbook.md's "Run it
 without Docker": migrate, demo data with overdue numbers, Flower with basic auth, a worker,
 beat on a 5-second purge schedule and the exporter, until a scheduled purge has purged the
-overdue numbers, Flower's API shows it succeeded and /metrics counts what it purged.
+overdue numbers, Flower's API shows it succeeded and /metrics counts what it purged; then the
+HTTP API (`serve`, the `[api]` extra the runbook installs), a key made with `api-key create`,
+`GET /numbers/released` over HTTP with it, and SIGTERM: the server exits gracefully.
 Everything it started is stopped by PID and the database dropped, whatever happens.
 
     python3 .ci/deploy_check.py [--timeout SECONDS]
@@ -44,9 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PURGE = "numbers.purge_expired"
 
 # The runbook's commands, as this check runs them. In docs/runbook.md ("Run it without
-# Docker") {venv} is .venv, {flower_port} 5555 and {metrics_port} 9808; tests/test_docs.py
-# holds the runbook to these lines and to the Dockerfile's install.
-RUNBOOK_VALUES = {"venv": ".venv", "flower_port": "5555", "metrics_port": "9808"}
+# Docker") {venv} is .venv, {flower_port} 5555, {metrics_port} 9808 and {api_port} 8080;
+# tests/test_docs.py holds the runbook to these lines and to the Dockerfile's install.
+RUNBOOK_VALUES = {
+    "venv": ".venv",
+    "flower_port": "5555",
+    "metrics_port": "9808",
+    "api_port": "8080",
+}
 MIGRATE = "{venv}/bin/numbers-retention migrate"
 SEED = "{venv}/bin/numbers-retention seed-demo --numbers 1000 --accounts 10 --if-empty"
 SERVICES = {
@@ -54,12 +61,15 @@ SERVICES = {
     "worker": "{venv}/bin/celery -A worker worker --loglevel=INFO --concurrency=3",
     "beat": "{venv}/bin/celery -A worker beat --loglevel=INFO",
     "metrics": "{venv}/bin/numbers-retention metrics --host 127.0.0.1 --port {metrics_port}",
+    "api": "{venv}/bin/numbers-retention serve --host 127.0.0.1 --port {api_port}",
 }
+# A key of the demo's first account, printed once as {"account_id", "key"}.
+API_KEY = "{venv}/bin/numbers-retention api-key create --account acc_00001"
 HEALTHCHECKS = {
     "worker": "{venv}/bin/numbers-retention healthcheck worker",
     "beat": "{venv}/bin/numbers-retention healthcheck beat",
 }
-COMMANDS = [MIGRATE, SEED, *SERVICES.values(), *HEALTHCHECKS.values()]
+COMMANDS = [MIGRATE, SEED, *SERVICES.values(), API_KEY, *HEALTHCHECKS.values()]
 
 
 class CheckFailed(Exception):
@@ -155,7 +165,9 @@ def redis_answers(port: int) -> bool:
         return False
 
 
-def http_get(url: str, auth: tuple[str, str] | None = None) -> str | None:
+def http_get(
+    url: str, auth: tuple[str, str] | None = None, *, bearer: str | None = None
+) -> str | None:
     """The body of a 200 answer, else None (not up yet, refused, an error status).
 
     Only the http:// URLs of the services this check started come here.
@@ -164,6 +176,8 @@ def http_get(url: str, auth: tuple[str, str] | None = None) -> str | None:
     if auth:
         token = base64.b64encode(":".join(auth).encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             return str(response.read().decode())
@@ -343,6 +357,38 @@ class DeployCheck:
         for role in HEALTHCHECKS:
             self.wait(f"`healthcheck {role}` to pass", lambda role=role: self.healthy(role))
 
+    def check_api(self) -> None:
+        """`serve` as the runbook starts it, a key from `api-key create`, the released list
+        over HTTP with it (and a 401 without it), then SIGTERM: a graceful exit."""
+        port = free_port()
+        api = f"http://127.0.0.1:{port}"
+        self.start("api", api_port=str(port))
+        self.wait("the API's /health", lambda: http_get(f"{api}/health"))
+        created = json.loads(self.run(self.command(API_KEY), "api-key create", env=self.env()))
+        if created.get("account_id") != "acc_00001" or not created.get("key"):
+            raise CheckFailed(f"api-key create printed {created}")
+        body = json.loads(http_get(f"{api}/numbers/released", bearer=created["key"]) or "{}")
+        if not isinstance(body.get("numbers"), list) or not body["numbers"]:
+            raise CheckFailed(f"GET /numbers/released answered {body}")
+        print(f"deploy check: GET /numbers/released: {len(body['numbers'])} numbers", flush=True)
+        if http_get(f"{api}/numbers/released") is not None:
+            raise CheckFailed("GET /numbers/released answered 200 without a key")
+        server = self.services.pop("api")
+        server.popen.send_signal(signal.SIGTERM)
+        try:
+            code = server.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            self.services["api"] = server  # stopped by cleanup, shown by report
+            raise CheckFailed("the API did not exit within 30 s of SIGTERM") from None
+        log = server.tail(lines=100_000)
+        # uvicorn ends by the signal it got (143 in a shell), once its shutdown ran.
+        if code != -signal.SIGTERM or "Application shutdown complete." not in log:
+            self.services["api"] = server
+            raise CheckFailed(f"the API exited with {code} on SIGTERM, not a graceful shutdown")
+        if "Traceback" in log:
+            self.services["api"] = server
+            raise CheckFailed("the API logged a traceback")
+
     def stop_worker_and_beat(self) -> None:
         """A warm shutdown of each: their health checks fail, nothing logged a traceback."""
         for role in HEALTHCHECKS:
@@ -362,6 +408,7 @@ class DeployCheck:
         self.step("start Flower, a worker, beat and the exporter", self.start_services)
         self.step("health checks of the worker and beat", self.check_health)
         self.step("wait for a scheduled purge", self.check_purge)
+        self.step("serve the API, list over HTTP with a new key, SIGTERM it", self.check_api)
         self.step("stop the worker and beat", self.stop_worker_and_beat)
 
     # --- failure and cleanup -----------------------------------------------------------------
@@ -393,7 +440,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout", type=float, default=150, help="seconds for the whole check")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds for the whole check")
     options = parser.parse_args()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)

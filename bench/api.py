@@ -2,6 +2,7 @@
 backlog purge.
 
     python bench/api.py [--rows 1000000] [--calls 1000] [--repeat 3] [--idle-seconds 10]
+    python bench/api.py --smoke     # that it runs (tests/test_bench.py): a tiny store, few calls
 
 On a fresh copy of the purge benchmark's store, two servers run side by side, each one uvicorn
 process (same options: httptools, uvloop, one worker), each serving GET /numbers/released:
@@ -55,6 +56,8 @@ from common import (
 
 BENCH = Path(__file__).resolve().parent
 WARM_UP = 100
+# --smoke: seconds, not figures: what tests/test_bench.py runs to see that the script still works.
+SMOKE = {"rows": 3000, "calls": 20, "repeat": 1, "warm_up": 5, "idle_seconds": 0.5, "window": 0.5}
 
 
 def _port() -> int:
@@ -164,7 +167,14 @@ def prepare(url: str) -> tuple[str, int, str]:
 
 
 def compare(
-    project: Server, floor: Server, *, account_id: str, key: str, calls: int, repeat: int
+    project: Server,
+    floor: Server,
+    *,
+    account_id: str,
+    key: str,
+    calls: int,
+    repeat: int,
+    warm_up: int = WARM_UP,
 ) -> list[dict[str, float]]:
     """`repeat` series of `calls` calls of each server, interleaved: median and p99 of each."""
     headers = {
@@ -181,14 +191,14 @@ def compare(
         assert bodies["project"] == bodies["floor"], "the floor's body differs from the project's"
         for number in range(repeat):
             timings: dict[str, list[float]] = {"project": [], "floor": []}
-            for call in range(WARM_UP + calls):
+            for call in range(warm_up + calls):
                 order = ("project", "floor") if call % 2 else ("floor", "project")
                 for name in order:
                     started = time.perf_counter()
                     answer = client.get(f"{urls[name]}/numbers/released", headers=headers[name])
                     elapsed = (time.perf_counter() - started) * 1000
                     assert answer.status_code == 200, answer.text
-                    if call >= WARM_UP:
+                    if call >= warm_up:
                         timings[name].append(elapsed)
             result = {
                 f"{name}_{stat}": fn(values)
@@ -276,8 +286,16 @@ def main(argv: list[str]) -> None:
         action="store_true",
         help="the project without the key store: the account from a header (its cost)",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few seconds on a tiny store, to see that it runs (its figures mean nothing)",
+    )
     add_database_arguments(parser)
     args = parser.parse_args(argv)
+    args.warm_up = WARM_UP
+    if args.smoke:
+        vars(args).update(SMOKE)
     print(machine(args.url))
     source = store_template(args)
     copy = scratch_name(args.url, "api_copy")
@@ -292,7 +310,12 @@ def main(argv: list[str]) -> None:
         for server in servers:
             server.wait()
         series = compare(
-            *servers, account_id=account_id, key=key, calls=args.calls, repeat=args.repeat
+            *servers,
+            account_id=account_id,
+            key=key,
+            calls=args.calls,
+            repeat=args.repeat,
+            warm_up=args.warm_up,
         )
         purge_ratio = during_purge(
             servers[0],

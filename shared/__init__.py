@@ -17,6 +17,7 @@ from shared.lifecycle import (
     set_purge_hold,
 )
 from shared.listing import released_numbers_body
+from shared.orders import find_order, order_number
 from shared.purge import PurgeReport, purge_expired
 from shared.releasable import NotPublished, read_releasable
 from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
@@ -32,9 +33,11 @@ __all__ = [
     "UsageLimitError",
     "ValidationError",
     "assign_campaign",
+    "find_order",
     "is_purgeable",
     "is_repurchasable",
     "open_account",
+    "order_number",
     "purge_expired",
     "read_releasable",
     "register_number",

@@ -393,6 +393,27 @@ class ApiKey(Base):
         return f"ApiKey(id={self.id!r}, account_id={self.account_id!r})"
 
 
+class NumberOrder(Base):
+    """An order back through the API (`POST /numbers/order`): the id it was answered with and
+    the number it reactivated, kept so that the order can be found again with the same answer
+    (shared/orders.py)."""
+
+    __tablename__ = "number_orders"
+    __table_args__ = (CheckConstraint("substr(id, 1, 4) = 'ord_'", name="order_id_prefixed"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    phone_number: Mapped[str] = mapped_column(String(16))
+    # No foreign key: the number may be released and purged later; the order stays.
+    number_id: Mapped[int] = mapped_column(BigInteger)
+    # The release it reversed, and when it was placed (the repurchase's instant).
+    released_at: Mapped[datetime]
+    ordered_at: Mapped[datetime]
+
+    def __repr__(self) -> str:
+        return f"NumberOrder(id={self.id!r}, phone_number={self.phone_number!r})"
+
+
 class RelayMark(Base):
     """The highest outbox id the relay has applied to Redis, kept in the store as in Redis:
     a Redis that comes back with a lower one (restored from an older snapshot, or emptied)

@@ -29,6 +29,7 @@ TABLES = (
     "purge_controls",
     "campaign_assignments",
     "api_keys",
+    "number_orders",
     "phone_numbers",
     "accounts",
 )

@@ -217,6 +217,11 @@ def test_release_then_order_back_keeps_created_at(
         ).one()
     assert number.billing_status == "active"
     assert number.created_at.isoformat().replace("+00:00", "Z") == created_at
+    # The order is stored under the id it answered (it was not before): found again, alike.
+    with sessions() as session:
+        assert (
+            shared.find_order(session, account_id="acc_release", order_id=body["orderId"]) == body
+        )
     # Released again: a second release of the same number conflicts with its state.
     again = api("DELETE", f"/numbers/{active}", key=key)
     assert (again.status_code, again.json()["error"]["code"]) == (409, "number_already_released")
@@ -369,7 +374,6 @@ def test_a_huge_streamed_body_is_refused_without_a_length(
         "/numbers/+14155550102;x",
         "/numbers/%252B14155550102",
         "/numbers/%2B14155550102/",
-        "/numbers/released",
     ],
 )
 def test_release_with_path_tricks_gets_the_envelope_and_changes_nothing(
@@ -390,6 +394,24 @@ def test_unknown_routes_and_methods_get_the_envelope(api: Call, error_validator:
     assert_envelope(api("GET", "/nope"), error_validator, status=404, code="not_found")
     answer = api("PUT", "/numbers/released")
     assert_envelope(answer, error_validator, status=405, code="method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"), [("/numbers/released", "GET"), ("/numbers/order", "POST")]
+)
+def test_delete_on_the_other_routes_is_405_not_a_number(
+    api: Call, sessions: sessionmaker[Session], error_validator: Any, path: str, allowed: str
+) -> None:
+    """DELETE /numbers/released and /numbers/order are methods those routes do not have (405
+    and their Allow), not a release of a number called `released` (a 400: Schemathesis over
+    HTTP found it)."""
+    with sessions() as session:
+        before = snapshot(session)
+    answer = api("DELETE", path)
+    assert_envelope(answer, error_validator, status=405, code="method_not_allowed")
+    assert answer.headers["allow"] == allowed
+    with sessions() as session:
+        assert snapshot(session) == before
 
 
 def test_a_failing_store_is_500_without_its_details(error_validator: Any) -> None:

@@ -150,6 +150,10 @@ def test_the_sdk_lists_releases_and_orders_back(served: Served, wall_now: dateti
         ).one()
     assert number.billing_status == "active"
     assert number.created_at == datetime.fromisoformat(created_at)
+    # The order the SDK was answered is the one stored.
+    with served.sessions() as session:
+        stored = shared.find_order(session, account_id="acc_a", order_id=ordered.order_id)
+    assert stored == ordered.to_dict()
 
 
 @pytest.mark.parametrize("key", ["nrk_never-issued", "not even a key"])

@@ -46,6 +46,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
             r"impact: list_p99_ratio=[\d.]+ write_p99_ratio=[\d.]+ purge_rows_s=\d+ "
             r"worst_batch_ms=[\d.]+",
         ),
+        (
+            "api.py",
+            ["--smoke"],
+            r"api: list_ratio=[\d.]+ list_p99_ratio=[\d.]+ during_purge_p99_ratio=[\d.]+",
+        ),
     ],
 )
 def test_benchmark_runs(

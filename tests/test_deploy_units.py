@@ -13,12 +13,12 @@ import pytest
 
 from shared.settings import Settings
 from tests.runbook import deploy_check
-from worker import health
+from worker import api, health
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"
 INSTALLED_BIN = "/opt/numbers-retention/bin/"
-NAMES = ("migrate", "worker", "beat", "flower", "metrics")
+NAMES = ("migrate", "worker", "beat", "flower", "metrics", "api")
 
 
 def systemd_analyze() -> str:
@@ -101,6 +101,16 @@ def test_worker_and_beat_feed_a_watchdog_longer_than_their_heartbeats_max_age(ro
     assert float(service["WatchdogSec"]) >= health.default_max_age(Settings(), role)
     # A warm shutdown: SIGTERM to the main process, which stops its pool itself.
     assert service["KillMode"] == "mixed"
+
+
+def test_the_api_stops_gracefully_before_systemd_kills_it() -> None:
+    """SIGTERM to uvicorn's main process alone (it stops its own worker processes), and time
+    for the requests in flight to finish before the SIGKILL."""
+    service = unit("api")["Service"]
+    assert service["KillMode"] == "mixed"
+    assert float(service["TimeoutStopSec"]) > api.GRACEFUL_SECONDS
+    # Started after the migration, as the exporter is.
+    assert "numbers-retention-migrate.service" in unit("api")["Unit"]["After"]
 
 
 def test_the_units_run_the_runbooks_plain_processes() -> None:

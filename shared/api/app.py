@@ -29,8 +29,9 @@ from shared.api.openapi import openapi_document
 from shared.clock import utcnow
 from shared.db import make_engine, make_session_factory
 from shared.errors import ApiError, InternalError, ValidationError
-from shared.lifecycle import release_number, repurchase_number
+from shared.lifecycle import release_number
 from shared.listing import released_numbers_body
+from shared.orders import order_number
 
 log = structlog.get_logger("shared.api")
 
@@ -39,6 +40,10 @@ log = structlog.get_logger("shared.api")
 MAX_BODY_BYTES = 16 * 1024
 
 Action = Callable[[str], dict[str, Any]]
+
+# The fixed routes beside `DELETE /numbers/{phoneNumber}` and their methods: a DELETE there is a
+# method the route does not have (405), not the release of a number called `released`.
+FIXED_ROUTES = {"released": "GET", "order": "POST"}
 
 
 class BodyTooLarge(ApiError):
@@ -150,6 +155,8 @@ class NumbersApi:
 
     async def release(self, request: Request) -> Response:
         phone_number = request.path_params["phone_number"]
+        if phone_number in FIXED_ROUTES:
+            raise HTTPException(405, headers={"Allow": FIXED_ROUTES[phone_number]})
         return await run_in_threadpool(
             self._answer, request, lambda account: self._release(account, phone_number)
         )
@@ -190,7 +197,9 @@ class NumbersApi:
         phone_number = validation.phone_number(order_phone_number(raw))
         with self.sessions.begin() as session:
             try:
-                number = repurchase_number(
+                # The order is recorded with the repurchase, in its transaction: the orderId
+                # answered is the one stored (shared/orders.py).
+                answer = order_number(
                     session, account_id=account, phone_number=phone_number, now=self.clock()
                 )
             except ValidationError as error:
@@ -203,9 +212,8 @@ class NumbersApi:
                     fix="This API orders back numbers the account released, within "
                     "their repurchase window; order other numbers from the platform.",
                 ) from None
-        order_id = f"ord_{uuid.uuid4().hex}"
-        log.info("api.ordered", order_id=order_id, phone_number=number["phoneNumber"])
-        return {"orderId": order_id, "status": "completed", "phoneNumber": number["phoneNumber"]}
+        log.info("api.ordered", order_id=answer["orderId"], phone_number=answer["phoneNumber"])
+        return answer
 
     def _health(self) -> Response:
         with self.sessions() as session:
@@ -284,8 +292,8 @@ def create_app(
 
     return Starlette(
         routes=[
-            Route("/numbers/released", api.released, methods=["GET"]),
-            Route("/numbers/order", api.order, methods=["POST"]),
+            Route("/numbers/released", api.released, methods=[FIXED_ROUTES["released"]]),
+            Route("/numbers/order", api.order, methods=[FIXED_ROUTES["order"]]),
             # `path`: a number with an encoded slash reaches the library's check (a 400)
             # instead of missing the route.
             Route("/numbers/{phone_number:path}", api.release, methods=["DELETE"]),

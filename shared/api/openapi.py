@@ -20,7 +20,14 @@ NUMBER_ANSWERS = {
     "409": "Conflict - the number's state forbids this (already released, not released, "
     "window closed)",
 }
-PHONE_NUMBER = {"type": "string", "pattern": "^\\+[1-9][0-9]{1,14}$", "description": "E.164"}
+# The example is the one the errors' `fix` gives; Schemathesis's examples phase sends it.
+EXAMPLE_NUMBER = "+14155550123"
+PHONE_NUMBER = {
+    "type": "string",
+    "pattern": "^\\+[1-9][0-9]{1,14}$",
+    "description": "E.164",
+    "examples": [EXAMPLE_NUMBER],
+}
 
 
 def contract_schemas() -> dict[str, Any]:
