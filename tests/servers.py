@@ -14,11 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -27,7 +29,7 @@ from celery import Celery
 from shared import migrate
 from shared.db import make_engine
 from shared.settings import Settings
-from tests.processes import wait_for
+from tests.processes import Process, wait_for
 from tests.stores import TRUNCATE_ALL, service_missing
 from worker.app import create_app
 
@@ -264,3 +266,26 @@ def wait_task(
     meta = wait_for(final, timeout=timeout, interval=0.1, what=f"task {task_id}")
     assert meta["status"] in states, meta
     return meta
+
+
+@contextlib.contextmanager
+def serving_api(env: dict[str, str], log: Path) -> Iterator[tuple[Process, str]]:
+    """`numbers-retention serve` on a free port, as the runbook runs it, once it answers its
+    health check; stopped on the way out as docker and systemd stop it (SIGTERM)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "numbers-retention"), "serve", "--port", str(port)]
+    process = Process(command, env, log)
+
+    def healthy() -> bool:
+        assert process.popen.poll() is None, process.output()[-3000:]
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, interval=0.1, what="the API to serve")
+        yield process, url
+    finally:
+        process.stop()

@@ -26,8 +26,8 @@ from sqlalchemy.engine import make_url
 from shared.api.openapi import EXAMPLE_NUMBER
 from shared.db import make_engine, make_session_factory
 from tests.factories import make_number
-from tests.processes import Process, service_env, wait_for
-from tests.servers import free_port
+from tests.processes import service_env
+from tests.servers import serving_api
 
 pytestmark = [pytest.mark.postgres, pytest.mark.processes]
 
@@ -99,21 +99,7 @@ def test_schemathesis_over_http_finds_no_failure(
         engine.dispose()
     key = json.loads(_command(env, "api-key", "create", "--account", ACCOUNT))["key"]
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = Process(
-        [str(BIN / "numbers-retention"), "serve", "--port", str(port)], env, tmp_path / "api.log"
-    )
-
-    def healthy() -> bool:
-        assert server.popen.poll() is None, server.output()[-3000:]
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, interval=0.1, what="the API to serve")
+    with serving_api(env, tmp_path / "api.log") as (server, url):
         operations = sum(
             len(item) for item in httpx.get(f"{url}/openapi.json").json()["paths"].values()
         )
@@ -148,6 +134,5 @@ def test_schemathesis_over_http_finds_no_failure(
         assert re.search(rf"Tested: {operations}\b", output), output[-3000:]
         # Not one request reached the 500 boundary.
         assert [e for e in server.events() if e.get("event") == "api.failed"] == []
-    finally:
-        server.stop()  # SIGTERM, as docker and systemd stop it
+    # Stopped on the way out with SIGTERM, as docker and systemd stop it.
     assert server.popen.returncode == -signal.SIGTERM

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 import yaml
 from pingram import Pingram
@@ -32,8 +31,8 @@ from shared.clock import utcnow
 from shared.db import make_session_factory
 from shared.models import PhoneNumber
 from tests.factories import make_number
-from tests.processes import Process, service_env, wait_for
-from tests.servers import free_port
+from tests.processes import Process, service_env
+from tests.servers import serving_api
 from tests.stores import delete_all_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.processes]
@@ -98,24 +97,11 @@ def served(
     sessions = make_session_factory(pg_engine)
     keys = _store(sessions, utcnow() - timedelta(seconds=5))
     folder = tmp_path_factory.mktemp("api")
-    port = free_port()
     env = service_env(database_url=pg_url, redis_url=redis_url, data_dir=folder)
-    numbers_retention = str(Path(sys.executable).parent / "numbers-retention")
-    process = Process([numbers_retention, "serve", "--port", str(port)], env, folder / "api.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.popen.poll() is None, process.output()[-3000:]
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(healthy, timeout=60, interval=0.1, what="the API to serve")
-        yield Served(process, url, keys, sessions)
+        with serving_api(env, folder / "api.log") as (process, url):
+            yield Served(process, url, keys, sessions)
     finally:
-        process.stop()
         delete_all_rows(pg_engine)
 
 
