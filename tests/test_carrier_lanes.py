@@ -7,9 +7,12 @@ loopback (one set of servers for the module)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,13 +29,15 @@ from shared.db import make_engine
 from shared.errors import ValidationError
 from shared.models import PhoneNumber, PurgedNumber
 from shared.purge import lanes, lock, purge_expired
+from shared.settings import Settings
 from shared.status import store_status
 from tests import fake_bandwidth as bw
 from tests import fake_twilio as tw
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, LOCKED, FakeTelnyx
 from worker import cli
-from worker.tasks import parse_carrier
+from worker.app import create_app
+from worker.tasks import PURGE, parse_carrier
 
 Factory = sessionmaker[Session]
 WHEN = NOW - timedelta(days=2)
@@ -86,32 +91,41 @@ def fakes(servers: Fakes) -> Fakes:
     return servers
 
 
-def _number(session: Session, phone: str, carrier: str, pid: str | None, *, due: bool) -> None:
+def _number(
+    session: Session,
+    phone: str,
+    carrier: str,
+    pid: str | None,
+    *,
+    due: bool,
+    when: datetime = WHEN,
+) -> None:
     make_number(
         session,
         account_id="acc_carriers",
         phone_number=phone,
-        released_at=WHEN - OVERDUE if due else None,
-        now=WHEN,
+        released_at=when - OVERDUE if due else None,
+        now=when,
         provider_number_id=pid,
         carrier=carrier,
     )
 
 
-def seed(factory: Factory, fakes: Fakes) -> None:
+def seed(factory: Factory, fakes: Fakes, when: datetime = WHEN) -> None:
     """Three overdue numbers at each carrier (one of each refused there), two held nowhere,
     and one active number at each of Twilio and Bandwidth (what proves their accounts)."""
+    number = partial(_number, when=when)
     with factory.begin() as session:
         for i in range(3):
-            _number(session, f"+1415700{i:04d}", "telnyx", f"71{i}", due=True)
-            _number(session, f"+1415701{i:04d}", "twilio", tw.sid(i), due=True)
-            _number(session, f"+1415702{i:04d}", "bandwidth", bw.tn(i), due=True)
+            number(session, f"+1415700{i:04d}", "telnyx", f"71{i}", due=True)
+            number(session, f"+1415701{i:04d}", "twilio", tw.sid(i), due=True)
+            number(session, f"+1415702{i:04d}", "bandwidth", bw.tn(i), due=True)
             fakes.twilio.held.add(tw.sid(i))
             fakes.bandwidth.held.add(bw.tn(i))
         for i in range(2):
-            _number(session, f"+1415703{i:04d}", "none", None, due=True)
-        _number(session, "+14157040000", "twilio", tw.sid(99), due=False)
-        _number(session, "+14157040001", "bandwidth", bw.tn(99), due=False)
+            number(session, f"+1415703{i:04d}", "none", None, due=True)
+        number(session, "+14157040000", "twilio", tw.sid(99), due=False)
+        number(session, "+14157040001", "bandwidth", bw.tn(99), due=False)
     fakes.twilio.held.add(tw.sid(99))
     fakes.bandwidth.held.add(bw.tn(99))
     fakes.telnyx.script["712"] = [LOCKED]
@@ -305,3 +319,70 @@ def test_telnyx_numbers_released_by_a_bulk_deletion_job(
     assert stones(session_factory)["+14157060000"].release_proof["job"] == job_id
     locked = kept(session_factory)["+14157060002"]
     assert (locked.provider_code, locked.provider_order_id) == ("10035", None)
+
+
+def carrier_settings(factory: Factory, fakes: Fakes, data: Path, **more: Any) -> Settings:
+    """Settings naming the test's store and every carrier's fake (Telnyx the default)."""
+    return Settings(
+        database_url=factory.kw["bind"].url.render_as_string(hide_password=False),
+        NUMBERS_RETENTION_DATA=data,
+        provider="telnyx",
+        telnyx_api_key=API_KEY,
+        telnyx_base_url=fakes.telnyx.url,
+        twilio_account_sid=tw.ACCOUNT_SID,
+        twilio_auth_token=tw.AUTH_TOKEN,
+        twilio_base_url=fakes.twilio.url,
+        bandwidth_account_id=bw.ACCOUNT_ID,
+        bandwidth_username=bw.USERNAME,
+        bandwidth_password=bw.PASSWORD,
+        bandwidth_base_url=fakes.bandwidth.url,
+        **more,
+    )
+
+
+def test_beat_sends_one_purge_per_lane_and_a_slow_carrier_holds_up_no_other(
+    pg_factory: Factory, fakes: Fakes, tmp_path: Path, wall_now: datetime
+) -> None:
+    """Beat's schedule: one `numbers.purge_expired` per carrier lane (the carrier its third
+    argument), so that while Telnyx keeps a DELETE unanswered the other lanes' scheduled runs
+    complete (before: one combined run, which took the lanes in turn behind Telnyx's)."""
+    # A call may wait on Telnyx for as long as the test holds it: no timeout decides.
+    app = create_app(carrier_settings(pg_factory, fakes, tmp_path, provider_timeout_seconds=600))
+    purges = {
+        name: entry for name, entry in app.conf.beat_schedule.items() if entry["task"] == PURGE
+    }
+    assert {name: tuple(entry["args"]) for name, entry in purges.items()} == {
+        "purge-expired": (None, False, "telnyx"),
+        "purge-expired-none": (None, False, "none"),
+        "purge-expired-twilio": (None, False, "twilio"),
+        "purge-expired-bandwidth": (None, False, "bandwidth"),
+    }
+    seed(pg_factory, fakes, when=wall_now)
+    gate = fakes.telnyx.block("710")
+    task = app.tasks[PURGE]
+    with ThreadPoolExecutor(len(purges)) as pool:
+        runs = {name: pool.submit(task.apply, args=entry["args"]) for name, entry in purges.items()}
+        try:
+            assert gate.arrived.wait(60), "Telnyx's lane never called Telnyx"
+            others = {
+                name: runs[name].result(timeout=120) for name in purges if name != "purge-expired"
+            }
+            # Telnyx still holds its lane's call: the other lanes did not wait for it.
+            assert not runs["purge-expired"].done()
+        finally:
+            gate.opened.set()
+        telnyx = runs["purge-expired"].result(timeout=120)
+    summaries = {name: result.get() for name, result in others.items()}
+    summaries["purge-expired"] = telnyx.get()
+    assert {name: (s["status"], s["purged"]) for name, s in summaries.items()} == {
+        "purge-expired": ("completed", 2),
+        "purge-expired-none": ("completed", 2),
+        "purge-expired-twilio": ("completed", 2),
+        "purge-expired-bandwidth": ("completed", 2),
+    }
+    assert {s.carrier for s in stones(pg_factory).values()} == {
+        "none",
+        "telnyx",
+        "twilio",
+        "bandwidth",
+    }

@@ -272,6 +272,16 @@ def _outcomes(
     return outcomes
 
 
+def configured(settings: Settings) -> bool:
+    """Whether the settings give Bandwidth's credentials (BANDWIDTH_ACCOUNT_ID,
+    BANDWIDTH_USERNAME, BANDWIDTH_PASSWORD): its lane is scheduled."""
+    return bool(
+        settings.bandwidth_account_id
+        and settings.bandwidth_username
+        and settings.bandwidth_password.get_secret_value()
+    )
+
+
 def from_settings(settings: Settings) -> BandwidthProvider:
     """The Bandwidth adapter the settings describe (BANDWIDTH_ACCOUNT_ID, BANDWIDTH_USERNAME,
     BANDWIDTH_PASSWORD, BANDWIDTH_BASE_URL)."""

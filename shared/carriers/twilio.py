@@ -253,6 +253,12 @@ class TwilioProvider:
         self._client.close()
 
 
+def configured(settings: Settings) -> bool:
+    """Whether the settings give Twilio's credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN):
+    its lane is scheduled."""
+    return bool(settings.twilio_account_sid and settings.twilio_auth_token.get_secret_value())
+
+
 def from_settings(settings: Settings) -> TwilioProvider:
     """The Twilio adapter the settings describe (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN,
     TWILIO_BASE_URL)."""
