@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import migrate
@@ -27,6 +27,7 @@ from shared.carriers.telnyx_jobs import TelnyxJobsProvider
 from shared.carriers.twilio import TwilioProvider
 from shared.db import make_engine
 from shared.errors import ValidationError
+from shared.holds import hold_number
 from shared.models import PhoneNumber, PurgedNumber
 from shared.purge import lanes, lock, purge_expired
 from shared.settings import Settings
@@ -386,3 +387,57 @@ def test_beat_sends_one_purge_per_lane_and_a_slow_carrier_holds_up_no_other(
         "twilio",
         "bandwidth",
     }
+
+
+def test_a_number_whose_release_an_order_settled_is_tombstoned_even_if_held_since(
+    session_factory: Factory, fakes: Fakes
+) -> None:
+    """A number submitted in a disconnect order is in the carrier's hands: a hold is refused
+    (`number_being_purged`, as during a synchronous call); a hold that got in anyway (set
+    before this rule) cannot keep a number the carrier released: once the order settles, it is
+    tombstoned with the order's proof and the hold it had. Before: the hold was acknowledged,
+    and the number stayed `submitted` for ever, its order re-read by every run."""
+    adapters = fakes.adapters()
+    with session_factory.begin() as session:
+        for i in range(3):
+            _number(session, f"+1415708{i:04d}", "bandwidth", bw.tn(i), due=True)
+            fakes.bandwidth.held.add(bw.tn(i))
+        _number(session, "+14157089999", "bandwidth", bw.tn(99), due=False)
+    fakes.bandwidth.held.add(bw.tn(99))
+    fakes.bandwidth.refuse[bw.tn(2)] = REFUSAL
+    fakes.bandwidth.pending_reads = 1
+    first = purge_expired(session_factory, now=WHEN, carrier="bandwidth", carriers=adapters)
+    assert (first.provider_submitted, first.purged) == (3, 0)
+
+    with session_factory() as session, pytest.raises(ValidationError) as refused:
+        hold_number(session, phone_number="+14157080000", by="alice", reason="dispute", now=WHEN)
+    assert refused.value.code == "number_being_purged"
+    assert "order" in refused.value.message
+    assert not kept(session_factory)["+14157080000"].purge_hold
+    # Holds that got in before the rule (as the schema allows them): one released by the
+    # order, one refused by it.
+    with session_factory.begin() as session:
+        session.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.phone_number.in_(["+14157080001", "+14157080002"]))
+            .values(purge_hold=True, hold_reason="dispute", hold_set_by="bob", hold_set_at=WHEN)
+        )
+
+    second = purge_expired(session_factory, now=WHEN, carrier="bandwidth", carriers=adapters)
+    assert (second.provider_orders_settled, second.purged) == (1, 2)
+    gone = stones(session_factory)
+    assert set(gone) == {"+14157080000", "+14157080001"}
+    proof = gone["+14157080001"].release_proof
+    assert proof["status"] == "PARTIAL"
+    assert proof["held"] == {"by": "bob", "reason": "dispute", "at": "2025-11-25T12:00:00Z"}
+    assert "held" not in gone["+14157080000"].release_proof
+    # Refused by the order: kept with Bandwidth's code, still held, no longer submitted.
+    left = kept(session_factory)["+14157080002"]
+    assert (left.provider_code, left.provider_order_id, left.purge_hold) == ("5007", None, True)
+    with session_factory() as session:
+        assert store_status(session, now=WHEN)["submitted"]["numbers"] == 0
+    third = purge_expired(session_factory, now=WHEN, carrier="bandwidth", carriers=adapters)
+    assert (third.provider_orders_settled, third.purged) == (0, 0)
+    assert len(fakes.bandwidth.orders) == 1
+    for adapter in adapters.values():
+        adapter.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import get_args
 
@@ -47,6 +47,8 @@ class UpstreamSweep:
     limited_before: int = 0  # the carrier's 429s counted before this run
     # The numbers of this carrier's lane (shared/purge/lanes.py; None: every number).
     lane: ColumnElement[bool] | None = None
+    # The statements of the numbers a carrier's order released (held since or not).
+    settle_ordered: dict[str, BatchStatements] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -61,20 +63,35 @@ class UpstreamSweep:
         lane: ColumnElement[bool] | None = None,
     ) -> UpstreamSweep:
         dialect = factory.kw["bind"].dialect.name
-        settle = {
-            resolution: BatchStatements.build(
-                dialect,
-                now,
-                report.run_id,
-                claimed=True,
-                provider=None if resolution == "no_provider_id" else provider.name,
-                resolution=resolution,
-                carrier=provider.name,
-            )
-            for resolution in RESOLUTIONS
-        }
+
+        def statements(*, ordered: bool) -> dict[str, BatchStatements]:
+            return {
+                resolution: BatchStatements.build(
+                    dialect,
+                    now,
+                    report.run_id,
+                    claimed=True,
+                    provider=None if resolution == "no_provider_id" else provider.name,
+                    resolution=resolution,
+                    carrier=provider.name,
+                    ordered=ordered,
+                )
+                for resolution in RESOLUTIONS
+            }
+
         limited = provider.pace.limited if provider.pace is not None else 0
-        return cls(report, config, boundary, provider, settle, now, limited, lane)
+        ordered = statements(ordered=True) if is_async(provider) else {}
+        return cls(
+            report,
+            config,
+            boundary,
+            provider,
+            statements(ordered=False),
+            now,
+            limited,
+            lane,
+            ordered,
+        )
 
     def run(self, factory: sessionmaker[Session]) -> Halt:
         """Batches until the backlog is done or something halts the run; why it ended."""
@@ -212,9 +229,10 @@ class UpstreamSweep:
         # once the key's account was proven): a batch stopped by another number's answer
         # still settles them, so no number stays in the store once released at the carrier.
         settled = outcome.settled()
+        statements = self.settle_ordered if outcome.ordered else self.settle
         with factory.begin() as session:
             purged = sum(
-                self.settle[resolution].purge(session, ids) for resolution, ids in settled.items()
+                statements[resolution].purge(session, ids) for resolution, ids in settled.items()
             )
             # Each tombstone's release proof and detach steps (the ledger of disconnections).
             tombstoned = {i for ids in settled.values() for i in ids}
