@@ -6,9 +6,11 @@ loopback (one set of servers for the module)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -18,10 +20,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
+from structlog.testing import capture_logs
 
 from shared import migrate
 from shared.carriers.bandwidth import BandwidthProvider
-from shared.carriers.base import Provider
+from shared.carriers.base import Provider, UpstreamResult
 from shared.carriers.telnyx import TelnyxProvider
 from shared.carriers.telnyx_jobs import TelnyxJobsProvider
 from shared.carriers.twilio import TwilioProvider
@@ -29,8 +32,9 @@ from shared.db import make_engine
 from shared.errors import ValidationError
 from shared.holds import hold_number
 from shared.models import PhoneNumber, PurgedNumber
-from shared.purge import lanes, lock, purge_expired
-from shared.settings import Settings
+from shared.purge import lanes, lock, purge_expired, upstream_sweep
+from shared.purge.config import PurgeConfig
+from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests import fake_bandwidth as bw
 from tests import fake_twilio as tw
@@ -441,3 +445,66 @@ def test_a_number_whose_release_an_order_settled_is_tombstoned_even_if_held_sinc
     assert len(fakes.bandwidth.orders) == 1
     for adapter in adapters.values():
         adapter.close()
+
+
+class CallClock:
+    """shared.purge.upstream_sweep's clock: the real one, moved ten seconds on by each carrier
+    call. A transaction never spans a call, so no transaction's time includes a move; a
+    two-phase batch's time includes one per call."""
+
+    STEP = 10.0
+
+    def __init__(self) -> None:
+        self.moved = 0.0
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.moved
+
+    def move(self) -> None:
+        with self._lock:
+            self.moved += self.STEP
+
+
+def test_a_two_phase_run_reports_its_worst_transaction_not_only_its_worst_batch(
+    session_factory: Factory, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 250 ms promise is per transaction: a two-phase batch is several (claim, each call's
+    mark, settle, progress) with the carrier's calls between them, so its `ms` is no measure
+    of it. The run's summary and each `purge.batch` event give the longest transaction
+    (before: only the batch's time, carrier calls included)."""
+    clock = CallClock()
+    monkeypatch.setattr(upstream_sweep, "time", clock)
+    twilio = fakes.adapters()["twilio"]
+    release = twilio.release
+
+    def called(number_id: str) -> UpstreamResult:
+        clock.move()
+        return release(number_id)
+
+    monkeypatch.setattr(twilio, "release", called)
+    with session_factory.begin() as session:
+        for i in range(3):
+            _number(session, f"+1415709{i:04d}", "twilio", tw.sid(i), due=True)
+            fakes.twilio.held.add(tw.sid(i))
+        _number(session, "+14157099999", "twilio", tw.sid(99), due=False)
+    fakes.twilio.held.add(tw.sid(99))
+    # One call at a time: no transaction of this thread (a call's mark) runs while a call of
+    # another thread moves the clock.
+    config = replace(PurgeConfig.from_settings(get_settings()), provider_concurrency=1)
+    with capture_logs() as logs:
+        report = purge_expired(
+            session_factory, now=WHEN, carrier="twilio", carriers={"twilio": twilio}, config=config
+        )
+    twilio.close()
+    assert (report.status, report.purged) == ("completed", 3)
+    batches = [e for e in logs if e["event"] == "purge.batch"]
+    assert batches
+    # Each batch's time counts its calls (ten seconds each on this clock); no transaction does.
+    assert report.worst_batch_ms >= 3 * CallClock.STEP * 1000
+    assert 0 < report.worst_transaction_ms < CallClock.STEP * 1000
+    assert report.worst_transaction_ms == max(e["transaction_ms"] for e in batches)
+    assert all(
+        e["transaction_ms"] < CallClock.STEP * 1000 <= e["ms"] for e in batches if e["purged"]
+    )
+    assert report.as_dict()["worst_transaction_ms"] == report.worst_transaction_ms

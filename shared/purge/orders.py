@@ -94,7 +94,7 @@ class Orders:
         placed: Submitted | UpstreamResult,
     ) -> None:
         if isinstance(placed, Submitted):
-            with factory.begin() as session:
+            with self.sweep.transactions.begin(factory) as session:
                 session.execute(
                     update(PhoneNumber)
                     .where(PhoneNumber.id.in_([c.id for c in chunk]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import get_args
@@ -33,6 +36,32 @@ from shared.upstream import (
 RESOLUTIONS = (*get_args(Resolution), "no_provider_id")
 
 
+class TransactionClock:
+    """The longest transaction of a two-phase batch (ms), taken when the batch is counted.
+    Thread-safe: the marks of the carrier calls (`UpstreamSweep._begin_call`) commit from the
+    calls' threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._worst = 0.0
+
+    @contextmanager
+    def begin(self, factory: sessionmaker[Session]) -> Iterator[Session]:
+        """`factory.begin()`, timed from its start to its commit."""
+        started = time.monotonic()
+        with factory.begin() as session:
+            yield session
+        ms = (time.monotonic() - started) * 1000
+        with self._lock:
+            self._worst = max(self._worst, ms)
+
+    def take(self) -> float:
+        """The longest transaction since the last `take`."""
+        with self._lock:
+            worst, self._worst = self._worst, 0.0
+        return worst
+
+
 @dataclass(frozen=True)
 class UpstreamSweep:
     """One run's claim, release and settle batches; each tombstone says how its release was
@@ -49,6 +78,8 @@ class UpstreamSweep:
     lane: ColumnElement[bool] | None = None
     # The statements of the numbers a carrier's order released (held since or not).
     settle_ordered: dict[str, BatchStatements] = field(default_factory=dict)
+    # Each transaction of the run timed: the report's worst_transaction_ms.
+    transactions: TransactionClock = field(default_factory=TransactionClock)
 
     @classmethod
     def build(
@@ -101,7 +132,7 @@ class UpstreamSweep:
         after = 0
         while True:
             started = time.monotonic()
-            with factory.begin() as session:
+            with self.transactions.begin(factory) as session:
                 halt = self.boundary.check(session)
                 if halt is not None:
                     return halt
@@ -177,7 +208,7 @@ class UpstreamSweep:
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
         still be released, marking the call in flight (`shared.upstream.begin_call`)."""
-        with factory.begin() as session:
+        with self.transactions.begin(factory) as session:
             return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
 
     def _claim_size(self) -> int:
@@ -206,13 +237,14 @@ class UpstreamSweep:
         it as a batch of `size` rows begun at `started` (monotonic)."""
         purged = self._settle(factory, outcome)
         ms = round((time.monotonic() - started) * 1000, 1)
-        with factory.begin() as session:
+        with self.transactions.begin(factory) as session:
             record_progress(session, self.report.run_id, purged)
         self.boundary.progress(purged)
         self.report.add_batch(
             purged,
             ms,
             size=size,
+            transaction_ms=self.transactions.take(),
             provider_released=len(outcome.released),
             provider_failed=len(outcome.failed) - outcome.refused,
             provider_refused=outcome.refused,
@@ -230,7 +262,7 @@ class UpstreamSweep:
         # still settles them, so no number stays in the store once released at the carrier.
         settled = outcome.settled()
         statements = self.settle_ordered if outcome.ordered else self.settle
-        with factory.begin() as session:
+        with self.transactions.begin(factory) as session:
             purged = sum(
                 statements[resolution].purge(session, ids) for resolution, ids in settled.items()
             )
