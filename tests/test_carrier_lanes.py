@@ -47,7 +47,8 @@ from worker.tasks import PURGE, parse_carrier
 Factory = sessionmaker[Session]
 WHEN = NOW - timedelta(days=2)
 OVERDUE = timedelta(days=15)
-REFUSAL = ("5007", "The telephone number has an active emergency (E911) record")
+# Bandwidth's documented generic disconnect error: kept for a person (never a release).
+REFUSAL = bw.DISCONNECT_ERROR
 
 
 @dataclass
@@ -193,7 +194,7 @@ def test_a_mixed_store_releases_each_number_at_its_own_carrier(
         "status": "PARTIAL",
     }
     refused = kept(session_factory)["+14157020002"]
-    assert (refused.provider_code, refused.provider_order_id) == ("5007", None)
+    assert (refused.provider_code, refused.provider_order_id) == ("5006", None)
     assert refused.provider_failed_permanently  # waits on a person
     assert len(fakes.bandwidth.orders) == 1  # never ordered twice
     with session_factory() as session:
@@ -437,7 +438,7 @@ def test_a_number_whose_release_an_order_settled_is_tombstoned_even_if_held_sinc
     assert "held" not in gone["+14157080000"].release_proof
     # Refused by the order: kept with Bandwidth's code, still held, no longer submitted.
     left = kept(session_factory)["+14157080002"]
-    assert (left.provider_code, left.provider_order_id, left.purge_hold) == ("5007", None, True)
+    assert (left.provider_code, left.provider_order_id, left.purge_hold) == ("5006", None, True)
     with session_factory() as session:
         assert store_status(session, now=WHEN)["submitted"]["numbers"] == 0
     third = purge_expired(session_factory, now=WHEN, carrier="bandwidth", carriers=adapters)
@@ -508,3 +509,68 @@ def test_a_two_phase_run_reports_its_worst_transaction_not_only_its_worst_batch(
         e["transaction_ms"] < CallClock.STEP * 1000 <= e["ms"] for e in batches if e["purged"]
     )
     assert report.as_dict()["worst_transaction_ms"] == report.worst_transaction_ms
+
+
+def test_a_bandwidth_order_error_is_a_release_only_when_it_says_the_account_lacks_the_number(
+    session_factory: Factory, fakes: Fakes
+) -> None:
+    """Bandwidth's documented order errors: 5076 ("Number does not belong to this account.")
+    and 5006 described "not associated with your account" are a release where the account is
+    proven; 5006 with Bandwidth's generic description ("TelephoneNumber Disconnect Error")
+    keeps the number for a person (before: every 5006 counted as released, so a number
+    Bandwidth still held was tombstoned; and 5076 kept a number gone already)."""
+    adapters = fakes.adapters()
+    with session_factory.begin() as session:
+        for i in range(3):
+            _number(session, f"+1415710{i:04d}", "bandwidth", bw.tn(i), due=True)
+        _number(session, "+14157109999", "bandwidth", bw.tn(99), due=False)
+    fakes.bandwidth.held.update({bw.tn(0), bw.tn(99)})  # the account holds 0; not 1 or 2
+    fakes.bandwidth.refuse[bw.tn(0)] = bw.DISCONNECT_ERROR
+    fakes.bandwidth.refuse[bw.tn(1)] = bw.NOT_BELONGING
+    report = purge_expired(session_factory, now=WHEN, carrier="bandwidth", carriers=adapters)
+    assert (report.provider_orders_settled, report.purged) == (1, 2)
+    gone = stones(session_factory)
+    assert {phone: s.resolution for phone, s in gone.items()} == {
+        "+14157100001": "not_found",
+        "+14157100002": "not_found",
+    }
+    assert gone["+14157100001"].release_proof["error"] == "5076"
+    assert gone["+14157100002"].release_proof["error"] == "5006"
+    kept_number = kept(session_factory)["+14157100000"]
+    assert (kept_number.provider_code, kept_number.provider_failed_permanently) == ("5006", True)
+    assert kept_number.provider_error_message is not None
+    assert "TelephoneNumber Disconnect Error" in kept_number.provider_error_message
+    for adapter in adapters.values():
+        adapter.close()
+
+
+def test_a_twilio_refusal_names_the_emergency_address_its_record_shows(
+    session_factory: Factory, fakes: Fakes
+) -> None:
+    """No documented Twilio code says "emergency address" (the fake's is an assumption): after
+    a per-number refusal the adapter reads the number's documented `emergency_address_status`
+    and, unless `unregistered`, names the address as what to remove; another refusal of a
+    number without one says nothing of it (before: every refusal read the same)."""
+    adapters = fakes.adapters()
+    with session_factory.begin() as session:
+        for i in range(2):
+            _number(session, f"+1415711{i:04d}", "twilio", tw.sid(i), due=True)
+            fakes.twilio.held.add(tw.sid(i))
+        _number(session, "+14157119999", "twilio", tw.sid(99), due=False)
+    fakes.twilio.held.add(tw.sid(99))
+    fakes.twilio.emergency.add(tw.sid(0))
+    fakes.twilio.script[tw.sid(1)] = [tw.twilio_error(409, 21400, "Number is in use")]
+    report = purge_expired(session_factory, now=WHEN, carrier="twilio", carriers=adapters)
+    assert (report.purged, report.provider_refused) == (0, 2)
+    left = kept(session_factory)
+    emergency, other = left["+14157110000"], left["+14157110001"]
+    assert emergency.provider_code == str(tw.EMERGENCY_ADDRESS_CODE)
+    assert emergency.provider_error_message is not None
+    assert "its emergency address is registered" in emergency.provider_error_message
+    assert other.provider_code == "21400"
+    assert other.provider_error_message is not None
+    assert "emergency" not in other.provider_error_message
+    assert emergency.provider_failed_permanently
+    assert other.provider_failed_permanently
+    for adapter in adapters.values():
+        adapter.close()

@@ -155,7 +155,7 @@ def assert_kept_with_codes(factory: Factory) -> None:
     assert codes == {
         "+14157000002": ("10035", True),
         "+14157010002": (str(tw.EMERGENCY_ADDRESS_CODE), True),
-        "+14157020002": ("5007", True),
+        "+14157020002": ("5006", True),
     }
     assert all(n.provider_order_id is None for n in left.values())
     with factory() as session:
