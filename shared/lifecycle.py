@@ -82,6 +82,22 @@ def refuse_while_called(session: Session, number: PhoneNumber, *, doing: str) ->
     )
 
 
+def refuse_while_submitted(number: PhoneNumber) -> None:
+    """Refuse a hold on a number submitted in a carrier's order (a Bandwidth disconnect
+    order, a Telnyx deletion job): its release is in the carrier's hands, and the order settles
+    it whatever the store says; a hold would be acknowledged, then overtaken."""
+    if number.provider_order_id is None:
+        return
+    raise ValidationError(
+        f"Number {number.phone_number} is being purged: its release was submitted to the "
+        f"carrier in order {number.provider_order_id}, so it cannot be put on hold.",
+        code="number_being_purged",
+        fix="The carrier settles the order by itself; if it keeps the number, the number "
+        "stays in the store (with the carrier's code) and can be held then. To stop the "
+        "release itself, cancel the order at the carrier first.",
+    )
+
+
 def _write_instant(now: datetime | None) -> datetime:
     """A write path's instant: `now`, refused (before any row is touched) when ahead of this
     host's clock by more than CLOCK_SKEW_MAX_SECONDS."""
@@ -321,6 +337,7 @@ def set_purge_hold(
         # A run may be asking the carrier to release it: the hold is refused rather than
         # acknowledged and overtaken; one placed before that call is honoured by it.
         refuse_while_called(session, number, doing="put on hold")
+        refuse_while_submitted(number)
     if not hold:
         # The record goes first: the schema allows one only on a held number.
         number.hold_reason = number.hold_set_by = number.hold_set_at = None

@@ -63,6 +63,9 @@ class UpstreamOutcome:
     # For the ledger of each number that may be tombstoned: {"release": how the carrier proved
     # its release, "detach": what was removed from it there first} (shared/ledger.py).
     proofs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Settled by a carrier's order: the numbers it released are tombstoned even if held
+    # since their submission (shared/purge/orders.py): the carrier released them.
+    ordered: bool = False
 
     @property
     def refused(self) -> int:

@@ -11,7 +11,13 @@ disconnect orders, as its reference documents them (docs/runbook.md, "Bandwidth"
 - `GET /accounts/{accountId}/disconnects/{orderId}`: the order, RECEIVED for
   `pending_reads` reads, then COMPLETE (every number disconnected), PARTIAL (some numbers in
   the `ErrorList`) or FAILED (none disconnected); a number the account does not hold is
-  error 5006 ("could not be disconnected since it is not associated with your account");
+  error 5006 ("could not be disconnected since it is not associated with your account"), as
+  in Bandwidth's own SDK's fixture of a FAILED disconnect order (Bandwidth/java-bandwidth-iris,
+  IrisClientTestUtils), or `NOT_BELONGING` (5076, "Number does not belong to this account.")
+  when a test sets `not_belonging`; a number refused for itself (`refuse`) carries its own
+  error, e.g. `DISCONNECT_ERROR` (5006 with Bandwidth's own generic description, "TelephoneNumber
+  Disconnect Error"). The codes and texts are those of the Dashboard API's documented
+  `OrderErrorType` table (Bandwidth/api-docs, site/docs/numbers/errors.mdx);
 - too many requests: 429 with Retry-After.
 """
 
@@ -57,6 +63,9 @@ def response_status(status: int, code: str, description: str) -> Reply:
 
 
 UNAUTHORIZED = Reply(401, "", {})
+# Per-number errors of a settled disconnect order, from the documented OrderErrorType table.
+DISCONNECT_ERROR = ("5006", "TelephoneNumber Disconnect Error")
+NOT_BELONGING = ("5076", "Number does not belong to this account.")
 TOO_MANY_REQUESTS = response_status(429, "429", "Too many requests")
 
 
@@ -78,6 +87,8 @@ class FakeBandwidth:
     orders: dict[str, Order] = field(default_factory=dict)
     # Reads of an order that still show it RECEIVED (None: never settles).
     pending_reads: int | None = 0
+    # A number the account does not hold is answered NOT_BELONGING (5076) instead of 5006.
+    not_belonging: bool = False
     # Scripted answers by request ("POST", "GET order", "GET account"), each used once.
     script: dict[str, list[Reply]] = field(default_factory=dict)
     log: list[tuple[str, str]] = field(default_factory=list)
@@ -92,6 +103,7 @@ class FakeBandwidth:
             self.script.clear()
             self.log.clear()
             self.pending_reads = 0
+            self.not_belonging = False
 
     def scripted(self, key: str) -> Reply | None:
         with self._lock:
@@ -162,6 +174,8 @@ class FakeBandwidth:
             elif number in self.held:
                 self.held.discard(number)
                 order.done.append(number)
+            elif self.not_belonging:
+                order.errors[number] = NOT_BELONGING
             else:
                 order.errors[number] = (
                     "5006",

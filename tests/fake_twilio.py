@@ -9,8 +9,11 @@ Its answers follow Twilio's API reference (docs/runbook.md, "Twilio"):
   else 404 with code 20404 ("The requested resource ... was not found");
 - `DELETE .../IncomingPhoneNumbers/{Sid}.json`: `204 No Content`, no body; 404 (20404) for a
   number the account does not hold; a number with an emergency address is refused until the
-  address is removed (a 400 in Twilio's error shape: the reference states the refusal, the
-  code used here, EMERGENCY_ADDRESS_CODE, is this fake's assumption);
+  address is removed (a 400 in Twilio's error shape). No documented code was found for that
+  refusal (Twilio's error list and IncomingPhoneNumber reference searched, 2026-12-05): the
+  code used here, EMERGENCY_ADDRESS_CODE, remains this fake's assumption, and the adapter
+  does not depend on it; what is documented, and what the adapter reads after a refusal, is
+  the record's `emergency_address_status` (`registered` while the address is on it);
 - too many requests: 429 with code 20429 ("safe to retry after backing off") and Retry-After.
 """
 

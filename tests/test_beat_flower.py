@@ -21,7 +21,13 @@ from shared.settings import Settings
 from tests import fake_telnyx as telnyx_script
 from tests.factories import make_number, make_numbers
 from tests.fake_telnyx import API_KEY, FakeTelnyx
-from tests.processes import Process, celery, start_beat, start_worker_and_beat, wait_for
+from tests.processes import (
+    Process,
+    celery,
+    start_beat,
+    start_worker,
+    wait_for,
+)
 from tests.servers import free_port
 from worker.app import create_app
 from worker.tasks import PurgeStopped
@@ -209,7 +215,11 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
             )
         )
         wait_for(flower.up, timeout=30, what="Flower to answer")
-        processes.extend(start_worker_and_beat(env, tmp_path))
+        # Beat sends a purge per carrier lane (Telnyx's and `none`'s) and the relay every 2 s:
+        # a process for each, as the runbook asks (with one, the relay's runs waited past
+        # their expiry behind the purges and were discarded as revoked).
+        processes.append(start_worker(env, tmp_path / "worker.log", concurrency=3))
+        processes.append(start_beat(env, tmp_path / "beat.log", tmp_path / "beat-schedule"))
 
         def purge_that_purged() -> str | None:
             tasks = flower.api("/api/tasks", taskname=PURGE, state="SUCCESS")

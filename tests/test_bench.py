@@ -44,7 +44,22 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
             "impact.py",
             ["--rows", "3000", "--repeat", "1", "--idle-seconds", "0.5"],
             r"impact: list_p99_ratio=[\d.]+ write_p99_ratio=[\d.]+ purge_rows_s=\d+ "
-            r"worst_batch_ms=[\d.]+",
+            r"worst_batch_ms=[\d.]+ worst_transaction_ms=[\d.]+",
+        ),
+        (
+            "impact.py",
+            [
+                "--rows",
+                "3000",
+                "--repeat",
+                "1",
+                "--idle-seconds",
+                "0.5",
+                "--lanes",
+                "telnyx,twilio",
+            ],
+            r"impact: list_p99_ratio=[\d.]+ write_p99_ratio=[\d.]+ purge_rows_s=\d+ "
+            r"worst_batch_ms=[\d.]+ worst_transaction_ms=[\d.]+",
         ),
         (
             "api.py",

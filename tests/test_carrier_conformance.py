@@ -184,7 +184,7 @@ def _telnyx_jobs_kit(fake: FakeTelnyx) -> Kit:
     return kit
 
 
-BANDWIDTH_REFUSAL = ("5007", "The telephone number has an active emergency (E911) record")
+BANDWIDTH_REFUSAL = bw.DISCONNECT_ERROR
 
 
 def _bandwidth_kit(fake: bw.FakeBandwidth) -> Kit:

@@ -94,6 +94,45 @@ def test_beat_schedule_uses_crontab_with_expiry() -> None:
     assert short["purge-expired"]["schedule"] == timedelta(seconds=2)
 
 
+def test_beat_schedules_one_purge_per_lane_of_a_configured_carrier() -> None:
+    """One purge task per lane, its carrier the task's third argument: the default carrier's
+    (`purge-expired`, also the numbers stored without a carrier), `none`'s, and each carrier
+    whose credentials are set; a carrier with part of them gets no lane (before: one entry,
+    a run of every lane in turn)."""
+
+    def lanes(settings: Settings) -> dict[str, tuple[Any, ...]]:
+        return {
+            name: tuple(entry["args"])
+            for name, entry in beat_schedule(settings).items()
+            if entry["task"] == PURGE
+        }
+
+    assert lanes(Settings()) == {"purge-expired": (None, False, "none")}
+    configured = Settings(
+        provider="twilio",
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="token",
+        bandwidth_account_id="9900001",
+        bandwidth_username="user",
+        bandwidth_password="secret",
+        purge_every_seconds=600,
+    )
+    assert lanes(configured) == {
+        "purge-expired": (None, False, "twilio"),
+        "purge-expired-none": (None, False, "none"),
+        "purge-expired-bandwidth": (None, False, "bandwidth"),
+    }
+    schedule = beat_schedule(configured)
+    for name in ("purge-expired", "purge-expired-none", "purge-expired-bandwidth"):
+        assert str(schedule[name]["schedule"]).startswith("<crontab: */10 ")
+        assert schedule[name]["options"]["expires"] < 600
+    no_password = Settings(provider="telnyx", telnyx_api_key="KEY", bandwidth_account_id="99")
+    assert lanes(no_password) == {
+        "purge-expired": (None, False, "telnyx"),
+        "purge-expired-none": (None, False, "none"),
+    }
+
+
 def test_embedded_default_uses_a_filesystem_broker(tmp_path) -> None:
     options = broker_options(Settings(NUMBERS_RETENTION_DATA=tmp_path))
     assert options["broker_url"] == "filesystem://"

@@ -11,6 +11,7 @@ import structlog
 from celery import Celery, signals
 from celery.schedules import crontab
 
+from shared.carriers import scheduled_lanes
 from shared.settings import Settings, get_settings
 from worker import (
     beat,  # noqa: F401 - connects the worker's check of Redis's eviction policy
@@ -117,11 +118,24 @@ def _every(seconds: int, task: str) -> dict[str, Any]:
     }
 
 
+def purge_entries(settings: Settings) -> dict[str, Any]:
+    """One purge task per carrier lane (shared.carriers.scheduled_lanes), its carrier the
+    task's third positional argument: runs of different carriers proceed in parallel on
+    different workers, each under its lane's lock. The default carrier's entry keeps the name
+    `purge-expired`; every other is `purge-expired-<carrier>`."""
+    entries: dict[str, Any] = {}
+    for index, carrier in enumerate(scheduled_lanes(settings)):
+        name = "purge-expired" if index == 0 else f"purge-expired-{carrier}"
+        entries[name] = _every(settings.purge_every_seconds, PURGE) | {
+            "args": (None, False, carrier)
+        }
+    return entries
+
+
 def beat_schedule(settings: Settings) -> dict[str, Any]:
     """Purge, prune, reconcile and relay in UTC: the reconciliation only where a Redis is
     configured, the relay there and on the embedded store (where it empties the outbox)."""
-    schedule = {
-        "purge-expired": _every(settings.purge_every_seconds, PURGE),
+    schedule = purge_entries(settings) | {
         # The worker's own records (shared/audit.py), once a day at a quiet hour.
         "prune-audit": {
             "task": PRUNE,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing
+from contextlib import ExitStack, closing
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
 from shared.audit import AuditRetention, PruneReport, prune_audit
-from shared.carriers import CARRIERS, make_provider
+from shared.carriers import CARRIERS, make_carrier, make_provider
 from shared.clock import as_utc
 from shared.clock_skew import ClockSkewError
 from shared.counts import reconcile_counts
@@ -237,7 +237,14 @@ def run_purge(
     config = PurgeConfig.from_settings(settings).overridden(
         batch_size=batch_size, max_rows=max_rows, max_seconds=max_seconds
     )
-    with closing(make_provider(settings)) as provider:
+    with ExitStack() as adapters:
+        provider = adapters.enter_context(closing(make_provider(settings)))
+        # Every other carrier's adapter from these settings too (not the environment's).
+        others = {
+            name: adapters.enter_context(closing(make_carrier(name, settings)))
+            for name in CARRIERS
+            if name not in ("none", provider.name) and carrier in (None, name)
+        }
         return purge_expired(
             session_factory(settings),
             now=now,
@@ -247,6 +254,7 @@ def run_purge(
             stop=stop,
             progress=progress,
             carrier=carrier,
+            carriers=others,
         )
 
 

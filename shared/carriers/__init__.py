@@ -34,6 +34,20 @@ def make_provider(settings: Settings) -> Provider:
     return make_carrier(settings.provider, settings)
 
 
+def scheduled_lanes(settings: Settings) -> list[str]:
+    """The carriers' lanes beat schedules a purge task for (worker/app.py), one each, so that
+    they run in parallel on different workers: the default carrier's (PROVIDER, which also
+    takes the numbers stored without a carrier) first, then `none`'s (numbers held nowhere:
+    no carrier call), then every other carrier whose credentials the settings give (its
+    module's `configured`). A carrier without credentials gets no lane: a run of it would only
+    end `provider_misconfigured`; its numbers stay overdue, visible in `status`."""
+    found: list[str] = [settings.provider]
+    if settings.provider != "none":
+        found.append("none")
+    found += [name for name in CARRIERS if name not in found and _module(name).configured(settings)]
+    return found
+
+
 def carrier_module(name: str, default: str = "telnyx") -> Any:
     """The module of carrier `name` (`default`'s for `none`, or a name without a module)."""
     try:

@@ -7,8 +7,17 @@ COMPLETE, PARTIAL or FAILED, with the numbers it disconnected
 (`DisconnectedTelephoneNumberList`) and an `ErrorList` of `Error` (`Code`, `Description`,
 `TelephoneNumber`) per number it did not. Bandwidth does not retry its order webhooks: reading
 the order is the proof. Each number settles by its own outcome: disconnected (released, the
-order id in the ledger); 5006 "not associated with your account" (gone already: released,
-where the account is proven); any other error (kept with Bandwidth's code, for a person).
+order id in the ledger); gone already (released, where the account is proven): 5076
+"Number does not belong to this account." or 5006 whose description says the number "is not
+associated with your account"; any other error, 5006 "TelephoneNumber Disconnect Error"
+included, kept with Bandwidth's code, for a person.
+
+The codes are the Dashboard API's documented `OrderErrorType` codes (Bandwidth/api-docs,
+site/docs/numbers/errors.mdx: 5006 "TelephoneNumber Disconnect Error", 5076 "Number does not
+belong to this account."); 5006 is Bandwidth's generic disconnect error, which its own SDK's
+fixture of a FAILED disconnect order (Bandwidth/java-bandwidth-iris, IrisClientTestUtils) shows
+with the description "could not be disconnected since it is not associated with your account":
+5006 alone proves nothing, its description decides.
 """
 
 from __future__ import annotations
@@ -36,7 +45,11 @@ from shared.settings import Settings
 # A telephone number as Bandwidth keys it: 10 digits, no +1.
 NUMBER_ID = re.compile(r"[2-9][0-9]{9}")
 _ORDER_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
-NOT_ON_ACCOUNT = "5006"
+# A number the account does not hold (gone already): 5076 always; 5006, Bandwidth's generic
+# disconnect error, only with this description.
+NOT_BELONGING = "5076"
+DISCONNECT_ERROR = "5006"
+NOT_ASSOCIATED = "not associated with your account"
 PENDING = frozenset({"RECEIVED", "PROCESSING"})
 FINAL = frozenset({"COMPLETE", "PARTIAL", "FAILED"})
 _FIXES: dict[Cause, str] = {
@@ -250,7 +263,7 @@ def _outcomes(
             )
             continue
         code, description = errors.get(number, (None, None))
-        if code == NOT_ON_ACCOUNT:
+        if _gone_already(code, description):
             outcomes[number] = UpstreamResult(
                 "released",
                 resolution="not_found",
@@ -270,6 +283,23 @@ def _outcomes(
             waits_on="person",
         )
     return outcomes
+
+
+def configured(settings: Settings) -> bool:
+    """Whether the settings give Bandwidth's credentials (BANDWIDTH_ACCOUNT_ID,
+    BANDWIDTH_USERNAME, BANDWIDTH_PASSWORD): its lane is scheduled."""
+    return bool(
+        settings.bandwidth_account_id
+        and settings.bandwidth_username
+        and settings.bandwidth_password.get_secret_value()
+    )
+
+
+def _gone_already(code: str | None, description: str | None) -> bool:
+    """Whether a number's error in a settled order says the account does not hold it."""
+    if code == NOT_BELONGING:
+        return True
+    return code == DISCONNECT_ERROR and NOT_ASSOCIATED in (description or "").lower()
 
 
 def from_settings(settings: Settings) -> BandwidthProvider:

@@ -349,6 +349,11 @@ def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> U
     return UpstreamResult("transient", error, retry_after(response.headers.get("Retry-After")))
 
 
+def configured(settings: Settings) -> bool:
+    """Whether the settings give Telnyx's credentials (TELNYX_API_KEY): its lane is scheduled."""
+    return bool(settings.telnyx_api_key.get_secret_value().strip())
+
+
 def from_settings(settings: Settings) -> TelnyxProvider:
     """The Telnyx adapter the settings describe (TELNYX_API_KEY, TELNYX_BASE_URL); with
     TELNYX_BULK_DELETE, the one releasing by bulk deletion jobs (shared/carriers/telnyx_jobs.py)."""

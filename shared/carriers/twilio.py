@@ -9,6 +9,14 @@ base URL (HTML, a redirect, a 2xx other than 204) stop the run; this number alon
 Twilio's error shape: a number with an emergency address is refused until it is removed) is
 kept with Twilio's code, waiting on a person; Twilio down (5xx, 429 = 20429, timeouts,
 unreadable bodies) backs off, honouring Retry-After.
+
+No documented error code was found for a deletion refused for an emergency address, so none
+is relied on: any per-number refusal is kept, and the number's record is read for its
+documented `emergency_address_status` (registered, unregistered, pending-registration,
+registration-failure, pending-unregistration, unregistration-failure; Twilio's changelog of
+2021-10-06 and the IncomingPhoneNumber resource): anything but `unregistered` names the
+emergency address as what to remove (Twilio's Emergency Calling API: set the number's
+emergency address to null, then check its status is `unregistered`).
 """
 
 from __future__ import annotations
@@ -90,17 +98,21 @@ def _failure(response: httpx.Response, error: dict[str, Any] | None) -> Upstream
     )
 
 
-def _refused(sid: str, error: dict[str, Any]) -> UpstreamResult:
-    """Twilio refused to release this number alone (an emergency address still on it, say)."""
+def _refused(sid: str, error: dict[str, Any], emergency: str | None = None) -> UpstreamResult:
+    """Twilio refused to release this number alone; `emergency`: the number's
+    `emergency_address_status` as its record shows it (None: not read)."""
+    message = f"Twilio kept number {sid}: {str(error['message'])[:300]}"
+    fix = "Settle it at Twilio as its code says, then `numbers-retention retry-upstream PHONE`."
+    if emergency is not None and emergency != "unregistered":
+        message += f" (its emergency address is {emergency[:40]})"
+        fix = (
+            "Remove the number's emergency address at Twilio (update the IncomingPhoneNumber "
+            "with an empty EmergencyAddressSid) and wait until its emergency_address_status is "
+            "unregistered, then `numbers-retention retry-upstream PHONE`."
+        )
     return UpstreamResult(
         "refused",
-        _error(
-            f"Twilio kept number {sid}: {str(error['message'])[:300]}",
-            code=REFUSED_CODE,
-            fix="Settle it at Twilio as its code says (remove the number's emergency address, "
-            "say), then `numbers-retention retry-upstream PHONE`.",
-            provider_code=error["code"],
-        ),
+        _error(message, code=REFUSED_CODE, fix=fix, provider_code=error["code"]),
         waits_on="person",
     )
 
@@ -215,8 +227,17 @@ class TwilioProvider:
                 proof={"resolution": "not_found", "call": f"DELETE {path}", "error": NOT_FOUND},
             )
         if error is not None and response.status_code in _NUMBER_REFUSALS:
-            return _refused(sid, error)
+            return _refused(sid, error, self._emergency_address_status(path))
         return self._stopping(response, f"DELETE of {sid}")
+
+    def _emergency_address_status(self, path: str) -> str | None:
+        """The number's `emergency_address_status`, as its record shows it (None: unread)."""
+        response = self._call("GET", path)
+        if not isinstance(response, httpx.Response) or response.status_code != 200:
+            return None
+        body = json_body(response)
+        status = body.get("emergency_address_status") if isinstance(body, dict) else None
+        return status if isinstance(status, str) else None
 
     def _read_after_delete(self, sid: str, path: str) -> UpstreamResult:
         """After the bodiless 204, the proof: a read of that number answering Twilio's 404."""
@@ -251,6 +272,12 @@ class TwilioProvider:
 
     def close(self) -> None:
         self._client.close()
+
+
+def configured(settings: Settings) -> bool:
+    """Whether the settings give Twilio's credentials (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN):
+    its lane is scheduled."""
+    return bool(settings.twilio_account_sid and settings.twilio_auth_token.get_secret_value())
 
 
 def from_settings(settings: Settings) -> TwilioProvider:

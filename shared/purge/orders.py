@@ -16,10 +16,12 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.carriers.base import AsyncProvider, Provider, Submitted, UpstreamResult
+from shared.clock import iso_timestamp
 from shared.detach import Target, detacher_for
 from shared.ledger import release_proof
 from shared.models import PhoneNumber
@@ -28,6 +30,8 @@ from shared.upstream import Claim, UpstreamOutcome
 
 if TYPE_CHECKING:
     from shared.purge.upstream_sweep import UpstreamSweep
+
+log = structlog.get_logger("shared.purge")
 
 
 class Orders:
@@ -90,7 +94,7 @@ class Orders:
         placed: Submitted | UpstreamResult,
     ) -> None:
         if isinstance(placed, Submitted):
-            with factory.begin() as session:
+            with self.sweep.transactions.begin(factory) as session:
                 session.execute(
                     update(PhoneNumber)
                     .where(PhoneNumber.id.in_([c.id for c in chunk]))
@@ -119,7 +123,13 @@ class Orders:
         with factory() as session:
             rows = session.execute(
                 select(
-                    PhoneNumber.id, PhoneNumber.provider_number_id, PhoneNumber.provider_order_id
+                    PhoneNumber.id,
+                    PhoneNumber.provider_number_id,
+                    PhoneNumber.provider_order_id,
+                    PhoneNumber.purge_hold,
+                    PhoneNumber.hold_set_by,
+                    PhoneNumber.hold_reason,
+                    PhoneNumber.hold_set_at,
                 ).where(
                     PhoneNumber.provider_order_id.is_not(None),
                     PhoneNumber.purge_state == "purging",
@@ -127,17 +137,34 @@ class Orders:
                 )
             ).all()
         by_order: dict[str, list[Claim]] = defaultdict(list)
+        # Holds that got in after a number's submission (a hold is refused from then on:
+        # shared/lifecycle.refuse_while_submitted): recorded in the proof of its release.
+        holds: dict[int, dict[str, str | None]] = {}
         for row in rows:
             by_order[row.provider_order_id].append(Claim(row.id, row.provider_number_id))
+            if row.purge_hold:
+                holds[row.id] = {
+                    "by": row.hold_set_by,
+                    "reason": row.hold_reason,
+                    "at": iso_timestamp(row.hold_set_at) if row.hold_set_at else None,
+                }
         for order_id, claims in by_order.items():
-            halt = self._settle_order(factory, order_id, claims)
+            halt = self._settle_order(factory, order_id, claims, holds)
             if halt is not None:
                 return halt
         return None
 
     def _settle_order(
-        self, factory: sessionmaker[Session], order_id: str, claims: list[Claim]
+        self,
+        factory: sessionmaker[Session],
+        order_id: str,
+        claims: list[Claim],
+        holds: dict[int, dict[str, str | None]],
     ) -> Halt | None:
+        """Settle each number of one order by its own outcome. A number the order released is
+        gone at the carrier: it is tombstoned even when held since its submission (its proof
+        says so, `held`), never left submitted, nor kept as a number the store cannot hold
+        any more."""
         started = time.monotonic()
         numbers = [cast(str, c.provider_number_id) for c in claims]
         results = self.provider.settle(order_id, numbers)
@@ -149,7 +176,7 @@ class Orders:
             return None  # the carrier down or pacing us: read again at the next run
         if not results:
             return None  # still pending
-        outcome = UpstreamOutcome()
+        outcome = UpstreamOutcome(ordered=True)
         for claim in claims:
             result = results.get(cast(str, claim.provider_number_id))
             if result is None:
@@ -158,7 +185,11 @@ class Orders:
                 result = _unproven(self.provider.name, order_id)
             if result.outcome == "released":
                 outcome.released[claim.id] = result.resolution or "provider"
-                outcome.proofs[claim.id] = {"release": result.proof, "detach": []}
+                proof = result.proof
+                if claim.id in holds:
+                    proof = {**(proof or {}), "held": holds[claim.id]}
+                    log.warning("purge.held_number_released_by_order", order=order_id)
+                outcome.proofs[claim.id] = {"release": proof, "detach": []}
             else:
                 outcome.failed[claim.id] = result
         self.sweep.settle_outcome(factory, outcome, started=started, size=len(claims))

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from shared.events import record_purged
 from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
-from shared.retention import purgeable_numbers
+from shared.retention import cutoff, purgeable_numbers
 from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
 
 
@@ -59,17 +59,27 @@ class BatchStatements:
         resolution: str | None = None,
         carrier: str = "none",
         lane: ColumnElement[bool] | None = None,
+        ordered: bool = False,
     ) -> BatchStatements:
         """Statements for the single-phase path (rows no upstream run has touched) or, with
         `claimed`, for the rows this run claimed and settled upstream (`resolution`) at
-        `carrier`, the run's provider (its ledger's carrier; 'none' single-phase)."""
+        `carrier`, the run's provider (its ledger's carrier; 'none' single-phase); with
+        `ordered`, for the rows a carrier's order released (held since or not: a number
+        submitted in an order is in the carrier's hands, shared/purge/orders.py)."""
         # Fail safe: the single-phase path never deletes a row with upstream state (claimed,
         # or carrying a provider error): the carrier may still hold that number.
-        overdue = purgeable_numbers(now) & (
-            (PhoneNumber.purge_state == "purging")
-            if claimed
-            else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
-        )
+        if ordered:
+            overdue = (
+                (PhoneNumber.released_at <= cutoff(now))
+                & (PhoneNumber.purge_state == "purging")
+                & PhoneNumber.provider_order_id.is_not(None)
+            )
+        else:
+            overdue = purgeable_numbers(now) & (
+                (PhoneNumber.purge_state == "purging")
+                if claimed
+                else (PhoneNumber.purge_state.is_(None) & PhoneNumber.provider_error_code.is_(None))
+            )
         if lane is not None:  # the single-phase path takes the numbers of no carrier only
             overdue = overdue & lane
         stone = partial(

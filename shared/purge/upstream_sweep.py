@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import get_args
 
@@ -33,6 +36,32 @@ from shared.upstream import (
 RESOLUTIONS = (*get_args(Resolution), "no_provider_id")
 
 
+class TransactionClock:
+    """The longest transaction of a two-phase batch (ms), taken when the batch is counted.
+    Thread-safe: the marks of the carrier calls (`UpstreamSweep._begin_call`) commit from the
+    calls' threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._worst = 0.0
+
+    @contextmanager
+    def begin(self, factory: sessionmaker[Session]) -> Iterator[Session]:
+        """`factory.begin()`, timed from its start to its commit."""
+        started = time.monotonic()
+        with factory.begin() as session:
+            yield session
+        ms = (time.monotonic() - started) * 1000
+        with self._lock:
+            self._worst = max(self._worst, ms)
+
+    def take(self) -> float:
+        """The longest transaction since the last `take`."""
+        with self._lock:
+            worst, self._worst = self._worst, 0.0
+        return worst
+
+
 @dataclass(frozen=True)
 class UpstreamSweep:
     """One run's claim, release and settle batches; each tombstone says how its release was
@@ -47,6 +76,10 @@ class UpstreamSweep:
     limited_before: int = 0  # the carrier's 429s counted before this run
     # The numbers of this carrier's lane (shared/purge/lanes.py; None: every number).
     lane: ColumnElement[bool] | None = None
+    # The statements of the numbers a carrier's order released (held since or not).
+    settle_ordered: dict[str, BatchStatements] = field(default_factory=dict)
+    # Each transaction of the run timed: the report's worst_transaction_ms.
+    transactions: TransactionClock = field(default_factory=TransactionClock)
 
     @classmethod
     def build(
@@ -61,20 +94,35 @@ class UpstreamSweep:
         lane: ColumnElement[bool] | None = None,
     ) -> UpstreamSweep:
         dialect = factory.kw["bind"].dialect.name
-        settle = {
-            resolution: BatchStatements.build(
-                dialect,
-                now,
-                report.run_id,
-                claimed=True,
-                provider=None if resolution == "no_provider_id" else provider.name,
-                resolution=resolution,
-                carrier=provider.name,
-            )
-            for resolution in RESOLUTIONS
-        }
+
+        def statements(*, ordered: bool) -> dict[str, BatchStatements]:
+            return {
+                resolution: BatchStatements.build(
+                    dialect,
+                    now,
+                    report.run_id,
+                    claimed=True,
+                    provider=None if resolution == "no_provider_id" else provider.name,
+                    resolution=resolution,
+                    carrier=provider.name,
+                    ordered=ordered,
+                )
+                for resolution in RESOLUTIONS
+            }
+
         limited = provider.pace.limited if provider.pace is not None else 0
-        return cls(report, config, boundary, provider, settle, now, limited, lane)
+        ordered = statements(ordered=True) if is_async(provider) else {}
+        return cls(
+            report,
+            config,
+            boundary,
+            provider,
+            statements(ordered=False),
+            now,
+            limited,
+            lane,
+            ordered,
+        )
 
     def run(self, factory: sessionmaker[Session]) -> Halt:
         """Batches until the backlog is done or something halts the run; why it ended."""
@@ -84,7 +132,7 @@ class UpstreamSweep:
         after = 0
         while True:
             started = time.monotonic()
-            with factory.begin() as session:
+            with self.transactions.begin(factory) as session:
                 halt = self.boundary.check(session)
                 if halt is not None:
                     return halt
@@ -160,7 +208,7 @@ class UpstreamSweep:
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
         still be released, marking the call in flight (`shared.upstream.begin_call`)."""
-        with factory.begin() as session:
+        with self.transactions.begin(factory) as session:
             return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
 
     def _claim_size(self) -> int:
@@ -189,13 +237,14 @@ class UpstreamSweep:
         it as a batch of `size` rows begun at `started` (monotonic)."""
         purged = self._settle(factory, outcome)
         ms = round((time.monotonic() - started) * 1000, 1)
-        with factory.begin() as session:
+        with self.transactions.begin(factory) as session:
             record_progress(session, self.report.run_id, purged)
         self.boundary.progress(purged)
         self.report.add_batch(
             purged,
             ms,
             size=size,
+            transaction_ms=self.transactions.take(),
             provider_released=len(outcome.released),
             provider_failed=len(outcome.failed) - outcome.refused,
             provider_refused=outcome.refused,
@@ -212,9 +261,10 @@ class UpstreamSweep:
         # once the key's account was proven): a batch stopped by another number's answer
         # still settles them, so no number stays in the store once released at the carrier.
         settled = outcome.settled()
-        with factory.begin() as session:
+        statements = self.settle_ordered if outcome.ordered else self.settle
+        with self.transactions.begin(factory) as session:
             purged = sum(
-                self.settle[resolution].purge(session, ids) for resolution, ids in settled.items()
+                statements[resolution].purge(session, ids) for resolution, ids in settled.items()
             )
             # Each tombstone's release proof and detach steps (the ledger of disconnections).
             tombstoned = {i for ids in settled.values() for i in ids}
