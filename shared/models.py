@@ -396,7 +396,7 @@ class ApiKey(Base):
 class RelayMark(Base):
     """The highest outbox id the relay has applied to Redis, kept in the store as in Redis:
     a Redis that comes back with a lower one (restored from an older snapshot, or emptied)
-    lost acknowledged state (shared.relay)."""
+    lost acknowledged state (shared.releasable.relay)."""
 
     __tablename__ = "relay_marks"
 

@@ -41,8 +41,8 @@ from shared import models
 from shared.clock import iso_timestamp, utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import ValidationError
-from shared.publication import publication_status
-from shared.relay import relay_last_success
+from shared.releasable.record import reconciliation_status
+from shared.releasable.relay import relay_last_success
 from shared.settings import Settings
 from shared.status import counts_status, runs_status
 from shared.stream import stream_state
@@ -371,7 +371,7 @@ class Reader:
 
     def _redis(self, now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self.client is not None
-        publication = publication_status(self.client, now=now)
+        publication = reconciliation_status(self.client, now=now)
         success = relay_last_success(self.client)
         state = {
             "relay_last_success_at": iso_timestamp(success) if success else None,

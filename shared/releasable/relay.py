@@ -37,21 +37,19 @@ from shared.clock import as_utc, iso_timestamp, not_ahead, utcnow
 from shared.clock_skew import check_clocks
 from shared.events import EVENTS
 from shared.models import RelayMark
-from shared.releasable import (
+from shared.releasable.fencing import LockLost, fenced, writer_lock
+from shared.releasable.keys import (
     GAP,
     PREFIX,
     STREAM,
-    Event,
-    LockLost,
     applied_key,
-    apply_event,
-    fenced,
     published_key,
-    writer_lock,
+    relay_meta_key,
 )
+from shared.releasable.sets import Event, apply_event
 from shared.stream import trim_stream
 
-log = structlog.get_logger("shared.relay")
+log = structlog.get_logger("shared.releasable.relay")
 
 BATCH_SIZE = 1000
 MAX_SECONDS = 5.0
@@ -65,11 +63,6 @@ SUCCEEDED = ("completed", "limit_reached")
 RELAY_LAST_SUCCESS = "last_success_at"
 # The highest outbox id applied to this Redis; the store keeps the same mark (RelayMark).
 RELAYED_THROUGH = "relayed_through"
-
-
-def relay_meta_key(prefix: str = PREFIX) -> str:
-    """Hash of the relay's record in Redis: `last_success_at`, when a relay run last succeeded."""
-    return f"{prefix}:relay:meta"
 
 
 def relay_last_success(client: redis.Redis, *, prefix: str = PREFIX) -> datetime | None:
