@@ -37,13 +37,13 @@ from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
 from shared.purge import StopRequest
+from shared.purge.operator import reset_upstream, resolve_by_operator
 from shared.purge.statements import count_overdue
 from shared.releasable.keys import STREAM
 from shared.releasable.record import reconciliation_status
 from shared.retention import repurchasable_numbers
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
-from shared.upstream import reset_upstream, resolve_by_operator
 from worker import health
 from worker.app import app, make_embedded_folders
 from worker.connections import engine as store_engine

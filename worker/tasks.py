@@ -34,6 +34,7 @@ from shared.purge.config import PurgeConfig
 from shared.releasable.reconcile import reconcile_releasable
 from shared.releasable.record import recording_failures
 from shared.releasable.relay import RelayReport, discard_events, relay_events
+from shared.run_status import PROVIDER_STOPPED, RunStatus
 from shared.settings import Settings
 from shared.wakeups import listen_url, listening
 from worker.connections import redis_client, session_factory
@@ -63,7 +64,7 @@ RECONCILE_REQUESTED = "releasable:reconcile-requested"
 # Purge statuses that end the task in Celery's FAILURE state: the run was stopped by the
 # provider (its calls refused or unanswered), or refused because this host's clock and the
 # database server's disagree. A run that failed raises its own error.
-STOPPED = ("provider_misconfigured", "provider_unavailable", "clock_skew")
+STOPPED = (*PROVIDER_STOPPED, RunStatus.CLOCK_SKEW)
 
 
 class PurgeStopped(Exception):
