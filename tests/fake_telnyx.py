@@ -394,6 +394,21 @@ class _Handler(FakeHandler):
 GATE_TIMEOUT = 30.0
 
 
+def pending_job(job_id: str, kind: str, numbers: list[Any]) -> dict[str, Any]:
+    """A phone-numbers job of `kind` as Telnyx answers it when created: pending, every
+    number's operation pending."""
+    return {
+        "id": job_id,
+        "record_type": "phone_numbers_job",
+        "status": "pending",
+        "type": kind,
+        "phone_numbers": [{"id": str(n)} for n in numbers],
+        "pending_operations": [{"id": str(n)} for n in numbers],
+        "successful_operations": [],
+        "failed_operations": [],
+    }
+
+
 def releases(reply: Reply, number_id: str) -> bool:
     """Whether Telnyx gave the number up with this answer: its 404, or the record of that id
     in status "deleted" without a deletion lock."""
@@ -605,16 +620,7 @@ class FakeTelnyx:
                     "deprovisioning" if self.emergency_pending_reads else "disabled"
                 )
                 self._pending[str(number_id)] = self.emergency_pending_reads
-            job = {
-                "id": job_id,
-                "record_type": "phone_numbers_job",
-                "status": "pending",
-                "type": "update_emergency_settings",
-                "phone_numbers": [{"id": str(n)} for n in numbers],
-                "pending_operations": [{"id": str(n)} for n in numbers],
-                "successful_operations": [],
-                "failed_operations": [],
-            }
+            job = pending_job(job_id, "update_emergency_settings", numbers)
             self.jobs[job_id] = job
         return Reply(202, json.dumps({"data": job}))
 
@@ -632,16 +638,7 @@ class FakeTelnyx:
         if not isinstance(numbers, list) or not numbers or len(numbers) > 1000:
             return telnyx_error(422, "10015", "Bad Request", "phone_numbers: 1 to 1000 numbers")
         job_id = str(uuid.uuid4())
-        job = {
-            "id": job_id,
-            "record_type": "phone_numbers_job",
-            "status": "pending",
-            "type": "delete_phone_numbers",
-            "phone_numbers": [{"id": str(n)} for n in numbers],
-            "pending_operations": [{"id": str(n)} for n in numbers],
-            "successful_operations": [],
-            "failed_operations": [],
-        }
+        job = pending_job(job_id, "delete_phone_numbers", numbers)
         with self._lock:
             self.jobs[job_id] = job
             self._job_reads[job_id] = 0

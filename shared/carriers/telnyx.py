@@ -325,12 +325,13 @@ def _failure(response: httpx.Response, errors: list[dict[str, Any]] | None) -> U
 def from_settings(settings: Settings) -> TelnyxProvider:
     """The Telnyx adapter the settings describe (TELNYX_API_KEY, TELNYX_BASE_URL); with
     TELNYX_BULK_DELETE, the one releasing by bulk deletion jobs (shared/carriers/telnyx_jobs.py)."""
+    adapter = TelnyxProvider
     if settings.telnyx_bulk_delete:
-        from shared.carriers import telnyx_jobs
+        from shared.carriers.telnyx_jobs import TelnyxJobsProvider
 
-        return telnyx_jobs.from_settings(settings)
+        adapter = TelnyxJobsProvider
     api_key = settings.telnyx_api_key.get_secret_value()
-    return TelnyxProvider(
+    return adapter(
         base_url=settings.telnyx_base_url,
         api_key=api_key,
         timeout=settings.provider_timeout_seconds,
