@@ -40,7 +40,8 @@ from bench.common import (
     store_engine,
 )
 from shared import migrate
-from shared.releasable import publication, read_releasable
+from shared.releasable.read import read_releasable
+from shared.releasable.record import last_reconciliation
 
 ACCOUNT, NUMBER = "acc_bench", "+14155550901"
 
@@ -104,7 +105,7 @@ def main() -> None:
                 start_new_session=True,
             )
         try:
-            wait_until(lambda: publication(client), timeout=60)
+            wait_until(lambda: last_reconciliation(client), timeout=60)
 
             def offered() -> bool:
                 return NUMBER in {n for n, _ in read_releasable(client, account_id=ACCOUNT)}

@@ -31,7 +31,7 @@ from common import (
 )
 from sqlalchemy.orm import Session
 
-from shared.reconcile import publish_releasable
+from shared.releasable.reconcile import reconcile_releasable
 
 
 def main(argv: list[str]) -> None:
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> None:
     ):
         for round_ in range(args.repeat):
             with Stopwatch() as watch, Session(engine) as session:
-                summary = publish_releasable(session, client, now=NOW)
+                summary = reconcile_releasable(session, client, now=NOW)
             seconds.append(watch.seconds)
             print(
                 f"# round {round_ + 1} numbers={summary['published']} "

@@ -43,8 +43,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import shared
 from shared.models import PhoneNumber
-from shared.reconcile import publish_releasable
-from shared.relay import relay_events
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.relay import relay_events
 from shared.retention import repurchasable_numbers
 
 # Released within the last 13 days: every number is inside its 14-day window at NOW.
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
         fulls: list[float] = []
         for round_ in range(args.repeat):
             with Stopwatch() as watch, factory() as session:
-                summary = publish_releasable(session, client, now=NOW)
+                summary = reconcile_releasable(session, client, now=NOW)
             fulls.append(watch.seconds)
             print(
                 f"# full {round_ + 1} numbers={summary['published']} "

@@ -41,6 +41,7 @@ from shared.purge.budget import BatchSizer, Budget
 from shared.purge.config import PurgeConfig
 from shared.purge.stop import StopRequest
 from shared.purge.sweep import Sweep, run_batches
+from shared.run_status import RunStatus
 from shared.status import dry_run_clause
 
 log = structlog.get_logger("shared.audit")
@@ -173,7 +174,7 @@ def steps(session: Session, retention: AuditRetention, now: datetime) -> list[St
             "runs",
             PurgeRun.id,
             (PurgeRun.started_at <= retention.runs_before(now))
-            & (PurgeRun.status != "running")
+            & (PurgeRun.status != RunStatus.RUNNING)
             & PurgeRun.id.not_in(kept),
             _delete_runs,
         ),
@@ -215,7 +216,7 @@ class PruneReport:
     """
 
     run_id: str
-    status: str  # completed, limit_reached, paused, interrupted, skipped, dry_run, failed
+    status: RunStatus  # completed, limit_reached, paused, interrupted, skipped, dry_run, failed
     now: str
     cutoffs: dict[str, str]
     dry_run: bool = False
@@ -254,7 +255,7 @@ def prune_audit(
     now = resolve_now(now) if dry_run else not_ahead(now)
     report = PruneReport(
         run_id=str(uuid.uuid4()),
-        status="running",
+        status=RunStatus.RUNNING,
         now=iso_timestamp(now),
         dry_run=dry_run,
         cutoffs={
@@ -268,7 +269,7 @@ def prune_audit(
     budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
     with lock.run_lock(factory.kw["bind"], lock.PRUNE_LOCK_KEY, "prune") as got_lock:
         if not got_lock:
-            report.status, report.reason = "skipped", "locked"
+            report.status, report.reason = RunStatus.SKIPPED, "locked"
             log.info("prune.skipped", **report.as_dict())
             return report
         log.info("prune.started", run_id=report.run_id, dry_run=dry_run, **report.cutoffs)
@@ -277,7 +278,7 @@ def prune_audit(
                 work = steps(session, retention, now)
             report.done = {step.name: 0 for step in work}
             halt = (
-                Halt("dry_run")
+                Halt(RunStatus.DRY_RUN)
                 if dry_run
                 else _prune(factory, report, work=work, config=config, budget=budget, stop=stop)
             )
@@ -285,7 +286,7 @@ def prune_audit(
             with factory() as session:
                 report.due = {step.name: step.count(session) for step in work}
         except BaseException as error:
-            report.status, report.reason = "failed", type(error).__name__
+            report.status, report.reason = RunStatus.FAILED, type(error).__name__
             report.seconds = round(budget.elapsed(), 3)
             log.error("prune.failed", **report.as_dict())
             raise
@@ -315,12 +316,7 @@ def _prune(
             report=step_report,
             statements=step,
             boundary=boundary,
-            sizer=BatchSizer(
-                target_ms=config.target_ms,
-                floor=config.batch_floor,
-                cap=config.batch_cap,
-                size=config.first_batch,
-            ),
+            sizer=BatchSizer.for_run(config),
             after=after,
             record=None,
         )
@@ -329,6 +325,6 @@ def _prune(
         finally:
             sweep.report_the_rest()
             report.add_step(step_report)
-        if sweep.halt is not None and sweep.halt.status != "completed":
+        if sweep.halt is not None and sweep.halt.status != RunStatus.COMPLETED:
             return sweep.halt
-    return Halt("completed")
+    return Halt(RunStatus.COMPLETED)

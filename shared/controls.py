@@ -20,29 +20,10 @@ PACE = "pace"
 REASON_MAX = 500
 
 
-def operator_record(
-    *, by: object, reason: object, now: datetime | None
-) -> tuple[str | None, str, datetime]:
-    """An operator's act as recorded (a pause, a pace, a hold): (reason, by, at), checked.
-
-    A 400 for a reason over REASON_MAX characters or not one printable line, or a bad `by`;
-    `now` defaults to the clock.
-    """
-    return (
-        validation.text(reason, name="reason", limit=REASON_MAX, printable=True),
-        validation.short_id(
-            by,
-            name="by",
-            fix="Pass who acts, e.g. --by alice or an operator id of at most 64 printable "
-            "characters.",
-        ),
-        resolve_now(now),
-    )
-
-
 @dataclass(frozen=True)
-class Pause:
-    """Who paused the purge, when and why."""
+class OperatorRecord:
+    """An operator's act as recorded (a pause, a pace, a hold, a settlement by hand): why,
+    who, and when."""
 
     reason: str | None
     by: str
@@ -50,6 +31,28 @@ class Pause:
 
     def as_dict(self) -> dict[str, Any]:
         return {"reason": self.reason, "by": self.by, "at": iso_timestamp(self.at)}
+
+
+# Who paused the purge, when and why.
+Pause = OperatorRecord
+
+
+def operator_record(*, by: object, reason: object, now: datetime | None) -> OperatorRecord:
+    """An operator's act as recorded, checked.
+
+    A 400 for a reason over REASON_MAX characters or not one printable line, or a bad `by`;
+    `now` defaults to the clock.
+    """
+    return OperatorRecord(
+        reason=validation.text(reason, name="reason", limit=REASON_MAX, printable=True),
+        by=validation.short_id(
+            by,
+            name="by",
+            fix="Pass who acts, e.g. --by alice or an operator id of at most 64 printable "
+            "characters.",
+        ),
+        at=resolve_now(now),
+    )
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ def read_controls(session: Session) -> Controls:
 def _locked(
     session: Session,
     name: str,
-    record: tuple[str | None, str, datetime],
+    record: OperatorRecord,
     rows_per_second: float | None = None,
 ) -> tuple[PurgeControl, bool]:
     """The control `name`, locked: the one stored (True), else one stored now with `record`.
@@ -114,9 +117,12 @@ def _locked(
         row = session.get(PurgeControl, name, with_for_update=True, populate_existing=True)
         if row is not None:
             return row, True
-        reason, by, at = record
         row = PurgeControl(
-            name=name, reason=reason, set_by=by, set_at=at, rows_per_second=rows_per_second
+            name=name,
+            reason=record.reason,
+            set_by=record.by,
+            set_at=record.at,
+            rows_per_second=rows_per_second,
         )
         try:
             with session.begin_nested():
@@ -134,13 +140,13 @@ def _locked(
 def _store(
     session: Session,
     name: str,
-    record: tuple[str | None, str, datetime],
+    record: OperatorRecord,
     *,
     rows_per_second: float | None = None,
 ) -> None:
     """Insert or replace the control `name` with an operator's record (and a pace's rate)."""
     row, _stored = _locked(session, name, record, rows_per_second)
-    row.reason, row.set_by, row.set_at = record
+    row.reason, row.set_by, row.set_at = record.reason, record.by, record.at
     row.rows_per_second = rows_per_second
     session.flush()
 
@@ -164,11 +170,11 @@ def pause_purge(
     """
     record = operator_record(by=by, reason=reason, now=now)
     row, was_paused = _locked(session, PAUSE, record)
-    if was_paused and record[0] is None:
+    if was_paused and record.reason is None:
         kept = Pause(reason=row.reason, by=row.set_by, at=row.set_at)
         return {"paused": True, **kept.as_dict(), "was_paused": True}
     _store(session, PAUSE, record)
-    return {"paused": True, **Pause(*record).as_dict(), "was_paused": was_paused}
+    return {"paused": True, **record.as_dict(), "was_paused": was_paused}
 
 
 def resume_purge(session: Session) -> dict[str, Any]:
@@ -196,7 +202,7 @@ def set_pace(
             fix="Pass a ceiling such as 2000, or clear the pace with `pace --off`.",
         )
     record = operator_record(by=by, reason=reason, now=now)
-    pace = Pace(float(rows_per_second), *record)
+    pace = Pace(float(rows_per_second), reason=record.reason, by=record.by, at=record.at)
     _store(session, PACE, record, rows_per_second=pace.rows_per_second)
     return {"pace": pace.as_dict()}
 

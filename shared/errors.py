@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 
 class ApiError(Exception):
-    """An error the API answers with the seed's envelope; subclasses fix the HTTP status."""
+    """An error the API answers with the API's envelope; subclasses fix the HTTP status."""
 
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "internal_error"

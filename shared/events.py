@@ -1,9 +1,9 @@
 """Lifecycle events, written in the caller's transaction by every function that changes a number.
 
-The outbox (`number_events`) is what the relay (`shared.relay`) applies to the releasable set
-and appends to the `numbers:events` stream. An event is inserted after the change it records,
-while the number's row is locked (or, for a new number, while its unique key is held), so the
-events of one number get ids in the order their transactions commit.
+The outbox (`number_events`) is what the relay (`shared.releasable.relay`) applies to the
+releasable set and appends to the `numbers:events` stream. An event is inserted after the
+change it records, while the number's row is locked (or, for a new number, while its unique
+key is held), so the events of one number get ids in the order their transactions commit.
 """
 
 from __future__ import annotations

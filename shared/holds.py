@@ -27,9 +27,9 @@ def hold_number(
     record = operator_record(by=by, reason=reason, now=now)
     # The `held` event is dated like the record.
     body = set_purge_hold(
-        session, phone_number=phone_number, held=True, now=record[2], record=record
+        session, phone_number=phone_number, held=True, now=record.at, record=record
     )
-    return body | {"reason": record[0], "by": record[1], "at": iso_timestamp(record[2])}
+    return body | record.as_dict()
 
 
 def unhold_number(session: Session, *, phone_number: str) -> dict[str, Any]:

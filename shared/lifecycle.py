@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 from shared import carriers, events, validation
 from shared.accounts import require_account
 from shared.clock import iso_timestamp, not_far_ahead, resolve_now
-from shared.controls import operator_record
+from shared.controls import OperatorRecord, operator_record
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import number_body
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber, PurgeRun
 from shared.retention import RETENTION, is_repurchasable, repurchase_deadline
+from shared.run_status import RunStatus
 from shared.settings import get_store_settings
 
 
@@ -69,7 +70,7 @@ def refuse_while_called(session: Session, number: PhoneNumber, *, doing: str) ->
     if run_id is None:
         return
     running = session.scalar(
-        select(PurgeRun.id).where(PurgeRun.id == run_id, PurgeRun.status == "running")
+        select(PurgeRun.id).where(PurgeRun.id == run_id, PurgeRun.status == RunStatus.RUNNING)
     )
     if running is None:
         return
@@ -313,11 +314,11 @@ def set_purge_hold(
     phone_number: str,
     held: bool,
     now: datetime | None = None,
-    record: tuple[str | None, str, datetime] | None = None,
+    record: OperatorRecord | None = None,
 ) -> dict[str, Any]:
     """Put a number on hold (never purged while held) or lift the hold.
 
-    `record`: who holds it, as `controls.operator_record` gives it (reason, by, at), stored
+    `record`: who holds it, why and since when (`controls.operator_record` checks one), stored
     with the hold (replacing an earlier one); only with `held=True`. Lifting a hold forgets
     its record (the schema allows one only on a held number).
     """
@@ -331,7 +332,7 @@ def set_purge_hold(
                 code="invalid_hold_record",
                 fix="Pass record only with held=True.",
             )
-        record = operator_record(by=record[1], reason=record[0], now=record[2])
+        record = operator_record(by=record.by, reason=record.reason, now=record.at)
     number = _require_number(session, None, phone_number)
     if hold and not number.purge_hold:
         # A run may be asking the carrier to release it: the hold is refused rather than
@@ -342,7 +343,8 @@ def set_purge_hold(
         # The record goes first: the schema allows one only on a held number.
         number.hold_reason = number.hold_set_by = number.hold_set_at = None
     elif record is not None:
-        number.hold_reason, number.hold_set_by, number.hold_set_at = record
+        number.hold_reason, number.hold_set_by = record.reason, record.by
+        number.hold_set_at = record.at
     if number.purge_hold != hold:
         number.purge_hold = hold
         events.record(session, kind="held" if hold else "unheld", number=number, now=now)

@@ -1,4 +1,4 @@
-"""API bodies: a number as the seed's PhoneNumber object, and the released-numbers list."""
+"""API bodies: a number as the API's PhoneNumber object, and the released-numbers list."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from shared.retention import cutoff, repurchasable_after, repurchasable_where
 
 
 def number_body(number: PhoneNumber, campaign_status: str | None) -> dict[str, Any]:
-    """The seed's PhoneNumber object: camelCase, optional keys left out when empty."""
+    """The API's PhoneNumber object: camelCase, optional keys left out when empty."""
     return _body(
         (
             number.phone_number, number.label, number.created_at, number.country_code,

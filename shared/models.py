@@ -27,6 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import JSON, TypeDecorator
 
+from shared.run_status import RECORDED
+
 PLANS = {"free": 1, "paid": 49}
 A2P_STATUSES = ("pending", "testing", "approved")
 E164_PATTERN = r"^\+[1-9][0-9]{1,14}$"
@@ -272,20 +274,13 @@ class PurgedNumber(Base):
         return f"PurgedNumber(number_id={self.number_id!r}, phone_number={self.phone_number!r})"
 
 
-# A purge run's statuses: `running` while it runs, then how it ended.
-RUN_STATUSES = (
-    "running", "completed", "limit_reached", "skipped", "paused", "dry_run", "failed",
-    "provider_unavailable", "provider_misconfigured", "interrupted", "clock_skew",
-)  # fmt: skip
-
-
 class PurgeRun(Base):
     """One purge run, recorded for `status` and dashboards."""
 
     __tablename__ = "purge_runs"
     __table_args__ = (
         CheckConstraint(
-            "status IN (" + ", ".join(f"'{status}'" for status in RUN_STATUSES) + ")",
+            "status IN (" + ", ".join(f"'{status}'" for status in RECORDED) + ")",
             name="run_status_known",
         ),
     )
@@ -417,7 +412,7 @@ class NumberOrder(Base):
 class RelayMark(Base):
     """The highest outbox id the relay has applied to Redis, kept in the store as in Redis:
     a Redis that comes back with a lower one (restored from an older snapshot, or emptied)
-    lost acknowledged state (shared.relay)."""
+    lost acknowledged state (shared.releasable.relay)."""
 
     __tablename__ = "relay_marks"
 

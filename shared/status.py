@@ -14,15 +14,15 @@ from shared.counts import kept_counts, waiting_count
 from shared.models import PURGED_BY_PRUNED_RUNS, PhoneNumber, PrunedTotal, PurgeRun
 from shared.provider import REFUSED_CODE
 from shared.retention import repurchase_deadline
+from shared.run_status import SUCCEEDED, RunStatus
 
 STUCK_SHOWN = 20
 # A run that did its job: everything overdue purged, or its share of a larger backlog.
-SUCCEEDED = ("completed", "limit_reached")
 
 
 def dry_run_clause() -> ColumnElement[bool]:
     """Dry runs (a paused dry run records status `paused`: its summary says it was dry)."""
-    return (PurgeRun.status == "dry_run") | func.coalesce(
+    return (PurgeRun.status == RunStatus.DRY_RUN) | func.coalesce(
         PurgeRun.summary["dry_run"].as_boolean(), false()
     ).is_(True)
 
@@ -32,14 +32,14 @@ def _run(run: PurgeRun, *, takeable: int | None = None) -> dict[str, Any]:
     seconds so far, its rate, and what is left to take now with an estimate of the time."""
     summary = run.summary or {}
     seconds, remaining, eta = summary.get("seconds"), run.remaining, None
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         # The record's times are this host's clock (`utcnow`), whatever `now` status decides at.
         started = run.started_at
         started = started if started.tzinfo else started.replace(tzinfo=UTC)
         seconds = round(max((utcnow() - started).total_seconds(), 0.0), 3)
         remaining = takeable
     rate = round(run.purged / seconds, 1) if seconds else None
-    if run.status == "running" and rate and remaining is not None:
+    if run.status == RunStatus.RUNNING and rate and remaining is not None:
         eta = round(remaining / rate, 1)
     return {
         "run_id": run.id,
@@ -162,7 +162,9 @@ def runs_status(
         select(PurgeRun)
         # A run that found the lock taken did nothing: the last one that ran counts.
         .where(
-            real, PurgeRun.finished_at.is_not(None), PurgeRun.status.not_in(("running", "skipped"))
+            real,
+            PurgeRun.finished_at.is_not(None),
+            PurgeRun.status.not_in((RunStatus.RUNNING, RunStatus.SKIPPED)),
         )
         .order_by(PurgeRun.finished_at.desc())
         .limit(1)

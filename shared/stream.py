@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from shared.releasable import PREFIX, STREAM
+from shared.releasable.keys import PREFIX, STREAM
 
 log = structlog.get_logger("shared.stream")
 

@@ -292,7 +292,7 @@ def telnyx(fake_telnyx: FakeTelnyx) -> Iterator[TelnyxProvider]:
     provider.close()
 
 
-# --- the contract: the project's copy of the seed's JSON Schema -------------------------------
+# --- the contract: the project's copy of the API's JSON Schema --------------------------------
 
 # The date-time format is checked by rfc3339-validator (jsonschema's "format-nongpl" extra).
 contract_formats = Draft202012Validator.FORMAT_CHECKER

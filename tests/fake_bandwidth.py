@@ -23,18 +23,13 @@ disconnect orders, as its reference documents them (docs/runbook.md, "Bandwidth"
 
 from __future__ import annotations
 
-import base64
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from xml.etree import ElementTree
 
-from tests.fake_telnyx import Reply
+from tests.fake_http import BasicAuthHandler, Reply, ScriptedFake, basic_auth, serving
 
 ACCOUNT_ID = "9900001"
 USERNAME = "bw_api_user"
@@ -80,7 +75,10 @@ class Order:
 
 
 @dataclass
-class FakeBandwidth:
+class FakeBandwidth(ScriptedFake):
+    """Numbers the account holds and its disconnect orders; scripted answers by request
+    ("POST", "GET order", "GET account"), each used once; every request logged."""
+
     held: set[str] = field(default_factory=set)
     # Numbers an order keeps with this error (code, description) instead of disconnecting.
     refuse: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -89,26 +87,15 @@ class FakeBandwidth:
     pending_reads: int | None = 0
     # A number the account does not hold is answered NOT_BELONGING (5076) instead of 5006.
     not_belonging: bool = False
-    # Scripted answers by request ("POST", "GET order", "GET account"), each used once.
-    script: dict[str, list[Reply]] = field(default_factory=dict)
-    log: list[tuple[str, str]] = field(default_factory=list)
-    url: str = ""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
+        super().reset()
         with self._lock:
             self.held.clear()
             self.refuse.clear()
             self.orders.clear()
-            self.script.clear()
-            self.log.clear()
             self.pending_reads = 0
             self.not_belonging = False
-
-    def scripted(self, key: str) -> Reply | None:
-        with self._lock:
-            replies = self.script.get(key)
-            return replies.pop(0) if replies else None
 
     def place(self, body: bytes) -> Reply:
         try:
@@ -186,40 +173,16 @@ class FakeBandwidth:
 
     @contextmanager
     def running(self) -> Iterator[FakeBandwidth]:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.fake = self  # type: ignore[attr-defined]
-        server.daemon_threads = True
-        server.block_on_close = False
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
+        with serving(self, _Handler) as self.url:
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
-_BASIC = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+class _Handler(BasicAuthHandler):
+    authorization = basic_auth(USERNAME, PASSWORD)
+    unauthorized = UNAUTHORIZED
+    default_content_type = None  # Bandwidth's answers name theirs (XML)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    def _fake(self) -> FakeBandwidth:
-        fake: FakeBandwidth = self.server.fake  # type: ignore[attr-defined]
-        return fake
-
-    def _answer(self, method: str) -> None:
-        fake = self._fake()
-        path = self.path.split("?")[0]
-        with fake._lock:
-            fake.log.append((method, path))
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.headers.get("Authorization") != _BASIC:
-            self._send(UNAUTHORIZED)
-            return
-        self._send(self._route(fake, method, path, body))
-
-    def _route(self, fake: FakeBandwidth, method: str, path: str, body: bytes) -> Reply:
+    def route(self, fake: FakeBandwidth, method: str, path: str, body: bytes) -> Reply:
         if method == "GET" and path == ACCOUNT:
             return fake.scripted("GET account") or xml_reply(
                 200,
@@ -240,19 +203,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._answer("POST")
-
-    def _send(self, reply: Reply) -> None:
-        time.sleep(reply.delay)
-        payload = (reply.body or "").encode()
-        try:
-            self.send_response(reply.status)
-            self.send_header("Content-Length", str(len(payload)))
-            for key, value in reply.headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return

@@ -33,25 +33,16 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import unquote
+
+from tests.fake_http import FakeHandler, FakeServer, Reply, serving
 
 API_KEY = "KEY_test_0123456789abcdef"
 # Where Telnyx's error `meta.url` points: its page per code.
 ERRORS_URL = "https://developers.telnyx.com/api/errors/"
-
-
-@dataclass
-class Reply:
-    """One scripted answer."""
-
-    status: int = 200
-    body: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
 
 
 def telnyx_error(
@@ -272,14 +263,11 @@ class RateLimit:
         return ok, int(self._tokens + 1e-9), reset, (1 - self._tokens) / self.rate
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(FakeServer):
     fake: FakeTelnyx
-    # Room for every call of a batch at once (the default backlog of 5 drops connections
-    # past it, and the client's retry comes after its timeout).
-    request_queue_size = 64
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FakeHandler):
     """Answers as Telnyx does, from the script of the server's FakeTelnyx."""
 
     server: _Server
@@ -400,24 +388,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.fake.in_flight -= 1
 
     def _send(self, reply: Reply) -> None:
-        payload = (reply.body if reply.body is not None else "").encode()
-        try:
-            self.send_response(reply.status)
-            if "Content-Type" not in reply.headers:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for key, value in {**getattr(self, "_limit_headers", {}), **reply.headers}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout tests)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
+        self.send_reply(reply, getattr(self, "_limit_headers", {}))
 
 
 GATE_TIMEOUT = 30.0
+
+
+def pending_job(job_id: str, kind: str, numbers: list[Any]) -> dict[str, Any]:
+    """A phone-numbers job of `kind` as Telnyx answers it when created: pending, every
+    number's operation pending."""
+    return {
+        "id": job_id,
+        "record_type": "phone_numbers_job",
+        "status": "pending",
+        "type": kind,
+        "phone_numbers": [{"id": str(n)} for n in numbers],
+        "pending_operations": [{"id": str(n)} for n in numbers],
+        "successful_operations": [],
+        "failed_operations": [],
+    }
 
 
 def releases(reply: Reply, number_id: str) -> bool:
@@ -631,16 +620,7 @@ class FakeTelnyx:
                     "deprovisioning" if self.emergency_pending_reads else "disabled"
                 )
                 self._pending[str(number_id)] = self.emergency_pending_reads
-            job = {
-                "id": job_id,
-                "record_type": "phone_numbers_job",
-                "status": "pending",
-                "type": "update_emergency_settings",
-                "phone_numbers": [{"id": str(n)} for n in numbers],
-                "pending_operations": [{"id": str(n)} for n in numbers],
-                "successful_operations": [],
-                "failed_operations": [],
-            }
+            job = pending_job(job_id, "update_emergency_settings", numbers)
             self.jobs[job_id] = job
         return Reply(202, json.dumps({"data": job}))
 
@@ -658,16 +638,7 @@ class FakeTelnyx:
         if not isinstance(numbers, list) or not numbers or len(numbers) > 1000:
             return telnyx_error(422, "10015", "Bad Request", "phone_numbers: 1 to 1000 numbers")
         job_id = str(uuid.uuid4())
-        job = {
-            "id": job_id,
-            "record_type": "phone_numbers_job",
-            "status": "pending",
-            "type": "delete_phone_numbers",
-            "phone_numbers": [{"id": str(n)} for n in numbers],
-            "pending_operations": [{"id": str(n)} for n in numbers],
-            "successful_operations": [],
-            "failed_operations": [],
-        }
+        job = pending_job(job_id, "delete_phone_numbers", numbers)
         with self._lock:
             self.jobs[job_id] = job
             self._job_reads[job_id] = 0
@@ -725,20 +696,12 @@ class FakeTelnyx:
 
     @contextmanager
     def running(self) -> Iterator[FakeTelnyx]:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        server.daemon_threads = True
-        server.block_on_close = False  # a slow scripted reply must not hold up the test
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            for gate in self.gates.values():
-                gate.open()
-            server.shutdown()
-            server.server_close()
+        with serving(self, _Handler) as self.url:
+            try:
+                yield self
+            finally:
+                for gate in self.gates.values():
+                    gate.open()
 
 
 class StaticServer:
@@ -747,31 +710,20 @@ class StaticServer:
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.url = ""
+        self._stack = ExitStack()
 
     def __enter__(self) -> StaticServer:
-        reply = self.reply
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                payload = (reply.body or "").encode()
-                self.send_response(reply.status)
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_DELETE = do_POST = _answer
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
+        self.url = self._stack.enter_context(serving(self, _StaticHandler))
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._stack.close()
+
+
+class _StaticHandler(FakeHandler):
+    default_content_type = None
+
+    def _answer(self) -> None:
+        self.send_reply(self.server.fake.reply)  # type: ignore[attr-defined]
+
+    do_GET = do_DELETE = do_POST = _answer

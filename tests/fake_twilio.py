@@ -19,18 +19,13 @@ Its answers follow Twilio's API reference (docs/runbook.md, "Twilio"):
 
 from __future__ import annotations
 
-import base64
 import json
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from tests.fake_telnyx import Reply
+from tests.fake_http import BasicAuthHandler, Reply, ScriptedFake, basic_auth, serving
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio_token_0123456789abcdef"
@@ -66,30 +61,20 @@ def emergency_refusal() -> Reply:
 
 
 @dataclass
-class FakeTwilio:
+class FakeTwilio(ScriptedFake):
     """Numbers the account holds; scripted DELETE answers per SID (each used once, in order,
     then the number is answered for as it stands); every request logged."""
 
     held: set[str] = field(default_factory=set)
     emergency: set[str] = field(default_factory=set)  # held numbers with an emergency address
-    script: dict[str, list[Reply]] = field(default_factory=dict)
     calls: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
-    log: list[tuple[str, str]] = field(default_factory=list)
-    url: str = ""
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reset(self) -> None:
+        super().reset()
         with self._lock:
             self.held.clear()
             self.emergency.clear()
-            self.script.clear()
             self.calls.clear()
-            self.log.clear()
-
-    def scripted(self, number: str) -> Reply | None:
-        with self._lock:
-            replies = self.script.get(number)
-            return replies.pop(0) if replies else None
 
     def delete(self, path: str, number: str) -> Reply:
         reply = self.scripted(number)
@@ -120,69 +105,26 @@ class FakeTwilio:
 
     @contextmanager
     def running(self) -> Iterator[FakeTwilio]:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.fake = self  # type: ignore[attr-defined]
-        server.daemon_threads = True
-        server.block_on_close = False
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
+        with serving(self, _Handler) as self.url:
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
-_BASIC = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+class _Handler(BasicAuthHandler):
+    authorization = basic_auth(ACCOUNT_SID, AUTH_TOKEN)
+    unauthorized = UNAUTHORIZED
 
-
-class _Handler(BaseHTTPRequestHandler):
-    def _fake(self) -> FakeTwilio:
-        fake: FakeTwilio = self.server.fake  # type: ignore[attr-defined]
-        return fake
-
-    def _answer(self, method: str) -> None:
-        fake = self._fake()
-        path = self.path.split("?")[0]
-        with fake._lock:
-            fake.log.append((method, path))
-        if self.headers.get("Authorization") != _BASIC:
-            self._send(UNAUTHORIZED)
-            return
+    def route(self, fake: FakeTwilio, method: str, path: str, body: bytes) -> Reply:
         if method == "GET" and path == f"/2010-04-01/Accounts/{ACCOUNT_SID}.json":
-            self._send(Reply(200, json.dumps({"sid": ACCOUNT_SID, "status": "active"})))
-            return
+            return Reply(200, json.dumps({"sid": ACCOUNT_SID, "status": "active"}))
         if not (path.startswith(NUMBERS) and path.endswith(".json")):
-            self._send(not_found(path))
-            return
+            return not_found(path)
         number = path[len(NUMBERS) : -len(".json")]
         with fake._lock:
             fake.calls[f"{method} {number}"] += 1
-        self._send(fake.delete(path, number) if method == "DELETE" else fake.read(path, number))
+        return fake.delete(path, number) if method == "DELETE" else fake.read(path, number)
 
     def do_GET(self) -> None:
         self._answer("GET")
 
     def do_DELETE(self) -> None:
         self._answer("DELETE")
-
-    def _send(self, reply: Reply) -> None:
-        time.sleep(reply.delay)
-        payload = (reply.body or "").encode()
-        try:
-            self.send_response(reply.status)
-            if reply.status != 204 and "Content-Type" not in reply.headers:
-                self.send_header("Content-Type", "application/json")
-            if reply.status != 204:
-                self.send_header("Content-Length", str(len(payload)))
-            for key, value in reply.headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            if reply.status != 204:
-                self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return

@@ -1,6 +1,6 @@
 """Bad input: a clear refusal that changes no row.
 
-The library answers every bad argument with an `ApiError` whose body is the seed's error
+The library answers every bad argument with an `ApiError` whose body is the API's error
 envelope; inputs are generated with hypothesis, SQL-injection-shaped strings included, on
 PostgreSQL and SQLite. The worker answers a task message with wrong argument types with a
 failed task (never a retry), and refuses a pickled message without running anything.

@@ -273,7 +273,7 @@ def test_a_release_counts_on_the_carriers_proof(kit: Kit, adapter: Adapter) -> N
 
 def test_not_found_is_a_release_only_for_a_proven_account(kit: Kit, adapter: Adapter) -> None:
     """The carrier's own "not found": released, but only where the account is proven (the
-    purge turns it into a stop otherwise: shared/upstream.py)."""
+    purge turns it into a stop otherwise: shared/purge/upstream.py)."""
     number = kit.number(2)
     kit.gone(number)
     result = release(adapter, number)

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from shared.clock import utcnow
-from shared.releasable import STREAM
+from shared.releasable.keys import STREAM
 from tests.processes import cli_env, wait_for
 
 CLI = str(Path(sys.executable).parent / "numbers-retention")

@@ -31,11 +31,11 @@ from shared.clock import as_utc, utcnow
 from shared.clock_skew import ClockSkewError, read_clocks
 from shared.db import make_session_factory
 from shared.models import NumberEvent, PhoneNumber, PurgedNumber, PurgeRun
-from shared.publication import publication_status, recording_failures
 from shared.purge import purge_expired
 from shared.purge.config import PurgeConfig
-from shared.reconcile import publish_releasable
-from shared.relay import relay_events
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.record import reconciliation_status, recording_failures
+from shared.releasable.relay import relay_events
 from shared.retention import RETENTION
 from shared.settings import Settings, StoreSettings, get_settings, get_store_settings
 from shared.status import store_status
@@ -44,7 +44,7 @@ from tests.processes import cli_env
 from tests.test_audit_retention import add_tombstone
 from worker.app import create_app
 from worker.cli import CLOCK_SKEW_EXIT_CODE
-from worker.tasks import PUBLISH, PURGE, RELAY, PurgeStopped
+from worker.tasks import PURGE, RECONCILE, RELAY, PurgeStopped
 
 DAY = timedelta(days=1)
 TOLERANCE = 5.0
@@ -129,7 +129,7 @@ def test_a_publication_and_a_relay_on_a_host_clock_ahead_are_refused_and_change_
             recording_failures(redis_client),
             factory() as session,
         ):
-            publish_releasable(session, redis_client, clock_skew_max=TOLERANCE)
+            reconcile_releasable(session, redis_client, clock_skew_max=TOLERANCE)
         with pytest.raises(ClockSkewError):
             relay_events(factory, redis_client, clock_skew_max=TOLERANCE)
     error = refused.value
@@ -142,7 +142,7 @@ def test_a_publication_and_a_relay_on_a_host_clock_ahead_are_refused_and_change_
     # clock (a marker dated a day ahead would say "failing" after the next success).
     assert [key.decode() for key in redis_client.keys("*")] == ["releasable:meta"]
     now = database_clock(pg_store)
-    publication = publication_status(redis_client, now=now)
+    publication = reconciliation_status(redis_client, now=now)
     assert (publication["failing"], publication["last_failure"]) == (True, "ClockSkewError")
     assert datetime.fromisoformat(publication["last_failure_at"]) <= now
 
@@ -161,7 +161,7 @@ def test_the_tasks_fail_on_a_host_clock_ahead(
     )
     tasks = create_app(settings).tasks
     with time_machine.travel(database_clock(pg_store) + DAY, tick=True):
-        purge, publish, relay = (tasks[name].apply() for name in (PURGE, PUBLISH, RELAY))
+        purge, publish, relay = (tasks[name].apply() for name in (PURGE, RECONCILE, RELAY))
     assert purge.failed()
     assert isinstance(purge.result, PurgeStopped)
     assert purge.result.summary["status"] == "clock_skew"

@@ -18,7 +18,7 @@ from shared.lifecycle import set_purge_hold
 from shared.models import PhoneNumber
 from shared.provider import REFUSED_CODE
 from shared.purge import purge_expired
-from shared.relay import discard_events
+from shared.releasable.relay import discard_events
 from shared.retention import RETENTION
 from tests.factories import make_number
 from tests.stores import TABLES, delete_all_rows

@@ -48,3 +48,42 @@ def test_the_runbooks_plain_processes_are_what_the_deploy_check_runs() -> None:
     assert install == ["pip", "install", ".[api]"]
     assert sources == ["pyproject.toml", "README.md", "shared", "worker"]
     assert lines[0] == f"python3 -m venv .venv && .venv/bin/{shlex.join(install)}"
+
+
+def _mapped(page: str, heading: str) -> set[str]:
+    """The names the table under `heading` of docs/map.md gives a line to."""
+    return first_column(page.partition(heading)[2].partition("\n## ")[0])
+
+
+def _folder(path: Path) -> str:
+    return path.name + ("/" if path.is_dir() else "")
+
+
+def test_the_map_gives_every_folder_and_module_a_line() -> None:
+    """A folder or module added without a line in the newcomer's map fails here."""
+    page = (ROOT / "docs" / "map.md").read_text()
+    ignored = set((ROOT / ".gitignore").read_text().split())
+    folders = {
+        _folder(path)
+        for path in ROOT.iterdir()
+        if path.is_dir()
+        and _folder(path) not in ignored
+        and (not path.name.startswith(".") or path.name == ".ci")
+        and not path.name.endswith(".egg-info")
+    } - {".git/"}
+    assert _mapped(page, "## The folders") == folders
+    for package in ("shared", "worker"):
+        present = {
+            _folder(path)
+            for path in (ROOT / package).iterdir()
+            if (path.suffix == ".py" and path.name != "__init__.py")
+            or (path.is_dir() and _folder(path) not in ignored)
+        }
+        assert _mapped(page, f"## `{package}/`") == present, package
+
+
+def test_the_readme_links_the_map_and_the_glossary() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/map.md)" in readme
+    assert "(docs/glossary.md)" in readme
+    assert (ROOT / "docs" / "glossary.md").read_text().startswith("# Glossary\n")

@@ -13,8 +13,8 @@ import shared
 from shared.models import NumberEvent
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
+from shared.purge.operator import reset_upstream
 from shared.retention import RETENTION
-from shared.upstream import reset_upstream
 from tests.factories import ensure_account, make_number, valid_order
 from tests.fake_telnyx import FakeTelnyx, telnyx_error
 

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared.models import NumberEvent, PhoneNumber, PurgeRun
 from shared.provider import TelnyxProvider
+from shared.purge.operator import resolve_by_operator
 from shared.status import store_status
-from shared.upstream import resolve_by_operator
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, StaticServer, record
 from tests.stores import numbers_by_phone, tombstones_by_phone

@@ -33,7 +33,8 @@ from shared.demo import seed_demo
 from shared.models import PurgedNumber
 from shared.purge import lock as purge_lock
 from shared.purge import purge_expired
-from shared.releasable import publication, read_releasable
+from shared.releasable.read import read_releasable
+from shared.releasable.record import last_reconciliation
 from shared.retention import RETENTION
 from tests.factories import make_numbers
 from tests.processes import (
@@ -395,14 +396,14 @@ def test_worker_and_beat_recover_when_redis_comes_back(
     worker, beat = start_worker_and_beat(env, tmp_path)
     client = fault_redis.client()
     try:
-        wait_for(lambda: publication(client), timeout=60, what="a first publication")
+        wait_for(lambda: last_reconciliation(client), timeout=60, what="a first publication")
         fault_redis.stop()
         time.sleep(4)  # several beat ticks and publish attempts meet a dead Redis
         restarted = datetime.now(UTC)
         fault_redis.start()
 
         def published_again() -> bool:
-            meta = publication(client)
+            meta = last_reconciliation(client)
             return bool(meta) and datetime.fromisoformat(meta["generated_at"]) > restarted
 
         wait_for(published_again, timeout=90, what="a publication after Redis came back")

@@ -16,7 +16,9 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-from shared.releasable import STREAM, publication, read_releasable
+from shared.releasable.keys import STREAM
+from shared.releasable.read import read_releasable
+from shared.releasable.record import last_reconciliation
 from tests.factories import make_number
 from tests.processes import Process, wait_for
 
@@ -56,7 +58,9 @@ def test_release_and_repurchase_reach_the_published_set_within_10_seconds(
     run = Process([*CLI, "run"], process_env(), tmp_path / "run.log")
     try:
         # Started: the start-up reconciliation published what the store offers.
-        wait_for(lambda: publication(redis_client), timeout=60, what="the first publication")
+        wait_for(
+            lambda: last_reconciliation(redis_client), timeout=60, what="the first publication"
+        )
         assert offered_to(redis_client, "acc_f") == {"+14155550502"}
         lags = []
         for _ in range(3):

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import shared
-from shared.controls import pause_purge, set_pace
+from shared.controls import OperatorRecord, pause_purge, set_pace
 from shared.errors import ValidationError
 from shared.holds import hold_number, list_holds, unhold_number
 from shared.models import NumberEvent, PhoneNumber
@@ -154,13 +154,16 @@ def test_the_held_event_is_dated_like_the_hold_record(numbers: Session) -> None:
 
 
 def test_set_purge_hold_takes_a_record_only_with_a_hold_and_checks_it(numbers: Session) -> None:
-    record = ("dispute", "alice", NOW)
+    record = OperatorRecord(reason="dispute", by="alice", at=NOW)
     with pytest.raises(ValidationError) as refused:
         shared.set_purge_hold(numbers, phone_number="+14155550101", held=False, record=record)
     assert refused.value.code == "invalid_hold_record"
     with pytest.raises(ValidationError) as refused:
         shared.set_purge_hold(
-            numbers, phone_number="+14155550101", held=True, record=("dispute", "", NOW)
+            numbers,
+            phone_number="+14155550101",
+            held=True,
+            record=OperatorRecord(reason="dispute", by="", at=NOW),
         )
     assert refused.value.code == "invalid_by"
     assert list_holds(numbers, now=NOW) == []

@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared.db import make_session_factory
 from shared.models import E164_PATTERN
-from shared.reconcile import publish_releasable
-from shared.releasable import read_releasable
+from shared.releasable.read import read_releasable
+from shared.releasable.reconcile import reconcile_releasable
 from tests.factories import NOW, make_number, make_numbers, snapshot
 from tests.processes import service_env, start_worker_and_beat, wait_for
 from tests.servers import RedisServer, celery_client, free_port, wait_task
@@ -125,7 +125,7 @@ def test_the_published_per_account_sets_hold_only_that_accounts_numbers(
                     session, account_id=account, phone_number=number, released_at=released_at
                 )
     with pg_factory() as session:
-        publish_releasable(session, redis_client, now=NOW)
+        reconcile_releasable(session, redis_client, now=NOW)
     for account in ACCOUNTS:
         published = {n for n, _ in read_releasable(redis_client, account_id=account, now=NOW)}
         assert published

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.models import NumberEvent, PhoneNumber
-from shared.publication import publication_status
 from shared.purge import purge_expired
-from shared.reconcile import publish_releasable
-from shared.relay import discard_events, relay_events
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.record import reconciliation_status
+from shared.releasable.relay import discard_events, relay_events
 from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
@@ -203,7 +203,7 @@ def test_publication_metrics_come_from_redis(
     assert ("numbers_retention_publish_last_success_timestamp_seconds", ()) not in samples
 
     with pg_factory() as session:
-        summary = publish_releasable(session, redis_client, now=NOW)
+        summary = reconcile_releasable(session, redis_client, now=NOW)
     samples = scrape(RetentionCollector(reader, cache_seconds=0))
     with pg_factory() as session:
         status = store_status(session, now=NOW)
@@ -212,7 +212,7 @@ def test_publication_metrics_come_from_redis(
     # The stream (tests/test_stream.py): empty, no group, nothing dropped.
     assert samples.pop(("numbers_retention_stream_entries", ())) == 0
     assert samples.pop(("numbers_retention_stream_dropped_unread_total", ())) == 0
-    assert samples == expected(status, publication_status(redis_client, now=NOW))
+    assert samples == expected(status, reconciliation_status(redis_client, now=NOW))
     assert (
         samples[("numbers_retention_publish_last_success_timestamp_seconds", ())]
         == datetime.fromisoformat(summary["generated_at"]).timestamp()

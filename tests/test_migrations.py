@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared import migrate
 from shared.db import make_engine
-from shared.models import EVENT_KINDS, RUN_STATUSES, Base
+from shared.models import EVENT_KINDS, Base
+from shared.run_status import RECORDED, RunStatus
 from tests.factories import NOW, make_number
 
 TABLES = {
@@ -178,14 +180,28 @@ def test_the_migrated_store_takes_every_run_status_of_the_models_and_no_other(
     connection: Connection,
 ) -> None:
     """The migrations freeze their own copy of the statuses (clock_skew: 0011)."""
+    assert RunStatus.LOST_LOCK not in RECORDED  # the relay's, never recorded
     insert = text(
         "INSERT INTO purge_runs (id, started_at, cutoff, status, purged, batches)"
         " VALUES (:id, :at, :at, :status, 0, 0)"
     )
-    for status in RUN_STATUSES:
+    for status in RECORDED:
         connection.execute(insert, {"id": f"run-{status}", "status": status, "at": NOW})
     with pytest.raises(IntegrityError), connection.begin_nested():
         connection.execute(insert, {"id": "run-x", "status": "exploded", "at": NOW})
+
+
+def test_the_migrated_run_status_check_lists_exactly_the_recorded_run_statuses(
+    engine: Engine,
+) -> None:
+    """The CHECK the migrations built and the one `RunStatus` the code uses name the same
+    statuses: a status added to one only fails here, not at a run's first write."""
+    (check,) = (
+        constraint
+        for constraint in inspect(engine).get_check_constraints("purge_runs")
+        if constraint["name"] == "run_status_known"
+    )
+    assert set(re.findall(r"'([a-z_]+)'", check["sqltext"])) == {str(s) for s in RECORDED}
 
 
 def test_deleting_a_number_deletes_its_assignment(connection: Connection) -> None:

@@ -11,9 +11,9 @@ import pytest
 import redis
 from sqlalchemy.orm import Session
 
-from shared.publication import publication_status, recording_failures
-from shared.reconcile import publish_releasable
-from shared.releasable import meta_key
+from shared.releasable.keys import meta_key
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.record import reconciliation_status, recording_failures
 from tests.factories import NOW, make_number
 from tests.processes import cli_env
 from tests.servers import free_port
@@ -28,7 +28,7 @@ class Broken(RuntimeError):
 
 
 def test_nothing_published_yet(redis_client: redis.Redis) -> None:
-    assert publication_status(redis_client, now=NOW) == {
+    assert reconciliation_status(redis_client, now=NOW) == {
         "last_success_at": None,
         "age_seconds": None,
         "published": None,
@@ -44,7 +44,7 @@ def test_a_failure_is_marked_until_the_next_success(
     make_number(session, account_id="acc_1", phone_number="+14155550101", released_at=NOW)
     with pytest.raises(Broken), recording_failures(redis_client):
         raise Broken("the store went away")
-    failed = publication_status(redis_client)
+    failed = reconciliation_status(redis_client)
     assert (failed["failing"], failed["last_failure"], failed["last_success_at"]) == (
         True,
         "Broken",
@@ -52,9 +52,9 @@ def test_a_failure_is_marked_until_the_next_success(
     )
 
     with recording_failures(redis_client):
-        summary = publish_releasable(session, redis_client, now=NOW)
+        summary = reconcile_releasable(session, redis_client, now=NOW)
     later = datetime.fromisoformat(summary["generated_at"]) + timedelta(seconds=90)
-    published = publication_status(redis_client, now=later)
+    published = reconciliation_status(redis_client, now=later)
     assert published["failing"] is False
     assert published["last_success_at"] == summary["generated_at"]
     assert published["age_seconds"] == 90
@@ -64,7 +64,7 @@ def test_a_failure_is_marked_until_the_next_success(
 
     with pytest.raises(Broken), recording_failures(redis_client):
         raise Broken
-    assert publication_status(redis_client)["failing"] is True
+    assert reconciliation_status(redis_client)["failing"] is True
 
 
 def test_a_failure_while_redis_is_down_still_propagates_the_original_error() -> None:
@@ -95,7 +95,7 @@ def test_status_shows_the_publication_and_a_failing_publish(
         report: dict[str, object] = json.loads(done.stdout)
         return report
 
-    assert status()["publication"] == {"reachable": True, **publication_status(redis_client)}
+    assert status()["publication"] == {"reachable": True, **reconciliation_status(redis_client)}
 
     published = subprocess.run(
         [CLI, "publish"], env=env, capture_output=True, text=True, timeout=60

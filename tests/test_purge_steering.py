@@ -39,7 +39,7 @@ from shared.settings import Settings, get_settings
 from tests.factories import make_number
 from worker.app import create_app, visibility_timeout
 from worker.connections import engine as worker_engine
-from worker.tasks import PRUNE, PUBLISH, PURGE, RELAY
+from worker.tasks import PRUNE, PURGE, RECONCILE, RELAY
 
 Factory = sessionmaker[Session]
 CLI = str(Path(sys.executable).parent / "numbers-retention")
@@ -351,7 +351,7 @@ def test_the_redis_visibility_timeout_outlasts_every_tasks_hard_limit() -> None:
     app = create_app(settings)
     timeout = app.conf.broker_transport_options["visibility_timeout"]
     limits = {name: task.time_limit for name, task in app.tasks.items() if task.time_limit}
-    assert set(limits) == {PURGE, PUBLISH, RELAY, PRUNE}
+    assert set(limits) == {PURGE, RECONCILE, RELAY, PRUNE}
     assert timeout > max(limits.values())
     assert timeout > settings.task_retry_backoff_max
 

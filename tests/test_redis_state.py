@@ -17,18 +17,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
 import shared
-from shared import reconcile
 from shared.models import PhoneNumber
-from shared.reconcile import STAGING_SECONDS, publish_releasable
-from shared.relay import RELAYED_THROUGH, relay_events, relay_meta_key
-from shared.releasable import STREAM, NotPublished, read_releasable
+from shared.releasable import reconcile
+from shared.releasable.keys import STREAM
+from shared.releasable.read import NotPublished, read_releasable
+from shared.releasable.reconcile import STAGING_SECONDS, reconcile_releasable
+from shared.releasable.relay import RELAYED_THROUGH, relay_events, relay_meta_key
 from shared.retention import repurchasable_numbers
 from shared.settings import Settings
 from tests.factories import make_numbers
 from tests.servers import RedisServer
 from worker.app import create_app
 from worker.beat import ResilientRedBeatScheduler, _check_worker_redis, check_eviction_policy
-from worker.tasks import PUBLISH, RECONCILE_REQUESTED, RELAY
+from worker.tasks import RECONCILE, RECONCILE_REQUESTED, RELAY
 
 DAY = timedelta(days=1)
 
@@ -63,7 +64,7 @@ def test_a_reconciliation_failing_mid_build_leaves_no_staging_key(
         raise RuntimeError("killed mid-build")
 
     with pytest.raises(RuntimeError, match="mid-build"):
-        publish_releasable(session, redis_client, now=now, progress=fail_after_first_chunk)
+        reconcile_releasable(session, redis_client, now=now, progress=fail_after_first_chunk)
     assert seen
     assert all(0 < ttl <= STAGING_SECONDS for _key, ttl in seen)
     assert staging_keys(redis_client) == []
@@ -80,7 +81,7 @@ def test_published_sets_keep_no_ttl_and_stale_staging_keys_are_dropped(
     live = f"releasable:staging:{started}.other:all".encode()  # another reconciliation's
     for key in (legacy, dead, live):
         redis_client.zadd(key, {"+14155559999": 1})
-    publish_releasable(session, redis_client, now=now)
+    reconcile_releasable(session, redis_client, now=now)
     assert staging_keys(redis_client) == [live]
     assert redis_client.ttl("releasable:all") == -1
     assert redis_client.ttl("releasable:account:acc_s0") == -1
@@ -115,7 +116,7 @@ def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
         make_numbers(session, account_id="acc_g", ages={"+14155550701": DAY, "+14155550702": DAY})
     relay_events(pg_factory, client, now=now)
     with pg_factory() as session:
-        publish_releasable(session, client, now=now)
+        reconcile_releasable(session, client, now=now)
     assert reads(client, now) == {"+14155550701", "+14155550702"}
     client.set(RECONCILE_REQUESTED, 1, ex=600)  # a request pending at the snapshot's time
     client.save()  # the snapshot an operator restores later
@@ -140,7 +141,7 @@ def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
     assert report["unpublished"]
     # The reconciliation is asked for at once, whatever request the snapshot held.
     queued = [json.loads(m) for m in client.lrange("celery", 0, -1)]
-    assert [m["headers"]["task"] for m in queued] == [PUBLISH]
+    assert [m["headers"]["task"] for m in queued] == [RECONCILE]
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["relay.redis_behind"]
     last = client.xrevrange(STREAM, count=1)[0][1]
     assert last[b"kind"] == b"gap"
@@ -150,7 +151,7 @@ def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
     assert (refused.value.status, refused.value.code) == (503, "releasable_not_published")
 
     with pg_factory() as session:
-        publish_releasable(session, client, now=now)
+        reconcile_releasable(session, client, now=now)
     assert reads(client, now) == offered(pg_factory, now) == {"+14155550702", "+14155550703"}
     assert relay_events(pg_factory, client, now=now).gap is None  # reported once
 
@@ -166,7 +167,7 @@ def test_a_redis_emptied_is_not_published_until_the_reconciliation(
         make_numbers(session, account_id="acc_e", ages={"+14155550711": DAY})
     relay_events(pg_factory, client, now=now)
     with pg_factory() as session:
-        publish_releasable(session, client, now=now)
+        reconcile_releasable(session, client, now=now)
     if emptied == "restart":
         fault_redis.stop()
         fault_redis.start()  # no persistence: empty
@@ -184,7 +185,7 @@ def test_a_redis_emptied_is_not_published_until_the_reconciliation(
     with pytest.raises(NotPublished):
         read_releasable(client, now=now)
     with pg_factory() as session:
-        publish_releasable(session, client, now=now)
+        reconcile_releasable(session, client, now=now)
     assert reads(client, now) == {"+14155550711", "+14155550712"}
 
 
@@ -193,7 +194,7 @@ def test_an_empty_publication_reads_as_empty_not_as_unpublished(
 ) -> None:
     with pytest.raises(NotPublished):
         read_releasable(redis_client, now=now)
-    publish_releasable(session, redis_client, now=now)
+    reconcile_releasable(session, redis_client, now=now)
     assert read_releasable(redis_client, now=now) == []
     assert read_releasable(redis_client, account_id="acc_none", now=now) == []
 
@@ -260,11 +261,11 @@ def test_a_rebuild_that_outlived_its_staging_keys_replaces_nothing(
     """Its keys may have expired, or been dropped as stale by another reconciliation: an
     account set missing from them would have been published as empty."""
     _seed(session, now, accounts=2)
-    publish_releasable(session, redis_client, now=now)
+    reconcile_releasable(session, redis_client, now=now)
     before = reads(redis_client, now)
     monkeypatch.setattr(reconcile, "STAGING_SECONDS", 0)  # expired as soon as written
     with pytest.raises(shared.InternalError) as refused:
-        publish_releasable(session, redis_client, now=now)
+        reconcile_releasable(session, redis_client, now=now)
     assert refused.value.code == "publication_too_slow"
     assert reads(redis_client, now) == before
     assert len(before) == 4

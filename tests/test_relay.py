@@ -20,20 +20,12 @@ from structlog.testing import capture_logs
 import shared
 from shared.events import EVENTS
 from shared.models import PhoneNumber
-from shared.publication import recording_failures
 from shared.purge import purge_expired
-from shared.reconcile import publish_releasable
-from shared.relay import relay_events, relay_meta_key
-from shared.releasable import (
-    STREAM,
-    LockLost,
-    account_key,
-    all_key,
-    applied_key,
-    fenced,
-    meta_key,
-    writer_lock,
-)
+from shared.releasable.fencing import LockLost, fenced, writer_lock
+from shared.releasable.keys import STREAM, account_key, all_key, applied_key, meta_key
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.record import recording_failures
+from shared.releasable.relay import relay_events, relay_meta_key
 from shared.retention import RETENTION, repurchasable_numbers
 from tests.factories import make_number, make_numbers
 
@@ -62,7 +54,7 @@ def store_offers(factory: Factory, now: datetime) -> set[str]:
 
 def after_the_snapshot(monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]) -> None:
     """Run `then` in the reconciliation, just after it has read the store's releasable numbers."""
-    import shared.reconcile as reconcile
+    import shared.releasable.reconcile as reconcile
 
     build = reconcile._build
 
@@ -179,7 +171,7 @@ def test_interrupted_between_redis_and_commit_the_next_relay_applies_nothing_twi
         raise RuntimeError("killed after EXEC, before the outbox's DELETE")
 
     with monkeypatch.context() as patch:
-        patch.setattr("shared.relay.delete", crash)
+        patch.setattr("shared.releasable.relay.delete", crash)
         with pytest.raises(RuntimeError):
             relay_events(pg_factory, redis_client, now=now, batch_size=4)
     # Applied to Redis, still in the outbox, and marked as applied.
@@ -212,7 +204,7 @@ RELAY_CHILD = """
 import sys
 import redis
 from shared.db import make_engine, make_session_factory
-from shared.relay import relay_events
+from shared.releasable.relay import relay_events
 
 factory = make_session_factory(make_engine(sys.argv[1]))
 client = redis.Redis.from_url(sys.argv[2])
@@ -284,7 +276,7 @@ def test_reconciliation_repairs_and_reports_drift(
             now=now,
         )
     with pg_factory() as session:
-        first = publish_releasable(session, redis_client, now=now)
+        first = reconcile_releasable(session, redis_client, now=now)
     assert (first["first"], first["drift_added"], first["published"]) == (True, 4, 4)
     score = (now + RETENTION).timestamp()
     for key in ("releasable:all", account_key("acc_d")):
@@ -294,7 +286,7 @@ def test_reconciliation_repairs_and_reports_drift(
         redis_client.zadd(key, {"+18885550000": now.timestamp() - 1})  # expired
     later = now + timedelta(seconds=1)
     with pg_factory() as session, capture_logs() as logs:
-        summary = publish_releasable(session, redis_client, now=later)
+        summary = reconcile_releasable(session, redis_client, now=later)
     drift = {k: summary[k] for k in ("drift_added", "drift_removed", "drift_rescored", "trimmed")}
     assert drift == {"drift_added": 1, "drift_removed": 1, "drift_rescored": 1, "trimmed": 1}
     assert [e["event"] for e in logs] == ["releasable.published", "releasable.drift_repaired"]
@@ -321,7 +313,7 @@ def test_a_failed_first_publication_still_counts_as_nothing_published(
     with pg_factory.begin() as session:  # not relayed: the first publication adds it
         make_number(session, account_id="acc_f", phone_number="+14155550472", released_at=now)
     with pg_factory() as session, capture_logs() as logs:
-        summary = publish_releasable(session, redis_client, now=now)
+        summary = reconcile_releasable(session, redis_client, now=now)
     assert (summary["first"], summary["drift_added"]) == (True, 1)
     assert [e["event"] for e in logs] == ["releasable.published"]  # a first one repairs nothing
     assert not relay_events(pg_factory, redis_client, now=now).unpublished
@@ -347,7 +339,7 @@ def test_events_relayed_during_a_reconciliation_survive_its_swap(
 
     after_the_snapshot(monkeypatch, change)
     with pg_factory() as session:
-        summary = publish_releasable(session, redis_client, now=now)
+        summary = reconcile_releasable(session, redis_client, now=now)
     assert summary["replayed"] == 2
     assert published(redis_client, now) == {"+14155550451", "+14155550453"}
     assert published(redis_client, now, "acc_t") == {"+14155550453"}
@@ -371,7 +363,7 @@ def test_a_stream_trimmed_during_a_reconciliation_replaces_nothing(
 
     after_the_snapshot(monkeypatch, repurchase_then_trim)
     with pg_factory() as session, pytest.raises(shared.InternalError) as refused:
-        publish_releasable(session, redis_client, now=now)
+        reconcile_releasable(session, redis_client, now=now)
     assert refused.value.code == "publication_stream_trimmed"
     assert published(redis_client, now) == set()  # the relay's removal stands
     assert [k for k in redis_client.scan_iter("releasable:staging:*")] == []

@@ -17,9 +17,10 @@ import shared
 from shared.db import make_session_factory
 from shared.models import PhoneNumber
 from shared.purge import purge_expired
-from shared.reconcile import publish_releasable
-from shared.relay import relay_events
-from shared.releasable import STREAM, read_releasable
+from shared.releasable.keys import STREAM
+from shared.releasable.read import read_releasable
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.relay import relay_events
 from shared.retention import repurchasable_numbers
 from tests.factories import make_number
 from tests.stores import delete_all_rows
@@ -84,7 +85,7 @@ def test_after_the_relay_catches_up_the_set_is_the_stores(
     factory = make_session_factory(pg_store)
     _seed(factory, now)
     with factory() as session:  # as deployed: a reconciliation publishes the sets first
-        publish_releasable(session, redis_client, now=now)
+        reconcile_releasable(session, redis_client, now=now)
     barrier = threading.Barrier(len(threads))
     workers = [
         threading.Thread(target=_run, args=(factory, redis_client, now, ops, barrier))

@@ -10,8 +10,10 @@ import redis
 from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
-from shared.reconcile import publish_releasable
-from shared.releasable import account_key, all_key, publication, read_releasable
+from shared.releasable.keys import account_key, all_key
+from shared.releasable.read import read_releasable
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.record import last_reconciliation
 from shared.retention import RETENTION
 from tests.factories import make_number, make_numbers
 
@@ -39,7 +41,7 @@ def test_publishes_repurchasable_numbers_scored_by_deadline(
 ) -> None:
     _seed(session, now)
     with capture_logs() as logs:
-        summary = publish_releasable(session, redis_client, now=now)
+        summary = reconcile_releasable(session, redis_client, now=now)
     assert (summary["published"], summary["accounts"]) == (3, 2)
     assert [e["event"] for e in logs] == ["releasable.published"]
     assert logs[0]["published"] == 3
@@ -52,7 +54,7 @@ def test_publishes_repurchasable_numbers_scored_by_deadline(
     assert redis_client.zrange(account_key("acc_a"), 0, -1) == [b"+14155550202", b"+14155550201"]
     assert redis_client.zrange(account_key("acc_b"), 0, -1) == [b"+14155550203"]
     assert not redis_client.exists(account_key("acc_c"))
-    meta = publication(redis_client)
+    meta = last_reconciliation(redis_client)
     assert (meta["count"], meta["accounts"]) == ("3", "2")
     assert meta["now"] == now.isoformat().replace("+00:00", "Z")
 
@@ -61,7 +63,7 @@ def test_reader_treats_scores_at_or_before_now_as_gone(
     session: Session, redis_client: redis.Redis, now: datetime
 ) -> None:
     _seed(session, now)
-    publish_releasable(session, redis_client, now=now)
+    reconcile_releasable(session, redis_client, now=now)
     deadline = now - timedelta(days=13) + RETENTION
     assert [n for n, _ in read_releasable(redis_client, account_id="acc_a", now=now)] == [
         "+14155550202",
@@ -89,13 +91,13 @@ def test_republishing_replaces_the_sets(
 ) -> None:
     now -= timedelta(days=21)  # a publication is never decided ahead of the host's clock
     _seed(session, now)
-    publish_releasable(session, redis_client, now=now)
+    reconcile_releasable(session, redis_client, now=now)
     later = now + timedelta(days=2)  # +14155550202 expired, acc_a keeps one, acc_b keeps one
-    summary = publish_releasable(session, redis_client, now=later)
+    summary = reconcile_releasable(session, redis_client, now=later)
     assert summary["published"] == 2
     assert redis_client.zrange(all_key(), 0, -1) == [b"+14155550201", b"+14155550203"]
     much_later = now + timedelta(days=20)
-    summary = publish_releasable(session, redis_client, now=much_later)
+    summary = reconcile_releasable(session, redis_client, now=much_later)
     assert (summary["published"], summary["removed_accounts"]) == (0, 2)
     assert not redis_client.exists(all_key(), account_key("acc_a"), account_key("acc_b"))
     assert [k for k in redis_client.scan_iter("releasable:staging:*")] == []
@@ -111,7 +113,7 @@ def test_a_reader_never_sees_half_a_set(
             phone_number=f"+1415444{i:04d}",
             released_at=now - timedelta(days=1),
         )
-    publish_releasable(session, redis_client, now=now)
+    reconcile_releasable(session, redis_client, now=now)
     seen: set[int] = set()
     stop = threading.Event()
 
@@ -123,7 +125,7 @@ def test_a_reader_never_sees_half_a_set(
     thread = threading.Thread(target=read)
     thread.start()
     for _ in range(5):
-        publish_releasable(session, redis_client, now=now)
+        reconcile_releasable(session, redis_client, now=now)
     stop.set()
     thread.join()
     assert seen == {300}

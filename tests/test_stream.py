@@ -9,8 +9,8 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
-from shared.relay import relay_events
-from shared.releasable import STREAM
+from shared.releasable.keys import STREAM
+from shared.releasable.relay import relay_events
 from shared.stream import consumer_groups, stream_state, trim_stream
 from tests.factories import make_number
 from tests.test_metrics import scrape

@@ -22,14 +22,14 @@ import shared
 from shared.errors import ValidationError
 from shared.models import NumberEvent, PurgedNumber
 from shared.purge import purge_expired
-from shared.releasable import account_key
+from shared.releasable.keys import account_key
 from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from tests.processes import wait_for
 from worker.app import app, beat_schedule, broker_options, create_app
 from worker.stopping import STOP
-from worker.tasks import PRUNE, PUBLISH, PURGE, PURGE_HARD_MARGIN, RELAY, PurgeStopped, Summary
+from worker.tasks import PRUNE, PURGE, PURGE_HARD_MARGIN, RECONCILE, RELAY, PurgeStopped, Summary
 
 Factory = sessionmaker[Session]
 
@@ -201,7 +201,7 @@ def test_task_results_are_json_in_events_and_objects_in_the_backend(
             account_id="acc_a",
             ages={"+14155550304": timedelta(days=20), "+14155550305": timedelta(days=1)},
         )
-    for name, kwargs in ((PURGE, {"dry_run": True}), (PUBLISH, {})):
+    for name, kwargs in ((PURGE, {"dry_run": True}), (RECONCILE, {})):
         task = task_app.tasks[name]
         with freeze_time(now):
             result = task.apply(kwargs=kwargs).get()
@@ -289,7 +289,7 @@ def test_publish_task(
     with task_store.begin() as session:
         make_numbers(session, account_id="acc_a", ages={"+14155550305": timedelta(days=1)})
     with freeze_time(now):
-        result = task_app.tasks[PUBLISH].apply().get()
+        result = task_app.tasks[RECONCILE].apply().get()
     assert result["published"] == 1
     assert redis_client.zcard("releasable:all") == 1
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.models import PhoneNumber, PurgedNumber
-from shared.releasable import read_releasable
+from shared.releasable.read import read_releasable
 from tests.factories import make_numbers
 from tests.processes import start_worker_and_beat, wait_for
 

@@ -22,8 +22,8 @@ from worker.logs import configure_logging
 from worker.tasks import (
     EXPIRES,
     PRUNE,
-    PUBLISH,
     PURGE,
+    RECONCILE,
     RELAY,
     discards_events,
     longest_hold,
@@ -144,7 +144,7 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
         },
     }
     if settings.resolved_redis_url():
-        schedule["publish-releasable"] = _every(settings.publish_every_seconds, PUBLISH)
+        schedule["publish-releasable"] = _every(settings.publish_every_seconds, RECONCILE)
     if settings.resolved_redis_url() or discards_events(settings):
         schedule["relay-events"] = _every(settings.relay_every_seconds, RELAY)
     return schedule

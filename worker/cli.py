@@ -36,14 +36,14 @@ from shared.ledger import disconnections, disconnects_report, parse_month
 from shared.listing import released_numbers_body
 from shared.migrate import upgrade
 from shared.models import PhoneNumber
-from shared.publication import publication_status
 from shared.purge import StopRequest
+from shared.purge.operator import reset_upstream, resolve_by_operator
 from shared.purge.statements import count_overdue
-from shared.releasable import STREAM
+from shared.releasable.keys import STREAM
+from shared.releasable.record import reconciliation_status
 from shared.retention import repurchasable_numbers
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 from shared.status import store_status
-from shared.upstream import reset_upstream, resolve_by_operator
 from worker import health
 from worker.app import app, make_embedded_folders
 from worker.connections import engine as store_engine
@@ -52,11 +52,11 @@ from worker.entry import PROG, VERSION_MESSAGE
 from worker.logs import configure_logging
 from worker.metrics import make_collector, serve
 from worker.tasks import (
-    PUBLISH,
     PURGE,
+    RECONCILE,
     STOPPED,
     parse_now,
-    publish_now,
+    reconcile_now,
     run_prune,
     run_purge,
 )
@@ -261,7 +261,7 @@ def run(concurrency: int, celery_args: tuple[str, ...]) -> None:
 def _start_up_runs(**_kwargs: Any) -> None:
     app.send_task(PURGE, expires=600)
     if get_settings().resolved_redis_url():
-        app.send_task(PUBLISH, expires=600)
+        app.send_task(RECONCILE, expires=600)
 
 
 # `purge` exits with this when another run held the lock and this one did nothing.
@@ -414,7 +414,7 @@ def publish(now: datetime | None) -> None:
             return int(session.execute(numbers).scalar_one())
 
     with _progress(repurchasable, "publishing") as advance:
-        summary = publish_now(get_settings(), now=now, progress=advance)
+        summary = reconcile_now(get_settings(), now=now, progress=advance)
     _print_json(summary)
 
 
@@ -549,7 +549,7 @@ def _publication(now: datetime | None) -> dict[str, Any] | None:
         return None
     client = make_redis(url, timeout=5)
     try:
-        return {"reachable": True, **publication_status(client, now=now)}
+        return {"reachable": True, **reconciliation_status(client, now=now)}
     except redis.RedisError:
         # `status` is about the store first: an unreachable Redis is shown, not fatal.
         return {"reachable": False}

@@ -37,13 +37,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import models
 from shared.clock import iso_timestamp, utcnow
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import ValidationError
-from shared.publication import publication_status
 from shared.purge.pacing import WORKER_APPLICATION_NAME
-from shared.relay import relay_last_success
+from shared.releasable.record import reconciliation_status
+from shared.releasable.relay import relay_last_success
+from shared.run_status import RECORDED, RunStatus
 from shared.settings import Settings
 from shared.status import counts_status, runs_status
 from shared.stream import stream_state
@@ -60,7 +60,9 @@ VERSION = package_version("numbers-retention")
 # `dry_run`, which never count as the last finished run): each is exported, 1 for the last
 # run's, so that a query or an alert need not know which exist.
 RUN_STATUSES = tuple(
-    status for status in models.RUN_STATUSES if status not in {"running", "skipped", "dry_run"}
+    status
+    for status in RECORDED
+    if status not in {RunStatus.RUNNING, RunStatus.SKIPPED, RunStatus.DRY_RUN}
 )
 
 
@@ -372,7 +374,7 @@ class Reader:
 
     def _redis(self, now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
         assert self.client is not None
-        publication = publication_status(self.client, now=now)
+        publication = reconciliation_status(self.client, now=now)
         success = relay_last_success(self.client)
         state = {
             "relay_last_success_at": iso_timestamp(success) if success else None,

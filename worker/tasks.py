@@ -29,18 +29,21 @@ from shared.clock_skew import ClockSkewError
 from shared.counts import reconcile_counts
 from shared.db import normalize_url
 from shared.errors import ValidationError
-from shared.publication import recording_failures
 from shared.purge import PurgeReport, StopRequest, purge_expired
 from shared.purge.config import PurgeConfig
-from shared.reconcile import publish_releasable
-from shared.relay import RelayReport, discard_events, relay_events
+from shared.releasable.reconcile import reconcile_releasable
+from shared.releasable.record import recording_failures
+from shared.releasable.relay import RelayReport, discard_events, relay_events
+from shared.run_status import PROVIDER_STOPPED, RunStatus
 from shared.settings import Settings
 from shared.wakeups import listen_url, listening
 from worker.connections import redis_client, session_factory
 from worker.stopping import STOP
 
 PURGE = "numbers.purge_expired"
-PUBLISH = "numbers.publish_releasable"
+# The reconciliation of the releasable set; its task name, from when it was called a
+# publication, stays for compatibility (beat entries, `celery call`, Flower searches).
+RECONCILE = "numbers.publish_releasable"
 RELAY = "numbers.relay_events"
 PRUNE = "numbers.prune_audit"
 
@@ -61,7 +64,7 @@ RECONCILE_REQUESTED = "releasable:reconcile-requested"
 # Purge statuses that end the task in Celery's FAILURE state: the run was stopped by the
 # provider (its calls refused or unanswered), or refused because this host's clock and the
 # database server's disagree. A run that failed raises its own error.
-STOPPED = ("provider_misconfigured", "provider_unavailable", "clock_skew")
+STOPPED = (*PROVIDER_STOPPED, RunStatus.CLOCK_SKEW)
 
 
 class PurgeStopped(Exception):
@@ -155,7 +158,7 @@ def time_limits(settings: Settings) -> dict[str, dict[str, float]]:
         },
         # A reconciliation of a million numbers takes tens of seconds on a busy host; it runs
         # hourly.
-        PUBLISH: {"soft_time_limit": 600, "time_limit": 660},
+        RECONCILE: {"soft_time_limit": 600, "time_limit": 660},
         # Its wait for commits, then one more run started at the wait's end.
         RELAY: {
             "soft_time_limit": LINGER_MAX + settings.relay_max_seconds + 30,
@@ -299,7 +302,7 @@ def parse_carrier(value: object) -> str | None:
     return str(value)
 
 
-def publish_now(
+def reconcile_now(
     settings: Settings,
     *,
     now: datetime | None,
@@ -313,7 +316,7 @@ def publish_now(
     """
     client = redis_client(settings)
     with recording_failures(client), session_factory(settings)() as session:
-        summary = publish_releasable(
+        summary = reconcile_releasable(
             session,
             client,
             now=now,
@@ -404,16 +407,16 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
 
     # A refusal for the clocks is expected (`throws`): logged without a traceback, FAILURE.
     @task(
-        name=PUBLISH,
-        **limits[PUBLISH],
+        name=RECONCILE,
+        **limits[RECONCILE],
         **retry,
         throws=(ClockSkewError,),
         resultrepr_maxsize=SUMMARY_REPR_MAX,
     )
-    def publish_releasable_task(now: object = None) -> Summary:
+    def reconcile_releasable_task(now: object = None) -> Summary:
         """Reconcile the repurchasable set in Redis with the store; returns the drift repaired."""
         # A failure leaves its marker in Redis for `status` and the exporter, then retries.
-        return Summary(publish_now(settings, now=parse_now(now)))
+        return Summary(reconcile_now(settings, now=parse_now(now)))
 
     # No retries: beat sends the next run within seconds, and a retry would only queue behind
     # it. No stored result and no events (QuietTask): one run every few seconds would drown
@@ -425,5 +428,5 @@ def register_tasks(celery: Celery, settings: Settings) -> None:
         return run_relay(
             settings,
             now=parse_now(now),
-            reconcile=lambda: publish_releasable_task.apply_async(expires=600),
+            reconcile=lambda: reconcile_releasable_task.apply_async(expires=600),
         )

@@ -23,7 +23,7 @@ with the description "could not be disconnected since it is not associated with 
 from __future__ import annotations
 
 import re
-from typing import Any
+from functools import partial
 from urllib.parse import quote
 from xml.etree import ElementTree
 
@@ -33,13 +33,14 @@ from defusedxml import ElementTree as SafeElementTree
 from shared.carriers.base import (
     REFUSED_CODE,
     Cause,
+    HttpCarrier,
     Submitted,
     UpstreamResult,
     answer_kind,
-    unreachable,
+    carrier_error,
+    misconfiguration,
 )
-from shared.errors import ProviderError
-from shared.ratelimit import CallDeferred, CarrierPace, retry_after, shared_pace
+from shared.ratelimit import CarrierPace, retry_after, shared_pace
 from shared.settings import Settings
 
 # A telephone number as Bandwidth keys it: 10 digits, no +1.
@@ -60,24 +61,14 @@ _FIXES: dict[Cause, str] = {
 }
 
 
-def _error(message: str, *, code: str, fix: str, provider_code: object = None) -> ProviderError:
-    return ProviderError(
-        message[:1000],
-        code=code,
-        fix=fix,
-        provider="bandwidth",
-        provider_code=str(provider_code)[:32] if provider_code is not None else None,
-    )
+_error = partial(carrier_error, "bandwidth")
 
 
 def misconfigured(what: str, *, cause: Cause = "base_url") -> UpstreamResult:
     lead = (
         "Bandwidth refused the credentials" if cause == "key" else "The answer is not Bandwidth's"
     )
-    return UpstreamResult(
-        "misconfigured",
-        _error(f"{lead}: {what}.", code="provider_misconfigured", fix=_FIXES[cause]),
-    )
+    return misconfiguration("bandwidth", lead=lead, what=what, fix=_FIXES[cause])
 
 
 def xml_body(response: httpx.Response) -> ElementTree.Element | None:
@@ -106,10 +97,11 @@ def _order_xml(numbers: list[str]) -> bytes:
     return b'<?xml version="1.0"?>' + ElementTree.tostring(order)
 
 
-class BandwidthProvider:
+class BandwidthProvider(HttpCarrier):
     """Bandwidth's disconnect orders for one account, with an API user's name and password."""
 
     name = "bandwidth"
+    base_url_setting = "BANDWIDTH_BASE_URL"
     max_order = 5000
 
     def __init__(
@@ -122,27 +114,17 @@ class BandwidthProvider:
         timeout: float = 10.0,
         pace: CarrierPace | None = None,
     ) -> None:
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
+        super().__init__(
+            base_url=base_url,
             auth=(username, password),
             headers={"Accept": "application/xml"},
             timeout=timeout,
+            pace=pace,
         )
         self._account = f"/accounts/{quote(account_id, safe='')}"
-        self._timeout = timeout
-        self.pace = pace or CarrierPace()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
-        try:
-            return self.pace.send(
-                lambda: self._client.request(method, path, **kwargs), max_wait=self._timeout
-            )
-        except CallDeferred as deferred:
-            return UpstreamResult("deferred", retry_after=deferred.wait)
-        except httpx.UnsupportedProtocol:
-            return misconfigured("BANDWIDTH_BASE_URL has no http(s) scheme")
-        except httpx.HTTPError as exc:
-            return unreachable("bandwidth", exc)
+    def misconfigured(self, what: str) -> UpstreamResult:
+        return misconfigured(what)
 
     def _stopping(self, response: httpx.Response, what: str) -> UpstreamResult:
         status = response.status_code
@@ -240,9 +222,6 @@ class BandwidthProvider:
         if status not in FINAL:
             return misconfigured(f"disconnect order {order_id} is in status {status[:40]!r}")
         return _outcomes(body, order_id, status, provider_number_ids)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _outcomes(

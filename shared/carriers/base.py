@@ -11,12 +11,12 @@ carrier's rate limit, see shared/ratelimit.py): not the number's failure, asked 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 
 from shared.errors import ProviderError
-from shared.ratelimit import CarrierPace
+from shared.ratelimit import CallDeferred, CarrierPace
 
 Outcome = Literal["released", "transient", "permanent", "refused", "misconfigured", "deferred"]
 # How a release was proven: the carrier's record of the id, or its "not found" error.
@@ -116,6 +116,27 @@ def answer_kind(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {kind}"
 
 
+def carrier_error(
+    carrier: str, message: str, *, code: str, fix: str, provider_code: object = None
+) -> ProviderError:
+    """Our envelope's error for what `carrier` answered (cut to what the row keeps)."""
+    return ProviderError(
+        message[:1000],
+        code=code,
+        fix=fix,
+        provider=carrier,
+        provider_code=str(provider_code)[:32] if provider_code is not None else None,
+    )
+
+
+def misconfiguration(carrier: str, *, lead: str, what: str, fix: str) -> UpstreamResult:
+    """An answer that shows a setting wrong (`fix` says which): the run stops and says why."""
+    return UpstreamResult(
+        "misconfigured",
+        carrier_error(carrier, f"{lead}: {what}.", code="provider_misconfigured", fix=fix),
+    )
+
+
 def unreachable(carrier: str, exc: Exception) -> UpstreamResult:
     """A call that failed before an answer was read: the carrier down, backed off."""
     return UpstreamResult(
@@ -173,3 +194,48 @@ class AsyncProvider(Protocol):
 def is_async(provider: object) -> bool:
     """Whether an adapter releases by orders (`AsyncProvider`)."""
     return callable(getattr(provider, "submit", None))
+
+
+class HttpCarrier:
+    """What the HTTP carriers' adapters share: one client for the carrier's base URL, its
+    calls paced to the carrier's rate limit, and what a call that got no answer means."""
+
+    name: ClassVar[str]
+    # The setting of the carrier's base URL, named when it has no http(s) scheme.
+    base_url_setting: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        headers: dict[str, str],
+        auth: tuple[str, str] | None = None,
+        timeout: float = 10.0,
+        pace: CarrierPace | None = None,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"), auth=auth, headers=headers, timeout=timeout
+        )
+        self._timeout = timeout
+        self.pace = pace or CarrierPace()
+
+    def misconfigured(self, what: str) -> UpstreamResult:
+        """The carrier's own `misconfigured` (base URL cause)."""
+        raise NotImplementedError
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
+        """The carrier's answer, or the failure of the call as an outcome. Paced to the
+        carrier's rate limit: a 429 is waited out and asked again, within the run's bounds."""
+        try:
+            return self.pace.send(
+                lambda: self._client.request(method, path, **kwargs), max_wait=self._timeout
+            )
+        except CallDeferred as deferred:
+            return UpstreamResult("deferred", retry_after=deferred.wait)
+        except httpx.UnsupportedProtocol:
+            return self.misconfigured(f"{self.base_url_setting} has no http(s) scheme")
+        except httpx.HTTPError as exc:  # timeouts, refused connections, undecodable bodies
+            return unreachable(self.name, exc)
+
+    def close(self) -> None:
+        self._client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -12,13 +13,16 @@ from shared.carriers.base import (
     REFUSED_CODE,
     RELEASED,
     Cause,
+    HttpCarrier,
     UpstreamResult,
     WaitsOn,
     answer_kind,
+    carrier_error,
     json_body,
+    misconfiguration,
 )
 from shared.errors import ProviderError, ValidationError
-from shared.ratelimit import CallDeferred, CarrierPace, retry_after, shared_pace
+from shared.ratelimit import CarrierPace, retry_after, shared_pace
 from shared.settings import Settings
 
 # Telnyx's phone-number ids are decimal integers; anything else could address another resource.
@@ -49,14 +53,7 @@ def _telnyx_errors(payload: Any) -> list[dict[str, Any]] | None:
     return errors
 
 
-def _error(message: str, *, code: str, fix: str, provider_code: object = None) -> ProviderError:
-    return ProviderError(
-        message[:1000],
-        code=code,
-        fix=fix,
-        provider="telnyx",
-        provider_code=str(provider_code)[:32] if provider_code is not None else None,
-    )
+_error = partial(carrier_error, "telnyx")
 
 
 def _telnyx_error(response: httpx.Response, errors: list[dict[str, Any]]) -> ProviderError:
@@ -88,10 +85,7 @@ def misconfigured(what: str, *, cause: Cause = "base_url") -> UpstreamResult:
         if cause == "key"
         else "The provider's answer does not prove a release"
     )
-    return UpstreamResult(
-        "misconfigured",
-        _error(f"{lead}: {what}.", code="provider_misconfigured", fix=_FIXES[cause]),
-    )
+    return misconfiguration("telnyx", lead=lead, what=what, fix=_FIXES[cause])
 
 
 # 403 codes that are about the number asked for, not the key: Telnyx's 10035 "Resource
@@ -190,7 +184,7 @@ def _deleted(record: dict[str, Any], provider_number_id: str) -> UpstreamResult:
     )
 
 
-class TelnyxProvider:
+class TelnyxProvider(HttpCarrier):
     """`DELETE {base}/v2/phone_numbers/{id}` with a bearer key.
 
     Fail safe: a release counts only on an answer that proves it, the phone-number record of
@@ -203,6 +197,7 @@ class TelnyxProvider:
     """
 
     name = "telnyx"
+    base_url_setting = "TELNYX_BASE_URL"
 
     def __init__(
         self,
@@ -212,34 +207,15 @@ class TelnyxProvider:
         timeout: float = 10.0,
         pace: CarrierPace | None = None,
     ) -> None:
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
+        super().__init__(
+            base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
             timeout=timeout,
+            pace=pace,
         )
-        self._timeout = timeout
-        self.pace = pace or CarrierPace()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
-        """The provider's answer, or the failure of the call as an outcome. Paced to the
-        carrier's rate limit: a 429 is waited out and asked again, within the run's bounds."""
-        try:
-            return self.pace.send(
-                lambda: self._client.request(method, path, **kwargs), max_wait=self._timeout
-            )
-        except CallDeferred as deferred:
-            return UpstreamResult("deferred", retry_after=deferred.wait)
-        except httpx.UnsupportedProtocol:
-            return misconfigured("TELNYX_BASE_URL has no http(s) scheme")
-        except httpx.HTTPError as exc:  # timeouts, refused connections, undecodable bodies
-            return UpstreamResult(
-                "transient",
-                _error(
-                    f"Telnyx could not be reached or its answer read: {type(exc).__name__}.",
-                    code="provider_unreachable",
-                    fix="The purge retries later; check the provider's status if it persists.",
-                ),
-            )
+    def misconfigured(self, what: str) -> UpstreamResult:
+        return misconfigured(what)
 
     def check(self) -> UpstreamResult | None:
         """A read-only request (list one number) proving the base URL and key work."""
@@ -295,9 +271,6 @@ class TelnyxProvider:
         """One call to Telnyx with this key (the detach steps, shared/detach.py): its answer,
         or the failure of the call as an outcome."""
         return self._call(method, path, **kwargs)
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _not_deleted(response: httpx.Response, payload: Any) -> UpstreamResult:
@@ -357,12 +330,13 @@ def configured(settings: Settings) -> bool:
 def from_settings(settings: Settings) -> TelnyxProvider:
     """The Telnyx adapter the settings describe (TELNYX_API_KEY, TELNYX_BASE_URL); with
     TELNYX_BULK_DELETE, the one releasing by bulk deletion jobs (shared/carriers/telnyx_jobs.py)."""
+    adapter = TelnyxProvider
     if settings.telnyx_bulk_delete:
-        from shared.carriers import telnyx_jobs
+        from shared.carriers.telnyx_jobs import TelnyxJobsProvider
 
-        return telnyx_jobs.from_settings(settings)
+        adapter = TelnyxJobsProvider
     api_key = settings.telnyx_api_key.get_secret_value()
-    return TelnyxProvider(
+    return adapter(
         base_url=settings.telnyx_base_url,
         api_key=api_key,
         timeout=settings.provider_timeout_seconds,

@@ -23,8 +23,6 @@ from shared.carriers.telnyx import (
     _telnyx_errors,
     misconfigured,
 )
-from shared.ratelimit import shared_pace
-from shared.settings import Settings
 
 JOBS = "/v2/phone_numbers/jobs"
 _JOB_ID = re.compile(r"[0-9a-fA-F-]{1,64}")
@@ -133,13 +131,3 @@ def _outcomes(job: dict[str, Any], job_id: str, numbers: list[str]) -> dict[str,
                 waits_on="person",
             )
     return outcomes
-
-
-def from_settings(settings: Settings) -> TelnyxJobsProvider:
-    api_key = settings.telnyx_api_key.get_secret_value()
-    return TelnyxJobsProvider(
-        base_url=settings.telnyx_base_url,
-        api_key=api_key,
-        timeout=settings.provider_timeout_seconds,
-        pace=shared_pace(settings.telnyx_base_url, api_key),
-    )

@@ -3,7 +3,7 @@
 Twilio answers a deletion with `204 No Content` and no body: nothing in it names the number.
 The proof of a release is a following read of that number answering Twilio's own 404 (its
 error shape `{code, message, more_info, status}` with code 20404), for an account proven to
-hold this store's numbers (the same rule as Telnyx's 404, shared/upstream.py). Whose problem
+hold this store's numbers (the same rule as Telnyx's 404, shared/purge/upstream.py). Whose problem
 any other answer shows decides its scope: the credentials (401, Twilio's 20003; a 403) or the
 base URL (HTML, a redirect, a 2xx other than 204) stop the run; this number alone (a 4xx in
 Twilio's error shape: a number with an emergency address is refused until it is removed) is
@@ -22,6 +22,7 @@ emergency address to null, then check its status is `unregistered`).
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -30,13 +31,14 @@ import httpx
 from shared.carriers.base import (
     REFUSED_CODE,
     Cause,
+    HttpCarrier,
     UpstreamResult,
     answer_kind,
+    carrier_error,
     json_body,
-    unreachable,
+    misconfiguration,
 )
-from shared.errors import ProviderError
-from shared.ratelimit import CallDeferred, CarrierPace, retry_after, shared_pace
+from shared.ratelimit import CarrierPace, retry_after, shared_pace
 from shared.settings import Settings
 
 # An IncomingPhoneNumber's SID: PN and 32 hex digits (Twilio's documented pattern).
@@ -54,14 +56,7 @@ _FIXES: dict[Cause, str] = {
 }
 
 
-def _error(message: str, *, code: str, fix: str, provider_code: object = None) -> ProviderError:
-    return ProviderError(
-        message[:1000],
-        code=code,
-        fix=fix,
-        provider="twilio",
-        provider_code=str(provider_code)[:32] if provider_code is not None else None,
-    )
+_error = partial(carrier_error, "twilio")
 
 
 def twilio_error(payload: Any) -> dict[str, Any] | None:
@@ -77,10 +72,7 @@ def twilio_error(payload: Any) -> dict[str, Any] | None:
 
 def misconfigured(what: str, *, cause: Cause = "base_url") -> UpstreamResult:
     lead = "Twilio refused the credentials" if cause == "key" else "The answer is not Twilio's"
-    return UpstreamResult(
-        "misconfigured",
-        _error(f"{lead}: {what}.", code="provider_misconfigured", fix=_FIXES[cause]),
-    )
+    return misconfiguration("twilio", lead=lead, what=what, fix=_FIXES[cause])
 
 
 def _failure(response: httpx.Response, error: dict[str, Any] | None) -> UpstreamResult:
@@ -121,10 +113,11 @@ def _is_not_found(response: httpx.Response, error: dict[str, Any] | None) -> boo
     return response.status_code == 404 and error is not None and error["code"] == NOT_FOUND
 
 
-class TwilioProvider:
+class TwilioProvider(HttpCarrier):
     """Twilio's IncomingPhoneNumbers with the account's SID and auth token (HTTP basic)."""
 
     name = "twilio"
+    base_url_setting = "TWILIO_BASE_URL"
 
     def __init__(
         self,
@@ -135,33 +128,23 @@ class TwilioProvider:
         timeout: float = 10.0,
         pace: CarrierPace | None = None,
     ) -> None:
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
+        super().__init__(
+            base_url=base_url,
             auth=(account_sid, auth_token),
             headers={"Accept": "application/json"},
             timeout=timeout,
+            pace=pace,
         )
         self._account = account_sid
-        self._timeout = timeout
-        self.pace = pace or CarrierPace()
+
+    def misconfigured(self, what: str) -> UpstreamResult:
+        return misconfigured(what)
 
     def _path(self, sid: str) -> str:
         # One encoded path segment each: an id can never address another resource.
         return (
             f"{API}/{quote(self._account, safe='')}/IncomingPhoneNumbers/{quote(sid, safe='')}.json"
         )
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | UpstreamResult:
-        try:
-            return self.pace.send(
-                lambda: self._client.request(method, path, **kwargs), max_wait=self._timeout
-            )
-        except CallDeferred as deferred:
-            return UpstreamResult("deferred", retry_after=deferred.wait)
-        except httpx.UnsupportedProtocol:
-            return misconfigured("TWILIO_BASE_URL has no http(s) scheme")
-        except httpx.HTTPError as exc:  # timeouts, refused connections, undecodable bodies
-            return unreachable("twilio", exc)
 
     def _stopping(self, response: httpx.Response, what: str) -> UpstreamResult:
         """An answer other than the expected ones: the credentials, Twilio down, or not Twilio."""
@@ -269,9 +252,6 @@ class TwilioProvider:
                 waits_on="carrier",
             )
         return self._stopping(response, f"reading {sid} after its deletion")
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def configured(settings: Settings) -> bool:

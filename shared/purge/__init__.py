@@ -5,7 +5,10 @@ A thin orchestrator (`service.purge_expired`) over small parts, each one job:
 overdue rows; a batch's pick, tombstone and delete), `budget` (rows, seconds and the adaptive
 batch size), `pacing` (rests that leave the database to the API), `boundary` (the checks
 before every batch: stop, pause, budget), `sweep` and `upstream_sweep` (the two ways through
-the backlog), `records` (the run's row in `purge_runs`), `report` (its summary).
+the backlog), `upstream` (the two-phase sweep's claim, carrier calls and failures), `orders`
+(asynchronous carriers' releases), `lanes` (one carrier's numbers), `records` (the run's row in
+`purge_runs`), `report` (its summary); `operator` (what a person does about a number kept for
+its upstream state: retry it, or settle it by hand).
 """
 
 from shared.purge.config import PurgeConfig

@@ -12,13 +12,14 @@ from shared.purge.budget import Budget
 from shared.purge.config import PurgeConfig
 from shared.purge.pacing import Pacer
 from shared.purge.stop import StopRequest
+from shared.run_status import RunStatus
 
 
 @dataclass(frozen=True)
 class Halt:
     """Why a run starts no further batch: its final status and the reason shown with it."""
 
-    status: str  # completed, limit_reached, paused, interrupted, failed
+    status: RunStatus  # completed, limit_reached, paused, interrupted, failed
     reason: str | None = None
 
 
@@ -54,13 +55,13 @@ class Boundary:
         any host reaches every running purge at its next batch, without a restart.
         """
         if self.stop.requested:
-            return Halt("interrupted", self.stop.reason)
+            return Halt(RunStatus.INTERRUPTED, self.stop.reason)
         controls = read_controls(session)
         paused = pause_reason(controls.pause, deploy_paused=self.config.paused)
         if paused is not None:
-            return Halt("paused", paused)
+            return Halt(RunStatus.PAUSED, paused)
         if self.budget.over_limit():
-            return Halt("limit_reached")
+            return Halt(RunStatus.LIMIT_REACHED)
         self.pacer.set_ceiling(
             controls.pace.rows_per_second if controls.pace else self.config.max_rows_per_second
         )

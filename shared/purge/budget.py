@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.purge.config import PurgeConfig
 
 # Grow by at most this factor per batch: slow growth keeps one batch from overshooting when
 # the machine gets busier between two batches.
@@ -54,6 +58,16 @@ class BatchSizer:
     floor: int
     cap: int
     size: int
+
+    @classmethod
+    def for_run(cls, config: PurgeConfig) -> BatchSizer:
+        """A run's sizer, from its configuration: the purge's and the prune's alike."""
+        return cls(
+            target_ms=config.target_ms,
+            floor=config.batch_floor,
+            cap=config.batch_cap,
+            size=config.first_batch,
+        )
 
     def observe(self, *, asked: int, rows: int, ms: float) -> None:
         """Learn from a committed batch that asked for `asked` rows and picked `rows`."""

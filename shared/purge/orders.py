@@ -26,7 +26,8 @@ from shared.detach import Target, detacher_for
 from shared.ledger import release_proof
 from shared.models import PhoneNumber
 from shared.purge.boundary import Halt
-from shared.upstream import Claim, UpstreamOutcome
+from shared.purge.upstream import Claim, UpstreamOutcome
+from shared.run_status import RunStatus
 
 if TYPE_CHECKING:
     from shared.purge.upstream_sweep import UpstreamSweep
@@ -171,7 +172,8 @@ class Orders:
         if isinstance(results, UpstreamResult):
             if results.outcome == "misconfigured" and results.error is not None:
                 return Halt(
-                    "provider_misconfigured", f"{results.error.message} Fix: {results.error.fix}"
+                    RunStatus.PROVIDER_MISCONFIGURED,
+                    f"{results.error.message} Fix: {results.error.fix}",
                 )
             return None  # the carrier down or pacing us: read again at the next run
         if not results:

@@ -11,6 +11,7 @@ from shared.clock import utcnow
 from shared.models import PurgedNumber, PurgeRun
 from shared.purge.report import PurgeReport
 from shared.retention import cutoff as retention_cutoff
+from shared.run_status import RunStatus
 
 DIED = "the run ended without recording its end (worker killed or database lost)"
 
@@ -27,7 +28,7 @@ def record_start(factory: sessionmaker[Session], report: PurgeReport, now: datet
                 id=report.run_id,
                 started_at=started,
                 cutoff=retention_cutoff(now),
-                status="running",
+                status=RunStatus.RUNNING,
                 purged=0,
                 batches=0,
             )
@@ -36,7 +37,20 @@ def record_start(factory: sessionmaker[Session], report: PurgeReport, now: datet
 
 def record_skipped(factory: sessionmaker[Session], report: PurgeReport, now: datetime) -> None:
     """Record a run that found the lock taken and did nothing (operators see the overlap)."""
-    at = utcnow()
+    record_ended_at_once(factory, report, at=utcnow(), now=now)
+
+
+def record_refused(factory: sessionmaker[Session], report: PurgeReport, at: datetime) -> None:
+    """Record a run refused before it began (`clock_skew`), dated `at`: an instant the caller
+    trusts (never this host's clock when that is what was refused)."""
+    record_ended_at_once(factory, report, at=at, now=at)
+
+
+def record_ended_at_once(
+    factory: sessionmaker[Session], report: PurgeReport, *, at: datetime, now: datetime
+) -> None:
+    """Record a run that ended as it began, with its status and summary, dated `at` (its
+    cutoff is `now`'s)."""
     with factory.begin() as session:
         session.add(
             PurgeRun(
@@ -44,24 +58,6 @@ def record_skipped(factory: sessionmaker[Session], report: PurgeReport, now: dat
                 started_at=at,
                 finished_at=at,
                 cutoff=retention_cutoff(now),
-                status="skipped",
-                purged=0,
-                batches=0,
-                summary=report.as_dict(),
-            )
-        )
-
-
-def record_refused(factory: sessionmaker[Session], report: PurgeReport, at: datetime) -> None:
-    """Record a run refused before it began (`clock_skew`), dated `at`: an instant the caller
-    trusts (never this host's clock when that is what was refused)."""
-    with factory.begin() as session:
-        session.add(
-            PurgeRun(
-                id=report.run_id,
-                started_at=at,
-                finished_at=at,
-                cutoff=retention_cutoff(at),
                 status=report.status,
                 purged=0,
                 batches=0,
@@ -76,13 +72,18 @@ def close_dead_runs(session: Session, *, at: datetime) -> None:
     Called under the run lock: a record still 'running' is a run that died before it could
     record its end. Its tombstones carry its run id, so its true count survives it.
     """
-    dead = session.scalars(select(PurgeRun).where(PurgeRun.status == "running")).all()
+    dead = session.scalars(select(PurgeRun).where(PurgeRun.status == RunStatus.RUNNING)).all()
     for run in dead:
         purged = session.scalar(
             select(func.count()).select_from(PurgedNumber).where(PurgedNumber.run_id == run.id)
         )
-        run.status, run.finished_at, run.purged = "failed", at, int(purged or 0)
-        run.summary = {"run_id": run.id, "status": "failed", "purged": run.purged, "reason": DIED}
+        run.status, run.finished_at, run.purged = RunStatus.FAILED, at, int(purged or 0)
+        run.summary = {
+            "run_id": run.id,
+            "status": RunStatus.FAILED,
+            "purged": run.purged,
+            "reason": DIED,
+        }
     session.flush()
 
 

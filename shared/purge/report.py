@@ -7,6 +7,8 @@ from typing import Any
 
 import structlog
 
+from shared.run_status import RunStatus
+
 log = structlog.get_logger("shared.purge")
 
 
@@ -15,7 +17,7 @@ class PurgeReport:
     """What a purge run did; `as_dict()` is the task's JSON summary."""
 
     run_id: str
-    status: str
+    status: RunStatus
     cutoff: str
     now: str
     purged: int = 0

@@ -35,6 +35,7 @@ from shared.purge.upstream_sweep import UpstreamSweep
 from shared.ratelimit import run_bounds
 from shared.retention import cutoff as retention_cutoff
 from shared.retention import purgeable_numbers, waiting_numbers
+from shared.run_status import PROVIDER_STOPPED, RunStatus
 from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
 
 log = structlog.get_logger("shared.purge")
@@ -81,7 +82,7 @@ def purge_expired(
     now = resolve_now(now) if dry_run else not_ahead(now)
     report = PurgeReport(
         run_id=str(uuid.uuid4()),
-        status="running",
+        status=RunStatus.RUNNING,
         cutoff=iso_timestamp(retention_cutoff(now)),
         now=iso_timestamp(now),
         dry_run=dry_run,
@@ -94,7 +95,7 @@ def purge_expired(
     budget = Budget(config.max_rows, config.max_seconds, started=time.monotonic())
     with _run_lock(session_factory, carrier) as got_lock:
         if not got_lock:
-            report.status, report.reason = "skipped", "locked"
+            report.status, report.reason = RunStatus.SKIPPED, "locked"
             report.seconds = round(budget.elapsed(), 3)
             record_skipped(session_factory, report, now)
             log.info("purge.skipped", **report.as_dict())
@@ -118,7 +119,7 @@ def purge_expired(
                 report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)
             _finish(session_factory, report, halt, now, carrier)
         except BaseException as error:
-            report.status, report.reason = "failed", type(error).__name__
+            report.status, report.reason = RunStatus.FAILED, type(error).__name__
             report.seconds = round(budget.elapsed(), 3)
             log.error("purge.failed", **report.as_dict())
             try:
@@ -130,7 +131,7 @@ def purge_expired(
         report.seconds = round(budget.elapsed(), 3)
         record_end(session_factory, report)
     # A run the provider stopped is logged as a warning: its numbers were kept, none released.
-    stopped = report.status in ("provider_misconfigured", "provider_unavailable")
+    stopped = report.status in PROVIDER_STOPPED
     level = log.warning if stopped else log.info
     level("purge.finished", **report.as_dict())
     return report
@@ -148,7 +149,7 @@ def _refused(
     done, recorded (status `clock_skew`) at the earlier of the two clocks."""
     log_refusal(clocks, tolerance)
     at = clocks.trusted
-    report.status = "clock_skew"
+    report.status = RunStatus.CLOCK_SKEW
     report.reason = describe(clocks.skew_seconds, tolerance)
     report.clock_skew_seconds = clocks.skew_seconds
     report.now, report.cutoff = iso_timestamp(at), iso_timestamp(retention_cutoff(at))
@@ -180,13 +181,13 @@ class Lanes:
 # The status a run of several lanes ends with: the most telling of its lanes' (the first
 # here); each lane's own is in the reason.
 _WORST = (
-    "failed",
-    "provider_misconfigured",
-    "provider_unavailable",
-    "interrupted",
-    "paused",
-    "limit_reached",
-    "completed",
+    RunStatus.FAILED,
+    RunStatus.PROVIDER_MISCONFIGURED,
+    RunStatus.PROVIDER_UNAVAILABLE,
+    RunStatus.INTERRUPTED,
+    RunStatus.PAUSED,
+    RunStatus.LIMIT_REACHED,
+    RunStatus.COMPLETED,
 )
 
 
@@ -211,11 +212,11 @@ def _purge_lanes(
     for name in due:
         with lock.run_lock(engine, lanes.lane_lock_key(name), f"purge.{name}") as got:
             if not got:  # a run of this lane alone is under way on another worker
-                halts[name] = Halt("completed", "lane locked: purged by its own run")
+                halts[name] = Halt(RunStatus.COMPLETED, "lane locked: purged by its own run")
                 continue
             halt = _purge_lane(factory, report, boundary, now, given=given, name=name)
         halts[name] = halt
-        if halt.status in ("interrupted", "paused", "failed"):
+        if halt.status in (RunStatus.INTERRUPTED, RunStatus.PAUSED, RunStatus.FAILED):
             break
     return _combined(halts)
 
@@ -283,12 +284,7 @@ def _single_phase(
         statements=statements,
         after=after,
         boundary=boundary,
-        sizer=BatchSizer(
-            target_ms=config.target_ms,
-            floor=config.batch_floor,
-            cap=config.batch_cap,
-            size=config.first_batch,
-        ),
+        sizer=BatchSizer.for_run(config),
     )
     # SQLite has one writer at a time: parallel batches would only wait for each other.
     workers = config.parallel_batches if dialect == "postgresql" else 1
@@ -300,7 +296,7 @@ def _single_phase(
     finally:
         # Every committed batch counts, even when another one failed.
         sweep.report_the_rest()
-    return sweep.halt or Halt("completed")
+    return sweep.halt or Halt(RunStatus.COMPLETED)
 
 
 def _dry_run(
@@ -310,7 +306,7 @@ def _dry_run(
     with factory() as session:
         paused = pause_reason(read_controls(session).pause, deploy_paused=config.paused)
         if paused is not None:
-            return Halt("paused", paused)
+            return Halt(RunStatus.PAUSED, paused)
         report.would_purge = count_overdue(session, now)
         report.sample = list(
             session.scalars(
@@ -320,7 +316,7 @@ def _dry_run(
                 .limit(SAMPLE_SIZE)
             )
         )
-    return Halt("dry_run")
+    return Halt(RunStatus.DRY_RUN)
 
 
 def _finish(
@@ -341,5 +337,5 @@ def _finish(
         ).scalar_one()
     # Nothing left that a run could take now: what waits on the provider or a person is not
     # this run's share.
-    if report.status == "limit_reached" and report.remaining == report.remaining_waiting:
-        report.status = "completed"
+    if report.status == RunStatus.LIMIT_REACHED and report.remaining == report.remaining_waiting:
+        report.status = RunStatus.COMPLETED

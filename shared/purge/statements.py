@@ -1,10 +1,12 @@
 """The purge's statements: which rows are overdue, and one batch's pick, tombstone and delete.
 
-`BatchStatements.purge` is the one place a batch tombstones and deletes numbers.
+`TombstoneAndDelete` is the one place numbers are tombstoned and deleted (a batch's, through
+`BatchStatements.purge`, or a person's settlement by hand).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -39,13 +41,80 @@ def count_overdue(session: Session, now: datetime, lane: ColumnElement[bool] | N
 
 
 @dataclass(frozen=True)
+class TombstoneAndDelete:
+    """The one place numbers are tombstoned and deleted: by a purge's batch, or by a person who
+    settled a number upstream by hand (shared/purge/operator.py)."""
+
+    # On PostgreSQL one statement; elsewhere an INSERT and a DELETE. The row count of the last
+    # one is the number of rows purged.
+    statements: tuple[Executable, ...]
+
+    @classmethod
+    def build(
+        cls, dialect: str, where: ColumnElement[bool], stone: Callable[[Any], list[Any]]
+    ) -> TombstoneAndDelete:
+        """Statements that tombstone (the values `stone` gives for a number's columns) and
+        delete the numbers whose ids are bound as `ids` and that still match `where`."""
+        # Core tables, not the ORM entities: the session runs these as plain statements with
+        # their parameters (for an entity, parameters would mean an ORM bulk INSERT).
+        numbers = Base.metadata.tables[PhoneNumber.__tablename__]
+        tombstones = Base.metadata.tables[PurgedNumber.__tablename__]
+        if dialect == "postgresql":
+            # One statement: the DELETE returns the rows it removed and the INSERT tombstones
+            # exactly those, with their campaign (the cascade runs at the statement's end). The
+            # ids travel as one array parameter and are looked up through the primary key.
+            ids = bindparam("ids", type_=postgresql.ARRAY(BigInteger))
+            kept = [name for name in TOMBSTONE_COLUMNS if name in numbers.c]
+            gone = (
+                delete(numbers)
+                .where(numbers.c.id == any_(ids), where)
+                .returning(numbers.c.id, *(numbers.c[name] for name in kept))
+                .cte("gone")
+            )
+            stones = select(*stone(gone.c)).select_from(
+                gone.outerjoin(CampaignAssignment, CampaignAssignment.number_id == gone.c.id)
+            )
+            # SQLAlchemy keeps an INSERT's row count only when asked to.
+            return cls(
+                (
+                    insert(tombstones)
+                    .from_select(TOMBSTONE_COLUMNS, stones)
+                    .execution_options(preserve_rowcount=True),
+                )
+            )
+        locked = numbers.c.id.in_(bindparam("ids", expanding=True)) & where
+        stones = (
+            select(*stone(numbers.c))
+            .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
+            .where(locked)
+        )
+        return cls(
+            (
+                insert(tombstones).from_select(TOMBSTONE_COLUMNS, stones),
+                delete(numbers).where(locked),
+            )
+        )
+
+    def run(self, session: Session, ids: list[int]) -> int:
+        """Tombstone and delete the numbers `ids` (locked by the caller) that still match;
+        rows purged, each with its `purged` event. ON DELETE CASCADE removes the campaign
+        assignment with its number."""
+        purged = 0
+        for statement in self.statements:
+            result = session.execute(statement, {"ids": ids})
+            purged = int(cast(CursorResult[Any], result).rowcount)
+        if purged:
+            record_purged(session, number_ids=ids)
+        return purged
+
+
+@dataclass(frozen=True)
 class BatchStatements:
     """The statements of one run's batches, built once; each batch binds its own ids."""
 
     pick_statement: Select[int]
     start_statement: Select[int]
-    # Tombstone and delete; the row count of the last one is the number of rows purged.
-    purge_statements: tuple[Executable, ...]
+    purge_statement: TombstoneAndDelete
 
     @classmethod
     def build(
@@ -90,10 +159,6 @@ class BatchStatements:
             resolution=resolution,
             carrier=carrier,
         )
-        # Core tables, not the ORM entities: the session runs these as plain statements with
-        # their parameters (for an entity, parameters would mean an ORM bulk INSERT).
-        numbers = Base.metadata.tables[PhoneNumber.__tablename__]
-        tombstones = Base.metadata.tables[PurgedNumber.__tablename__]
         # A keyset on the primary key: each batch starts where the previous one stopped
         # instead of re-reading the rows already purged, and rows come in heap order (ids grow
         # with inserts), so a run visits each table page about once. With a large backlog the
@@ -109,45 +174,7 @@ class BatchStatements:
         )
         start = select(PhoneNumber.id).where(overdue).order_by(PhoneNumber.id).limit(1)
         # `overdue` again in the purge: the re-check under the lock (see `purge`).
-        if dialect == "postgresql":
-            # One statement: the DELETE returns the rows it removed and the INSERT tombstones
-            # exactly those, with their campaign (the cascade runs at the statement's end). The
-            # ids travel as one array parameter and are looked up through the primary key.
-            ids = bindparam("ids", type_=postgresql.ARRAY(BigInteger))
-            kept = [name for name in TOMBSTONE_COLUMNS if name in numbers.c]
-            gone = (
-                delete(numbers)
-                .where(numbers.c.id == any_(ids), overdue)
-                .returning(numbers.c.id, *(numbers.c[name] for name in kept))
-                .cte("gone")
-            )
-            stones = select(*stone(gone.c)).select_from(
-                gone.outerjoin(CampaignAssignment, CampaignAssignment.number_id == gone.c.id)
-            )
-            return cls(
-                pick,
-                start,
-                # SQLAlchemy keeps an INSERT's row count only when asked to.
-                (
-                    insert(tombstones)
-                    .from_select(TOMBSTONE_COLUMNS, stones)
-                    .execution_options(preserve_rowcount=True),
-                ),
-            )
-        locked = numbers.c.id.in_(bindparam("ids", expanding=True)) & overdue
-        stones = (
-            select(*stone(numbers.c))
-            .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
-            .where(locked)
-        )
-        return cls(
-            pick,
-            start,
-            (
-                insert(tombstones).from_select(TOMBSTONE_COLUMNS, stones),
-                delete(numbers).where(locked),
-            ),
-        )
+        return cls(pick, start, TombstoneAndDelete.build(dialect, overdue, stone))
 
     def start(self, session: Session) -> int:
         """The keyset's start: just below the first overdue id, found without any lock.
@@ -169,16 +196,9 @@ class BatchStatements:
 
         Runs after the pick, in the same transaction, so its snapshot is taken once the rows
         are locked: the rule is checked again on what is committed now, and a number
-        repurchased between the pick's snapshot and its lock is left alone. ON DELETE CASCADE
-        removes the campaign assignment with its number.
+        repurchased between the pick's snapshot and its lock is left alone.
         """
-        purged = 0
-        for statement in self.purge_statements:
-            result = session.execute(statement, {"ids": ids})
-            purged = int(cast(CursorResult[Any], result).rowcount)
-        if purged:
-            record_purged(session, number_ids=ids)
-        return purged
+        return self.purge_statement.run(session, ids)
 
 
 def purge_batch(session: Session, *, now: datetime, run_id: str, limit: int, after: int = 0) -> int:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.purge.boundary import Boundary, Halt
 from shared.purge.budget import BatchSizer
 from shared.purge.records import record_progress
+from shared.run_status import RunStatus
 
 # Lanes after the first wait while the share of batches that found others at work is above
 # this, looking again this often.
@@ -146,7 +147,7 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                         )
                         ids = sweep.statements.pick(session, after=sweep.after, limit=size)
                         if not ids:
-                            sweep.halt = Halt("completed")
+                            sweep.halt = Halt(RunStatus.COMPLETED)
                             return
                         sweep.after = ids[-1]
                         boundary.budget.take(len(ids))
@@ -162,7 +163,7 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
             ms = round((time.monotonic() - started) * 1000, 1)
             boundary.stop.sleep(sweep.finish(number, _Done(size, purged, ms), len(ids)))
     except BaseException:
-        sweep.end(Halt("failed"))
+        sweep.end(Halt(RunStatus.FAILED))
         raise
 
 
@@ -181,4 +182,4 @@ def run_batches_in_parallel(factory: sessionmaker[Session], sweep: Sweep, worker
         finally:
             # An error here (or a time limit in the caller): no further batch starts; the
             # threads finish the batch they are in and the pool waits for them.
-            sweep.end(Halt("failed"))
+            sweep.end(Halt(RunStatus.FAILED))

@@ -21,7 +21,7 @@ from shared.purge.orders import Orders
 from shared.purge.records import record_progress
 from shared.purge.report import PurgeReport
 from shared.purge.statements import BatchStatements
-from shared.upstream import (
+from shared.purge.upstream import (
     Claim,
     UpstreamOutcome,
     account_probe,
@@ -31,6 +31,7 @@ from shared.upstream import (
     record_failures,
     release_upstream,
 )
+from shared.run_status import RunStatus
 
 # How a tombstone's release was proven: each way the provider proves one, or no id to release.
 RESOLUTIONS = (*get_args(Resolution), "no_provider_id")
@@ -154,7 +155,7 @@ class UpstreamSweep:
                 continue
             if not claims:
                 # Orders submitted this run may have settled already.
-                return (orders and orders.settle(factory)) or Halt("completed")
+                return (orders and orders.settle(factory)) or Halt(RunStatus.COMPLETED)
             after = claims[-1].id
             self.boundary.budget.take(len(claims))
             claimed_ms = (time.monotonic() - started) * 1000
@@ -169,7 +170,7 @@ class UpstreamSweep:
                 return _provider_halt(outcome.deferred_by)
             if outcome.provider_down:
                 return Halt(
-                    "provider_unavailable",
+                    RunStatus.PROVIDER_UNAVAILABLE,
                     f"{self.config.provider_failure_streak} upstream failures in a row",
                 )
 
@@ -207,7 +208,7 @@ class UpstreamSweep:
 
     def _begin_call(self, factory: sessionmaker[Session], claim: Claim) -> bool:
         """Just before a carrier call, in a transaction of its own: whether the number may
-        still be released, marking the call in flight (`shared.upstream.begin_call`)."""
+        still be released, marking the call in flight (`shared.purge.upstream.begin_call`)."""
         with self.transactions.begin(factory) as session:
             return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
 
@@ -284,12 +285,14 @@ def _provider_halt(result: UpstreamResult) -> Halt:
     or on the carrier's rate limit, past the run's time bound (what is left waits)."""
     if result.outcome == "deferred":
         return Halt(
-            "limit_reached",
+            RunStatus.LIMIT_REACHED,
             f"rate limited: the carrier allows the next call in {result.retry_after or 0:.1f} s, "
             "past this run's time bound; the numbers not called stay for the next run, unfailed",
         )
     status = (
-        "provider_misconfigured" if result.outcome == "misconfigured" else "provider_unavailable"
+        RunStatus.PROVIDER_MISCONFIGURED
+        if result.outcome == "misconfigured"
+        else RunStatus.PROVIDER_UNAVAILABLE
     )
     error = result.error
     return Halt(status, f"{error.message} Fix: {error.fix}" if error else result.outcome)

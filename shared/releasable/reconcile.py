@@ -30,25 +30,22 @@ from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.clock_skew import check_clocks
 from shared.errors import InternalError
 from shared.models import PhoneNumber
-from shared.publication import LAST_SUCCESS
-from shared.releasable import (
+from shared.releasable.fencing import LockLost, fenced, writer_lock
+from shared.releasable.keys import (
     GAP,
     PREFIX,
     STREAM,
-    Event,
-    LockLost,
     account_key,
     accounts_key,
     all_key,
-    apply_event,
-    fenced,
     meta_key,
     published_key,
-    writer_lock,
 )
+from shared.releasable.record import LAST_SUCCESS
+from shared.releasable.sets import Event, apply_event
 from shared.retention import repurchasable_numbers, repurchase_deadline
 
-log = structlog.get_logger("shared.reconcile")
+log = structlog.get_logger("shared.releasable.reconcile")
 
 CHUNK = 5000
 LOCK_SECONDS = 60.0
@@ -80,7 +77,7 @@ def stream_mark(client: redis.Redis, stream: str = STREAM) -> StreamMark:
     )
 
 
-def publish_releasable(
+def reconcile_releasable(
     session: Session,
     client: redis.Redis,
     *,
@@ -106,7 +103,7 @@ def publish_releasable(
     drop_stale_staging(client, before=started - STAGING_SECONDS, prefix=prefix)
     staging = f"{prefix}:staging:{started}.{uuid.uuid4().hex}"
     try:
-        summary = _publish(
+        summary = _reconcile(
             session,
             client,
             now=now,
@@ -129,7 +126,7 @@ def publish_releasable(
     return summary
 
 
-def _publish(
+def _reconcile(
     session: Session,
     client: redis.Redis,
     *,

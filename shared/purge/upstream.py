@@ -2,14 +2,14 @@
 
 A claimed row (`purge_state = 'purging'`, committed) can no longer be repurchased. The provider
 is called outside any open transaction; only rows it released (or that have no provider id)
-go on to be tombstoned and deleted. A failed call keeps its row with the error and a next
-attempt time; a permanent error stops the retries until a person looks at it.
+go on to be tombstoned and deleted (`upstream_sweep`). A failed call keeps its row with the
+error and a next attempt time; a permanent error stops the retries until a person looks at it
+(`operator`: what a person does then).
 """
 
 from __future__ import annotations
 
 import contextvars
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -17,21 +17,17 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, insert, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from shared import events
 from shared.carriers import carrier_module
 from shared.carriers.base import Provider, Resolution, UpstreamResult
-from shared.clock import not_ahead, resolve_now
-from shared.controls import operator_record
 from shared.detach import release_detached
-from shared.errors import ProviderError, ValidationError
+from shared.errors import ProviderError
 from shared.ledger import release_proof
-from shared.lifecycle import lock_number, refuse_while_called
-from shared.models import Base, CampaignAssignment, PhoneNumber, PurgedNumber
-from shared.retention import claimable_numbers, is_purgeable, purgeable_numbers
-from shared.tombstones import TOMBSTONE_COLUMNS, tombstone_values
+from shared.models import PhoneNumber
+from shared.retention import claimable_numbers, purgeable_numbers
 
 
 @dataclass(frozen=True)
@@ -351,93 +347,3 @@ def record_failures(
     events.record_upstream_failed(
         session, number_ids=[i for i in failures if i in attempts], now=now
     )
-
-
-def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
-    """Clear a claimed number's upstream failure (after a person fixed its cause)."""
-    number = lock_number(session, phone_number)
-    if number is None or number.provider_error_code is None:
-        raise ValidationError(
-            f"Number {phone_number} has no upstream failure to retry.",
-            code="no_upstream_failure",
-            fix="`numbers-retention status` lists the numbers kept by upstream failures.",
-        )
-    refuse_while_called(session, number, doing="retried")
-    number.provider_failed_permanently = False
-    number.provider_next_attempt_at = None
-    events.record(session, kind="upstream_reset", number=number, now=resolve_now(None))
-    return {"phoneNumber": number.phone_number, "retry": "next purge run"}
-
-
-def resolve_by_operator(
-    session: Session,
-    *,
-    phone_number: str,
-    reason: object,
-    by: str,
-    now: datetime | None = None,
-    carrier: str | None = None,
-    ported_out: bool = False,
-) -> dict[str, object]:
-    """A person settled a number upstream by hand: tombstone and delete it now, recording
-    who and why. Only for a number that is due and carries upstream state (claimed, or kept
-    by a provider error), which the purge itself would never delete without the provider.
-    Like a purge run, it refuses an instant ahead of this host's clock.
-
-    The ledger records `carrier` (the carrier that held it; 'unknown' when not given) and the
-    disconnect reason 'operator', or 'ported_out' when the number left by a port-out (not a
-    permanent disconnection: never in the disconnections report)."""
-    note, who, now = operator_record(by=by, reason=reason, now=not_ahead(now))
-    if note is None:
-        raise ValidationError(
-            "A reason is required to settle a number upstream by hand.",
-            code="invalid_reason",
-            fix="Say what was done, e.g. --reason 'released in the Telnyx portal, ticket 123'.",
-        )
-    number = lock_number(session, phone_number)
-    if number is None or (number.purge_state is None and number.provider_error_code is None):
-        raise ValidationError(
-            f"Number {phone_number} has no upstream state to settle.",
-            code="no_upstream_state",
-            fix="Only numbers `status` lists as kept upstream can be settled by hand; "
-            "the purge removes the others by itself.",
-        )
-    assert number.released_at is not None  # claimed rows are released (a CHECK says so)
-    refuse_while_called(session, number, doing="settled by hand")
-    if not is_purgeable(number.released_at, now, held=number.purge_hold):
-        raise ValidationError(
-            f"Number {number.phone_number} is not due for purging.",
-            code="number_not_due",
-            fix="Lift its hold, or wait for its repurchase deadline.",
-        )
-    run_id = str(uuid.uuid4())
-    numbers = Base.metadata.tables[PhoneNumber.__tablename__]
-    stone = tombstone_values(
-        numbers.c,
-        now=now,
-        run_id=run_id,
-        resolution="operator",
-        resolved_by=who,
-        note=note,
-        carrier=(carrier or "unknown")[:16],
-        reason="ported_out" if ported_out else "operator",
-    )
-    session.execute(
-        insert(Base.metadata.tables[PurgedNumber.__tablename__]).from_select(
-            TOMBSTONE_COLUMNS,
-            select(*stone)
-            .outerjoin(CampaignAssignment, CampaignAssignment.number_id == numbers.c.id)
-            .where(numbers.c.id == number.id),
-        )
-    )
-    events.record_purged(session, number_ids=[number.id])
-    session.execute(delete(numbers).where(numbers.c.id == number.id))
-    session.expunge(number)
-    return {
-        "phoneNumber": number.phone_number,
-        "purged": True,
-        "resolution": "operator",
-        "resolvedBy": who,
-        "disconnectReason": "ported_out" if ported_out else "operator",
-        "runId": run_id,
-    }

@@ -1,8 +1,8 @@
-"""How the releasable set's publication is doing: its last success, and a marker when it fails.
+"""The reconciliation's record in Redis: its last success, and a marker when it fails.
 
-Both live in the publication's metadata hash in Redis (`releasable:meta`): a successful
-publication writes `generated_at` there; a failed one leaves `failed_at` and `failure` (the
-error's type, never its text, which can carry a URL with a password).
+Both live in the sets' metadata hash (`releasable:meta`): a successful reconciliation (it
+publishes the sets) writes `generated_at` there; a failed one leaves `failed_at` and `failure`
+(the error's type, never its text, which can carry a URL with a password).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from shared.clock import as_utc, iso_timestamp, resolve_now, utcnow
 from shared.clock_skew import ClockSkewError
 from shared.errors import ValidationError
-from shared.releasable import PREFIX, meta_key, publication
+from shared.releasable.keys import PREFIX, meta_key
 
 LAST_SUCCESS = "generated_at"
 FAILED_AT = "failed_at"
@@ -26,9 +26,9 @@ FAILURE = "failure"
 
 @contextmanager
 def recording_failures(client: redis.Redis, *, prefix: str = PREFIX) -> Iterator[None]:
-    """Run a publication; if it fails, leave a failure marker in Redis and re-raise.
+    """Run a reconciliation; if it fails, leave a failure marker in Redis and re-raise.
 
-    A refused request (bad input, a future `now`) is not a failing publication: no marker.
+    A refused request (bad input, a future `now`) is not a failing reconciliation: no marker.
     """
     try:
         yield
@@ -49,16 +49,23 @@ def recording_failures(client: redis.Redis, *, prefix: str = PREFIX) -> Iterator
         raise
 
 
+def last_reconciliation(client: redis.Redis, *, prefix: str = PREFIX) -> dict[str, str]:
+    """The metadata hash as the last reconciliation left it (empty when none ran yet)."""
+    raw = cast(dict[bytes, bytes], client.hgetall(meta_key(prefix)))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
 def _instant(value: str | None) -> datetime | None:
     return as_utc(datetime.fromisoformat(value)) if value else None
 
 
-def publication_status(
+def reconciliation_status(
     client: redis.Redis, *, now: datetime | None = None, prefix: str = PREFIX
 ) -> dict[str, Any]:
-    """The last successful publication, its age at `now`, and whether the latest attempt failed."""
+    """The last successful reconciliation, its age at `now`, and whether the latest attempt
+    failed (`status --json` prints it as `publication`)."""
     now = resolve_now(now)
-    meta = publication(client, prefix=prefix)
+    meta = last_reconciliation(client, prefix=prefix)
     success, failed = _instant(meta.get(LAST_SUCCESS)), _instant(meta.get(FAILED_AT))
     return {
         "last_success_at": iso_timestamp(success) if success else None,

@@ -37,21 +37,20 @@ from shared.clock import as_utc, iso_timestamp, not_ahead, utcnow
 from shared.clock_skew import check_clocks
 from shared.events import EVENTS
 from shared.models import RelayMark
-from shared.releasable import (
+from shared.releasable.fencing import LockLost, fenced, writer_lock
+from shared.releasable.keys import (
     GAP,
     PREFIX,
     STREAM,
-    Event,
-    LockLost,
     applied_key,
-    apply_event,
-    fenced,
     published_key,
-    writer_lock,
+    relay_meta_key,
 )
+from shared.releasable.sets import Event, apply_event
+from shared.run_status import SUCCEEDED, RunStatus
 from shared.stream import trim_stream
 
-log = structlog.get_logger("shared.relay")
+log = structlog.get_logger("shared.releasable.relay")
 
 BATCH_SIZE = 1000
 MAX_SECONDS = 5.0
@@ -60,16 +59,9 @@ STREAM_MAXLEN = 100_000  # the stream's ceiling (shared.stream)
 STREAM_RETENTION_DAYS = 400  # AUDIT_RETENTION_DAYS: read entries older than this are trimmed
 
 
-# A relay run that emptied the outbox, or relayed its share of a larger one.
-SUCCEEDED = ("completed", "limit_reached")
 RELAY_LAST_SUCCESS = "last_success_at"
 # The highest outbox id applied to this Redis; the store keeps the same mark (RelayMark).
 RELAYED_THROUGH = "relayed_through"
-
-
-def relay_meta_key(prefix: str = PREFIX) -> str:
-    """Hash of the relay's record in Redis: `last_success_at`, when a relay run last succeeded."""
-    return f"{prefix}:relay:meta"
 
 
 def relay_last_success(client: redis.Redis, *, prefix: str = PREFIX) -> datetime | None:
@@ -85,7 +77,9 @@ def relay_last_success(client: redis.Redis, *, prefix: str = PREFIX) -> datetime
 class RelayReport:
     """What one relay run did; `as_dict()` is the task's JSON summary."""
 
-    status: str  # completed, limit_reached, skipped (another writer holds the lock), lost_lock
+    status: (
+        RunStatus  # completed, limit_reached, skipped (another writer holds the lock), lost_lock
+    )
     now: str
     applied: int = 0
     already_applied: int = 0  # applied by a relay that died before deleting them
@@ -128,17 +122,17 @@ def relay_events(
     now = not_ahead(now)  # decided later, it would hide numbers still repurchasable
     check_clocks(session_factory.kw["bind"], tolerance=clock_skew_max)
     clock = time.monotonic()
-    report = RelayReport(status="running", now=iso_timestamp(now))
+    report = RelayReport(status=RunStatus.RUNNING, now=iso_timestamp(now))
     lock = writer_lock(client, seconds=lock_seconds, prefix=prefix)
     if not lock.acquire(blocking=False):
-        report.status = "skipped"
+        report.status = RunStatus.SKIPPED
         return report
     try:
         through = _check_mark(
             session_factory, client, lock, report=report, prefix=prefix, stream=stream
         )
         done = _forget_committed(session_factory, client, prefix)
-        while report.status == "running":
+        while report.status == RunStatus.RUNNING:
             relayed = _batch(
                 session_factory,
                 client,
@@ -154,11 +148,11 @@ def relay_events(
                 stream=stream,
             )
             if not relayed:
-                report.status = "completed"
+                report.status = RunStatus.COMPLETED
             elif time.monotonic() - clock >= max_seconds:
-                report.status = "limit_reached"
+                report.status = RunStatus.LIMIT_REACHED
     except LockLost:
-        report.status = "lost_lock"
+        report.status = RunStatus.LOST_LOCK
     finally:
         if lock.owned():
             lock.release()
@@ -166,11 +160,16 @@ def relay_events(
         # For the exporter (numbers_retention_relay_last_success_timestamp_seconds): the host's
         # time, not the run's `now`, as the publication's failure marker does.
         client.hset(relay_meta_key(prefix), RELAY_LAST_SUCCESS, iso_timestamp(utcnow()))
-    if report.status != "completed":  # completed: the last batch found the outbox empty
+    if report.status != RunStatus.COMPLETED:  # completed: the last batch found the outbox empty
         report.remaining = _outbox_size(session_factory)
     report.unpublished = not client.exists(published_key(prefix))
     report.seconds = round(time.monotonic() - clock, 3)
-    if report.applied or report.already_applied or report.status == "lost_lock" or report.gap:
+    if (
+        report.applied
+        or report.already_applied
+        or report.status == RunStatus.LOST_LOCK
+        or report.gap
+    ):
         log.info("relay.applied", **report.as_dict())
     return report
 
@@ -188,19 +187,19 @@ def discard_events(
     reconciliation still rebuilds the sets from the store; the stream never gets them).
     """
     clock = time.monotonic()
-    report = RelayReport(status="running", now=iso_timestamp(utcnow()))
+    report = RelayReport(status=RunStatus.RUNNING, now=iso_timestamp(utcnow()))
     oldest = select(EVENTS.c.id).order_by(EVENTS.c.id).limit(batch_size).scalar_subquery()
-    while report.status == "running":
+    while report.status == RunStatus.RUNNING:
         with session_factory.begin() as session:
             result = session.execute(delete(EVENTS).where(EVENTS.c.id.in_(oldest)))
             deleted = int(cast(CursorResult[Any], result).rowcount)
         report.discarded += deleted
         report.batches += 1 if deleted else 0
         if deleted < batch_size:
-            report.status = "completed"
+            report.status = RunStatus.COMPLETED
         elif time.monotonic() - clock >= max_seconds:
-            report.status = "limit_reached"
-    if report.status != "completed":
+            report.status = RunStatus.LIMIT_REACHED
+    if report.status != RunStatus.COMPLETED:
         report.remaining = _outbox_size(session_factory)
     report.seconds = round(time.monotonic() - clock, 3)
     if report.discarded:
