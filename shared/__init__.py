@@ -17,7 +17,7 @@ from shared.lifecycle import (
     set_purge_hold,
 )
 from shared.listing import released_numbers_body
-from shared.orders import find_order, order_number
+from shared.number_orders import find_order, order_number
 from shared.purge import PurgeReport, purge_expired
 from shared.releasable import NotPublished, read_releasable
 from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline

@@ -391,7 +391,7 @@ class ApiKey(Base):
 class NumberOrder(Base):
     """An order back through the API (`POST /numbers/order`): the id it was answered with and
     the number it reactivated, kept so that the order can be found again with the same answer
-    (shared/orders.py)."""
+    (shared/number_orders.py)."""
 
     __tablename__ = "number_orders"
     __table_args__ = (CheckConstraint("substr(id, 1, 4) = 'ord_'", name="order_id_prefixed"),)

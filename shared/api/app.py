@@ -31,7 +31,7 @@ from shared.db import make_engine, make_session_factory
 from shared.errors import ApiError, InternalError, ValidationError
 from shared.lifecycle import release_number
 from shared.listing import released_numbers_body
-from shared.orders import order_number
+from shared.number_orders import order_number
 
 log = structlog.get_logger("shared.api")
 
@@ -198,7 +198,7 @@ class NumbersApi:
         with self.sessions.begin() as session:
             try:
                 # The order is recorded with the repurchase, in its transaction: the orderId
-                # answered is the one stored (shared/orders.py).
+                # answered is the one stored (shared/number_orders.py).
                 answer = order_number(
                     session, account_id=account, phone_number=phone_number, now=self.clock()
                 )
