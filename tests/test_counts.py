@@ -180,6 +180,7 @@ def test_the_reconciliation_repairs_and_reports_drift(
         assert reconcile_counts(session) == {"counts_drift": rows * 5 + 4}
     with session_factory() as session:
         assert kept_counts(session, now) == scanned_counts(session, now)
+        assert _deltas(session) == 0  # the repair's deltas folded too
     with session_factory() as session:
         assert reconcile_counts(session) == {"counts_drift": 0}
     # Emptied as the tests empty a store (TRUNCATE on PostgreSQL), the counts follow.
