@@ -12,13 +12,15 @@ each other for the counts and cannot deadlock on them (before, two writers that 
 same counter rows in opposite orders over two statements did: one was aborted). A counter is
 its base row in `number_counts` plus its deltas, summed in one statement (one snapshot). The
 deltas are folded into the base rows (`number_counts_compact()`, `compact_counts`) by the
-statement that leaves `COMPACT_AT` or more visible deltas, in its own transaction, and by the
+statement that finds `COMPACT_AT` or more visible deltas, in its own transaction, and by the
 hourly reconciliation. One compaction at a time (a transaction-level advisory lock, tried,
 never waited for): the base rows are updated by that compaction alone, so no writer waits for
 them either. Bound: a statement that finds `COMPACT_AT` deltas folds every delta it sees, so
-after each committed statement of writers taking turns fewer than `COMPACT_AT` deltas remain;
+after each commit of writers taking turns fewer than `COMPACT_AT` deltas remain;
 with concurrent writers, add the deltas of the transactions in flight at the last compaction
-(the next statement that finds the lock free folds them). SQLite has one writer at a time: its
+(the next statement that finds the lock free folds them). A transaction's triggers compact at
+most once (`COMPACTED`): add the deltas a transaction wrote after its own compaction (a bulk
+load calls `compact_counts` at its end). SQLite has one writer at a time: its
 triggers add to the base rows directly and `number_count_deltas` stays empty.
 
 A reading sums whole hours on either side of the cutoff and counts, through the partial indexes
@@ -56,6 +58,11 @@ OUTBOX = "outbox"
 COMPACT_AT = 256
 # The advisory lock one compaction at a time holds (until its transaction ends).
 COMPACT_LOCK = 0x636F756E  # "coun"
+# Set for the rest of a transaction whose trigger compacted: a trigger compacts once per
+# transaction. A bulk load (seed_demo: one transaction, a statement per 10,000 numbers) would
+# otherwise fold at every statement, each fold scanning the deltas it deleted before (dead
+# only once it commits): quadratic. Its deltas are folded once at its end instead.
+COMPACTED = "numbers_retention.counts_compacted"
 
 _RELEASED = "{r}.billing_status = 'released'"
 _FAILED = _RELEASED + " AND {r}.provider_error_code IS NOT NULL"
@@ -142,7 +149,8 @@ def _record(keys: str) -> str:
         f"SELECT name, hour, sum(d) FROM ({keys}) AS k WHERE true "
         "GROUP BY name, hour HAVING sum(d) <> 0; "
         f"IF (SELECT count(*) FROM (SELECT FROM number_count_deltas LIMIT {COMPACT_AT}) AS v) "
-        f">= {COMPACT_AT} THEN PERFORM number_counts_compact(); END IF"
+        f">= {COMPACT_AT} AND current_setting('{COMPACTED}', true) IS DISTINCT FROM 'on' THEN "
+        f"PERFORM set_config('{COMPACTED}', 'on', true); PERFORM number_counts_compact(); END IF"
     )
 
 

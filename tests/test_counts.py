@@ -23,6 +23,7 @@ from shared.counts import (
     scanned_counts,
 )
 from shared.db import make_session_factory
+from shared.demo import seed_demo
 from shared.lifecycle import set_purge_hold
 from shared.models import NumberCount, NumberCountDelta, PhoneNumber
 from shared.provider import REFUSED_CODE
@@ -315,3 +316,37 @@ def test_the_deltas_a_reading_sums_stay_below_the_compaction_threshold(
         for shift in SHIFTS:
             assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)
         assert counts_drift(session) == {}
+
+
+@pytest.mark.postgres
+def test_a_transaction_compacts_once_and_a_bulk_load_folds_its_counts_at_its_end(
+    pg_store: Engine, now: datetime
+) -> None:
+    """One transaction of many statements (a bulk load) folds the deltas at most once: folding
+    at every statement would rescan the deltas each fold deleted, dead only once it commits."""
+    factory = make_session_factory(pg_store)
+    ages = [RETENTION + timedelta(hours=h) for h in range(-3, 3)]
+    with factory.begin() as session:
+        for number, age in zip(NUMBERS, ages, strict=True):
+            make_number(session, account_id=ACCOUNT, phone_number=number, released_at=now - age)
+        for turn in range(2 * COMPACT_AT):
+            number, held = NUMBERS[turn % len(NUMBERS)], turn // len(NUMBERS) % 2 == 0
+            set_purge_hold(session, phone_number=number, held=held, now=now)
+        # Folded once (the base rows hold counts), then the deltas of the later statements.
+        assert session.scalar(select(func.count()).select_from(NumberCount)) > 0
+        assert _deltas(session) >= COMPACT_AT
+    with factory() as session:
+        assert kept_counts(session, now) == scanned_counts(session, now)
+    # The next transaction's first statement folds them.
+    with factory.begin() as session:
+        set_purge_hold(session, phone_number=NUMBERS[0], held=True, now=now)
+    with factory() as session:
+        assert _deltas(session) < COMPACT_AT
+        assert kept_counts(session, now) == scanned_counts(session, now)
+    # A demo store's load (one transaction) leaves its counts folded.
+    delete_all_rows(pg_store)
+    seed_demo(pg_store, numbers=500, accounts=5, now=now, seed=3)
+    with factory() as session:
+        assert _deltas(session) == 0
+        for shift in SHIFTS:
+            assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)
