@@ -1,20 +1,37 @@
 """Counts kept, not scanned: what `status` and the exporter report, kept up to date by triggers.
 
-`number_counts` holds, per counter name, per hour of release (`hour`, for the two counters a
-reading splits at the cutoff; 0 for the others) and per shard (the writing transaction's id
-modulo `SHARDS`, so that concurrent writers rarely wait on the same counter row; a counter is
-the sum of its shards), how many rows of the store the counter covers. Triggers on
-`phone_numbers` and `number_events` add each statement's changes in the statement's own
+A counter is kept per counter name and, for the two counters a reading splits at the cutoff,
+per hour of release (`hour`; 0 for the others): how many rows of the store it covers. Triggers
+on `phone_numbers` and `number_events` record each statement's changes in the statement's own
 transaction (PostgreSQL: one aggregate per statement, from its transition tables, in one pass;
 SQLite: per row), so the counts commit and roll back with the changes.
 
+PostgreSQL (migration 0016_count_deltas): a writer only INSERTs its statement's sums into
+`number_count_deltas`, never UPDATEs a shared counter row, so concurrent writers never wait on
+each other for the counts and cannot deadlock on them (before, two writers that changed the
+same counter rows in opposite orders over two statements did: one was aborted). A counter is
+its base row in `number_counts` plus its deltas, summed in one statement (one snapshot). The
+deltas are folded into the base rows (`number_counts_compact()`, `compact_counts`) by the
+statement that finds `COMPACT_AT` or more visible deltas, in its own transaction, and by the
+hourly reconciliation. One compaction at a time (a transaction-level advisory lock, tried,
+never waited for): the base rows are updated by that compaction alone, so no writer waits for
+them either. Bound: a statement that finds `COMPACT_AT` deltas folds every delta it sees, so
+after each commit of writers taking turns fewer than `COMPACT_AT` deltas remain;
+with concurrent writers, add the deltas of the transactions in flight at the last compaction
+(the next statement that finds the lock free folds them). A transaction's triggers compact at
+most once (`COMPACTED`): add the deltas a transaction wrote after its own compaction (a bulk
+load calls `compact_counts` at its end). SQLite has one writer at a time: its
+triggers add to the base rows directly and `number_count_deltas` stays empty.
+
 A reading sums whole hours on either side of the cutoff and counts, through the partial indexes
 on `released_at`, only the rows of the cutoff's own hour: its cost follows the hours the store
-spans and the rows of one hour, not the size of the store. `reconcile_counts` (the hourly
-publication) compares the counters with a full scan of one snapshot and repairs any drift.
+spans, `COMPACT_AT` and the rows of one hour, not the size of the store. `reconcile_counts` (the
+hourly publication) compares the counters with a full scan of one snapshot and repairs any drift.
 
-The trigger SQL is installed by migration 0010_counts: a change to `COUNTERS` or `SHARDS` needs a
-migration of its own that installs the triggers again (`install_triggers`) and rebuilds.
+The trigger SQL is installed by migrations 0010_counts (the first version, `deltas=False`) and
+0016_count_deltas: a change to `COUNTERS` or `COMPACT_AT` needs a migration of its own that
+installs the triggers again (`install_triggers`) and rebuilds. The `shard` column of
+`number_counts` is 0 since 0016 (before: the writing transaction's id modulo 8).
 """
 
 from __future__ import annotations
@@ -22,21 +39,30 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, false, func, select, text, true
+from sqlalchemy import Connection, Subquery, false, func, insert, select, text, true, union_all
 from sqlalchemy.orm import Session
 
-from shared.models import NumberCount, NumberEvent, PhoneNumber
+from shared.models import NumberCount, NumberCountDelta, NumberEvent, PhoneNumber
 from shared.provider import REFUSED_CODE
 from shared.retention import cutoff, purgeable_numbers, repurchasable_numbers, waiting_numbers
 
 log = structlog.get_logger("shared.counts")
 
-SHARDS = 8
 HOUR_SECONDS = 3600
 OUTBOX = "outbox"
+# A statement that leaves this many visible deltas or more folds them into the base rows.
+COMPACT_AT = 256
+# The advisory lock one compaction at a time holds (until its transaction ends).
+COMPACT_LOCK = 0x636F756E  # "coun"
+# Set for the rest of a transaction whose trigger compacted: a trigger compacts once per
+# transaction. A bulk load (seed_demo: one transaction, a statement per 10,000 numbers) would
+# otherwise fold at every statement, each fold scanning the deltas it deleted before (dead
+# only once it commits): quadratic. Its deltas are folded once at its end instead.
+COMPACTED = "numbers_retention.counts_compacted"
 
 _RELEASED = "{r}.billing_status = 'released'"
 _FAILED = _RELEASED + " AND {r}.provider_error_code IS NOT NULL"
@@ -72,15 +98,12 @@ def _hour(dialect: str, column: str) -> str:
     return f"CAST(strftime('%s', {column}) AS INTEGER) / {HOUR_SECONDS}"
 
 
-def _shard(dialect: str) -> str:
-    """The writing transaction's shard: every counter row a transaction changes is in one shard,
-    so concurrent writers meet on a row one time in SHARDS, and each statement locks its rows in
-    order. The relay (outbox rows only) cannot deadlock with a writer; two writers of the same
-    shard that change the same counters in opposite orders over two statements can (a hold of
-    an overdue number while a purge batch takes its hour): PostgreSQL then aborts one after
-    deadlock_timeout. SQLite has one writer at a time: shard 0."""
-    if dialect == "postgresql":
-        return f"CAST(mod(txid_current(), {SHARDS}) AS smallint)"
+def _shard(dialect: str, *, deltas: bool) -> str:
+    """The counter row's shard: the writing transaction's id modulo 8 in the first version of
+    the PostgreSQL triggers (0010_counts; two writers of one shard that changed the same counter
+    rows in opposite orders over two statements deadlocked), 0 since (deltas, and SQLite)."""
+    if dialect == "postgresql" and not deltas:
+        return "CAST(mod(txid_current(), 8) AS smallint)"
     return "0"
 
 
@@ -90,18 +113,18 @@ def _number_keys(dialect: str, row: str, sign: int, source: str = "") -> str:
     for name, (hourly, covers) in COUNTERS.items():
         hour = _hour(dialect, f"{row}.released_at") if hourly else "0"
         parts.append(
-            f"SELECT '{name}' AS name, {hour} AS hour, {_shard(dialect)} AS shard, {sign} AS d"
+            f"SELECT '{name}' AS name, {hour} AS hour, 0 AS shard, {sign} AS d"
             f"{source} WHERE {covers.format(r=row)}"
         )
     return " UNION ALL ".join(parts)
 
 
-def _event_keys(dialect: str, sign: int, source: str = "") -> str:
-    return f"SELECT '{OUTBOX}' AS name, 0 AS hour, {_shard(dialect)} AS shard, {sign} AS d{source}"
+def _event_keys(shard: str, sign: int, source: str = "") -> str:
+    return f"SELECT '{OUTBOX}' AS name, 0 AS hour, {shard} AS shard, {sign} AS d{source}"
 
 
 def _add(keys: str) -> str:
-    """Add the keys' sums to the counters (locked in one order: writers never deadlock)."""
+    """Add the keys' sums to the base rows (SQLite, the first PostgreSQL triggers, a repair)."""
     return (
         "INSERT INTO number_counts (name, hour, shard, n) "
         f"SELECT name, hour, shard, sum(d) FROM ({keys}) AS k WHERE true "
@@ -119,15 +142,57 @@ def _values(row: str, sign: int) -> str:
     return ", ".join(rows)
 
 
-def _lateral(values: str, source: str, where: str = "true") -> str:
+def _record(keys: str) -> str:
+    """Insert the keys' sums as deltas, then fold the deltas if `COMPACT_AT` are visible."""
+    return (
+        "INSERT INTO number_count_deltas (name, hour, n) "
+        f"SELECT name, hour, sum(d) FROM ({keys}) AS k WHERE true "
+        "GROUP BY name, hour HAVING sum(d) <> 0; "
+        f"IF (SELECT count(*) FROM (SELECT FROM number_count_deltas LIMIT {COMPACT_AT}) AS v) "
+        f">= {COMPACT_AT} AND current_setting('{COMPACTED}', true) IS DISTINCT FROM 'on' THEN "
+        f"PERFORM set_config('{COMPACTED}', 'on', true); PERFORM number_counts_compact(); END IF"
+    )
+
+
+# Fold the visible deltas into the base rows, if no other compaction is under way and the
+# transaction reads committed (a REPEATABLE READ one could fail on deltas another compaction
+# removed after its snapshot): the deltas it deletes, nobody else deletes or updates; the base
+# rows it updates, no writer updates. Base rows left at 0 are removed.
+_COMPACT = f"""CREATE FUNCTION number_counts_compact() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE folded bigint; names text[]; hours bigint[];
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR NOT pg_try_advisory_xact_lock({COMPACT_LOCK}) THEN
+    RETURN 0;
+  END IF;
+  WITH moved AS (DELETE FROM number_count_deltas RETURNING name, hour, n),
+  merged AS (
+    INSERT INTO number_counts (name, hour, shard, n)
+    SELECT name, hour, 0, sum(n) FROM moved GROUP BY name, hour ORDER BY name, hour
+    ON CONFLICT (name, hour, shard) DO UPDATE SET n = number_counts.n + excluded.n
+    RETURNING name, hour, n
+  )
+  SELECT (SELECT count(*) FROM moved), array_agg(name) FILTER (WHERE n = 0),
+         array_agg(hour) FILTER (WHERE n = 0)
+  INTO folded, names, hours FROM merged;
+  IF names IS NOT NULL THEN
+    DELETE FROM number_counts c USING unnest(names, hours) AS z(name, hour)
+    WHERE c.name = z.name AND c.hour = z.hour AND c.shard = 0 AND c.n = 0;
+  END IF;
+  RETURN coalesce(folded, 0);
+END $$"""
+
+
+def _lateral(values: str, source: str, where: str = "true", *, deltas: bool = True) -> str:
     """One pass over `source`: each row's counters from a LATERAL VALUES list."""
     return (
-        f"SELECT k.name, k.hour, {_shard('postgresql')} AS shard, k.d FROM {source} "
+        f"SELECT k.name, k.hour, {_shard('postgresql', deltas=deltas)} AS shard, k.d "
+        f"FROM {source} "
         f"CROSS JOIN LATERAL (VALUES {values}) AS k(name, hour, hit, d) WHERE k.hit AND {where}"
     )
 
 
-def _postgresql_ddl() -> list[str]:
+def _postgresql_ddl(*, deltas: bool) -> list[str]:
     old, new = " FROM old_rows r", " FROM new_rows r"
     # An update counts only where a column the counters read changed (most of the purge's and
     # the carrier calls' updates change none of them).
@@ -135,22 +200,30 @@ def _postgresql_ddl() -> list[str]:
         f"ROW({', '.join(f'o.{c}' for c in COLUMNS)}) IS DISTINCT FROM "
         f"ROW({', '.join(f'n.{c}' for c in COLUMNS)})"
     )
+    keep = _record if deltas else _add
+    lateral = partial(_lateral, deltas=deltas)
+    shard = _shard("postgresql", deltas=deltas)
+
+    def emptied(which: str) -> str:  # a TRUNCATE: the counters of that table go
+        tables = ("number_counts", "number_count_deltas") if deltas else ("number_counts",)
+        return "; ".join(f"DELETE FROM {table} WHERE name {which} '{OUTBOX}'" for table in tables)
+
     numbers = {
-        "INSERT": _add(_lateral(_values("r", 1), "new_rows r")),
-        "UPDATE": _add(
-            _lateral(
+        "INSERT": keep(lateral(_values("r", 1), "new_rows r")),
+        "UPDATE": keep(
+            lateral(
                 _values("o", -1) + ", " + _values("n", 1),
                 "old_rows o JOIN new_rows n ON n.id = o.id",
                 changed,
             )
         ),
-        "DELETE": _add(_lateral(_values("r", -1), "old_rows r")),
-        "TRUNCATE": f"DELETE FROM number_counts WHERE name <> '{OUTBOX}'",
+        "DELETE": keep(lateral(_values("r", -1), "old_rows r")),
+        "TRUNCATE": emptied("<>"),
     }
     events = {
-        "INSERT": _add(_event_keys("postgresql", 1, new)),
-        "DELETE": _add(_event_keys("postgresql", -1, old)),
-        "TRUNCATE": f"DELETE FROM number_counts WHERE name = '{OUTBOX}'",
+        "INSERT": keep(_event_keys(shard, 1, new)),
+        "DELETE": keep(_event_keys(shard, -1, old)),
+        "TRUNCATE": emptied("="),
     }
     statements = []
     for table, bodies in (("phone_numbers", numbers), ("number_events", events)):
@@ -171,7 +244,7 @@ def _postgresql_ddl() -> list[str]:
                 f"CREATE TRIGGER {table}_counts_{op.lower()} AFTER {op} ON {table}"
                 f"{referencing} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
             )
-    return statements
+    return ([_COMPACT] if deltas else []) + statements
 
 
 def _sqlite_ddl() -> list[str]:
@@ -182,7 +255,7 @@ def _sqlite_ddl() -> list[str]:
         ),
         "DELETE": _add(_number_keys("sqlite", "OLD", -1)),
     }
-    events = {"INSERT": _add(_event_keys("sqlite", 1)), "DELETE": _add(_event_keys("sqlite", -1))}
+    events = {"INSERT": _add(_event_keys("0", 1)), "DELETE": _add(_event_keys("0", -1))}
     statements = []
     for table, bodies in (("phone_numbers", numbers), ("number_events", events)):
         for op, body in bodies.items():
@@ -191,10 +264,11 @@ def _sqlite_ddl() -> list[str]:
     return statements
 
 
-def install_triggers(connection: Connection) -> None:
-    """Create the triggers that keep `number_counts` (migration 0010_counts)."""
+def install_triggers(connection: Connection, *, deltas: bool = True) -> None:
+    """Create the triggers that keep the counts: on PostgreSQL, with `deltas` (migration
+    0016_count_deltas) they record deltas, without (0010_counts) they add to the base rows."""
     postgresql = connection.dialect.name == "postgresql"
-    for statement in _postgresql_ddl() if postgresql else _sqlite_ddl():
+    for statement in _postgresql_ddl(deltas=deltas) if postgresql else _sqlite_ddl():
         connection.exec_driver_sql(statement)
 
 
@@ -211,6 +285,16 @@ def drop_triggers(connection: Connection) -> None:
             )
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS number_counts_{table}()")
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("DROP FUNCTION IF EXISTS number_counts_compact()")
+
+
+def compact_counts(session: Session) -> int:
+    """Fold the deltas into the base rows now (PostgreSQL; SQLite keeps none): how many were
+    folded (0 when another compaction is under way). The caller commits."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    return int(session.scalar(text("SELECT number_counts_compact()")) or 0)
 
 
 # Reading ------------------------------------------------------------------------------------
@@ -233,6 +317,15 @@ class Counts:
     outbox_oldest: datetime | None
 
 
+def _counters(*, deltas: bool = True) -> Subquery:
+    """The base rows and the deltas, read by one statement (one snapshot)."""
+    base = select(NumberCount.name, NumberCount.hour, NumberCount.n)
+    if not deltas:
+        return base.subquery("counters")
+    added = select(NumberCountDelta.name, NumberCountDelta.hour, NumberCountDelta.n)
+    return union_all(base, added).subquery("counters")
+
+
 def _hour_start(moment: datetime) -> tuple[int, datetime]:
     hour = int(moment.timestamp() // HOUR_SECONDS)
     return hour, datetime.fromtimestamp(hour * HOUR_SECONDS, UTC)
@@ -244,13 +337,14 @@ def kept_counts(session: Session, now: datetime) -> Counts:
     line = cutoff(now)
     hour, start = _hour_start(line)
     sums: dict[tuple[str, int], int] = {}  # (name, -1/0/1: hours before, the cutoff's, after)
+    rows = _counters()
     for name, *parts in session.execute(
         select(
-            NumberCount.name,
-            func.sum(NumberCount.n).filter(NumberCount.hour < hour),
-            func.sum(NumberCount.n).filter(NumberCount.hour == hour),
-            func.sum(NumberCount.n).filter(NumberCount.hour > hour),
-        ).group_by(NumberCount.name)
+            rows.c.name,
+            func.sum(rows.c.n).filter(rows.c.hour < hour),
+            func.sum(rows.c.n).filter(rows.c.hour == hour),
+            func.sum(rows.c.n).filter(rows.c.hour > hour),
+        ).group_by(rows.c.name)
     ):
         for where, total in zip((-1, 0, 1), parts, strict=True):
             sums[name, where] = int(total or 0)
@@ -357,28 +451,38 @@ def _scanned_counters(session: Session) -> Counter[tuple[str, int]]:
     return true
 
 
-def _kept_counters(session: Session) -> Counter[tuple[str, int]]:
+def _kept_counters(session: Session, *, deltas: bool) -> Counter[tuple[str, int]]:
     kept: Counter[tuple[str, int]] = Counter()
+    rows = _counters(deltas=deltas)
     for name, hour, total in session.execute(
-        select(NumberCount.name, NumberCount.hour, func.sum(NumberCount.n)).group_by(
-            NumberCount.name, NumberCount.hour
-        )
+        select(rows.c.name, rows.c.hour, func.sum(rows.c.n)).group_by(rows.c.name, rows.c.hour)
     ):
         kept[name, int(hour)] += int(total)
     return kept
 
 
-def counts_drift(session: Session) -> dict[tuple[str, int], int]:
+def counts_drift(session: Session, *, deltas: bool = True) -> dict[tuple[str, int], int]:
     """What to add to each counter to make it true, read in the session's one snapshot (on
     PostgreSQL the caller's transaction must be REPEATABLE READ for the two reads to agree)."""
-    true, kept = _scanned_counters(session), _kept_counters(session)
+    true, kept = _scanned_counters(session), _kept_counters(session, deltas=deltas)
     drift = {key: true[key] - kept[key] for key in true.keys() | kept.keys()}
     return {key: delta for key, delta in sorted(drift.items()) if delta}
 
 
-def repair_counts(session: Session, drift: dict[tuple[str, int], int]) -> None:
+def repair_counts(
+    session: Session, drift: dict[tuple[str, int], int], *, deltas: bool = True
+) -> None:
     """Add `drift` to the counters (commutes with the triggers' own additions, so concurrent
-    writers need not stop) and drop the counter rows left at 0; the caller commits."""
+    writers need not stop; on PostgreSQL as deltas, which the caller folds with
+    `compact_counts`) and drop the base rows left at 0 (SQLite); the caller commits."""
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    if deltas and postgresql:
+        if drift:
+            session.execute(
+                insert(NumberCountDelta),
+                [{"name": name, "hour": hour, "n": delta} for (name, hour), delta in drift.items()],
+            )
+        return
     for (name, hour), delta in drift.items():
         session.execute(
             text(_add("SELECT :name AS name, :hour AS hour, 0 AS shard, :delta AS d")),
@@ -387,10 +491,12 @@ def repair_counts(session: Session, drift: dict[tuple[str, int], int]) -> None:
     session.execute(text("DELETE FROM number_counts WHERE n = 0"))
 
 
-def rebuild_counts(connection: Connection) -> None:
-    """Fill the counters from the store (the migration's backfill, under its locks)."""
+def rebuild_counts(connection: Connection, *, deltas: bool = True) -> None:
+    """Fill the counters from the store (a migration's backfill, under its locks)."""
     with Session(bind=connection) as session:
-        repair_counts(session, counts_drift(session))
+        repair_counts(session, counts_drift(session, deltas=deltas), deltas=deltas)
+        if deltas:
+            compact_counts(session)
         session.flush()
 
 
@@ -403,9 +509,11 @@ def reconcile_counts(session: Session) -> dict[str, Any]:
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     drift = counts_drift(session)
     session.rollback()
+    # Repaired as deltas, then every delta folded (a quiet store ends the hour compacted).
+    repair_counts(session, drift)
+    compact_counts(session)
+    session.commit()
     if drift:
-        repair_counts(session, drift)
-        session.commit()
         by_name: Counter[str] = Counter()
         for (name, _hour_of), delta in drift.items():
             by_name[name] += delta

@@ -427,8 +427,9 @@ class RelayMark(Base):
 
 class NumberCount(Base):
     """A kept count (shared/counts.py): how many rows counter `name` covers among the numbers
-    released in `hour` (hours since the epoch; 0 for the counters not kept per hour), in
-    `shard`. Written by triggers only (migration 0010_counts)."""
+    released in `hour` (hours since the epoch; 0 for the counters not kept per hour), before
+    the deltas not yet folded (`NumberCountDelta`). Written by triggers and the compaction only
+    (migrations 0010_counts, 0016_count_deltas); `shard` is 0 since 0016."""
 
     __tablename__ = "number_counts"
 
@@ -439,3 +440,20 @@ class NumberCount(Base):
 
     def __repr__(self) -> str:
         return f"NumberCount(name={self.name!r}, hour={self.hour!r}, n={self.n!r})"
+
+
+class NumberCountDelta(Base):
+    """A change to a kept count not yet folded into its `NumberCount` (shared/counts.py): each
+    statement's sum per counter and hour, inserted by the PostgreSQL triggers (migration
+    0016_count_deltas) so that writers never update a shared row; folded and deleted by the
+    compaction. Empty on SQLite."""
+
+    __tablename__ = "number_count_deltas"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(16))
+    hour: Mapped[int] = mapped_column(BigInteger)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"NumberCountDelta(name={self.name!r}, hour={self.hour!r}, n={self.n!r})"

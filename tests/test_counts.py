@@ -3,19 +3,29 @@ equal a full scan, at any instant; the reconciliation finds and repairs drift.""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import shared
-from shared.counts import counts_drift, kept_counts, reconcile_counts, scanned_counts
+from shared.counts import (
+    COMPACT_AT,
+    compact_counts,
+    counts_drift,
+    kept_counts,
+    reconcile_counts,
+    scanned_counts,
+)
 from shared.db import make_session_factory
+from shared.demo import seed_demo
 from shared.lifecycle import set_purge_hold
-from shared.models import PhoneNumber
+from shared.models import NumberCount, NumberCountDelta, PhoneNumber
 from shared.provider import REFUSED_CODE
 from shared.purge import purge_expired
 from shared.releasable.relay import discard_events
@@ -45,7 +55,7 @@ OPERATION = st.one_of(
     st.tuples(st.just("repurchase"), st.integers(0, 5)),
     st.tuples(st.sampled_from(["hold", "unhold", "reset"]), st.integers(0, 5)),
     st.tuples(st.just("fail"), st.integers(0, 5), st.sampled_from(sorted(FAILURES))),
-    st.tuples(st.sampled_from(["purge", "relay"])),
+    st.tuples(st.sampled_from(["purge", "relay", "compact"])),
 )
 
 
@@ -90,11 +100,18 @@ def _change(session: Session, operation: tuple[object, ...], now: datetime) -> N
         )
 
 
+def _deltas(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(NumberCountDelta)) or 0)
+
+
 def _apply(factory: sessionmaker[Session], operation: tuple[object, ...], now: datetime) -> None:
     if operation[0] == "purge":
         purge_expired(factory, now=now, batch_size=2)
     elif operation[0] == "relay":
         discard_events(factory, batch_size=3)
+    elif operation[0] == "compact":  # the deltas folded (PostgreSQL), as the relay's hour does
+        with factory.begin() as session:
+            compact_counts(session)
     else:
         try:
             with factory.begin() as session:
@@ -125,6 +142,13 @@ def test_the_kept_counts_equal_a_full_scan_after_any_changes(
             for shift in SHIFTS:
                 assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)
             assert counts_drift(session) == {}
+            assert _deltas(session) < COMPACT_AT
+        # Folding the deltas changes no reading.
+        _apply(factory, ("compact",), now)
+        with factory() as session:
+            assert _deltas(session) == 0
+            for shift in SHIFTS:
+                assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)
     finally:
         # Every example starts empty (DELETE: quicker than TRUNCATE for a few rows).
         with engine.begin() as connection:
@@ -139,7 +163,12 @@ def test_the_reconciliation_repairs_and_reports_drift(
         make_number(session, account_id=ACCOUNT, phone_number=NUMBERS[0], released_at=now)
         make_number(session, account_id=ACCOUNT, phone_number=NUMBERS[1], released_at=now)
     with session_factory.begin() as session:
-        # Drift, as a bug or a hand edit with the triggers off would leave it.
+        # The deltas folded into the base rows (PostgreSQL; SQLite keeps none) ...
+        folded = compact_counts(session)
+        assert (folded > 0) == (session.get_bind().dialect.name == "postgresql")
+        assert session.scalar(select(func.count()).select_from(NumberCountDelta)) == 0
+    with session_factory.begin() as session:
+        # ... and drift, as a bug or a hand edit with the triggers off would leave it.
         rows = session.execute(
             text("UPDATE number_counts SET n = n + 5 WHERE name = 'unclaimed'")
         ).rowcount
@@ -152,6 +181,7 @@ def test_the_reconciliation_repairs_and_reports_drift(
         assert reconcile_counts(session) == {"counts_drift": rows * 5 + 4}
     with session_factory() as session:
         assert kept_counts(session, now) == scanned_counts(session, now)
+        assert _deltas(session) == 0  # the repair's deltas folded too
     with session_factory() as session:
         assert reconcile_counts(session) == {"counts_drift": 0}
     # Emptied as the tests empty a store (TRUNCATE on PostgreSQL), the counts follow.
@@ -184,3 +214,139 @@ def test_the_migration_backfills_the_counts_of_an_existing_store(
             assert counts_drift(session) == {}
     finally:
         delete_all_rows(pg_store)
+
+
+def _same_shard_transactions(engine: Engine) -> tuple[Connection, Connection]:
+    """Two open transactions whose transaction ids are equal modulo 8 (the counters' shards
+    before migration 0016 kept one counter row per shard: the two then meet on the same rows)."""
+    first = engine.connect()
+    first.begin()
+    xid = int(first.exec_driver_sql("SELECT txid_current()").scalar_one())
+    second = engine.connect()
+    while True:
+        second.begin()
+        if int(second.exec_driver_sql("SELECT txid_current()").scalar_one()) % 8 == xid % 8:
+            return first, second
+        second.rollback()
+
+
+@pytest.mark.postgres
+def test_writers_that_change_the_same_counters_in_opposite_orders_do_not_deadlock(
+    pg_store: Engine, now: datetime
+) -> None:
+    # Two numbers released in each of two hours: a delete changes the counters of its hour.
+    early, late = now - RETENTION - timedelta(hours=5), now - RETENTION - timedelta(hours=2)
+    factory = make_session_factory(pg_store)
+    with factory.begin() as session:
+        for number, released in zip(NUMBERS, (early, early, late, late), strict=False):
+            make_number(session, account_id=ACCOUNT, phone_number=number, released_at=released)
+    delete = "DELETE FROM phone_numbers WHERE phone_number = %(number)s"
+    first, second = _same_shard_transactions(pg_store)
+    errors: list[BaseException] = []
+    try:
+        pid = first.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        # First takes the early hour's counters, second the late hour's ...
+        first.exec_driver_sql(delete, {"number": NUMBERS[0]})
+        second.exec_driver_sql(delete, {"number": NUMBERS[2]})
+
+        def first_takes_the_late_hour() -> None:
+            try:
+                first.exec_driver_sql(delete, {"number": NUMBERS[3]})
+                first.commit()
+            except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+                errors.append(error)
+                first.rollback()
+
+        # ... then first the late hour's (it waits, if it must, for second) ...
+        thread = threading.Thread(target=first_takes_the_late_hour)
+        thread.start()
+        with pg_store.connect() as observer:
+            while thread.is_alive():
+                waiting = observer.exec_driver_sql(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %(pid)s",
+                    {"pid": pid},
+                ).scalar_one()
+                observer.rollback()
+                if waiting:
+                    break
+                time.sleep(0.01)
+        # ... and second the early hour's: with counter rows both update, a cycle.
+        try:
+            second.exec_driver_sql(delete, {"number": NUMBERS[1]})
+            second.commit()
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+            second.rollback()
+        thread.join()
+    finally:
+        first.close()
+        second.close()
+    assert errors == []
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(PhoneNumber)) == 0
+        assert kept_counts(session, now) == scanned_counts(session, now)
+        assert counts_drift(session) == {}
+
+
+@pytest.mark.postgres
+def test_the_deltas_a_reading_sums_stay_below_the_compaction_threshold(
+    pg_store: Engine, now: datetime
+) -> None:
+    """Writers taking turns: after every commit fewer than COMPACT_AT deltas are left (the
+    statement that finds that many folds them all), and the readings stay exact."""
+    factory = make_session_factory(pg_store)
+    ages = [RETENTION + timedelta(hours=h) for h in range(-3, 3)]
+    with factory.begin() as session:
+        for number, age in zip(NUMBERS, ages, strict=True):
+            make_number(session, account_id=ACCOUNT, phone_number=number, released_at=now - age)
+    seen, folded = 0, False
+    for turn in range(2 * COMPACT_AT):
+        with factory.begin() as session:
+            # Each turn's hold or release of the hold: deltas of its number's hour, and of held.
+            number, held = NUMBERS[turn % len(NUMBERS)], turn // len(NUMBERS) % 2 == 0
+            set_purge_hold(session, phone_number=number, held=held, now=now)
+        with factory() as session:
+            left = _deltas(session)
+        assert left < COMPACT_AT
+        folded = folded or left < seen
+        seen = left
+    assert folded  # the compaction ran
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(NumberCount)) > 0
+        for shift in SHIFTS:
+            assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)
+        assert counts_drift(session) == {}
+
+
+@pytest.mark.postgres
+def test_a_transaction_compacts_once_and_a_bulk_load_folds_its_counts_at_its_end(
+    pg_store: Engine, now: datetime
+) -> None:
+    """One transaction of many statements (a bulk load) folds the deltas at most once: folding
+    at every statement would rescan the deltas each fold deleted, dead only once it commits."""
+    factory = make_session_factory(pg_store)
+    ages = [RETENTION + timedelta(hours=h) for h in range(-3, 3)]
+    with factory.begin() as session:
+        for number, age in zip(NUMBERS, ages, strict=True):
+            make_number(session, account_id=ACCOUNT, phone_number=number, released_at=now - age)
+        for turn in range(2 * COMPACT_AT):
+            number, held = NUMBERS[turn % len(NUMBERS)], turn // len(NUMBERS) % 2 == 0
+            set_purge_hold(session, phone_number=number, held=held, now=now)
+        # Folded once (the base rows hold counts), then the deltas of the later statements.
+        assert session.scalar(select(func.count()).select_from(NumberCount)) > 0
+        assert _deltas(session) >= COMPACT_AT
+    with factory() as session:
+        assert kept_counts(session, now) == scanned_counts(session, now)
+    # The next transaction's first statement folds them.
+    with factory.begin() as session:
+        set_purge_hold(session, phone_number=NUMBERS[0], held=True, now=now)
+    with factory() as session:
+        assert _deltas(session) < COMPACT_AT
+        assert kept_counts(session, now) == scanned_counts(session, now)
+    # A demo store's load (one transaction) leaves its counts folded.
+    delete_all_rows(pg_store)
+    seed_demo(pg_store, numbers=500, accounts=5, now=now, seed=3)
+    with factory() as session:
+        assert _deltas(session) == 0
+        for shift in SHIFTS:
+            assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)

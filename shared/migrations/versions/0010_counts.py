@@ -51,8 +51,9 @@ def upgrade() -> None:
         # Writers wait while the counters are filled: none of their changes is counted twice
         # or missed.
         op.execute("LOCK TABLE phone_numbers, number_events IN SHARE ROW EXCLUSIVE MODE")
-    install_triggers(connection)
-    rebuild_counts(connection)
+    # The first version of the triggers (0016_count_deltas installs the next).
+    install_triggers(connection, deltas=False)
+    rebuild_counts(connection, deltas=False)
 
 
 def downgrade() -> None:
