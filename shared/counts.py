@@ -6,7 +6,7 @@ on `phone_numbers` and `number_events` record each statement's changes in the st
 transaction (PostgreSQL: one aggregate per statement, from its transition tables, in one pass;
 SQLite: per row), so the counts commit and roll back with the changes.
 
-PostgreSQL (migration 0016_count_deltas): a writer only INSERTs its statement's sums into
+PostgreSQL (migration 0017_count_deltas): a writer only INSERTs its statement's sums into
 `number_count_deltas`, never UPDATEs a shared counter row, so concurrent writers never wait on
 each other for the counts and cannot deadlock on them (before, two writers that changed the
 same counter rows in opposite orders over two statements did: one was aborted). A counter is
@@ -29,9 +29,9 @@ spans, `COMPACT_AT` and the rows of one hour, not the size of the store. `reconc
 hourly publication) compares the counters with a full scan of one snapshot and repairs any drift.
 
 The trigger SQL is installed by migrations 0010_counts (the first version, `deltas=False`) and
-0016_count_deltas: a change to `COUNTERS` or `COMPACT_AT` needs a migration of its own that
+0017_count_deltas: a change to `COUNTERS` or `COMPACT_AT` needs a migration of its own that
 installs the triggers again (`install_triggers`) and rebuilds. The `shard` column of
-`number_counts` is 0 since 0016 (before: the writing transaction's id modulo 8).
+`number_counts` is 0 since 0017 (before: the writing transaction's id modulo 8).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def _sqlite_ddl() -> list[str]:
 
 def install_triggers(connection: Connection, *, deltas: bool = True) -> None:
     """Create the triggers that keep the counts: on PostgreSQL, with `deltas` (migration
-    0016_count_deltas) they record deltas, without (0010_counts) they add to the base rows."""
+    0017_count_deltas) they record deltas, without (0010_counts) they add to the base rows."""
     postgresql = connection.dialect.name == "postgresql"
     for statement in _postgresql_ddl(deltas=deltas) if postgresql else _sqlite_ddl():
         connection.exec_driver_sql(statement)

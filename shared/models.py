@@ -429,7 +429,7 @@ class NumberCount(Base):
     """A kept count (shared/counts.py): how many rows counter `name` covers among the numbers
     released in `hour` (hours since the epoch; 0 for the counters not kept per hour), before
     the deltas not yet folded (`NumberCountDelta`). Written by triggers and the compaction only
-    (migrations 0010_counts, 0016_count_deltas); `shard` is 0 since 0016."""
+    (migrations 0010_counts, 0017_count_deltas); `shard` is 0 since 0017."""
 
     __tablename__ = "number_counts"
 
@@ -445,7 +445,7 @@ class NumberCount(Base):
 class NumberCountDelta(Base):
     """A change to a kept count not yet folded into its `NumberCount` (shared/counts.py): each
     statement's sum per counter and hour, inserted by the PostgreSQL triggers (migration
-    0016_count_deltas) so that writers never update a shared row; folded and deleted by the
+    0017_count_deltas) so that writers never update a shared row; folded and deleted by the
     compaction. Empty on SQLite."""
 
     __tablename__ = "number_count_deltas"

@@ -51,7 +51,7 @@ def upgrade() -> None:
         # Writers wait while the counters are filled: none of their changes is counted twice
         # or missed.
         op.execute("LOCK TABLE phone_numbers, number_events IN SHARE ROW EXCLUSIVE MODE")
-    # The first version of the triggers (0016_count_deltas installs the next).
+    # The first version of the triggers (0017_count_deltas installs the next).
     install_triggers(connection, deltas=False)
     rebuild_counts(connection, deltas=False)
 

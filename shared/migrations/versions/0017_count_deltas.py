@@ -5,8 +5,8 @@ opposite orders deadlocked), and `number_counts_compact()` folds the deltas into
 The base rows of the eight shards are folded into shard 0. SQLite: the table only (its triggers
 keep adding to the base rows; one writer at a time).
 
-Revision ID: 0016_count_deltas
-Revises: 0015_outbox_notify
+Revision ID: 0017_count_deltas
+Revises: 0016_order_ids
 Create Date: 2026-12-05
 """
 
@@ -18,8 +18,8 @@ from alembic import op
 from shared.counts import drop_triggers, install_triggers
 from shared.models import BigId
 
-revision: str = "0016_count_deltas"
-down_revision: str | None = "0015_outbox_notify"
+revision: str = "0017_count_deltas"
+down_revision: str | None = "0016_order_ids"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
