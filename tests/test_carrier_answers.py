@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.provider import TelnyxProvider
-from shared.purge import purge_expired
 from shared.status import store_status
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import (
@@ -30,6 +29,7 @@ from tests.fake_telnyx import (
     record,
     telnyx_error,
 )
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 from worker.cli import _status_table
 from worker.metrics import Reader, RetentionCollector

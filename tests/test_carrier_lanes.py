@@ -25,12 +25,13 @@ from shared.carriers.twilio import TwilioProvider
 from shared.db import make_engine
 from shared.errors import ValidationError
 from shared.models import PhoneNumber, PurgedNumber
-from shared.purge import lanes, lock, purge_expired
+from shared.purge import lanes, lock
 from shared.status import store_status
 from tests import fake_bandwidth as bw
 from tests import fake_twilio as tw
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, LOCKED, FakeTelnyx
+from tests.purging import purge_expired
 from worker import cli
 from worker.tasks import parse_carrier
 

@@ -32,7 +32,6 @@ from shared.clock_skew import ClockSkewError, read_clocks
 from shared.db import make_session_factory
 from shared.models import NumberEvent, PhoneNumber, PurgedNumber, PurgeRun
 from shared.publication import publication_status, recording_failures
-from shared.purge import purge_expired
 from shared.purge.config import PurgeConfig
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
@@ -41,6 +40,7 @@ from shared.settings import Settings, StoreSettings, get_settings, get_store_set
 from shared.status import store_status
 from tests.factories import make_number, make_numbers, snapshot
 from tests.processes import cli_env
+from tests.purging import purge_expired
 from tests.test_audit_retention import add_tombstone
 from worker.app import create_app
 from worker.cli import CLOCK_SKEW_EXIT_CODE

@@ -20,13 +20,13 @@ from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.models import NumberEvent, PhoneNumber
 from shared.publication import publication_status
-from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import discard_events, relay_events
 from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
 from tests.metric_names import CONTRACT, EXTRAS
+from tests.purging import purge_expired
 from tests.servers import free_port
 from tests.stores import fail_upstream
 from worker.metrics import (

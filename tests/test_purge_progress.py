@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.controls import set_pace
-from shared.purge import StopRequest, purge_expired
+from shared.purge import StopRequest
 from shared.purge.report import PurgeReport
 from shared.status import store_status
 from tests.factories import make_number
+from tests.purging import purge_expired
 from tests.stores import fail_upstream
 from worker.cli import _status_table
 

@@ -22,7 +22,7 @@ from shared.controls import clear_pace, read_controls, set_pace
 from shared.errors import ValidationError
 from shared.models import PhoneNumber
 from shared.provider import TelnyxProvider
-from shared.purge import PurgeConfig, StopRequest, purge_expired
+from shared.purge import PurgeConfig, StopRequest
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.pacing import (
     APPLICATION_NAME,
@@ -34,6 +34,7 @@ from shared.purge.pacing import (
 )
 from shared.settings import Settings, get_settings
 from tests.factories import make_number
+from tests.purging import purge_expired
 from worker.app import create_app, visibility_timeout
 from worker.tasks import PRUNE, PUBLISH, PURGE, RELAY
 

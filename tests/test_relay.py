@@ -21,7 +21,6 @@ import shared
 from shared.events import EVENTS
 from shared.models import PhoneNumber
 from shared.publication import recording_failures
-from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events, relay_meta_key
 from shared.releasable import (
@@ -36,6 +35,7 @@ from shared.releasable import (
 )
 from shared.retention import RETENTION, repurchasable_numbers
 from tests.factories import make_number, make_numbers
+from tests.purging import purge_expired
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

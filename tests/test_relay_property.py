@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared.db import make_session_factory
 from shared.models import PhoneNumber
-from shared.purge import purge_expired
 from shared.reconcile import publish_releasable
 from shared.relay import relay_events
 from shared.releasable import STREAM, read_releasable
 from shared.retention import repurchasable_numbers
 from tests.factories import make_number
+from tests.purging import purge_expired
 from tests.stores import delete_all_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

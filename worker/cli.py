@@ -28,7 +28,7 @@ from shared.api_keys import create_api_key, list_api_keys, revoke_api_key
 from shared.carriers import CARRIERS
 from shared.clock import resolve_now
 from shared.controls import clear_pace, pause_purge, resume_purge, set_pace
-from shared.db import make_engine, make_session_factory, redact_url
+from shared.db import engine_for, make_session_factory, redact_url
 from shared.demo import seed_demo as load_demo
 from shared.errors import ApiError, InternalError, ValidationError
 from shared.holds import hold_number, list_holds, unhold_number
@@ -214,7 +214,7 @@ def main() -> None:
 
 def _engine() -> Engine:
     """An engine of its own, for `migrate`, `run` (which forks) and `seed-demo`."""
-    return make_engine()
+    return engine_for(get_settings())
 
 
 def _sessions(*, read_only: bool = False) -> sessionmaker[Session]:

@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import validation
 from shared.audit import AuditRetention, PruneReport, prune_audit
-from shared.carriers import CARRIERS, make_provider
+from shared.carriers import CARRIERS, make_carrier, make_provider
 from shared.clock import as_utc
 from shared.clock_skew import ClockSkewError
 from shared.counts import reconcile_counts
@@ -244,6 +244,7 @@ def run_purge(
             dry_run=dry_run,
             config=config,
             provider=provider,
+            carrier_factory=partial(make_carrier, settings=settings),
             stop=stop,
             progress=progress,
             carrier=carrier,
