@@ -366,6 +366,17 @@ def reset_upstream(session: Session, *, phone_number: str) -> dict[str, object]:
     return {"phoneNumber": number.phone_number, "retry": "next purge run"}
 
 
+def permanent_failures(session: Session, *, provider_code: str | None = None) -> list[str]:
+    """The numbers the provider refused for good (`retry-upstream --all-permanent`), by id;
+    with `provider_code`, only those it refused with that code."""
+    query = select(PhoneNumber.phone_number).where(
+        PhoneNumber.provider_failed_permanently.is_(True)
+    )
+    if provider_code is not None:
+        query = query.where(PhoneNumber.provider_code == provider_code)
+    return list(session.scalars(query.order_by(PhoneNumber.id)))
+
+
 def resolve_by_operator(
     session: Session,
     *,

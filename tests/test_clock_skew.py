@@ -43,7 +43,7 @@ from tests.processes import cli_env
 from tests.purging import purge_expired
 from tests.test_audit_retention import add_tombstone
 from worker.app import create_app
-from worker.cli import CLOCK_SKEW_EXIT_CODE
+from worker.cli.errors import CLOCK_SKEW_EXIT_CODE
 from worker.tasks import PUBLISH, PURGE, RELAY, PurgeStopped
 
 DAY = timedelta(days=1)
