@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
 import math
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -41,9 +43,32 @@ now_option = click.option(
 )
 
 
-def run_bounds(command: F) -> F:
+@dataclass(frozen=True)
+class Bounds:
+    """A batched run's bounds given on the command line (None: the settings' own)."""
+
+    batch_size: int | None
+    max_rows: int | None
+    max_seconds: float | None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_bounds(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--batch-size`, `--max-rows` and `--max-seconds`: the bounds of a batched run (`purge`,
-    `prune`), over the settings' own."""
+    `prune`), over the settings' own; the command is given them as one `bounds`."""
+
+    @functools.wraps(command)
+    def bounded(
+        *args: Any,
+        batch_size: int | None,
+        max_rows: int | None,
+        max_seconds: float | None,
+        **kwargs: Any,
+    ) -> Any:
+        return command(*args, bounds=Bounds(batch_size, max_rows, max_seconds), **kwargs)
+
     options = (
         click.option(
             "--batch-size",
@@ -61,8 +86,8 @@ def run_bounds(command: F) -> F:
         ),
     )
     for option in reversed(options):
-        command = option(command)
-    return command
+        bounded = option(bounded)
+    return bounded
 
 
 def operator() -> str:

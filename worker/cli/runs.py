@@ -36,7 +36,7 @@ from worker.cli.errors import (
     PROVIDER_EXIT_CODE,
     UNHEALTHY_EXIT_CODE,
 )
-from worker.cli.options import now_option, run_bounds
+from worker.cli.options import Bounds, now_option, run_bounds
 from worker.cli.render import event_line, print_json, progress
 from worker.connections import make_redis
 
@@ -126,14 +126,7 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
 )
 @click.pass_obj
 def purge(
-    cli: CliContext,
-    *,
-    dry_run: bool,
-    now: datetime | None,
-    batch_size: int | None,
-    max_rows: int | None,
-    max_seconds: float | None,
-    carrier: str | None,
+    cli: CliContext, *, dry_run: bool, now: datetime | None, bounds: Bounds, carrier: str | None
 ) -> None:
     """Purge overdue released numbers now, in the foreground; prints the run summary.
 
@@ -148,7 +141,7 @@ def purge(
 
     def overdue() -> int:  # the bar's length: what this run may take
         with cli.sessions(read_only=True)() as session:
-            return min(count_overdue(session, resolve_now(now)), max_rows or MAX_COUNT)
+            return min(count_overdue(session, resolve_now(now)), bounds.max_rows or MAX_COUNT)
 
     with stop_on_signals(stop), progress(0 if dry_run else overdue, "purging") as advance:
         report = run_purge(
@@ -156,11 +149,9 @@ def purge(
             now=now,
             dry_run=dry_run,
             stop=stop,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            max_seconds=max_seconds,
             progress=advance,
             carrier=carrier,
+            **bounds.as_kwargs(),
         )
     print_json(report.as_dict())
     if report.status == "skipped":
@@ -179,15 +170,7 @@ def purge(
 @now_option
 @run_bounds
 @click.pass_obj
-def prune(
-    cli: CliContext,
-    *,
-    dry_run: bool,
-    now: datetime | None,
-    batch_size: int | None,
-    max_rows: int | None,
-    max_seconds: float | None,
-) -> None:
+def prune(cli: CliContext, *, dry_run: bool, now: datetime | None, bounds: Bounds) -> None:
     """Prune the worker's own records now: erase tombstone labels after TOMBSTONE_REDACT_DAYS,
     delete tombstones and run records after AUDIT_RETENTION_DAYS; prints the run summary.
 
@@ -198,15 +181,7 @@ def prune(
 
     stop = StopRequest()
     with stop_on_signals(stop):
-        report = run_prune(
-            cli.settings,
-            now=now,
-            dry_run=dry_run,
-            stop=stop,
-            batch_size=batch_size,
-            max_rows=max_rows,
-            max_seconds=max_seconds,
-        )
+        report = run_prune(cli.settings, now=now, dry_run=dry_run, stop=stop, **bounds.as_kwargs())
     print_json(report.as_dict())
     if report.status == "skipped":
         click.echo("prune skipped: another prune holds the lock; nothing was done.", err=True)
