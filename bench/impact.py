@@ -71,6 +71,7 @@ from shared import release_number, released_numbers_body, repurchase_number
 from shared.db import make_session_factory
 from shared.models import Account, PhoneNumber
 from shared.purge import purge_expired
+from shared.purge.config import PurgeConfig
 from shared.retention import repurchasable_numbers
 from shared.settings import get_settings
 from worker.connections import engine as worker_engine
@@ -143,12 +144,26 @@ def _lane_runs(
 ) -> list[Any]:
     """One window: a run per lane, at once (one thread each), or the whole store's run."""
     if not lanes:
-        return [purge_expired(factory, now=NOW, max_seconds=window)]
+        return [
+            purge_expired(
+                factory,
+                config=PurgeConfig.from_settings(get_settings()),
+                now=NOW,
+                max_seconds=window,
+            )
+        ]
     found: list[Any] = []
 
     def lane_run(lane: str) -> None:
         found.append(
-            purge_expired(factory, now=NOW, max_seconds=window, carrier=lane, carriers=carriers)
+            purge_expired(
+                factory,
+                config=PurgeConfig.from_settings(get_settings()),
+                now=NOW,
+                max_seconds=window,
+                carrier=lane,
+                carriers=carriers,
+            )
         )
 
     threads = [threading.Thread(target=lane_run, args=(lane,)) for lane in lanes]

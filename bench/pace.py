@@ -42,6 +42,7 @@ from shared import migrate
 from shared.controls import set_pace
 from shared.db import make_session_factory
 from shared.purge import pacing, purge_expired
+from shared.purge.config import PurgeConfig
 from shared.settings import get_settings
 
 ACCOUNT = "acc_pace"
@@ -77,7 +78,12 @@ def measure(url: str, pace: int, args: argparse.Namespace) -> dict[str, Any]:
             set_pace(session, rows_per_second=pace, by="bench", reason="bench/pace.py")
         pacing.Pacer.count = timed_count  # type: ignore[method-assign]
         try:
-            report = purge_expired(factory, now=NOW, max_seconds=args.seconds)
+            report = purge_expired(
+                factory,
+                config=PurgeConfig.from_settings(get_settings()),
+                now=NOW,
+                max_seconds=args.seconds,
+            )
         finally:
             pacing.Pacer.count = count  # type: ignore[method-assign]
     finally:

@@ -58,6 +58,7 @@ from sqlalchemy.orm import Session
 from shared.db import make_session_factory
 from shared.models import CampaignAssignment, PhoneNumber, PurgedNumber
 from shared.purge import TOMBSTONE_COLUMNS, purge_expired
+from shared.purge.config import PurgeConfig
 from shared.retention import cutoff, purgeable_numbers
 from shared.settings import get_settings
 
@@ -87,7 +88,7 @@ def run_project(url: str, *, parallel: int | None = None) -> dict[str, Any]:
     engine = store_engine(url)
     factory = make_session_factory(engine)
     with Stopwatch() as watch:
-        report = purge_expired(factory, now=NOW)
+        report = purge_expired(factory, config=PurgeConfig.from_settings(get_settings()), now=NOW)
     engine.dispose()
     return {
         "rows": report.purged,

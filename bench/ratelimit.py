@@ -47,6 +47,7 @@ from shared import migrate
 from shared.db import make_session_factory
 from shared.provider import TelnyxProvider
 from shared.purge import purge_expired
+from shared.purge.config import PurgeConfig
 from shared.settings import get_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' fake server
@@ -99,7 +100,12 @@ def measure(url: str, rate: int, args: argparse.Namespace) -> dict[str, Any]:
             provider = TelnyxProvider(base_url=fake.url, api_key=API_KEY, timeout=10)
             try:
                 with Stopwatch() as watch:
-                    report = purge_expired(factory, now=NOW, provider=provider)
+                    report = purge_expired(
+                        factory,
+                        config=PurgeConfig.from_settings(get_settings()),
+                        now=NOW,
+                        provider=provider,
+                    )
             finally:
                 provider.close()
         limit = fake.rate_limit

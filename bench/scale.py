@@ -50,6 +50,8 @@ from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
 from shared.models import Account
 from shared.purge import purge_expired
+from shared.purge.config import PurgeConfig
+from shared.settings import get_settings
 from shared.status import store_status
 from worker.metrics import Reader, RetentionCollector
 
@@ -131,7 +133,13 @@ def measure(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         # What status and every scrape did before the counts were kept: one pass over the store.
         result["scan"] = figures(timed(scan, args.scans))
     if args.purge_rows:
-        report = purge_expired(factory, now=NOW, max_rows=args.purge_rows, max_seconds=600)
+        report = purge_expired(
+            factory,
+            config=PurgeConfig.from_settings(get_settings()),
+            now=NOW,
+            max_rows=args.purge_rows,
+            max_seconds=600,
+        )
         seconds = report.as_dict()["seconds"]
         result["purge"] = (report.purged, round(report.purged / seconds) if seconds else None)
     with engine.connect() as connection:

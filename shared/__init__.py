@@ -1,4 +1,10 @@
-"""The number-store library: the retention rule, the released list, release and repurchase."""
+"""The number-store library: the retention rule, the released list, release and repurchase.
+
+Importing it reads no setting: the store settings (shared/settings.py, `StoreSettings`) are
+read when first needed, and nothing here reads a worker setting.
+"""
+
+from datetime import timedelta
 
 from shared.errors import (
     ApiError,
@@ -20,10 +26,14 @@ from shared.listing import released_numbers_body
 from shared.number_orders import find_order, order_number
 from shared.purge import PurgeReport, purge_expired
 from shared.releasable import NotPublished, read_releasable
-from shared.retention import RETENTION, is_purgeable, is_repurchasable, repurchase_deadline
+from shared.retention import (
+    is_purgeable,
+    is_repurchasable,
+    repurchase_deadline,
+    retention_window,
+)
 
 __all__ = [
-    "RETENTION",
     "ApiError",
     "InternalError",
     "NotPublished",
@@ -45,5 +55,13 @@ __all__ = [
     "released_numbers_body",
     "repurchase_deadline",
     "repurchase_number",
+    "retention_window",
     "set_purge_hold",
 ]
+
+
+def __getattr__(name: str) -> timedelta:
+    # `shared.RETENTION`: the window of the store settings, read at first use, not at import.
+    if name == "RETENTION":
+        return retention_window()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

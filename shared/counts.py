@@ -390,6 +390,11 @@ def _count(session: Session, where: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(PhoneNumber).where(where)) or 0)
 
 
+def repurchasable_count(session: Session, now: datetime) -> int:
+    """The numbers their accounts can buy back at `now` (the releasable set's size)."""
+    return _count(session, repurchasable_numbers(now))
+
+
 def waiting_count(session: Session, now: datetime, provider: str) -> int:
     """Overdue numbers a run with `provider` cannot take now: among the rows with upstream
     state only (claimed, or carrying a provider error), each subset through its index."""

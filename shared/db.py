@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import get_store_settings
+from shared.settings import DB_PING_AFTER_IDLE_SECONDS, StoreSettings
 
 
 def normalize_url(url: str) -> str:
@@ -53,10 +53,22 @@ def _begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {'DEFERRED' if mode == 'DEFERRED' else 'IMMEDIATE'}")
 
 
-def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
-    """An engine for `url` (default: the configured store); SQLite folders are created."""
-    settings = get_store_settings()
-    url = normalize_url(url or settings.resolved_database_url())
+def engine_for(settings: StoreSettings, **kwargs: Any) -> Engine:
+    """An engine for the store the settings name (DATABASE_URL, else the embedded default),
+    pinging idle connections as DB_PING_AFTER_IDLE_SECONDS says."""
+    return make_engine(
+        settings.resolved_database_url(),
+        ping_after_idle_seconds=settings.db_ping_after_idle_seconds,
+        **kwargs,
+    )
+
+
+def make_engine(
+    url: str, *, ping_after_idle_seconds: float = DB_PING_AFTER_IDLE_SECONDS, **kwargs: Any
+) -> Engine:
+    """An engine for `url`; SQLite folders are created. Reads no setting:
+    `engine_for` builds one from the settings given."""
+    url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -67,7 +79,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         return engine
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
-        _ping_after_idle(engine, settings.db_ping_after_idle_seconds)
+        _ping_after_idle(engine, ping_after_idle_seconds)
     return engine
 
 

@@ -292,6 +292,13 @@ def _start(connection: Connection) -> DemoStart:
     return DemoStart(account=account, number_id=number_id, serials=serials)
 
 
+def store_has_numbers(engine: Engine) -> bool:
+    """True when the store holds at least one number (`seed-demo --if-empty` then does
+    nothing)."""
+    with engine.connect() as connection:
+        return connection.scalar(select(PhoneNumber.id).limit(1)) is not None
+
+
 def seed_demo(
     engine: Engine,
     *,

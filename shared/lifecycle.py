@@ -17,7 +17,7 @@ from shared.controls import OperatorRecord, operator_record
 from shared.errors import UsageLimitError, ValidationError
 from shared.listing import number_body
 from shared.models import PLANS, Account, CampaignAssignment, PhoneNumber, PurgeRun
-from shared.retention import RETENTION, is_repurchasable, repurchase_deadline
+from shared.retention import is_repurchasable, repurchase_deadline, retention_window
 from shared.run_status import RunStatus
 from shared.settings import get_store_settings
 
@@ -298,7 +298,7 @@ def repurchase_number(
             f"The repurchase window for {number.phone_number} closed at "
             f"{iso_timestamp(repurchase_deadline(number.released_at))}.",
             code="repurchase_window_closed",
-            fix=f"Released numbers can be bought back for {RETENTION.days} days; "
+            fix=f"Released numbers can be bought back for {retention_window().days} days; "
             "order a new number instead.",
         )
     _check_cap(session, account)

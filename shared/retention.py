@@ -4,6 +4,10 @@ Every predicate of the rule lives here, in Python and in SQL, named alike: `is_r
 and `repurchasable_numbers` (the list, repurchase, the releasable set), `is_purgeable` and
 `purgeable_numbers` (the purge and its re-check under the lock), `claimable_numbers` (the
 two-phase purge's claims). Decisions take `now` from the caller, never the database's clock.
+
+The window is the store settings' RETENTION_DAYS, read when a rule is first applied (never at
+import: importing the library reads no setting; a wrong window fails its first use, naming
+RETENTION_DAYS). `retention_window(settings)` is the window of the store settings given.
 """
 
 from __future__ import annotations
@@ -15,19 +19,30 @@ from sqlalchemy import ColumnElement, Float, SQLColumnExpression, and_, false, f
 
 from shared.clock import as_utc
 from shared.models import PhoneNumber
-from shared.settings import get_store_settings
+from shared.settings import StoreSettings, get_store_settings
 
-RETENTION: timedelta = timedelta(days=get_store_settings().retention_days)
+
+def retention_window(settings: StoreSettings | None = None) -> timedelta:
+    """How long a released number stays repurchasable: the RETENTION_DAYS of `settings`
+    (default: the library's store settings, read from the environment on first use)."""
+    return timedelta(days=(settings or get_store_settings()).retention_days)
+
+
+def __getattr__(name: str) -> timedelta:
+    # `RETENTION`, as it was once a constant read at import: now the window at first use.
+    if name == "RETENTION":
+        return retention_window()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def repurchase_deadline(released_at: datetime) -> datetime:
     """The first instant at which a number released at `released_at` is no longer repurchasable."""
-    return as_utc(released_at, name="released_at") + RETENTION
+    return as_utc(released_at, name="released_at") + retention_window()
 
 
 def cutoff(now: datetime) -> datetime:
     """Numbers released at or before this instant are past their deadline at `now`."""
-    return as_utc(now) - RETENTION
+    return as_utc(now) - retention_window()
 
 
 def is_repurchasable(released_at: datetime, now: datetime) -> bool:
@@ -68,7 +83,7 @@ def deadline_clause(released_at: SQLColumnExpression[datetime]) -> ColumnElement
     The window is added as seconds: an interval of days would be added in the session's time
     zone and land an hour off across a daylight-saving change.
     """
-    seconds = literal(RETENTION.total_seconds(), Float())
+    seconds = literal(retention_window().total_seconds(), Float())
     return released_at + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 

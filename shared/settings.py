@@ -32,6 +32,8 @@ MINUTE, HOUR, DAY, WEEK = 60, 3600, 86_400, 7 * 86_400
 # of one batch (one transaction, held in memory).
 MAX_COUNT = 1_000_000_000
 MAX_BATCH = 1_000_000
+# DB_PING_AFTER_IDLE_SECONDS's default (shared/db.py).
+DB_PING_AFTER_IDLE_SECONDS = 1.0
 
 # The stores the worker is built and tested for: PostgreSQL through psycopg 3, and SQLite.
 DATABASE_DRIVERS = frozenset(
@@ -108,7 +110,7 @@ class StoreSettings(BaseSettings):
     retention_days: int = Field(default=14, ge=1, le=3650)
     # A pooled PostgreSQL connection idle longer than this is pinged before use (not every
     # checkout: that cost the list a round trip per call; see shared/db.py).
-    db_ping_after_idle_seconds: float = Field(default=1.0, ge=0, le=DAY)
+    db_ping_after_idle_seconds: float = Field(default=DB_PING_AFTER_IDLE_SECONDS, ge=0, le=DAY)
     # The most this host's clock and the database server's may differ before a purge, a
     # publication or a relay run is refused (`clock_skew`), and the most a `now` given to a
     # write path may lie ahead of this host's clock (shared/clock_skew.py). Up to ten years:

@@ -236,11 +236,9 @@ def cli_on(
     """`numbers-retention ARGS...` in this process (click's runner) on a given store:
     `cli_on(engine, REDIS_URL="")` sets DATABASE_URL (and the settings given) and returns the
     invoker; the engines the commands opened are closed after the test."""
-    urls: list[str] = []
 
     def on(engine: Engine, **settings: str) -> Invoke:
         url = engine.url.render_as_string(hide_password=False)
-        urls.append(url)
         settings_env(**({"DATABASE_URL": url, "PROVIDER": "none"} | settings))
         # The command line configures this process's logging for good: not the test's.
         monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
@@ -248,9 +246,7 @@ def cli_on(
         return lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
 
     yield on
-    for url in urls:
-        connections.engine(url).dispose()
-    connections.engine.cache_clear()
+    connections.dispose_engines()
 
 
 @pytest.fixture

@@ -21,11 +21,12 @@ import shared
 from shared.holds import hold_number, unhold_number
 from shared.models import PhoneNumber, PurgeRun
 from shared.provider import NoProvider, TelnyxProvider
-from shared.purge import PurgeReport, purge_expired
+from shared.purge import PurgeReport
 from shared.purge.operator import reset_upstream, resolve_by_operator
 from shared.status import store_status
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import LOCKED, OK, FakeTelnyx
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]

@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.provider import TelnyxProvider
-from shared.purge import purge_expired
 from shared.status import store_status
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import (
@@ -30,8 +29,9 @@ from tests.fake_telnyx import (
     record,
     telnyx_error,
 )
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
-from worker.cli import _status_table
+from worker.cli.render import status_table
 from worker.metrics import Reader, RetentionCollector
 
 Factory = sessionmaker[Session]
@@ -281,7 +281,7 @@ def test_refused_numbers_are_counted_apart_in_status_and_the_exporter(
         "port-out-pending": (True, "carrier"),
         "10007": (False, None),
     }
-    table = _status_table(status)
+    table = status_table(status)
     assert "  Refused by the carrier   2 (1 waiting on a person, 1 on the carrier)" in table
     assert "refused, waits on a person" in table
     assert "refused, waits on carrier" in table

@@ -32,7 +32,7 @@ from shared.db import make_engine
 from shared.errors import ValidationError
 from shared.holds import hold_number
 from shared.models import PhoneNumber, PurgedNumber
-from shared.purge import lanes, lock, purge_expired, upstream_sweep
+from shared.purge import lanes, lock, upstream_sweep
 from shared.purge.config import PurgeConfig
 from shared.settings import Settings, get_settings
 from shared.status import store_status
@@ -40,6 +40,7 @@ from tests import fake_bandwidth as bw
 from tests import fake_twilio as tw
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, LOCKED, FakeTelnyx
+from tests.purging import purge_expired
 from worker import cli
 from worker.app import create_app
 from worker.tasks import PURGE, parse_carrier

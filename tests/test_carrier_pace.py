@@ -16,10 +16,11 @@ from pydantic import SecretStr
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.provider import TelnyxProvider, make_provider
-from shared.purge import StopRequest, purge_expired
+from shared.purge import StopRequest
 from shared.ratelimit import Announced, CallDeferred, CarrierPace, announced, run_bounds
 from shared.settings import Settings
 from tests.fake_telnyx import OK, TOO_MANY_REQUESTS, FakeTelnyx, RateLimit, Reply
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 from tests.test_upstream_purge import seed
 

@@ -31,7 +31,6 @@ from shared.clock import as_utc, utcnow
 from shared.clock_skew import ClockSkewError, read_clocks
 from shared.db import make_session_factory
 from shared.models import NumberEvent, PhoneNumber, PurgedNumber, PurgeRun
-from shared.purge import purge_expired
 from shared.purge.config import PurgeConfig
 from shared.releasable.reconcile import reconcile_releasable
 from shared.releasable.record import reconciliation_status, recording_failures
@@ -41,9 +40,10 @@ from shared.settings import Settings, StoreSettings, get_settings, get_store_set
 from shared.status import store_status
 from tests.factories import make_number, make_numbers, snapshot
 from tests.processes import cli_env
+from tests.purging import purge_expired
 from tests.test_audit_retention import add_tombstone
 from worker.app import create_app
-from worker.cli import CLOCK_SKEW_EXIT_CODE
+from worker.cli.errors import CLOCK_SKEW_EXIT_CODE
 from worker.tasks import PURGE, RECONCILE, RELAY, PurgeStopped
 
 DAY = timedelta(days=1)

@@ -27,10 +27,10 @@ from shared.demo import seed_demo
 from shared.lifecycle import set_purge_hold
 from shared.models import NumberCount, NumberCountDelta, PhoneNumber
 from shared.provider import REFUSED_CODE
-from shared.purge import purge_expired
 from shared.releasable.relay import discard_events
 from shared.retention import RETENTION
 from tests.factories import make_number
+from tests.purging import purge_expired
 from tests.stores import TABLES, delete_all_rows
 
 NUMBERS = [f"+1415558{i:04d}" for i in range(6)]

@@ -9,15 +9,15 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-from shared.db import make_engine
+from shared.db import engine_for, make_engine
+from shared.settings import get_store_settings
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pool_engine(pg_url: str, settings_env: Callable[..., None]) -> Iterator[Engine]:
-    settings_env(DB_PING_AFTER_IDLE_SECONDS="0.5")
-    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+def pool_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url, ping_after_idle_seconds=0.5, pool_size=1, max_overflow=0)
     yield engine
     engine.dispose()
 
@@ -47,3 +47,19 @@ def test_a_busy_connection_is_not_pinged_and_one_call_fails(
         connection.scalar(text("SELECT 1"))
     with pool_engine.connect() as connection:
         assert connection.scalar(text("SELECT 1")) == 1
+
+
+def test_the_settings_idle_ping_reaches_the_engine(
+    settings_env: Callable[..., None], pg_url: str, pg_engine: Engine
+) -> None:
+    """engine_for(settings): DB_PING_AFTER_IDLE_SECONDS of the settings given, not of the
+    environment read by make_engine (which reads none)."""
+    settings_env(DATABASE_URL=pg_url, DB_PING_AFTER_IDLE_SECONDS="0.5")
+    engine = engine_for(get_store_settings(), pool_size=1, max_overflow=0)
+    try:
+        _terminate_pooled_backend(engine, pg_engine)
+        time.sleep(0.6)  # idle past the settings' threshold: pinged and replaced, no error
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT 1")) == 1
+    finally:
+        engine.dispose()

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.provider import TelnyxProvider
-from shared.purge import purge_expired
 from tests.factories import make_number
 from tests.fake_telnyx import CAMPAIGNS, EMERGENCY_JOB, NUMBERS, FakeTelnyx, Reply, telnyx_error
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]

@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared.models import NumberEvent
 from shared.provider import TelnyxProvider
-from shared.purge import purge_expired
 from shared.purge.operator import reset_upstream
 from shared.retention import RETENTION
 from tests.factories import ensure_account, make_number, valid_order
 from tests.fake_telnyx import FakeTelnyx, telnyx_error
+from tests.purging import purge_expired
 
 NUMBER = "+14155550300"
 

@@ -23,6 +23,7 @@ from shared.purge.operator import resolve_by_operator
 from shared.status import store_status
 from tests.factories import NOW, make_number
 from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, StaticServer, record
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]
@@ -61,7 +62,7 @@ def test_an_extra_path_in_the_base_url_deletes_nothing(
     numbers = seed(session_factory, 3)
     provider = telnyx_at(fake_telnyx.url + suffix)
     try:
-        report = shared.purge_expired(session_factory, now=WHEN, provider=provider)
+        report = purge_expired(session_factory, now=WHEN, provider=provider)
     finally:
         provider.close()
     assert (report.status, report.purged) == ("provider_misconfigured", 0)
@@ -83,7 +84,7 @@ def test_a_web_server_answering_html_deletes_nothing(
     with StaticServer(Reply(status, body, {"Content-Type": "text/html"})) as server:
         provider = telnyx_at(server.url)
         try:
-            report = shared.purge_expired(session_factory, now=WHEN, provider=provider)
+            report = purge_expired(session_factory, now=WHEN, provider=provider)
         finally:
             provider.close()
     assert (report.status, report.purged) == ("provider_misconfigured", 0)
@@ -109,7 +110,7 @@ def test_an_answer_that_does_not_prove_the_release_keeps_the_row_and_stops_the_r
 ) -> None:
     numbers = seed(session_factory, 4)
     fake_telnyx.script["900"] = [reply]
-    report = shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
+    report = purge_expired(session_factory, now=WHEN, provider=telnyx)
     # The other three calls were in flight with it; each of them was answered with the record
     # of its own id, which proves its release whatever another number's answer was: they are
     # tombstoned (issue 20: never left released at the carrier and still in the store).
@@ -134,7 +135,7 @@ def test_an_undecodable_answer_is_a_transient_failure_of_that_number(
 ) -> None:
     numbers = seed(session_factory, 3)
     fake_telnyx.script["900"] = [Reply(200, "not gzip at all", {"Content-Encoding": "gzip"})]
-    report = shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
+    report = purge_expired(session_factory, now=WHEN, provider=telnyx)
     assert (report.status, report.purged, report.provider_failed) == ("completed", 2, 1)
     kept = numbers_by_phone(session_factory)[numbers[0]]
     assert kept.provider_error_code == "provider_unreachable"
@@ -145,7 +146,7 @@ def test_an_undecodable_answer_is_a_transient_failure_of_that_number(
     # The next run, past the backoff, releases it: nothing stays stuck behind it.
     fake_telnyx.script["900"] = []
     later = WHEN + timedelta(hours=1)
-    assert shared.purge_expired(session_factory, now=later, provider=telnyx).purged == 1
+    assert purge_expired(session_factory, now=later, provider=telnyx).purged == 1
     assert numbers_by_phone(session_factory) == {}
 
 
@@ -177,7 +178,7 @@ def test_a_crafted_id_already_in_the_store_is_never_sent(
                 .where(PhoneNumber.phone_number == number)
                 .values(provider_number_id=crafted)
             )
-    report = shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
+    report = purge_expired(session_factory, now=WHEN, provider=telnyx)
     assert (report.purged, report.provider_failed) == (0, len(numbers))
     assert dict(fake_telnyx.calls) == {}
     assert fake_telnyx.paths == []
@@ -205,7 +206,7 @@ def test_rows_with_upstream_state_wait_for_the_provider_or_a_person(
     fake_telnyx.script["901"] = [Reply(422, '{"errors": [{"code": "10007"}]}')]
     fake_telnyx.script["902"] = [Reply(200, None, delay=5)]  # answered after the run gave up
     fake_telnyx.script["903"] = [Reply(503, "")]
-    shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
+    purge_expired(session_factory, now=WHEN, provider=telnyx)
     with session_factory.begin() as session:  # as a killed run leaves it: claimed, no answer
         session.execute(
             update(PhoneNumber)
@@ -218,7 +219,7 @@ def test_rows_with_upstream_state_wait_for_the_provider_or_a_person(
             .values(purge_state=None, provider_error_code=None, provider_number_id=None)
         )
     # PROVIDER=none now: only the number no upstream run touched goes.
-    report = shared.purge_expired(session_factory, now=WHEN + timedelta(hours=1))
+    report = purge_expired(session_factory, now=WHEN + timedelta(hours=1))
     assert (report.provider, report.purged) == ("none", 1)
     assert set(numbers_by_phone(session_factory)) == {transient, permanent, claimed}
     with session_factory() as session:
@@ -298,10 +299,10 @@ def test_a_real_run_ahead_of_the_clock_is_refused_and_a_dry_run_may_look_ahead(
         )
     future = datetime.now(UTC) + timedelta(days=30)
     with pytest.raises(shared.ValidationError) as refused:
-        shared.purge_expired(session_factory, now=future)
+        purge_expired(session_factory, now=future)
     assert refused.value.code == "now_in_future"
     assert len(numbers_by_phone(session_factory)) == 1
-    dry = shared.purge_expired(session_factory, now=future, dry_run=True)
+    dry = purge_expired(session_factory, now=future, dry_run=True)
     assert (dry.status, dry.would_purge) == ("dry_run", 1)
     with session_factory() as session:
         runs = session.scalars(select(PurgeRun)).all()
@@ -414,7 +415,7 @@ def test_repurchases_racing_a_purge_end_in_the_envelope_or_a_tombstone(
             )
 
     calls: list[Callable[[], object]] = [
-        lambda: shared.purge_expired(session_factory, now=WHEN, provider=telnyx)
+        lambda: purge_expired(session_factory, now=WHEN, provider=telnyx)
     ]
     calls += [lambda n=n: buy(n) for n in numbers[::2]]  # type: ignore[misc]
     results = _at_once(*calls)

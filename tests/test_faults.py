@@ -32,7 +32,6 @@ from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
 from shared.models import PurgedNumber
 from shared.purge import lock as purge_lock
-from shared.purge import purge_expired
 from shared.releasable.read import read_releasable
 from shared.releasable.record import last_reconciliation
 from shared.retention import RETENTION
@@ -45,6 +44,7 @@ from tests.processes import (
     start_worker_and_beat,
     wait_for,
 )
+from tests.purging import purge_expired
 from tests.servers import PostgresServer, RedisServer, celery_client, task_meta, wait_task
 from tests.stores import clear_the_next_hour
 

@@ -17,10 +17,10 @@ from shared import migrate
 from shared.db import make_engine
 from shared.models import PhoneNumber
 from shared.provider import TelnyxProvider
-from shared.purge import purge_expired
 from shared.purge.operator import resolve_by_operator
 from tests.factories import make_number
 from tests.fake_telnyx import FakeTelnyx, telnyx_error
+from tests.purging import purge_expired
 from tests.stores import fail_upstream, tombstones_by_phone
 
 Factory = sessionmaker[Session]

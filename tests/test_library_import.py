@@ -28,8 +28,9 @@ BAD_WORKER_SETTINGS = {
 SCRIPT = """
 import json, sys, shared
 from shared import migrate
-from shared.db import make_engine, make_session_factory
-engine = make_engine()
+from shared.db import engine_for, make_session_factory
+from shared.settings import get_store_settings
+engine = engine_for(get_store_settings())
 migrate.upgrade(engine)
 with make_session_factory(engine).begin() as session:
     shared.open_account(session, account_id="acc_api", plan="paid")
@@ -63,10 +64,27 @@ def test_bad_worker_settings_never_break_the_librarys_import(tmp_path: Path) -> 
     }
 
 
+def test_importing_the_library_reads_no_setting(tmp_path: Path) -> None:
+    """Even a wrong store setting: the settings are read when first used, not at import."""
+    done = _python(
+        _env(tmp_path, RETENTION_DAYS="abc"),
+        "import shared, shared.retention, shared.db, shared.purge\n"
+        "from shared.settings import get_store_settings\n"
+        "print(get_store_settings.cache_info().currsize)",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0"
+
+
 @pytest.mark.parametrize("value", ["abc", "0", "-3"])
-def test_a_bad_retention_window_fails_the_import_clearly(tmp_path: Path, value: str) -> None:
-    done = _python(_env(tmp_path, RETENTION_DAYS=value), "import shared")
-    assert done.returncode != 0
+def test_a_bad_retention_window_fails_its_first_use_clearly(tmp_path: Path, value: str) -> None:
+    done = _python(
+        _env(tmp_path, RETENTION_DAYS=value),
+        "import shared\nfrom datetime import datetime, timezone\n"
+        "shared.is_repurchasable(datetime.now(timezone.utc), datetime.now(timezone.utc))",
+    )
+    assert done.returncode == 1
+    assert "ValidationError" in done.stderr
     assert "retention_days" in done.stderr
 
 

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.models import NumberEvent, PhoneNumber
-from shared.purge import purge_expired
 from shared.releasable.reconcile import reconcile_releasable
 from shared.releasable.record import reconciliation_status
 from shared.releasable.relay import discard_events, relay_events
@@ -27,6 +26,7 @@ from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
 from tests.metric_names import CONTRACT, EXTRAS
+from tests.purging import purge_expired
 from tests.servers import free_port
 from tests.stores import fail_upstream
 from worker.metrics import (

@@ -20,8 +20,8 @@ from shared.controls import pause_purge, set_pace
 from shared.db import make_session_factory
 from shared.holds import hold_number
 from shared.models import PhoneNumber, PurgeControl, PurgeRun
-from shared.purge import purge_expired
 from tests.factories import NOW, make_number, snapshot
+from tests.purging import purge_expired
 
 Factory = sessionmaker[Session]
 Invoke = Callable[..., Result]

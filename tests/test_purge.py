@@ -13,9 +13,10 @@ from structlog.testing import capture_logs
 
 import shared
 from shared.models import CampaignAssignment, PhoneNumber, PurgedNumber, PurgeRun
-from shared.purge import purge_expired, run_lock
+from shared.purge import run_lock
 from shared.retention import RETENTION
 from tests.factories import make_number, snapshot
+from tests.purging import purge_expired
 
 Factory = sessionmaker[Session]
 

@@ -28,10 +28,10 @@ from structlog.testing import capture_logs
 
 from shared.demo import seed_demo
 from shared.models import PhoneNumber, PurgedNumber, PurgeRun
-from shared.purge import purge_expired
 from shared.retention import RETENTION
 from shared.settings import Settings
 from tests.processes import Process, start_worker, wait_for
+from tests.purging import purge_expired
 from tests.stores import clear_the_next_hour
 from worker.app import create_app, make_embedded_folders
 

@@ -11,12 +11,13 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.controls import set_pace
-from shared.purge import StopRequest, purge_expired
+from shared.purge import StopRequest
 from shared.purge.report import PurgeReport
 from shared.status import store_status
 from tests.factories import make_number
+from tests.purging import purge_expired
 from tests.stores import fail_upstream
-from worker.cli import _status_table
+from worker.cli.render import status_table
 
 Factory = sessionmaker[Session]
 
@@ -90,7 +91,7 @@ def test_a_run_without_a_provider_counts_upstream_rows_as_waiting_not_purgeable_
     # off until a day after its failure.
     assert with_provider["overdue_waiting"] == 2
     assert with_provider["overdue"] == 2
-    lines = _status_table(status | {"publication": None}).splitlines()
+    lines = status_table(status | {"publication": None}).splitlines()
     assert "  Overdue (purgeable now)  0 (+2 waiting on the provider or a person)" in lines
 
 
@@ -124,6 +125,6 @@ def test_the_status_table_shows_a_running_runs_rate_and_estimate() -> None:
         "pause": None,
         "last_runs": [run],
     }
-    assert _status_table(report).splitlines()[-1] == (
+    assert status_table(report).splitlines()[-1] == (
         "  2026-11-27 11:59:00Z  running  24,000       48    120,000  60.0s  400 rows/s, ~5m left"
     )

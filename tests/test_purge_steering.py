@@ -24,7 +24,7 @@ from shared.db import make_session_factory
 from shared.errors import ValidationError
 from shared.models import PhoneNumber
 from shared.provider import TelnyxProvider
-from shared.purge import PurgeConfig, StopRequest, purge_expired
+from shared.purge import PurgeConfig, StopRequest
 from shared.purge.budget import BatchSizer, Budget
 from shared.purge.pacing import (
     APPLICATION_NAME,
@@ -37,6 +37,7 @@ from shared.purge.pacing import (
 )
 from shared.settings import Settings, get_settings
 from tests.factories import make_number
+from tests.purging import purge_expired
 from worker.app import create_app, visibility_timeout
 from worker.connections import engine as worker_engine
 from worker.tasks import PRUNE, PURGE, RECONCILE, RELAY

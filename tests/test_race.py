@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import shared
 from shared.models import Account, PhoneNumber, PurgedNumber
-from shared.purge import PurgeReport, purge_expired
+from shared.purge import PurgeReport
 from shared.retention import RETENTION
+from tests.purging import purge_expired
 
 pytestmark = pytest.mark.postgres
 

@@ -20,7 +20,6 @@ from structlog.testing import capture_logs
 import shared
 from shared.events import EVENTS
 from shared.models import PhoneNumber
-from shared.purge import purge_expired
 from shared.releasable.fencing import LockLost, fenced, writer_lock
 from shared.releasable.keys import STREAM, account_key, all_key, applied_key, meta_key
 from shared.releasable.reconcile import reconcile_releasable
@@ -28,6 +27,7 @@ from shared.releasable.record import recording_failures
 from shared.releasable.relay import relay_events, relay_meta_key
 from shared.retention import RETENTION, repurchasable_numbers
 from tests.factories import make_number, make_numbers
+from tests.purging import purge_expired
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 import shared
 from shared.db import make_session_factory
 from shared.models import PhoneNumber
-from shared.purge import purge_expired
 from shared.releasable.keys import STREAM
 from shared.releasable.read import read_releasable
 from shared.releasable.reconcile import reconcile_releasable
 from shared.releasable.relay import relay_events
 from shared.retention import repurchasable_numbers
 from tests.factories import make_number
+from tests.purging import purge_expired
 from tests.stores import delete_all_rows
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

@@ -22,14 +22,8 @@ from shared.purge import PURGE_LOCK_KEY
 from tests.factories import NOW, make_number
 from tests.processes import cli_env
 from tests.stores import fail_upstream
-from worker.cli import (
-    LAG_EXIT_CODE,
-    LOCKED_EXIT_CODE,
-    PAUSED_LAG_EXIT_CODE,
-    _status_table,
-    format_duration,
-    parse_duration,
-)
+from worker.cli.errors import LAG_EXIT_CODE, LOCKED_EXIT_CODE, PAUSED_LAG_EXIT_CODE
+from worker.cli.render import format_duration, parse_duration, status_table
 
 CLI = str(Path(sys.executable).parent / "numbers-retention")
 DAY = timedelta(days=1)
@@ -356,7 +350,7 @@ def test_status_table_lists_runs_with_their_notes() -> None:
             },
         ],
     }
-    assert _status_table(report).splitlines() == [
+    assert status_table(report).splitlines() == [
         "Retention status at 2026-11-27 12:00:00Z",
         "",
         "  Paused                   yes, by ops since 2026-11-27 11:40:00Z: carrier audit",

@@ -21,12 +21,12 @@ from structlog.testing import capture_logs
 import shared
 from shared.errors import ValidationError
 from shared.models import NumberEvent, PurgedNumber
-from shared.purge import purge_expired
 from shared.releasable.keys import account_key
 from shared.settings import Settings, get_settings
 from tests.factories import make_number, make_numbers, snapshot
 from tests.fake_telnyx import API_KEY, FakeTelnyx
 from tests.processes import wait_for
+from tests.purging import purge_expired
 from worker.app import app, beat_schedule, broker_options, create_app
 from worker.stopping import STOP
 from worker.tasks import PRUNE, PURGE, PURGE_HARD_MARGIN, RECONCILE, RELAY, PurgeStopped, Summary

@@ -18,13 +18,13 @@ from structlog.testing import capture_logs
 import shared
 from shared.models import PhoneNumber
 from shared.provider import TelnyxProvider
-from shared.purge import purge_expired
 from shared.purge.operator import reset_upstream
 from shared.purge.upstream import claim_batch
 from shared.status import store_status
 from tests.factories import make_number
 from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
 from tests.processes import start_worker, wait_for
+from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]

@@ -193,12 +193,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     return celery
 
 
-app = create_app()
+# The settings the app is built from; its worker's and beat's logging is configured from them.
+settings = get_settings()
+app = create_app(settings)
 
 
 @signals.setup_logging.connect
 def _setup_logging(**_kwargs: Any) -> None:
-    configure_logging(get_settings())
+    configure_logging(settings)
 
 
 @signals.task_prerun.connect

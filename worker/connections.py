@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import make_engine, make_session_factory, normalize_url
 from shared.errors import InternalError, ValidationError
 from shared.purge.pacing import WORKER_APPLICATION_NAME
-from shared.settings import Settings
+from shared.settings import DB_PING_AFTER_IDLE_SECONDS, Settings
 
 
 def existing_store(url: str) -> str:
@@ -41,22 +41,43 @@ def existing_store(url: str) -> str:
     return url
 
 
-@lru_cache(maxsize=4)
-def engine(url: str) -> Engine:
+# This process's engines, by URL and idle ping (`engine`); emptied in a forked child.
+_engines: dict[tuple[str, float], Engine] = {}
+
+
+def engine(url: str, ping_after_idle_seconds: float = DB_PING_AFTER_IDLE_SECONDS) -> Engine:
     """The engine for the store at `url`, which must exist (`existing_store`).
 
     On PostgreSQL its sessions carry the worker's application name: the purge does not take
     them for the API's (shared/purge/pacing.py), and operators see them in pg_stat_activity.
     """
-    url = existing_store(url)
-    if make_url(normalize_url(url)).get_backend_name() != "postgresql":
-        return make_engine(url)
-    return make_engine(url, connect_args={"application_name": WORKER_APPLICATION_NAME})
+    key = (url, ping_after_idle_seconds)
+    if key not in _engines:
+        url = existing_store(url)
+        named = make_url(normalize_url(url)).get_backend_name() == "postgresql"
+        _engines[key] = make_engine(
+            url,
+            ping_after_idle_seconds=ping_after_idle_seconds,
+            **({"connect_args": {"application_name": WORKER_APPLICATION_NAME}} if named else {}),
+        )
+    return _engines[key]
+
+
+def settings_engine(settings: Settings) -> Engine:
+    """The engine of the store the settings name."""
+    return engine(settings.resolved_database_url(), settings.db_ping_after_idle_seconds)
+
+
+def dispose_engines() -> None:
+    """Close this process's engines' pooled connections and forget them."""
+    for made in _engines.values():
+        made.dispose()
+    _engines.clear()
 
 
 def session_factory(settings: Settings) -> sessionmaker[Session]:
     """Sessions on the engine of the store the settings name."""
-    return make_session_factory(engine(settings.resolved_database_url()))
+    return make_session_factory(settings_engine(settings))
 
 
 def make_redis(url: str, *, timeout: float = 10, connect_timeout: float = 5) -> redis.Redis:
@@ -85,5 +106,5 @@ def redis_client(settings: Settings) -> redis.Redis:
 @signals.worker_process_init.connect
 def _fresh_connections(**_kwargs: Any) -> None:
     # A forked child must not reuse the parent's sockets.
-    engine.cache_clear()
+    _engines.clear()
     _redis.cache_clear()

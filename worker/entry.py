@@ -59,7 +59,8 @@ def check_settings() -> dict[str, Any] | None:
 
 
 def main() -> None:
-    """Check the settings, then run the command line (worker.cli builds the Celery app)."""
+    """Check the settings, then run the command line (worker.cli; only the commands that need
+    the Celery app import it)."""
     if sys.argv[1:] == ["--version"]:
         # Needs no settings: the version is what an operator asks first of a broken deploy.
         print(version_line())

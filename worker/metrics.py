@@ -458,6 +458,7 @@ def exporter_engine(settings: Settings) -> Engine:
     timeout = settings.metrics_statement_timeout_seconds
     return make_engine(
         url,
+        ping_after_idle_seconds=settings.db_ping_after_idle_seconds,
         connect_args={
             "connect_timeout": max(1, round(timeout)),
             "application_name": WORKER_APPLICATION_NAME,

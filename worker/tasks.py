@@ -254,6 +254,7 @@ def run_purge(
             dry_run=dry_run,
             config=config,
             provider=provider,
+            carrier_factory=partial(make_carrier, settings=settings),
             stop=stop,
             progress=progress,
             carrier=carrier,

@@ -27,11 +27,12 @@ from shared import validation
 from shared.api.auth import Authenticate, key_store
 from shared.api.openapi import openapi_document
 from shared.clock import utcnow
-from shared.db import make_engine, make_session_factory
+from shared.db import engine_for, make_session_factory
 from shared.errors import ApiError, InternalError, ValidationError
 from shared.lifecycle import release_number
 from shared.listing import released_numbers_body
 from shared.number_orders import order_number
+from shared.settings import get_store_settings
 
 log = structlog.get_logger("shared.api")
 
@@ -272,7 +273,7 @@ def create_app(
     auth); `clock` is the decision instant of release and repurchase (tests fix it).
     """
     own_engine = engine is None
-    store = engine if engine is not None else make_engine()
+    store = engine if engine is not None else engine_for(get_store_settings())
     api = NumbersApi(
         sessions=make_session_factory(store),
         authenticate=authenticate or key_store(store),

@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 from functools import partial
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import events
@@ -109,3 +110,14 @@ def resolve_by_operator(
         "disconnectReason": disconnect,
         "runId": run_id,
     }
+
+
+def permanent_failures(session: Session, *, provider_code: str | None = None) -> list[str]:
+    """The numbers the provider refused for good (`retry-upstream --all-permanent`), by id;
+    with `provider_code`, only those it refused with that code."""
+    query = select(PhoneNumber.phone_number).where(
+        PhoneNumber.provider_failed_permanently.is_(True)
+    )
+    if provider_code is not None:
+        query = query.where(PhoneNumber.provider_code == provider_code)
+    return list(session.scalars(query.order_by(PhoneNumber.id)))

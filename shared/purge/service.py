@@ -16,7 +16,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import validation
-from shared.carriers import make_carrier
 from shared.carriers.base import Provider
 from shared.clock import iso_timestamp, not_ahead, resolve_now
 from shared.clock_skew import ClockReading, describe, log_refusal, read_clocks
@@ -37,7 +36,7 @@ from shared.ratelimit import run_bounds
 from shared.retention import cutoff as retention_cutoff
 from shared.retention import purgeable_numbers, waiting_numbers
 from shared.run_status import PROVIDER_STOPPED, RunStatus
-from shared.settings import DAY, MAX_BATCH, MAX_COUNT, get_settings
+from shared.settings import DAY, MAX_BATCH, MAX_COUNT
 
 log = structlog.get_logger("shared.purge")
 SAMPLE_SIZE = 10
@@ -46,6 +45,7 @@ SAMPLE_SIZE = 10
 def purge_expired(
     session_factory: sessionmaker[Session],
     *,
+    config: PurgeConfig,
     now: datetime | None = None,
     batch_size: int | None = None,
     max_rows: int | None = None,
@@ -53,27 +53,29 @@ def purge_expired(
     dry_run: bool = False,
     paused: bool | None = None,
     provider: Provider | None = None,
-    config: PurgeConfig | None = None,
     stop: StopRequest | None = None,
     progress: Callable[[int], None] | None = None,
     carrier: str | None = None,
     carriers: Mapping[str, Provider] | None = None,
+    carrier_factory: Callable[[str], Provider] | None = None,
 ) -> PurgeReport:
     """Purge released numbers past their deadline, in batches of one transaction each.
 
-    Bounded by `max_rows` and `max_seconds`; `batch_size` caps the adaptive batch (defaults:
-    `config`, else the settings). What is left waits for the next run. One run at a time: a
-    concurrent run returns `skipped`. Before every batch the run honours `stop` (status
-    `interrupted`) and a pause (`paused`). With an upstream `provider` (default: the one the
-    settings name) each number is released there first. `progress` is told the rows of
-    each committed batch (a progress bar's).
+    `config` is everything the run decides with (`PurgeConfig.from_settings`: the caller's
+    settings; the library reads none). Bounded by `max_rows` and `max_seconds`; `batch_size`
+    caps the adaptive batch (defaults: `config`'s). What is left waits for the next run. One
+    run at a time: a concurrent run returns `skipped`. Before every batch the run honours
+    `stop` (status `interrupted`) and a pause (`paused`). With an upstream `provider` each
+    number is released there first. `progress` is told the rows of each committed batch (a
+    progress bar's).
 
     Each number is released at its own carrier (shared/purge/lanes.py): `provider` is the
-    adapter of the default carrier (PROVIDER), `carriers` the adapters of others by name
-    (default: built from the settings). With `carrier` the run takes that carrier's lane
-    alone, under that lane's lock: runs of different lanes proceed at once.
+    adapter of the default carrier (PROVIDER), `carriers` the adapters of others by name;
+    `carrier_factory(name)` builds (and the run closes) the adapter of a carrier given
+    neither way. With `carrier` the run takes that carrier's lane alone, under that lane's
+    lock: runs of different lanes proceed at once.
     """
-    config = (config or PurgeConfig.from_settings(get_settings())).overridden(
+    config = config.overridden(
         batch_size=_optional(validation.count, batch_size, name="batch_size", limit=MAX_BATCH),
         max_rows=_optional(validation.count, max_rows, name="max_rows", limit=MAX_COUNT),
         max_seconds=_optional(validation.seconds, max_seconds, name="max_seconds", limit=DAY),
@@ -114,7 +116,11 @@ def purge_expired(
                 if provider is not None:
                     adapters[provider.name] = provider
                 halt = _purge_lanes(
-                    session_factory, report, boundary, now, Lanes(adapters, carrier)
+                    session_factory,
+                    report,
+                    boundary,
+                    now,
+                    Lanes(adapters, carrier, carrier_factory),
                 )
                 # The longest-resting lane's rests, within the run's own time.
                 report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)
@@ -173,10 +179,20 @@ def _run_lock(factory: sessionmaker[Session], carrier: str | None) -> Iterator[b
 
 @dataclass(frozen=True)
 class Lanes:
-    """The carriers' adapters a run was given (by name), and the one lane it is limited to."""
+    """The carriers' adapters a run was given (by name), the one lane it is limited to, and
+    what builds the adapter of a carrier not given."""
 
     adapters: dict[str, Provider]
     only: str | None = None
+    factory: Callable[[str], Provider] | None = None
+
+    def build(self, name: str) -> Provider:
+        """A new adapter for carrier `name` (its caller closes it)."""
+        if self.factory is None:
+            raise ValueError(
+                f"No adapter for carrier {name!r}: pass it in `carriers` or a `carrier_factory`."
+            )
+        return self.factory(name)
 
 
 # The status a run of several lanes ends with: the most telling of its lanes' (the first
@@ -248,7 +264,7 @@ def _purge_lane(
     if name == "none":
         return _single_phase(factory, report, boundary, now, lane)
     config = boundary.config
-    upstream = given.adapters.get(name) or make_carrier(name, get_settings())
+    upstream = given.adapters.get(name) or given.build(name)
     # No call waits for the carrier's rate limit past the run's time bound, nor a stop.
     deadline = boundary.budget.started + config.max_seconds
     try:
