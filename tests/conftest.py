@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ import psycopg
 import psycopg.sql
 import pytest
 import redis
+import structlog
 from click.testing import CliRunner, Result
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine
@@ -32,7 +35,7 @@ from shared.provider import TelnyxProvider
 from shared.settings import get_settings, get_store_settings
 from tests.factories import NOW
 from tests.fake_telnyx import API_KEY, FakeTelnyx
-from tests.processes import service_env
+from tests.processes import CLI_UNSET, cli_settings, service_env
 from tests.stores import delete_all_rows, service_missing
 from worker import connections
 
@@ -250,6 +253,48 @@ def cli_on(
     yield on
     for url in urls:
         connections.engine(url).dispose()
+    connections.engine.cache_clear()
+
+
+@pytest.fixture
+def cli_in(
+    settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Invoke]]:
+    """`numbers-retention ARGS...` in this process (click's runner) with the settings a
+    console-script call of `tests.processes.cli_env(data, **settings)` gets: the embedded
+    store in `data` unless `settings` name another, JSON logs. `cli_in(tmp_path, REDIS_URL=url)`
+    returns the invoker; call it again to change the settings.
+
+    The command configures its logging as the console script does, onto the result's stderr
+    (`result.stderr` holds its JSON events, as a child's stderr would); the test's logging is
+    put back, and the engines the commands opened are closed, after the test."""
+    logs = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    urls: set[str] = set()
+
+    def on(data: Path, **settings: str) -> Invoke:
+        for key in list(os.environ):
+            if key.startswith(CLI_UNSET):
+                monkeypatch.delenv(key)
+        settings_env(**cli_settings(data, **settings))
+        runner = CliRunner()
+
+        def invoke(*args: str) -> Result:
+            try:
+                return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
+            finally:
+                urls.add(get_settings().resolved_database_url())
+
+        return invoke
+
+    yield on
+    structlog.configure(**logs)
+    root.handlers[:], root.level = handlers, level
+    for url in urls:
+        # No store there (store_not_found): the commands opened no engine on it.
+        with contextlib.suppress(shared.ApiError):
+            connections.engine(url).dispose()
     connections.engine.cache_clear()
 
 
