@@ -104,9 +104,18 @@ def xdist_worker() -> int:
 
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    # Each xdist worker past the first on a database of its own: test_gw1, test_gw2, ...
-    if worker := xdist_worker():
+    # Each xdist worker on a database of its own: one URL per worker, comma-separated, as
+    # TEST_REDIS_URL; or one URL, and each worker past the first on its database with a suffix:
+    # test_gw1, test_gw2, ...
+    urls = os.environ.get(
+        "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ).split(",")
+    if len(urls) > 1 and xdist_worker() >= len(urls):
+        pytest.fail(
+            f"xdist worker {xdist_worker()} has no database of its own in TEST_DATABASE_URL"
+        )
+    url = urls[xdist_worker() if len(urls) > 1 else 0]
+    if len(urls) == 1 and (worker := xdist_worker()):
         parsed = make_url(url)
         url = parsed.set(database=f"{parsed.database}_gw{worker}").render_as_string(
             hide_password=False
