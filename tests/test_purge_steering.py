@@ -4,8 +4,6 @@ control, the cap on the batch size, and the configuration built once from the se
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
@@ -38,7 +37,7 @@ from worker.app import create_app, visibility_timeout
 from worker.tasks import PRUNE, PUBLISH, PURGE, RELAY
 
 Factory = sessionmaker[Session]
-CLI = str(Path(sys.executable).parent / "numbers-retention")
+Invoke = Callable[..., Result]
 
 
 def seed(factory: Factory, now: datetime, count: int) -> None:
@@ -287,21 +286,18 @@ def test_a_bad_pace_is_refused_with_the_envelope(session_factory: Factory, bad: 
     assert refused.value.code == "invalid_pace"
 
 
-def test_pace_and_status_from_the_command_line(pg_url: str, pg_factory: Factory) -> None:
-    env = {"DATABASE_URL": pg_url, "LOG_FORMAT": "json", "PATH": "/usr/bin:/bin"}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-        )
+def test_pace_and_status_from_the_command_line(
+    pg_url: str, pg_factory: Factory, tmp_path: Path, cli_in: Callable[..., Invoke]
+) -> None:
+    cli = cli_in(tmp_path, DATABASE_URL=pg_url)
 
     set_ = cli("pace", "--rows-per-second", "2500", "--reason", "peak hours", "--by", "ops")
-    assert set_.returncode == 0, set_.stderr
+    assert set_.exit_code == 0, set_.stderr
     status = json.loads(cli("status", "--json").stdout)
     assert status["pace"]["rows_per_second"] == 2500
     assert (status["pace"]["by"], status["pace"]["reason"]) == ("ops", "peak hours")
     assert "at most 2,500 rows/s, set by ops" in cli("status").stdout
-    assert cli("pace").returncode == 2  # neither a ceiling nor --off
+    assert cli("pace").exit_code == 2  # neither a ceiling nor --off
     assert json.loads(cli("pace", "--off").stdout) == {"pace": None, "was_paced": True}
     assert json.loads(cli("status", "--json").stdout)["pace"] is None
 
