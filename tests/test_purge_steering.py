@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
+import shared.purge.stop as stop_module
 from shared.controls import clear_pace, read_controls, set_pace
 from shared.errors import ValidationError
 from shared.models import PhoneNumber
@@ -225,12 +227,25 @@ def test_lanes_resting_side_by_side_count_once() -> None:
     assert steer.rested == pytest.approx(max(rests)) == pytest.approx(3.0)
 
 
-def test_a_stop_ends_a_rest_early() -> None:
+def test_a_stop_ends_a_rest_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop asked for during a rest ends it after the slice under way; one already asked for
+    rests not at all (on a clock of the test's: the slices slept are counted, not timed)."""
+    clock = [0.0]
+    slept: list[float] = []
     stop = StopRequest()
-    stop.request("test")
-    started = time.monotonic()
-    stop.sleep(5)
-    assert time.monotonic() - started < 0.1
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        slept.append(seconds)
+        if len(slept) == 3:
+            stop.request("test")  # asked for while the third slice is under way
+
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep)
+    monkeypatch.setattr(stop_module, "time", fake_time)
+    stop.sleep(60)
+    assert slept == [stop_module.SLICE_SECONDS] * 3
+    stop.sleep(60)
+    assert len(slept) == 3
 
 
 # --- on the stores ----------------------------------------------------------------------------
