@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -95,6 +96,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         raise pytest.UsageError(
             "Tests on the host's clock take `wall_now`, not the fixed `now`: " + ", ".join(mixed)
         )
+
+
+@pytest.fixture(autouse=True)
+def processes_are_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts a process (a command, a worker, a server) is marked `processes`:
+    `-m "not processes"` is the suite without any, and the processes' tests run on the host's
+    clock too (`real_clock`). An unmarked test that starts one fails, naming it."""
+    if request.node.get_closest_marker("processes"):
+        return
+
+    def refuse(_popen: subprocess.Popen[Any], args: Any, *_args: Any, **_kwargs: Any) -> None:
+        pytest.fail(
+            f"{request.node.nodeid} starts a process ({args!r}) but is not marked `processes`",
+            pytrace=False,
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 def xdist_worker() -> int:
