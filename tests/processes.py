@@ -62,14 +62,18 @@ class Process:
     ) -> None:
         self.log = log
         self._file = log.open("ab")
-        self.popen = subprocess.Popen(
-            args,
-            env=env,
-            cwd=cwd,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                args,
+                env=env,
+                cwd=cwd,
+                stdout=self._file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._file.close()
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

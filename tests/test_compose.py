@@ -256,11 +256,12 @@ def test_compose_defaults_are_the_settings_defaults(config: dict[str, Any]) -> N
 
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))
+@pytest.mark.processes
 def test_config_refuses_to_start_without_a_secret(compose: Compose, missing: str) -> None:
     done = compose.run(
         "config", variables={k: v for k, v in SECRETS.items() if k != missing} | {missing: ""}
     )
-    assert done.returncode != 0
+    assert done.returncode == 1, done.stderr
     assert f"set {missing} in .env" in done.stderr
 
 
@@ -515,7 +516,7 @@ def test_redis_service_command_and_healthcheck_require_the_password(
     try:
         wait_for(lambda: shell(check, env).returncode == 0, timeout=15, what="redis healthy")
         wrong = shell(check, env | {"REDIS_PASSWORD": "not-the-password"})
-        assert wrong.returncode != 0
+        assert wrong.returncode == 1, wrong.stdout  # redis-cli: NOAUTH / WRONGPASS
         with redis.Redis(host="127.0.0.1", port=port, password=SECRETS["REDIS_PASSWORD"]) as client:
             assert client.config_get("appendonly") == {"appendonly": "yes"}
     finally:
@@ -523,6 +524,7 @@ def test_redis_service_command_and_healthcheck_require_the_password(
 
 
 @pytest.mark.postgres
+@pytest.mark.processes
 def test_postgres_healthcheck_runs_here(config: dict[str, Any], pg_url: str) -> None:
     if shutil.which("pg_isready") is None:
         _missing("pg_isready")
