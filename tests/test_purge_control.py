@@ -280,8 +280,10 @@ def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
     assert (report.status, report.remaining) == ("completed", 0)
     batches = [(e["size"], e["purged"], e["ms"]) for e in logs if e["event"] == "purge.batch"]
     target = 100.0
-    slow = [i for i, (_, _, ms) in enumerate(batches[:-1]) if ms > 200]
-    assert slow, batches  # the competitor really slowed batches down
+    # The batches over the aim: the scenario needs some (the competitor slowed them down);
+    # what follows each is decided from its logged time, no limit of the test's own.
+    slow = [i for i, (_, _, ms) in enumerate(batches[:-1]) if ms > target]
+    assert slow, batches
     for i, (size, purged, ms) in enumerate(batches[:-1]):
         following = batches[i + 1][0]
         if ms > target:  # shrinks at once, to what would have met the aim
