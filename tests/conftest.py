@@ -82,16 +82,18 @@ def wall_now() -> datetime:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the host's clock (real processes, `wall_now`) are marked `real_clock`, the set
+    """Tests on the host's clock (worker processes, `wall_now`) are marked `real_clock`, the set
     CI runs again with the clock moved a year either way; none of them may take the fixed
-    `now`, which a process on the real clock would contradict. A test of processes that takes
-    the fixed `now` (a Redis or PostgreSQL server of its own under a test on the fixed
-    instant: no clock of ours runs in them) stays with the fixed-instant tests."""
+    `now`, which a process on the real clock would contradict.
+
+    A test of processes is on the host's clock unless it says `processes(moved_clock=False)`:
+    a tool's process (compose, promtool, a server of its own) or a command whose answer no
+    date changes (`--version`, a refused setting), run once with the fixed-instant tests."""
     mixed = []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        on_processes = item.get_closest_marker("processes") and "now" not in fixtures
-        if on_processes or "wall_now" in fixtures:
+        processes = item.get_closest_marker("processes")
+        if (processes and processes.kwargs.get("moved_clock", True)) or "wall_now" in fixtures:
             item.add_marker(pytest.mark.real_clock)
         if item.get_closest_marker("real_clock") and "now" in fixtures:
             mixed.append(item.nodeid)

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 BENCH = Path(__file__).parent.parent / "bench"
 
 # Each benchmark runs as the script it is, in a process of its own.
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes(moved_clock=False)]
 
 
 @pytest.mark.parametrize(

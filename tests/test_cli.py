@@ -97,7 +97,7 @@ def test_errors_print_the_envelope_and_exit_2(cli: Invoke, args: list[str], code
     assert envelope["trackingId"]
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_run_purges_demo_numbers_on_the_embedded_default(tmp_path: Path, cli: Invoke) -> None:
     """README's main job: no configuration, the demo's overdue numbers go within a minute."""
     seeded = json.loads(cli("seed-demo", "--numbers", "500", "--accounts", "5").stdout)
@@ -167,7 +167,7 @@ def test_commands_against_postgresql_leave_no_embedded_folders_behind(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 @pytest.mark.parametrize(
     "settings",
     [

@@ -208,7 +208,7 @@ def on_a_terminal(
     return done, drawn
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
     """The same command with stderr on a terminal (a pty) draws the bar there."""
     done, drawn = on_a_terminal(tmp_path, "seed-demo", "--numbers", "300", "--accounts", "3")
@@ -219,7 +219,7 @@ def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 @pytest.mark.parametrize(
     ("command", "label", "counted"),
     [("purge", b"purging", "purged"), ("publish", b"publishing", "published")],
@@ -288,7 +288,7 @@ def test_events_reads_the_stream_since_an_id(
     assert "released" in table.stdout
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_events_follow_prints_new_entries_until_sigterm(
     tmp_path: Path, stream: redis.Redis, redis_url: str
 ) -> None:

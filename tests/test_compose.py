@@ -256,7 +256,7 @@ def test_compose_defaults_are_the_settings_defaults(config: dict[str, Any]) -> N
 
 
 @pytest.mark.parametrize("missing", sorted(SECRETS))
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_config_refuses_to_start_without_a_secret(compose: Compose, missing: str) -> None:
     done = compose.run(
         "config", variables={k: v for k, v in SECRETS.items() if k != missing} | {missing: ""}
@@ -524,7 +524,7 @@ def test_redis_service_command_and_healthcheck_require_the_password(
 
 
 @pytest.mark.postgres
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_postgres_healthcheck_runs_here(config: dict[str, Any], pg_url: str) -> None:
     if shutil.which("pg_isready") is None:
         _missing("pg_isready")

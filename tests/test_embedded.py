@@ -57,7 +57,7 @@ def queued(data: Path) -> list[Path]:
     return sorted(queue.iterdir()) if queue.exists() else []
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_a_run_that_fails_on_a_bad_flag_leaves_nothing_queued(tmp_path: Path) -> None:
     data = tmp_path / "data"
     failed = script("run", "--bogus-flag", env=embedded_env(data), cwd=tmp_path)
@@ -82,7 +82,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return project, elsewhere
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_commands_from_any_folder_open_the_same_embedded_store(tmp_path: Path) -> None:
     env, (project, elsewhere) = user_env(tmp_path), folders(tmp_path)
     seeded = script("seed-demo", "--numbers", "200", "--accounts", "3", env=env, cwd=project)
@@ -97,7 +97,7 @@ def test_commands_from_any_folder_open_the_same_embedded_store(tmp_path: Path) -
     assert str(store) in script("migrate", env=env, cwd=elsewhere).stdout
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_celery_call_from_another_folder_reaches_the_running_worker(tmp_path: Path) -> None:
     env, (project, elsewhere) = user_env(tmp_path), folders(tmp_path)
     run = Process([SCRIPT, "run", "--concurrency=1"], env, tmp_path / "run.log", cwd=project)
@@ -173,7 +173,7 @@ def outbox_events(store: Path) -> int:
     return count
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_the_outbox_of_an_embedded_store_stays_bounded(tmp_path: Path) -> None:
     """No Redis, no one to relay to: the events of a purge must not pile up in the SQLite file.
 

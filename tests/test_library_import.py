@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 # Each test imports the library in a process of its own, as the API service does.
-pytestmark = pytest.mark.processes
+pytestmark = pytest.mark.processes(moved_clock=False)
 
 # Worker settings that the worker refuses: none of them is the library's business.
 BAD_WORKER_SETTINGS = {

@@ -13,6 +13,6 @@ def test_an_unmarked_test_that_starts_a_process_fails() -> None:
         subprocess.run([sys.executable, "-c", "pass"], check=False)
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_a_marked_test_may_start_one() -> None:
     assert subprocess.run([sys.executable, "-c", "pass"], check=False).returncode == 0

@@ -110,7 +110,7 @@ def cli_env(process_env: Callable[..., dict[str, str]]) -> dict[str, str]:
     return process_env(**SLOW)
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_on(
     pg_factory: Factory,
     cli_env: dict[str, str],
@@ -142,7 +142,7 @@ def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_o
     assert_all_purged_once(pg_factory, overdue)
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, sig: signal.Signals
@@ -168,7 +168,7 @@ def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     assert_all_purged_once(pg_factory, overdue)
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

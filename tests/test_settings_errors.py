@@ -160,7 +160,7 @@ def test_a_wrong_setting_is_the_envelope(
     assert not (tmp_path / "numbers.db").exists()  # refused before any engine was built
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 @pytest.mark.parametrize(
     ("variable", "value", "more"),
     [
@@ -253,7 +253,7 @@ def test_at_their_upper_bounds_the_settings_still_build_the_worker(tmp_path: Pat
     assert app.conf.beat_schedule
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_a_retention_window_at_its_bound_still_gives_valid_deadlines(tmp_path: Path) -> None:
     code = (
         "from datetime import datetime, UTC\n"
@@ -349,7 +349,7 @@ def test_a_usage_error_is_the_envelope(
     assert not (tmp_path / "numbers.db").exists()
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_the_console_script_refuses_a_usage_error_with_the_envelope(tmp_path: Path) -> None:
     error = refusal(numbers_retention(_env(tmp_path), "purge", "--bogus"), "invalid_usage")
     assert error["message"].startswith("numbers-retention purge: ")
