@@ -268,6 +268,7 @@ def test_url_passwords_never_leave_the_process(
             assert secret not in content, f"a URL password leaked into the {where}"
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_logged_exceptions_and_fields_are_redacted(tmp_path: Path) -> None:
     """A library's error record (exc_info, as Celery logs it) and a structlog field that
     carry a URL with a password: both rendered without it, the traceback kept."""
