@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -23,7 +22,7 @@ import redis
 import structlog
 from click.testing import CliRunner, Result
 from jsonschema import Draft202012Validator
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -303,7 +302,13 @@ def cli_in(
     logs = structlog.get_config()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    urls: set[str] = set()
+    # Every engine a command connected with (the cached ones, and those `migrate` or
+    # `seed-demo` make for themselves): closed after the test, as a command's exit would.
+    opened: list[Engine] = []
+
+    def connected(connection: Connection) -> None:
+        if connection.engine not in opened:
+            opened.append(connection.engine)
 
     def on(data: Path, **settings: str) -> Invoke:
         for key in list(os.environ):
@@ -313,20 +318,19 @@ def cli_in(
         runner = CliRunner()
 
         def invoke(*args: str) -> Result:
+            event.listen(Engine, "engine_connect", connected)
             try:
                 return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
             finally:
-                urls.add(get_settings().resolved_database_url())
+                event.remove(Engine, "engine_connect", connected)
 
         return invoke
 
     yield on
     structlog.configure(**logs)
     root.handlers[:], root.level = handlers, level
-    for url in urls:
-        # No store there (store_not_found): the commands opened no engine on it.
-        with contextlib.suppress(shared.ApiError):
-            connections.engine(url).dispose()
+    for engine in opened:
+        engine.dispose()
     connections.engine.cache_clear()
 
 
