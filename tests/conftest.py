@@ -263,6 +263,31 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
 Invoke = Callable[..., Result]
 
 
+class CommandEngines:
+    """Runs commands with click's runner and keeps every engine they connected with (the cached
+    ones, and those `migrate` or `seed-demo` make for themselves) to close after the test, as a
+    command's exit would."""
+
+    def __init__(self) -> None:
+        self.engines: list[Engine] = []
+
+    def _connected(self, connection: Connection) -> None:
+        if connection.engine not in self.engines:
+            self.engines.append(connection.engine)
+
+    def invoke(self, runner: CliRunner, args: tuple[str, ...]) -> Result:
+        event.listen(Engine, "engine_connect", self._connected)
+        try:
+            return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
+        finally:
+            event.remove(Engine, "engine_connect", self._connected)
+
+    def close(self) -> None:
+        for engine in self.engines:
+            engine.dispose()
+        connections.engine.cache_clear()
+
+
 @pytest.fixture
 def cli_on(
     settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
@@ -270,21 +295,18 @@ def cli_on(
     """`numbers-retention ARGS...` in this process (click's runner) on a given store:
     `cli_on(engine, REDIS_URL="")` sets DATABASE_URL (and the settings given) and returns the
     invoker; the engines the commands opened are closed after the test."""
-    urls: list[str] = []
+    opened = CommandEngines()
 
     def on(engine: Engine, **settings: str) -> Invoke:
         url = engine.url.render_as_string(hide_password=False)
-        urls.append(url)
         settings_env(**({"DATABASE_URL": url, "PROVIDER": "none"} | settings))
         # The command line configures this process's logging for good: not the test's.
         monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
         runner = CliRunner()
-        return lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
+        return lambda *args: opened.invoke(runner, args)
 
     yield on
-    for url in urls:
-        connections.engine(url).dispose()
-    connections.engine.cache_clear()
+    opened.close()
 
 
 @pytest.fixture
@@ -302,13 +324,7 @@ def cli_in(
     logs = structlog.get_config()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    # Every engine a command connected with (the cached ones, and those `migrate` or
-    # `seed-demo` make for themselves): closed after the test, as a command's exit would.
-    opened: list[Engine] = []
-
-    def connected(connection: Connection) -> None:
-        if connection.engine not in opened:
-            opened.append(connection.engine)
+    opened = CommandEngines()
 
     def on(data: Path, **settings: str) -> Invoke:
         for key in list(os.environ):
@@ -317,21 +333,12 @@ def cli_in(
         settings_env(**cli_settings(data, **settings))
         runner = CliRunner()
 
-        def invoke(*args: str) -> Result:
-            event.listen(Engine, "engine_connect", connected)
-            try:
-                return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
-            finally:
-                event.remove(Engine, "engine_connect", connected)
-
-        return invoke
+        return lambda *args: opened.invoke(runner, args)
 
     yield on
     structlog.configure(**logs)
     root.handlers[:], root.level = handlers, level
-    for engine in opened:
-        engine.dispose()
-    connections.engine.cache_clear()
+    opened.close()
 
 
 @pytest.fixture
