@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 import hypothesis
 import psycopg
 import psycopg.sql
+import pydantic
 import pytest
 import redis
 import structlog
@@ -270,6 +272,7 @@ class CommandEngines:
 
     def __init__(self) -> None:
         self.engines: list[Engine] = []
+        self.urls: set[str] = set()
 
     def _connected(self, connection: Connection) -> None:
         if connection.engine not in self.engines:
@@ -281,8 +284,16 @@ class CommandEngines:
             return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
         finally:
             event.remove(Engine, "engine_connect", self._connected)
+            with contextlib.suppress(pydantic.ValidationError):  # settings the command refused
+                self.urls.add(get_settings().resolved_database_url())
 
     def close(self) -> None:
+        # The process's cached engine on each store the commands used, which other tests (the
+        # tasks') may have opened before, is closed too before the cache forgets it: a
+        # forgotten engine's connections would close only when collected (ResourceWarning).
+        for url in self.urls:
+            with contextlib.suppress(shared.ApiError):  # no store there: no engine either
+                self.engines.append(connections.engine(url))
         for engine in self.engines:
             engine.dispose()
         connections.engine.cache_clear()
