@@ -288,15 +288,14 @@ class CommandEngines:
                 self.urls.add(get_settings().resolved_database_url())
 
     def close(self) -> None:
-        # The process's cached engine on each store the commands used, which other tests (the
-        # tasks') may have opened before, is closed too before the cache forgets it: a
-        # forgotten engine's connections would close only when collected (ResourceWarning).
+        # Closed, and left in the process's cache (a closed engine opens new connections when
+        # used again): clearing the cache forgot the engines other tests had cached there
+        # unclosed, and their connections closed only when collected (ResourceWarning).
         for url in self.urls:
             with contextlib.suppress(shared.ApiError):  # no store there: no engine either
                 self.engines.append(connections.engine(url))
         for engine in self.engines:
             engine.dispose()
-        connections.engine.cache_clear()
 
 
 @pytest.fixture
