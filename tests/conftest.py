@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -10,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,13 +18,12 @@ from typing import Any
 import hypothesis
 import psycopg
 import psycopg.sql
-import pydantic
 import pytest
 import redis
 import structlog
 from click.testing import CliRunner, Result
 from jsonschema import Draft202012Validator
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -265,37 +264,24 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
 Invoke = Callable[..., Result]
 
 
+# Every engine that connected in this process (the tests', the commands', the cached ones).
+CONNECTED: weakref.WeakSet[Engine] = weakref.WeakSet()
+event.listen(Engine, "engine_connect", lambda connection: CONNECTED.add(connection.engine))
+
+
 class CommandEngines:
-    """Runs commands with click's runner and keeps every engine they connected with (the cached
-    ones, and those `migrate` or `seed-demo` make for themselves) to close after the test, as a
-    command's exit would."""
-
-    def __init__(self) -> None:
-        self.engines: list[Engine] = []
-        self.urls: set[str] = set()
-
-    def _connected(self, connection: Connection) -> None:
-        if connection.engine not in self.engines:
-            self.engines.append(connection.engine)
+    """Runs commands with click's runner; after the test, closes every engine's idle
+    connections and clears the process's engine cache, as a command's exit would. Closing all
+    (an engine opens new connections when used again) keeps an engine the cache forgets, or
+    another test cached, from closing its connections only when collected (ResourceWarning)."""
 
     def invoke(self, runner: CliRunner, args: tuple[str, ...]) -> Result:
-        event.listen(Engine, "engine_connect", self._connected)
-        try:
-            return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
-        finally:
-            event.remove(Engine, "engine_connect", self._connected)
-            with contextlib.suppress(pydantic.ValidationError):  # settings the command refused
-                self.urls.add(get_settings().resolved_database_url())
+        return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
 
     def close(self) -> None:
-        # Closed, and left in the process's cache (a closed engine opens new connections when
-        # used again): clearing the cache forgot the engines other tests had cached there
-        # unclosed, and their connections closed only when collected (ResourceWarning).
-        for url in self.urls:
-            with contextlib.suppress(shared.ApiError):  # no store there: no engine either
-                self.engines.append(connections.engine(url))
-        for engine in self.engines:
+        for engine in list(CONNECTED):
             engine.dispose()
+        connections.engine.cache_clear()
 
 
 @pytest.fixture
