@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev run demo test lint types pytest test-fixed test-clock clock-now clock-ahead clock-back deploy-check bench clean
+.PHONY: install install-dev run demo test lint types pytest test-fast test-fixed test-clock clock-now clock-ahead clock-back deploy-check bench clean
 
 $(BIN)/numbers-retention: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ FIXED_REDIS ?= $(CLOCK_REDIS)/15,$(CLOCK_REDIS)/11
 test-fixed: install-dev
 	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not real_clock" -n 2 --dist loadfile \
 		--cov --cov-report=term:skip-covered
+
+# The inner loop: every test that starts no process (marker processes: commands run in this
+# process through click's runner), on the same two databases as test-fixed.
+test-fast: install-dev
+	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not processes" -n 2 --dist loadfile -q
 
 clock-now: install-dev
 	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS)

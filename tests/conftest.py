@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,9 +20,10 @@ import psycopg
 import psycopg.sql
 import pytest
 import redis
+import structlog
 from click.testing import CliRunner, Result
 from jsonschema import Draft202012Validator
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,7 +36,7 @@ from shared.provider import TelnyxProvider
 from shared.settings import get_settings, get_store_settings
 from tests.factories import NOW
 from tests.fake_telnyx import API_KEY, FakeTelnyx
-from tests.processes import service_env
+from tests.processes import CLI_UNSET, cli_settings, service_env
 from tests.stores import delete_all_rows, service_missing
 from worker import connections
 
@@ -78,13 +82,18 @@ def wall_now() -> datetime:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the host's clock (real processes, `wall_now`) are marked `real_clock`, the set
+    """Tests on the host's clock (worker processes, `wall_now`) are marked `real_clock`, the set
     CI runs again with the clock moved a year either way; none of them may take the fixed
-    `now`, which a process on the real clock would contradict."""
+    `now`, which a process on the real clock would contradict.
+
+    A test of processes is on the host's clock unless it says `processes(moved_clock=False)`:
+    a tool's process (compose, promtool, a server of its own) or a command whose answer no
+    date changes (`--version`, a refused setting), run once with the fixed-instant tests."""
     mixed = []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if item.get_closest_marker("processes") or "wall_now" in fixtures:
+        processes = item.get_closest_marker("processes")
+        if (processes and processes.kwargs.get("moved_clock", True)) or "wall_now" in fixtures:
             item.add_marker(pytest.mark.real_clock)
         if item.get_closest_marker("real_clock") and "now" in fixtures:
             mixed.append(item.nodeid)
@@ -94,6 +103,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
 
 
+@pytest.fixture(autouse=True)
+def processes_are_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that starts a process (a command, a worker, a server) is marked `processes`:
+    `-m "not processes"` is the suite without any, and the processes' tests run on the host's
+    clock too (`real_clock`). An unmarked test that starts one fails, naming it."""
+    if request.node.get_closest_marker("processes"):
+        return
+
+    def refuse(_popen: subprocess.Popen[Any], args: Any, *_args: Any, **_kwargs: Any) -> None:
+        pytest.fail(
+            f"{request.node.nodeid} starts a process ({args!r}) but is not marked `processes`",
+            pytrace=False,
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 def xdist_worker() -> int:
     """This process's number among pytest-xdist's workers (`-n N`): 0 without xdist."""
     return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
@@ -101,9 +127,18 @@ def xdist_worker() -> int:
 
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    url = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    # Each xdist worker past the first on a database of its own: test_gw1, test_gw2, ...
-    if worker := xdist_worker():
+    # Each xdist worker on a database of its own: one URL per worker, comma-separated, as
+    # TEST_REDIS_URL; or one URL, and each worker past the first on its database with a suffix:
+    # test_gw1, test_gw2, ...
+    urls = os.environ.get(
+        "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ).split(",")
+    if len(urls) > 1 and xdist_worker() >= len(urls):
+        pytest.fail(
+            f"xdist worker {xdist_worker()} has no database of its own in TEST_DATABASE_URL"
+        )
+    url = urls[xdist_worker() if len(urls) > 1 else 0]
+    if len(urls) == 1 and (worker := xdist_worker()):
         parsed = make_url(url)
         url = parsed.set(database=f"{parsed.database}_gw{worker}").render_as_string(
             hide_password=False
@@ -229,6 +264,26 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
 Invoke = Callable[..., Result]
 
 
+# Every engine that connected in this process (the tests', the commands', the cached ones).
+CONNECTED: weakref.WeakSet[Engine] = weakref.WeakSet()
+event.listen(Engine, "engine_connect", lambda connection: CONNECTED.add(connection.engine))
+
+
+class CommandEngines:
+    """Runs commands with click's runner; after the test, closes every engine's idle
+    connections and clears the process's engine cache, as a command's exit would. Closing all
+    (an engine opens new connections when used again) keeps an engine the cache forgets, or
+    another test cached, from closing its connections only when collected (ResourceWarning)."""
+
+    def invoke(self, runner: CliRunner, args: tuple[str, ...]) -> Result:
+        return runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
+
+    def close(self) -> None:
+        for engine in list(CONNECTED):
+            engine.dispose()
+        connections.dispose_engines()
+
+
 @pytest.fixture
 def cli_on(
     settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
@@ -236,6 +291,7 @@ def cli_on(
     """`numbers-retention ARGS...` in this process (click's runner) on a given store:
     `cli_on(engine, REDIS_URL="")` sets DATABASE_URL (and the settings given) and returns the
     invoker; the engines the commands opened are closed after the test."""
+    opened = CommandEngines()
 
     def on(engine: Engine, **settings: str) -> Invoke:
         url = engine.url.render_as_string(hide_password=False)
@@ -243,10 +299,42 @@ def cli_on(
         # The command line configures this process's logging for good: not the test's.
         monkeypatch.setattr(worker.cli, "configure_logging", lambda _settings: None)
         runner = CliRunner()
-        return lambda *args: runner.invoke(worker.cli.main, list(args), catch_exceptions=False)
+        return lambda *args: opened.invoke(runner, args)
 
     yield on
-    connections.dispose_engines()
+    opened.close()
+
+
+@pytest.fixture
+def cli_in(
+    settings_env: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Invoke]]:
+    """`numbers-retention ARGS...` in this process (click's runner) with the settings a
+    console-script call of `tests.processes.cli_env(data, **settings)` gets: the embedded
+    store in `data` unless `settings` name another, JSON logs. `cli_in(tmp_path, REDIS_URL=url)`
+    returns the invoker; call it again to change the settings.
+
+    The command configures its logging as the console script does, onto the result's stderr
+    (`result.stderr` holds its JSON events, as a child's stderr would); the test's logging is
+    put back, and the engines the commands opened are closed, after the test."""
+    logs = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    opened = CommandEngines()
+
+    def on(data: Path, **settings: str) -> Invoke:
+        for key in list(os.environ):
+            if key.startswith(CLI_UNSET):
+                monkeypatch.delenv(key)
+        settings_env(**cli_settings(data, **settings))
+        runner = CliRunner()
+
+        return lambda *args: opened.invoke(runner, args)
+
+    yield on
+    structlog.configure(**logs)
+    root.handlers[:], root.level = handlers, level
+    opened.close()
 
 
 @pytest.fixture

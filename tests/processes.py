@@ -36,17 +36,22 @@ def service_env(
     return env | extra
 
 
+# The settings a console-script call of the tests leaves out of this environment: the store's,
+# the broker's, the purge's and the retention's.
+CLI_UNSET = ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
+
+
+def cli_settings(data: Path, **extra: str) -> dict[str, str]:
+    """The settings a console-script call of the tests adds: the embedded store in `data`, JSON
+    logs, and `extra`."""
+    return {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
+
+
 def cli_env(data: Path, **extra: str) -> dict[str, str]:
     """Environment for a console-script call on the embedded store in `data`: none of the
     store's, broker's, purge's or retention settings of this environment, JSON logs."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(
-            ("DATABASE_", "BROKER_", "REDIS_", "PURGE_", "PUBLISH_", "RETENTION_", "NUMBERS_")
-        )
-    }
-    return env | {"NUMBERS_RETENTION_DATA": str(data), "LOG_FORMAT": "json"} | extra
+    env = {key: value for key, value in os.environ.items() if not key.startswith(CLI_UNSET)}
+    return env | cli_settings(data, **extra)
 
 
 class Process:
@@ -57,14 +62,18 @@ class Process:
     ) -> None:
         self.log = log
         self._file = log.open("ab")
-        self.popen = subprocess.Popen(
-            args,
-            env=env,
-            cwd=cwd,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                args,
+                env=env,
+                cwd=cwd,
+                stdout=self._file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._file.close()
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -29,7 +29,7 @@ from tests.factories import make_number
 from tests.processes import service_env
 from tests.servers import serving_api
 
-pytestmark = [pytest.mark.postgres, pytest.mark.processes]
+pytestmark = [pytest.mark.postgres, pytest.mark.processes(moved_clock=False)]
 
 BIN = Path(sys.executable).parent
 ACCOUNT = "acc_http"

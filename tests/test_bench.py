@@ -12,7 +12,8 @@ from sqlalchemy.engine import make_url
 
 BENCH = Path(__file__).parent.parent / "bench"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# Each benchmark runs as the script it is, in a process of its own.
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes(moved_clock=False)]
 
 
 @pytest.mark.parametrize(

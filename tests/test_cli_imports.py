@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+# Fresh interpreters, whose answers no date changes: once, with the fixed-instant tests.
+pytestmark = pytest.mark.processes(moved_clock=False)
+
 # In a fresh interpreter (this test process has long imported the app): the command line run
 # in process (click's runner), then which of the worker's heavy modules it imported.
 SCRIPT = """

@@ -1,5 +1,7 @@
 """One tool: snake_case JSON of the CLI's own, JSON from every command, plain control messages,
-`events`, progress bars only on a terminal; all through the console script (issue 19, point 6)."""
+`events`, progress bars only on a terminal (issue 19, point 6). In this process (click's
+runner, the settings a console-script call gets) where output and exit codes are the point; the
+console script where a terminal or a signal is."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import select
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from click.testing import Result
 
 from shared.clock import utcnow
 from shared.releasable.keys import STREAM
@@ -26,25 +30,36 @@ NUMBER = "+14155550123"
 CAMEL = ("phoneNumber", "resolvedBy", "runId", "disconnectReason", "wasHeld")
 
 
-def run(data: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, *args], env=cli_env(data, **env), capture_output=True, text=True, timeout=60
-    )
+Invoke = Callable[..., Result]
+Runner = Callable[..., Result]
 
 
-def ok(data: Path, *args: str, **env: str) -> Any:
-    done = run(data, *args, **env)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+@pytest.fixture
+def run(cli_in: Callable[..., Invoke]) -> Runner:
+    """`run(data, *args, **settings)`: the command line in this process on the embedded store
+    in `data`, with `settings`."""
+    return lambda data, *args, **env: cli_in(data, **env)(*args)
 
 
-def envelope(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+@pytest.fixture
+def ok(run: Runner) -> Callable[..., Any]:
+    """`ok(data, *args, **settings)`: the command's JSON, once it exited 0."""
+
+    def succeeded(data: Path, *args: str, **env: str) -> Any:
+        done = run(data, *args, **env)
+        assert done.exit_code == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return succeeded
+
+
+def envelope(done: Result | subprocess.CompletedProcess[str]) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(done.stderr.strip().splitlines()[-1])
     return body
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Path:
+def demo(tmp_path: Path, ok: Callable[..., Any]) -> Path:
     """A migrated embedded store with a few demo numbers and one of ours, active."""
     ok(tmp_path, "seed-demo", "--numbers", "20", "--accounts", "2")
     from shared import open_account, register_number
@@ -66,17 +81,21 @@ def demo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_migrate_prints_json(tmp_path: Path) -> None:
+def test_migrate_prints_json(tmp_path: Path, ok: Callable[..., Any]) -> None:
     body = ok(tmp_path, "migrate")
     assert body["migrated"] is True
     assert body["store"].startswith("sqlite:///")
 
 
-def test_seed_demo_if_empty_prints_json_when_it_adds_nothing(demo: Path) -> None:
+def test_seed_demo_if_empty_prints_json_when_it_adds_nothing(
+    demo: Path, ok: Callable[..., Any]
+) -> None:
     assert ok(demo, "seed-demo", "--if-empty") == {"seeded": False, "reason": "store_not_empty"}
 
 
-def test_hold_and_unhold_print_snake_case_and_unhold_says_whether_it_was_held(demo: Path) -> None:
+def test_hold_and_unhold_print_snake_case_and_unhold_says_whether_it_was_held(
+    demo: Path, ok: Callable[..., Any]
+) -> None:
     held = ok(demo, "hold", NUMBER, "--by", "ops")
     assert (held["phone_number"], held["held"]) == (NUMBER, True)
     assert not set(CAMEL) & set(held)
@@ -88,18 +107,20 @@ def test_hold_and_unhold_print_snake_case_and_unhold_says_whether_it_was_held(de
 
 @pytest.mark.parametrize("command", ["hold", "unhold"])
 def test_an_unknown_number_is_spoken_of_as_a_number_not_an_account(
-    tmp_path: Path, command: str
+    tmp_path: Path, run: Runner, command: str
 ) -> None:
-    assert run(tmp_path, "migrate").returncode == 0
+    assert run(tmp_path, "migrate").exit_code == 0
     done = run(tmp_path, command, "+14155550999")
-    assert done.returncode == 2
+    assert done.exit_code == 2
     error = envelope(done)["error"]
     assert error["code"] == "number_not_found"
     assert "account" not in (error["message"] + error["fix"]).lower()
     assert "+14155550999" in error["message"]
 
 
-def test_resolve_upstream_and_retry_upstream_print_snake_case(demo: Path) -> None:
+def test_resolve_upstream_and_retry_upstream_print_snake_case(
+    demo: Path, ok: Callable[..., Any]
+) -> None:
     from shared import release_number
     from shared.db import make_engine, make_session_factory
     from tests.stores import fail_upstream
@@ -119,8 +140,10 @@ def test_resolve_upstream_and_retry_upstream_print_snake_case(demo: Path) -> Non
     assert (resolved["phone_number"], resolved["resolved_by"]) == (NUMBER, "ops")
 
 
-def test_a_second_pause_without_reason_keeps_the_first_reason(tmp_path: Path) -> None:
-    assert run(tmp_path, "migrate").returncode == 0
+def test_a_second_pause_without_reason_keeps_the_first_reason(
+    tmp_path: Path, run: Runner, ok: Callable[..., Any]
+) -> None:
+    assert run(tmp_path, "migrate").exit_code == 0
     first = ok(tmp_path, "pause", "--reason", "carrier audit", "--by", "ops")
     second = ok(tmp_path, "pause", "--by", "bob")
     assert second["reason"] == "carrier audit"
@@ -136,24 +159,26 @@ def test_a_second_pause_without_reason_keeps_the_first_reason(tmp_path: Path) ->
     )
 
 
-def test_events_without_redis_says_where_events_are(tmp_path: Path) -> None:
+def test_events_without_redis_says_where_events_are(tmp_path: Path, run: Runner) -> None:
     done = run(tmp_path, "events")
-    assert done.returncode == 2
+    assert done.exit_code == 2
     error = envelope(done)["error"]
     assert error["code"] == "no_event_stream"
     assert "REDIS_URL" in error["fix"]
     assert "Traceback" not in done.stderr
 
 
-def test_a_piped_seed_demo_prints_no_progress_bar(tmp_path: Path) -> None:
-    done = run(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
-    assert done.returncode == 0, done.stderr
+def test_a_piped_seed_demo_prints_no_progress_bar(tmp_path: Path, run: Runner) -> None:
+    done = run(tmp_path, "seed-demo", "--numbers", "300", "--accounts", "3")
+    assert done.exit_code == 0, done.stderr
     assert "%" not in done.stderr
     assert "\r" not in done.stderr
-    assert json.loads(done.stdout)["numbers"] == 3000
+    assert json.loads(done.stdout)["numbers"] == 300
 
 
-def on_a_terminal(data: Path, *args: str, **env: str) -> tuple[Any, bytes]:
+def on_a_terminal(
+    data: Path, *args: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], bytes]:
     """The console script with stderr on a terminal (a pty): its result, and what it drew."""
     main, child = pty.openpty()
     try:
@@ -183,16 +208,18 @@ def on_a_terminal(data: Path, *args: str, **env: str) -> tuple[Any, bytes]:
     return done, drawn
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_seed_demo_on_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
     """The same command with stderr on a terminal (a pty) draws the bar there."""
-    done, drawn = on_a_terminal(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
+    done, drawn = on_a_terminal(tmp_path, "seed-demo", "--numbers", "300", "--accounts", "3")
     assert done.returncode == 0
-    assert json.loads(done.stdout)["numbers"] == 3000
+    assert json.loads(done.stdout)["numbers"] == 300
     assert b"seeding demo numbers" in drawn
     assert b"100%" in drawn
 
 
 @pytest.mark.redis
+@pytest.mark.processes(moved_clock=False)
 @pytest.mark.parametrize(
     ("command", "label", "counted"),
     [("purge", b"purging", "purged"), ("publish", b"publishing", "published")],
@@ -204,15 +231,17 @@ def test_a_foreground_purge_or_publish_draws_a_bar_on_a_terminal_and_none_in_a_p
     command: str,
     label: bytes,
     counted: str,
+    run: Runner,
+    ok: Callable[..., Any],
 ) -> None:
-    ok(tmp_path, "seed-demo", "--numbers", "3000", "--accounts", "3")
+    ok(tmp_path, "seed-demo", "--numbers", "300", "--accounts", "3")
     done, drawn = on_a_terminal(tmp_path, command, REDIS_URL=redis_url)
     assert done.returncode == 0, drawn[-2000:]
     assert json.loads(done.stdout)[counted] > 0
     assert label in drawn
     assert b"100%" in drawn
     piped = run(tmp_path, command, REDIS_URL=redis_url)
-    assert piped.returncode == 0, piped.stderr
+    assert piped.exit_code == 0, piped.stderr
     assert label.decode() not in piped.stderr
     assert "\r" not in piped.stderr
 
@@ -239,11 +268,11 @@ def _entry(client: redis.Redis, event_id: int) -> str:
 
 
 def test_events_reads_the_stream_since_an_id(
-    tmp_path: Path, stream: redis.Redis, redis_url: str
+    tmp_path: Path, stream: redis.Redis, redis_url: str, run: Runner
 ) -> None:
     first, second = _entry(stream, 1), _entry(stream, 2)
     every = run(tmp_path, "events", "--json", REDIS_URL=redis_url)
-    assert every.returncode == 0, every.stderr
+    assert every.exit_code == 0, every.stderr
     lines = [json.loads(line) for line in every.stdout.splitlines()]
     assert [line["stream_id"] for line in lines] == [first, second]
     assert lines[0]["kind"] == "released"
@@ -251,14 +280,15 @@ def test_events_reads_the_stream_since_an_id(
     later = run(tmp_path, "events", "--json", "--since", first, REDIS_URL=redis_url)
     assert [json.loads(line)["stream_id"] for line in later.stdout.splitlines()] == [second]
     bad = run(tmp_path, "events", "--since", "yesterday", REDIS_URL=redis_url)
-    assert bad.returncode == 2
+    assert bad.exit_code == 2
     assert envelope(bad)["error"]["code"] == "invalid_since"
     table = run(tmp_path, "events", REDIS_URL=redis_url)
-    assert table.returncode == 0
+    assert table.exit_code == 0
     assert NUMBER in table.stdout
     assert "released" in table.stdout
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_events_follow_prints_new_entries_until_sigterm(
     tmp_path: Path, stream: redis.Redis, redis_url: str
 ) -> None:

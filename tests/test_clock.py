@@ -12,6 +12,7 @@ import pytest
 
 
 @pytest.mark.real_clock
+@pytest.mark.processes(moved_clock=False)
 def test_a_process_started_elsewhere_reads_the_clock_of_the_suite(
     wall_now: datetime, tmp_path: Path
 ) -> None:

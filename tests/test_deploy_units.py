@@ -54,6 +54,7 @@ def test_there_is_a_unit_for_each_process() -> None:
     )
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_the_units_verify(installed: Path) -> None:
     done = subprocess.run(
         [systemd_analyze(), "verify", "--man=no", *sorted(installed.glob("*.service"))],
@@ -68,6 +69,7 @@ def test_the_units_verify(installed: Path) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.processes(moved_clock=False)
 def test_each_unit_is_hardened(installed: Path, name: str) -> None:
     done = subprocess.run(
         [

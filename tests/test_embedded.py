@@ -8,9 +8,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from shared.settings import Settings
 from tests.factories import NOW
@@ -55,10 +57,11 @@ def queued(data: Path) -> list[Path]:
     return sorted(queue.iterdir()) if queue.exists() else []
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_a_run_that_fails_on_a_bad_flag_leaves_nothing_queued(tmp_path: Path) -> None:
     data = tmp_path / "data"
     failed = script("run", "--bogus-flag", env=embedded_env(data), cwd=tmp_path)
-    assert failed.returncode != 0
+    assert failed.returncode == 2  # Celery's usage error
     assert "--bogus-flag" in failed.stderr
     # Before: the start-up purge was sent before Celery read its arguments, and the next
     # `run` purged once for each failed attempt.
@@ -79,6 +82,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return project, elsewhere
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_commands_from_any_folder_open_the_same_embedded_store(tmp_path: Path) -> None:
     env, (project, elsewhere) = user_env(tmp_path), folders(tmp_path)
     seeded = script("seed-demo", "--numbers", "200", "--accounts", "3", env=env, cwd=project)
@@ -93,6 +97,7 @@ def test_commands_from_any_folder_open_the_same_embedded_store(tmp_path: Path) -
     assert str(store) in script("migrate", env=env, cwd=elsewhere).stdout
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_celery_call_from_another_folder_reaches_the_running_worker(tmp_path: Path) -> None:
     env, (project, elsewhere) = user_env(tmp_path), folders(tmp_path)
     run = Process([SCRIPT, "run", "--concurrency=1"], env, tmp_path / "run.log", cwd=project)
@@ -141,14 +146,18 @@ def test_celery_call_from_another_folder_reaches_the_running_worker(tmp_path: Pa
     ],
 )
 def test_commands_refuse_an_embedded_store_that_does_not_exist(
-    tmp_path: Path, args: list[str]
+    tmp_path: Path,
+    args: list[str],
+    cli_in: Callable[..., Callable[..., Result]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Only `run`, `migrate` and `seed-demo` create a store; the others name the one they
     looked for and how to point at the right one."""
     data = tmp_path / "typo"
     args = [str(free_port()) if arg == "free" else arg for arg in args]
-    result = script(*args, env=embedded_env(data), cwd=tmp_path, timeout=30)
-    assert result.returncode == 1
+    monkeypatch.chdir(tmp_path)
+    result = cli_in(data)(*args)
+    assert result.exit_code == 1
     envelope = json.loads(result.stderr.strip().splitlines()[-1])
     assert envelope["error"]["code"] == "store_not_found"
     assert str(data / "numbers.db") in envelope["error"]["message"]
@@ -164,6 +173,7 @@ def outbox_events(store: Path) -> int:
     return count
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_the_outbox_of_an_embedded_store_stays_bounded(tmp_path: Path) -> None:
     """No Redis, no one to relay to: the events of a purge must not pile up in the SQLite file.
 

@@ -4,15 +4,13 @@ configuration, the provider's answer or the operator's input (issue: fail safe).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +25,7 @@ from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
 
 Factory = sessionmaker[Session]
+Invoke = Callable[..., Result]
 # Every purge here decides a day before the suite's instant: never ahead of the host's clock.
 WHEN = NOW - timedelta(days=1)
 OVERDUE = timedelta(days=15)
@@ -309,36 +308,34 @@ def test_a_real_run_ahead_of_the_clock_is_refused_and_a_dry_run_may_look_ahead(
     assert all(run.started_at <= datetime.now(UTC) for run in runs)
 
 
-def test_the_cli_refuses_a_future_purge_and_publication(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    env |= {"NUMBERS_RETENTION_DATA": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0"}
+def test_the_cli_refuses_a_future_purge_and_publication(
+    tmp_path: Path, cli_in: Callable[..., Invoke]
+) -> None:
+    cli = cli_in(tmp_path, REDIS_URL="redis://127.0.0.1:1/0", LOG_FORMAT="auto")
     future = (datetime.now(UTC) + timedelta(days=3)).isoformat()
-    migrate = [sys.executable, "-m", "worker.cli", "migrate"]
-    assert subprocess.run(migrate, env=env, capture_output=True, timeout=60).returncode == 0
+    assert cli("migrate").exit_code == 0
     for args in (("purge", "--now", future), ("publish", "--now", future)):
-        done = subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 2, (args, done.stderr)
+        done = cli(*args)
+        assert done.exit_code == 2, (args, done.stderr)
         assert json.loads(done.stderr)["error"]["code"] == "now_in_future"
 
 
 @pytest.mark.parametrize("where", ["html", "closed port"])
-def test_the_cli_purge_stopped_by_the_provider_exits_5(tmp_path: Path, where: str) -> None:
+def test_the_cli_purge_stopped_by_the_provider_exits_5(
+    tmp_path: Path, where: str, cli_in: Callable[..., Invoke]
+) -> None:
     """A cron job or CI step must not read a run the provider stopped as a success."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
-    env |= {"NUMBERS_RETENTION_DATA": str(tmp_path), "PROVIDER": "telnyx"}
-    env |= {"TELNYX_API_KEY": API_KEY, "PROVIDER_FAILURE_STREAK": "1"}
-    cli = [sys.executable, "-m", "worker.cli"]
+    settings = {"PROVIDER": "telnyx", "TELNYX_API_KEY": API_KEY, "PROVIDER_FAILURE_STREAK": "1"}
     with StaticServer(Reply(200, "<h1>Hi</h1>", {"Content-Type": "text/html"})) as proxy:
-        env["TELNYX_BASE_URL"] = proxy.url if where == "html" else "http://127.0.0.1:1"
-        assert subprocess.run([*cli, "migrate"], env=env, timeout=60).returncode == 0
-        done = subprocess.run([*cli, "purge"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 5, done.stderr
+        cli = cli_in(
+            tmp_path,
+            **settings,
+            TELNYX_BASE_URL=proxy.url if where == "html" else "http://127.0.0.1:1",
+            LOG_FORMAT="auto",
+        )
+        assert cli("migrate").exit_code == 0
+        done = cli("purge")
+    assert done.exit_code == 5, done.stderr
     status = "provider_misconfigured" if where == "html" else "provider_unavailable"
     assert json.loads(done.stdout)["status"] == status
     assert f"purge stopped ({status})" in done.stderr

@@ -51,6 +51,7 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
         yield sock
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_a_fresh_heartbeat_of_a_live_process_is_healthy_a_stale_or_orphaned_one_is_not(
     tmp_path: Path,
 ) -> None:

@@ -8,6 +8,8 @@ import pty
 import subprocess
 import sys
 
+import pytest
+
 SNIPPET = """
 import structlog
 from shared.settings import get_settings
@@ -22,6 +24,7 @@ def run(stderr: int) -> None:
     subprocess.run([sys.executable, "-c", SNIPPET], stderr=stderr, env=env, timeout=60, check=True)
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_json_lines_when_not_on_a_terminal() -> None:
     read, write = os.pipe()
     run(write)
@@ -33,6 +36,7 @@ def test_json_lines_when_not_on_a_terminal() -> None:
     assert event["timestamp"].endswith("Z")
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_console_rendering_on_a_terminal() -> None:
     master, slave = pty.openpty()
     run(slave)

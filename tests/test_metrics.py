@@ -322,7 +322,6 @@ def test_a_query_past_the_statement_timeout_is_up_0(
         # A migration (or anything) holding the table: the scrape gives up instead of piling up.
         with pg_engine.connect() as blocker:
             blocker.exec_driver_sql("LOCK TABLE phone_numbers IN ACCESS EXCLUSIVE MODE")
-            started = time.monotonic()
             try:
                 samples = scrape(collector)
                 # The counts are left out; the runs, another table, are still read.
@@ -330,8 +329,9 @@ def test_a_query_past_the_statement_timeout_is_up_0(
                     ("numbers_retention_scrape_source_up", (("source", "runs"),)): 1
                 }
                 assert ("numbers_retention_paused", ()) in samples
+                # A scrape that waited for the lock would not be here before the rollback:
+                # the counts are left out because the statement timed out.
                 assert ("numbers_retention_overdue", ()) not in samples
-                assert time.monotonic() - started < 5, "the scrape waited for the lock"
             finally:
                 blocker.rollback()
         assert scrape(collector)[("numbers_retention_up", ())] == 1
@@ -353,10 +353,9 @@ def test_a_scrape_of_the_embedded_store_never_waits_for_a_writer(
         # A purge batch under way: its transaction holds the file's write lock until it ends.
         with writer.begin() as batch:
             batch.execute(update(PhoneNumber).values(purge_hold=False))
-            started = time.monotonic()
+            # A reader that asked for the write lock would wait busy_timeout (30 s) for it,
+            # then fail: up 0.
             assert scrape(collector)[("numbers_retention_up", ())] == 1
-            # A reader that asked for the write lock would wait busy_timeout (30 s) for it.
-            assert time.monotonic() - started < 5, "the scrape waited for the writer's lock"
     finally:
         engine.dispose()
         writer.dispose()

@@ -123,10 +123,12 @@ def promtool_passes(*args: str, timeout: float) -> str:
     return done.stdout
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_alert_rules_pass_their_promtool_unit_tests() -> None:
     assert "SUCCESS" in promtool_passes("test", "rules", "alerts.test.yml", timeout=120)
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_prometheus_config_and_rules_check() -> None:
     checked = promtool_passes("check", "config", "prometheus.yml", timeout=60)
     assert "SUCCESS: 18 rules found" in checked

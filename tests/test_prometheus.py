@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +23,9 @@ from tests.factories import make_number, make_numbers
 from tests.processes import Process, service_env, wait_for
 from tests.servers import free_port
 from tests.test_metrics import Samples, expected
-from tests.test_status_cli import CLI
+
+CLI = str(Path(sys.executable).parent / "numbers-retention")
+
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
 

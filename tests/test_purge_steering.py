@@ -4,21 +4,22 @@ control, the cap on the batch size, and the configuration built once from the se
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from click.testing import Result
 from sqlalchemy import text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from structlog.testing import capture_logs
 
+import shared.purge.stop as stop_module
 from shared.controls import clear_pace, read_controls, set_pace
 from shared.db import make_session_factory
 from shared.errors import ValidationError
@@ -43,7 +44,7 @@ from worker.connections import engine as worker_engine
 from worker.tasks import PRUNE, PURGE, RECONCILE, RELAY
 
 Factory = sessionmaker[Session]
-CLI = str(Path(sys.executable).parent / "numbers-retention")
+Invoke = Callable[..., Result]
 
 
 def seed(factory: Factory, now: datetime, count: int) -> None:
@@ -231,12 +232,25 @@ def test_lanes_resting_side_by_side_count_once() -> None:
     assert steer.rested == pytest.approx(max(rests)) == pytest.approx(3.0)
 
 
-def test_a_stop_ends_a_rest_early() -> None:
+def test_a_stop_ends_a_rest_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop asked for during a rest ends it after the slice under way; one already asked for
+    rests not at all (on a clock of the test's: the slices slept are counted, not timed)."""
+    clock = [0.0]
+    slept: list[float] = []
     stop = StopRequest()
-    stop.request("test")
-    started = time.monotonic()
-    stop.sleep(5)
-    assert time.monotonic() - started < 0.1
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        slept.append(seconds)
+        if len(slept) == 3:
+            stop.request("test")  # asked for while the third slice is under way
+
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep)
+    monkeypatch.setattr(stop_module, "time", fake_time)
+    stop.sleep(60)
+    assert slept == [stop_module.SLICE_SECONDS] * 3
+    stop.sleep(60)
+    assert len(slept) == 3
 
 
 # --- on the stores ----------------------------------------------------------------------------
@@ -292,21 +306,18 @@ def test_a_bad_pace_is_refused_with_the_envelope(session_factory: Factory, bad: 
     assert refused.value.code == "invalid_pace"
 
 
-def test_pace_and_status_from_the_command_line(pg_url: str, pg_factory: Factory) -> None:
-    env = {"DATABASE_URL": pg_url, "LOG_FORMAT": "json", "PATH": "/usr/bin:/bin"}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CLI, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-        )
+def test_pace_and_status_from_the_command_line(
+    pg_url: str, pg_factory: Factory, tmp_path: Path, cli_in: Callable[..., Invoke]
+) -> None:
+    cli = cli_in(tmp_path, DATABASE_URL=pg_url)
 
     set_ = cli("pace", "--rows-per-second", "2500", "--reason", "peak hours", "--by", "ops")
-    assert set_.returncode == 0, set_.stderr
+    assert set_.exit_code == 0, set_.stderr
     status = json.loads(cli("status", "--json").stdout)
     assert status["pace"]["rows_per_second"] == 2500
     assert (status["pace"]["by"], status["pace"]["reason"]) == ("ops", "peak hours")
     assert "at most 2,500 rows/s, set by ops" in cli("status").stdout
-    assert cli("pace").returncode == 2  # neither a ceiling nor --off
+    assert cli("pace").exit_code == 2  # neither a ceiling nor --off
     assert json.loads(cli("pace", "--off").stdout) == {"pace": None, "was_paced": True}
     assert json.loads(cli("status", "--json").stdout)["pace"] is None
 

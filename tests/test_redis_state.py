@@ -102,6 +102,7 @@ def reads(client: redis.Redis, now: datetime) -> set[str]:
 
 
 @pytest.mark.postgres
+@pytest.mark.processes(moved_clock=False)
 def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
     pg_factory: sessionmaker[Session], fault_redis: RedisServer, now: datetime, tmp_path: Path
 ) -> None:
@@ -158,6 +159,7 @@ def test_a_redis_restored_from_an_older_snapshot_is_noticed_and_rebuilt_at_once(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("emptied", ["restart", "flushall"])
+@pytest.mark.processes(moved_clock=False)
 def test_a_redis_emptied_is_not_published_until_the_reconciliation(
     pg_factory: sessionmaker[Session], fault_redis: RedisServer, now: datetime, emptied: str
 ) -> None:
@@ -231,6 +233,7 @@ def test_beat_re_adds_a_schedule_entry_redis_lost(
         beat.close()
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_an_eviction_policy_that_may_drop_the_sets_is_an_error_in_the_log(
     fault_redis: RedisServer, tmp_path: Path
 ) -> None:

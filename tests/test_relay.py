@@ -214,6 +214,7 @@ while relay_events(factory, client, batch_size=10, max_seconds=0).remaining:
 """
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_a_relay_killed_with_sigkill_loses_and_duplicates_nothing(
     pg_factory: Factory,
     pg_url: str,

@@ -1,5 +1,8 @@
 """A wrong setting is the `invalid_settings` envelope and exit 2: through the console script,
-naming the variable and why, never its value, never a traceback."""
+naming the variable and why, never its value, never a traceback.
+
+The console script's `main` (worker/entry.py) runs in this process for every case; a few run it
+as its own process too, where a wrong store setting fails the import of `shared` itself."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import annotated_types
 import pytest
 from pydantic import ValidationError
 
+import worker.entry
 from shared.settings import Settings
 from worker.app import create_app, visibility_timeout
 
@@ -40,7 +45,40 @@ def numbers_retention(
     )
 
 
-def refusal(done: subprocess.CompletedProcess[str], code: str) -> dict[str, Any]:
+Done = subprocess.CompletedProcess[str]
+Entry = Callable[..., Done]
+
+
+@pytest.fixture
+def entry(
+    tmp_path: Path,
+    cli_in: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Entry:
+    """`entry(*args, **settings)`: the console script's `main` in this process, with no setting
+    of ours but `settings`, on an embedded store in `tmp_path`; its exit code and output as a
+    child's would be."""
+
+    def run(*args: str, **settings: str) -> Done:
+        for key in list(os.environ):
+            if key.upper() in VARIABLES:
+                monkeypatch.delenv(key)
+        cli_in(tmp_path, **settings)  # the settings, and the test's logging put back after
+        monkeypatch.setattr(sys, "argv", [CLI, *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            worker.entry.main()
+        out, err = capsys.readouterr()
+        code = exited.value.code
+        return subprocess.CompletedProcess(
+            [CLI, *args], code if isinstance(code, int) else 1, out, err
+        )
+
+    return run
+
+
+def refusal(done: Done, code: str) -> dict[str, Any]:
     """The one envelope on stderr (exit 2, nothing on stdout, no traceback); its `error`."""
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
@@ -111,6 +149,31 @@ SETTINGS_CASES = [
 
 @pytest.mark.parametrize(("variable", "value", "more"), SETTINGS_CASES)
 def test_a_wrong_setting_is_the_envelope(
+    tmp_path: Path, entry: Entry, variable: str, value: str, more: dict[str, str]
+) -> None:
+    done = entry("status", **more, **{variable: value})
+    error = refusal(done, "invalid_settings")
+    assert f"{variable}:" in error["message"]
+    if len(value.strip()) > 3:
+        assert value not in done.stderr
+    assert SECRET not in done.stderr
+    assert not (tmp_path / "numbers.db").exists()  # refused before any engine was built
+
+
+@pytest.mark.processes(moved_clock=False)
+@pytest.mark.parametrize(
+    ("variable", "value", "more"),
+    [
+        # A wrong store setting fails the import of `shared` (shared/retention.py) in the
+        # console script's own process: still the envelope.
+        pytest.param("RETENTION_DAYS", "abc", {}, id="retention-not-a-number"),
+        pytest.param(
+            "DATABASE_URL", f"mysql://retention:{SECRET}@db.example/retention", {}, id="db-mysql"
+        ),
+        pytest.param("TELNYX_API_KEY", "", {"PROVIDER": "telnyx"}, id="telnyx-empty-key"),
+    ],
+)
+def test_the_console_script_refuses_a_wrong_setting_with_the_envelope(
     tmp_path: Path, variable: str, value: str, more: dict[str, str]
 ) -> None:
     done = numbers_retention(_env(tmp_path, **more, **{variable: value}), "status")
@@ -122,23 +185,25 @@ def test_a_wrong_setting_is_the_envelope(
     assert not (tmp_path / "numbers.db").exists()  # refused before any engine was built
 
 
-def test_a_provider_left_without_its_key_is_refused(tmp_path: Path) -> None:
-    env = _env(tmp_path, PROVIDER="telnyx")
-    assert "TELNYX_API_KEY" not in env
-    error = refusal(numbers_retention(env, "purge"), "invalid_settings")
+def test_a_provider_left_without_its_key_is_refused(entry: Entry) -> None:
+    done = entry("purge", PROVIDER="telnyx")
+    assert "TELNYX_API_KEY" not in os.environ
+    error = refusal(done, "invalid_settings")
     assert "TELNYX_API_KEY: must be set when PROVIDER is telnyx" in error["message"]
 
 
-def test_every_wrong_worker_setting_is_named_at_once(tmp_path: Path) -> None:
-    env = _env(tmp_path, PURGE_MAX_SECONDS="inf", RELAY_BATCH_SIZE="-5", LOG_LEVEL="x")
-    error = refusal(numbers_retention(env, "purge", "--dry-run"), "invalid_settings")
+def test_every_wrong_worker_setting_is_named_at_once(entry: Entry) -> None:
+    done = entry(
+        "purge", "--dry-run", PURGE_MAX_SECONDS="inf", RELAY_BATCH_SIZE="-5", LOG_LEVEL="x"
+    )
+    error = refusal(done, "invalid_settings")
     for variable in ("PURGE_MAX_SECONDS", "RELAY_BATCH_SIZE", "LOG_LEVEL"):
         assert f"{variable}:" in error["message"]
 
 
-def test_the_beat_lock_rule_names_both_variables_not_their_values(tmp_path: Path) -> None:
-    env = _env(tmp_path, BEAT_MAX_LOOP_SECONDS="1234", BEAT_LOCK_TIMEOUT_SECONDS="2345")
-    error = refusal(numbers_retention(env, "status"), "invalid_settings")
+def test_the_beat_lock_rule_names_both_variables_not_their_values(entry: Entry) -> None:
+    done = entry("status", BEAT_MAX_LOOP_SECONDS="1234", BEAT_LOCK_TIMEOUT_SECONDS="2345")
+    error = refusal(done, "invalid_settings")
     assert (
         "BEAT_LOCK_TIMEOUT_SECONDS must be at least twice BEAT_MAX_LOOP_SECONDS"
         in (error["message"])
@@ -188,6 +253,7 @@ def test_at_their_upper_bounds_the_settings_still_build_the_worker(tmp_path: Pat
     assert app.conf.beat_schedule
 
 
+@pytest.mark.processes(moved_clock=False)
 def test_a_retention_window_at_its_bound_still_gives_valid_deadlines(tmp_path: Path) -> None:
     code = (
         "from datetime import datetime, UTC\n"
@@ -206,26 +272,25 @@ def test_a_retention_window_at_its_bound_still_gives_valid_deadlines(tmp_path: P
 
 
 @pytest.fixture
-def store_env(tmp_path: Path) -> dict[str, str]:
-    """`_env` on a migrated embedded store (the exporter refuses a store that is not there)."""
-    env = _env(tmp_path)
-    assert numbers_retention(env, "migrate").returncode == 0
-    return env
+def store(entry: Entry) -> Entry:
+    """`entry` on a migrated embedded store (the exporter refuses a store that is not there)."""
+    assert entry("migrate").returncode == 0
+    return entry
 
 
-def test_metrics_on_a_host_that_is_no_address_is_the_envelope(store_env: dict[str, str]) -> None:
-    done = numbers_retention(store_env, "metrics", "--host", "999.1.1.1", "--port", "9808")
+def test_metrics_on_a_host_that_is_no_address_is_the_envelope(store: Entry) -> None:
+    done = store("metrics", "--host", "999.1.1.1", "--port", "9808")
     error = refusal(done, "address_unavailable")
     assert "999.1.1.1:9808" in error["message"]
     assert "--host" in error["fix"]
 
 
-def test_metrics_on_a_port_in_use_is_the_envelope(store_env: dict[str, str]) -> None:
+def test_metrics_on_a_port_in_use_is_the_envelope(store: Entry) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        done = numbers_retention(store_env, "metrics", "--host", "127.0.0.1", "--port", port)
+        done = store("metrics", "--host", "127.0.0.1", "--port", port)
     error = refusal(done, "address_in_use")
     assert f"127.0.0.1:{port}" in error["message"]
     assert "--port" in error["fix"]
@@ -275,17 +340,24 @@ USAGE_CASES = [
 
 @pytest.mark.parametrize(("args", "command", "says"), USAGE_CASES)
 def test_a_usage_error_is_the_envelope(
-    tmp_path: Path, args: list[str], command: str, says: str
+    tmp_path: Path, entry: Entry, args: list[str], command: str, says: str
 ) -> None:
-    error = refusal(numbers_retention(_env(tmp_path), *args), "invalid_usage")
+    error = refusal(entry(*args), "invalid_usage")
     assert error["message"].startswith(f"{command}: ")
     assert says in error["message"]
     assert error["fix"] == f"See `{command} --help`."
     assert not (tmp_path / "numbers.db").exists()
 
 
-def test_without_a_command_it_still_shows_its_help(tmp_path: Path) -> None:
-    done = numbers_retention(_env(tmp_path))
+@pytest.mark.processes(moved_clock=False)
+def test_the_console_script_refuses_a_usage_error_with_the_envelope(tmp_path: Path) -> None:
+    error = refusal(numbers_retention(_env(tmp_path), "purge", "--bogus"), "invalid_usage")
+    assert error["message"].startswith("numbers-retention purge: ")
+    assert not (tmp_path / "numbers.db").exists()
+
+
+def test_without_a_command_it_still_shows_its_help(entry: Entry) -> None:
+    done = entry()
     assert done.returncode == 2
     assert "Usage: numbers-retention" in done.stderr
     assert "Traceback" not in done.stderr
