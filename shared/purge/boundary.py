@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from shared.controls import pause_reason, read_controls
 from shared.purge.budget import Budget
 from shared.purge.config import PurgeConfig
+from shared.purge.lock import deleter_keys
 from shared.purge.pacing import Pacer
 from shared.purge.stop import StopRequest
 from shared.run_status import RunStatus
@@ -42,6 +43,7 @@ class Boundary:
             max_replica_lag=config.max_replica_lag_seconds,
             target_ms=config.target_ms,
             busy_rest=config.busy_rest,
+            run_keys=deleter_keys(),
             # Replicas are first looked at a second into the run: a short run (the usual one
             # between two schedules) starts at once.
             lag_checked_at=budget.started,

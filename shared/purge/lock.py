@@ -15,6 +15,17 @@ PURGE_LOCK_KEY = 0x6E756D62  # "numb"
 PRUNE_LOCK_KEY = 0x6E756D70  # "nump"
 
 
+def deleter_keys() -> tuple[int, ...]:
+    """The run locks of every run that deletes in batches: the whole store's purge (first),
+    the audit prune, each carrier's lane. Each run's pacer counts those held
+    (shared/purge/pacing.py): the runs at work share the room they leave the API."""
+    # Imported here: the carriers import the purge's modules, which import this one.
+    from shared.carriers import CARRIERS
+    from shared.purge.lanes import lane_lock_key
+
+    return (PURGE_LOCK_KEY, PRUNE_LOCK_KEY, *(lane_lock_key(name) for name in CARRIERS))
+
+
 @contextmanager
 def run_lock(engine: Engine, key: int = PURGE_LOCK_KEY, name: str = "purge") -> Iterator[bool]:
     """Yield whether this process holds the one-run-at-a-time lock `key` (`name` on SQLite):

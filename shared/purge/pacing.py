@@ -7,7 +7,8 @@ to rest, the longest wins:
 - other sessions at work on the store (the API): sampled in `pg_stat_activity` before each
   batch (running a statement, or idle for under a second), the purge rests `busy_rest` times
   each batch's time in proportion to how often it found them, so it takes turns with the API
-  instead of sharing every moment with it;
+  instead of sharing every moment with it; that many times more with several runs at work
+  at once (carriers' lanes, the audit prune: their run locks), which share that room;
 - a batch taking clearly longer than the target its size aims at (the database got busier
   than the size had adapted to);
 - a replica replaying too far behind;
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -56,7 +58,15 @@ OTHERS_AT_WORK = text(
     " AND (state IN ('active', 'idle in transaction')"
     " OR (state = 'idle' AND state_change > now() - make_interval(secs => :recent)))"
     " AND application_name IS DISTINCT FROM :name"
-    " AND application_name IS DISTINCT FROM :worker)"
+    " AND application_name IS DISTINCT FROM :worker), ("
+    # The runs at work that delete in batches (their run locks: shared/purge/lock.py), this
+    # one included: a session advisory lock on a key below 2^32 shows as (classid 0, objid).
+    # The whole store's run holds its lock and, in turn, each lane's: one run, not two.
+    "SELECT greatest(count(*) FILTER (WHERE objid::bigint <> :umbrella),"
+    " count(*) FILTER (WHERE objid::bigint = :umbrella))"
+    " FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 0"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND objid::bigint = ANY(:runs))"
 ).bindparams(name=APPLICATION_NAME, worker=WORKER_APPLICATION_NAME)
 REPLICA_LAG = text(
     "SELECT coalesce(max(extract(epoch FROM greatest(replay_lag, write_lag, flush_lag))), 0)"
@@ -71,11 +81,16 @@ def replica_lag(session: Session) -> float:
     return float(session.scalar(REPLICA_LAG) or 0.0)
 
 
-def others_at_work(
-    session: Session, *, recent: float = RECENTLY_AT_WORK_SECONDS, own: set[int] | None = None
-) -> int:
-    """Other client sessions at work on the store: running a statement or a transaction now,
-    or idle for less than `recent` seconds.
+def look_around(
+    session: Session,
+    *,
+    recent: float = RECENTLY_AT_WORK_SECONDS,
+    own: set[int] | None = None,
+    runs: tuple[int, ...] = (),
+) -> tuple[int, int]:
+    """Other client sessions at work on the store (running a statement or a transaction now,
+    or idle for less than `recent` seconds), and the runs at work of those whose run locks
+    are `runs` (the first: the whole store's run, which also holds a lane's lock in turn).
 
     `own`: the server processes of the caller's other connections (the purge's pool, which
     its batches just used), not counted; this session's is added to it.
@@ -83,11 +98,18 @@ def others_at_work(
     (each batch's), or it answers what the transaction saw before.
     """
     if session.get_bind().dialect.name != "postgresql":
-        return 0
+        return 0, 0
     mine = own if own is not None else set()
-    row = session.execute(OTHERS_AT_WORK, {"recent": recent, "own": sorted(mine)}).one()
+    umbrella = runs[0] if runs else 0
+    found = {"recent": recent, "own": sorted(mine), "runs": list(runs), "umbrella": umbrella}
+    row = session.execute(OTHERS_AT_WORK, found).one()
     mine.add(int(row[1]))
-    return int(row[2] or 0)
+    return int(row[2] or 0), int(row[3] or 0)
+
+
+def others_at_work(session: Session, **options: Any) -> int:
+    """Other client sessions at work on the store (`look_around`)."""
+    return look_around(session, **options)[0]
 
 
 @dataclass
@@ -111,6 +133,10 @@ class Pacer:
     ceiling_since: float = 0.0
     busy: float = 0.0  # smoothed share of batches that found other sessions at work
     own_sessions: set[int] = field(default_factory=set)  # the run's server processes
+    # The run locks of the runs that delete in batches (shared/purge/lock.py), and how many of
+    # them were at work at the last look, this one included: they share the room for the API.
+    run_keys: tuple[int, ...] = ()
+    runs: int = 1
     lag_checked_at: float | None = None
     clock: Callable[[], float] = time.monotonic
     # Seconds each lane (thread) rested: lanes rest side by side, so the run rested as long as
@@ -126,7 +152,7 @@ class Pacer:
         # Turns with the other sessions, and the time this batch took beyond what its size
         # was chosen to take. The ceiling is kept before the next pick (`ceiling_wait`).
         rest = max(
-            self.busy_rest * self.busy * ms / 1000,
+            self.busy_rest * self.busy * max(self.runs, 1) * ms / 1000,
             self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
         )
         return self._rest(rest)
@@ -170,7 +196,8 @@ class Pacer:
         """Look whether other sessions are at work on the store (once per batch)."""
         if self.busy_rest <= 0:
             return
-        found = 1.0 if others_at_work(session, own=self.own_sessions) else 0.0
+        others, self.runs = look_around(session, own=self.own_sessions, runs=self.run_keys)
+        found = 1.0 if others else 0.0
         self.busy += BUSY_SMOOTHING * (found - self.busy)
 
     def replica_wait(self, session: Session, now: float) -> float:
