@@ -521,6 +521,38 @@ def test_the_workers_own_sessions_carry_its_name(pg_url: str) -> None:
         assert connection.scalar(text("SHOW application_name")) == WORKER_APPLICATION_NAME
 
 
+def test_two_phase_claims_shrink_to_the_transaction_target(
+    session_factory: Factory,
+    now: datetime,
+    telnyx: TelnyxProvider,
+    settings_env: Callable[..., None],
+) -> None:
+    """A claim's settle (a tombstone and a delete per number) is one transaction: its size
+    adapts to the target as a single-phase batch's does (before: always the carrier's batch
+    size, whatever the database's speed; a busy one held its locks past the 250 ms promise)."""
+    settings_env(PROVIDER_BATCH_SIZE="16", PURGE_BATCH_FLOOR="2", PURGE_BATCH_TARGET_MS="0.001")
+    with session_factory.begin() as session:
+        for i in range(24):
+            number = f"+1415624{i:04d}"
+            make_number(
+                session,
+                account_id="acc_z",
+                phone_number=number,
+                released_at=now - timedelta(days=20),
+                now=now,
+            )
+            session.execute(
+                update(PhoneNumber)
+                .where(PhoneNumber.phone_number == number)
+                .values(provider_number_id=f"91{i}")
+            )
+    report = purge_expired(session_factory, now=now, provider=telnyx)
+    assert (report.status, report.purged) == ("completed", 24)
+    # Every transaction took more than a microsecond: the first claim asked for the carrier's
+    # 16, the next ones for the floor.
+    assert report.batch_sizes == {"min": 2, "max": 16, "last": 2}
+
+
 def test_the_pace_holds_for_the_two_phase_purge_too(
     session_factory: Factory,
     now: datetime,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.carriers.base import Provider, Resolution, UpstreamResult, is_async
 from shared.ledger import record_proofs
 from shared.purge.boundary import Boundary, Halt
+from shared.purge.budget import BatchSizer
 from shared.purge.config import PurgeConfig
 from shared.purge.orders import Orders
 from shared.purge.records import record_progress
@@ -81,6 +82,16 @@ class UpstreamSweep:
     settle_ordered: dict[str, BatchStatements] = field(default_factory=dict)
     # Each transaction of the run timed: the report's worst_transaction_ms.
     transactions: TransactionClock = field(default_factory=TransactionClock)
+    # Rows a batch claims, aimed at the run's target for its longest transaction (the settle:
+    # a tombstone and a delete per number), as the single-phase batches are: a busy database
+    # gets smaller claims, up to the carrier's batch size.
+    sizer: BatchSizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        cap = self.config.provider_batch_size
+        floor = min(self.config.batch_floor, cap)
+        sizer = BatchSizer(target_ms=self.config.target_ms, floor=floor, cap=cap, size=cap)
+        object.__setattr__(self, "sizer", sizer)  # frozen: set once, here
 
     @classmethod
     def build(
@@ -161,7 +172,8 @@ class UpstreamSweep:
             claimed_ms = (time.monotonic() - started) * 1000
             outcome = self._release(factory, claims, orders, proven)
             settling = time.monotonic()
-            self.settle_outcome(factory, outcome, started=started, size=limit)
+            longest = self.settle_outcome(factory, outcome, started=started, size=limit)
+            self.sizer.observe(asked=limit, rows=len(claims), ms=longest)
             store_ms = claimed_ms + (time.monotonic() - settling) * 1000
             self.boundary.stop.sleep(self.boundary.pacer.rest_after(rows=len(claims), ms=store_ms))
             if outcome.stopped_by is not None:
@@ -213,9 +225,10 @@ class UpstreamSweep:
             return begin_call(session, claim, run_id=self.report.run_id, now=self.now)
 
     def _claim_size(self) -> int:
-        """Rows per batch: what the carrier's announced rate calls in a few seconds."""
+        """Rows per batch: the sizer's (its longest transaction aimed at the run's target), at
+        most what the carrier's announced rate calls in a few seconds."""
         pace = self.provider.pace
-        cap = self.config.provider_batch_size
+        cap = self.sizer.size
         return pace.claim_size(cap) if pace is not None else cap
 
     def _rate_limited(self) -> int:
@@ -233,19 +246,21 @@ class UpstreamSweep:
         *,
         started: float,
         size: int,
-    ) -> None:
+    ) -> float:
         """Tombstone what the carrier released, keep the failures (see `_settle`), and count
-        it as a batch of `size` rows begun at `started` (monotonic)."""
+        it as a batch of `size` rows begun at `started` (monotonic); its longest transaction
+        (ms)."""
         purged = self._settle(factory, outcome)
         ms = round((time.monotonic() - started) * 1000, 1)
         with self.transactions.begin(factory) as session:
             record_progress(session, self.report.run_id, purged)
         self.boundary.progress(purged)
+        longest = self.transactions.take()
         self.report.add_batch(
             purged,
             ms,
             size=size,
-            transaction_ms=self.transactions.take(),
+            transaction_ms=longest,
             provider_released=len(outcome.released),
             provider_failed=len(outcome.failed) - outcome.refused,
             provider_refused=outcome.refused,
@@ -254,6 +269,7 @@ class UpstreamSweep:
             provider_deferred=len(outcome.deferred),
             provider_rate_limited=self._rate_limited(),
         )
+        return longest
 
     def _settle(self, factory: sessionmaker[Session], outcome: UpstreamOutcome) -> int:
         """Tombstone and delete what the provider released; keep the failures with their
