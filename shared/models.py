@@ -111,6 +111,14 @@ class PhoneNumber(Base):
         _partial_index(
             "ix_phone_numbers_claimed", "provider_next_attempt_at", where="purge_state = 'purging'"
         ),
+        # The due numbers by carrier: which lanes hold due numbers, an index probe per carrier
+        # (shared/purge/lanes.py).
+        _partial_index(
+            "ix_phone_numbers_lane_due",
+            "carrier",
+            "released_at",
+            where="released_at IS NOT NULL AND NOT purge_hold",
+        ),
         # Submitted numbers (an order at the carrier), read by order at each run.
         _partial_index(
             "ix_phone_numbers_submitted",

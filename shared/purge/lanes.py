@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from shared.models import PhoneNumber
@@ -25,9 +25,27 @@ def in_lane(carrier: str, default: str) -> ColumnElement[bool]:
 
 
 def due_lanes(session: Session, now: datetime, default: str) -> list[str]:
-    """The carriers holding numbers due at `now` ('none' first: nothing to call there)."""
-    carrier = func.coalesce(PhoneNumber.carrier, default)
-    found = set(session.scalars(select(carrier).where(purgeable_numbers(now)).distinct()))
+    """The carriers holding numbers due at `now` ('none' first: nothing to call there).
+
+    One index probe per carrier (ix_phone_numbers_lane_due: the next carrier in order that
+    holds a due number), not a pass over every due number: at 10M numbers that pass took
+    700 ms at the start of every run.
+    """
+    due = purgeable_numbers(now)
+    found: set[str] = set()
+    after: str | None = None
+    while True:
+        query = select(PhoneNumber.carrier).where(PhoneNumber.carrier.is_not(None), due)
+        if after is not None:
+            query = query.where(PhoneNumber.carrier > after)
+        after = session.scalar(query.order_by(PhoneNumber.carrier).limit(1))
+        if after is None:
+            break
+        found.add(after)
+    # In the index's order, as the probes above: the planner walks it, not the table.
+    without = select(PhoneNumber.id).where(PhoneNumber.carrier.is_(None), due)
+    if session.scalar(without.order_by(PhoneNumber.carrier, PhoneNumber.released_at).limit(1)):
+        found.add(default)
     return sorted(found, key=lambda name: (name != "none", name))
 
 
