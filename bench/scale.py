@@ -45,7 +45,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from shared import migrate, released_numbers_body
-from shared.counts import scanned_counts
+from shared.counts import compact_counts, scanned_counts
 from shared.db import make_engine, make_session_factory
 from shared.demo import seed_demo
 from shared.models import Account
@@ -101,6 +101,11 @@ def figures(samples: list[float]) -> tuple[float, float]:
 
 def measure(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
     factory = make_session_factory(engine)
+    # The counts as the hourly reconciliation leaves them (deltas folded), at every size alike:
+    # between two reconciliations a reading also sums up to COMPACT_AT deltas, as many at any
+    # size (the last run's purge left some here).
+    with factory.begin() as session:
+        result_deltas = compact_counts(session)
     with factory() as session:
         accounts = list(session.scalars(select(Account.id).order_by(Account.id).limit(args.calls)))
     turn = iter(range(10**9))
@@ -149,6 +154,7 @@ def measure(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         seconds = report.as_dict()["seconds"]
         result["purge"] = (report.purged, round(report.purged / seconds) if seconds else None)
         result["purge_paced_s"] = report.paced_seconds
+    result["deltas_folded"] = result_deltas
     with engine.connect() as connection:
         result["numbers"] = connection.scalar(text("SELECT count(*) FROM phone_numbers"))
     return result
