@@ -32,6 +32,10 @@ def service_env(
         "NUMBERS_RETENTION_DATA": str(data_dir),
         "LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
+        # The test's own polling of the store (every quarter second, waiting for a purge)
+        # would count as an API at work, and every purge would rest three times its batches
+        # (shared/purge/pacing.py; tested in process in tests/test_purge_steering.py).
+        "PURGE_BUSY_REST": "0",
     }
     return env | extra
 
