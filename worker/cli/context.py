@@ -3,6 +3,8 @@ the store they name."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -19,10 +21,17 @@ class CliContext:
 
     settings: Settings
 
-    def engine(self) -> Engine:
+    @contextmanager
+    def engine(self) -> Iterator[Engine]:
         """An engine of its own, for `migrate`, `run` (which forks) and `seed-demo`: the
-        commands that may create the store."""
-        return engine_for(self.settings)
+        commands that may create the store. Its connections are closed on the way out (before
+        `run` forks its workers; and a command run in a longer process, as click's runner
+        does, leaves none open for the garbage collector)."""
+        engine = engine_for(self.settings)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
     def sessions(self, *, read_only: bool = False) -> sessionmaker[Session]:
         """Sessions on the configured store, through this process's engine for its URL.

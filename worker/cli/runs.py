@@ -49,8 +49,8 @@ def migrate(cli: CliContext) -> None:
     """Apply the database migrations."""
     from shared.migrate import upgrade  # Alembic: imported by the commands that migrate
 
-    engine = cli.engine()
-    upgrade(engine)
+    with cli.engine() as engine:
+        upgrade(engine)
     print_json({"migrated": True, "store": engine.url.render_as_string(hide_password=True)})
 
 
@@ -67,8 +67,8 @@ def run(cli: CliContext, concurrency: int, celery_args: tuple[str, ...]) -> None
     from shared.migrate import upgrade
     from worker.app import app, make_embedded_folders
 
-    engine = cli.engine()
-    upgrade(engine)
+    with cli.engine() as engine:
+        upgrade(engine)
     log.info("run.store", store=engine.url.render_as_string(hide_password=True))
     make_embedded_folders(cli.settings)
     # Purge and publish once at start-up (their crontabs' first slots may be far away), once
@@ -216,13 +216,15 @@ def seed_demo(
     """Bulk-load realistic demo data (some of it overdue) into the migrated store."""
     from shared.migrate import upgrade
 
-    engine = cli.engine()
-    upgrade(engine)
-    if if_empty and store_has_numbers(engine):
-        print_json({"seeded": False, "reason": "store_not_empty"})
-        return
-    with progress(numbers, "seeding demo numbers") as advance:
-        summary = load_demo(engine, numbers=numbers, accounts=accounts, now=now, progress=advance)
+    with cli.engine() as engine:
+        upgrade(engine)
+        if if_empty and store_has_numbers(engine):
+            print_json({"seeded": False, "reason": "store_not_empty"})
+            return
+        with progress(numbers, "seeding demo numbers") as advance:
+            summary = load_demo(
+                engine, numbers=numbers, accounts=accounts, now=now, progress=advance
+            )
     print_json(summary.as_dict())
 
 
