@@ -521,6 +521,26 @@ def test_the_workers_own_sessions_carry_its_name(pg_url: str) -> None:
         assert connection.scalar(text("SHOW application_name")) == WORKER_APPLICATION_NAME
 
 
+def overdue_at_the_carrier(
+    session: Session, now: datetime, *, count: int, prefix: str, ids: str
+) -> None:
+    """`count` numbers 20 days past their release, each with its carrier's id."""
+    for i in range(count):
+        number = f"{prefix}{i:04d}"
+        make_number(
+            session,
+            account_id="acc_s",
+            phone_number=number,
+            released_at=now - timedelta(days=20),
+            now=now,
+        )
+        session.execute(
+            update(PhoneNumber)
+            .where(PhoneNumber.phone_number == number)
+            .values(provider_number_id=f"{ids}{i}")
+        )
+
+
 def test_two_phase_claims_shrink_to_the_transaction_target(
     session_factory: Factory,
     now: datetime,
@@ -532,20 +552,7 @@ def test_two_phase_claims_shrink_to_the_transaction_target(
     size, whatever the database's speed; a busy one held its locks past the 250 ms promise)."""
     settings_env(PROVIDER_BATCH_SIZE="16", PURGE_BATCH_FLOOR="2", PURGE_BATCH_TARGET_MS="0.001")
     with session_factory.begin() as session:
-        for i in range(24):
-            number = f"+1415624{i:04d}"
-            make_number(
-                session,
-                account_id="acc_z",
-                phone_number=number,
-                released_at=now - timedelta(days=20),
-                now=now,
-            )
-            session.execute(
-                update(PhoneNumber)
-                .where(PhoneNumber.phone_number == number)
-                .values(provider_number_id=f"91{i}")
-            )
+        overdue_at_the_carrier(session, now, count=24, prefix="+1415624", ids="91")
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.status, report.purged) == ("completed", 24)
     # Every transaction took more than a microsecond: the first claim asked for the carrier's
@@ -561,20 +568,7 @@ def test_the_pace_holds_for_the_two_phase_purge_too(
 ) -> None:
     settings_env(PROVIDER_BATCH_SIZE="4")
     with session_factory.begin() as session:
-        for i in range(8):
-            number = f"+1415621{i:04d}"
-            make_number(
-                session,
-                account_id="acc_s",
-                phone_number=number,
-                released_at=now - timedelta(days=20),
-                now=now,
-            )
-            session.execute(
-                update(PhoneNumber)
-                .where(PhoneNumber.phone_number == number)
-                .values(provider_number_id=f"90{i}")
-            )
+        overdue_at_the_carrier(session, now, count=8, prefix="+1415621", ids="90")
         set_pace(session, rows_per_second=20, by="ops")
     report = purge_expired(session_factory, now=now, provider=telnyx)
     # Two batches of 4 at 20 rows/s: each taking (with its rest) 0.2 s at least.
