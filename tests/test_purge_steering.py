@@ -49,16 +49,26 @@ Factory = sessionmaker[Session]
 Invoke = Callable[..., Result]
 
 
-def seed(factory: Factory, now: datetime, count: int) -> None:
+def seed(
+    factory: Factory, now: datetime, count: int, *, prefix: str = "+1415620", ids: str = ""
+) -> None:
+    """`count` numbers 20 days past their release; with `ids`, each with its carrier's id."""
     with factory.begin() as session:
         for i in range(count):
+            number = f"{prefix}{i:04d}"
             make_number(
                 session,
                 account_id="acc_s",
-                phone_number=f"+1415620{i:04d}",
+                phone_number=number,
                 released_at=now - timedelta(days=20),
                 now=now,
             )
+            if ids:
+                session.execute(
+                    update(PhoneNumber)
+                    .where(PhoneNumber.phone_number == number)
+                    .values(provider_number_id=f"{ids}{i}")
+                )
 
 
 # --- the adaptive batch size (pure) ----------------------------------------------------------
@@ -428,15 +438,7 @@ def test_the_purge_takes_turns_with_an_api_in_use_and_not_with_itself(
     api: bool, pg_url: str, pg_factory: Factory, now: datetime, settings_env: Callable[..., None]
 ) -> None:
     settings_env(PURGE_BUSY_REST="3", PURGE_PARALLEL_BATCHES="2", PURGE_PRESSURE_REST="0")
-    with pg_factory.begin() as session:
-        for i in range(40):
-            make_number(
-                session,
-                account_id="acc_t",
-                phone_number=f"+1415623{i:04d}",
-                released_at=now - timedelta(days=20),
-                now=now,
-            )
+    seed(pg_factory, now, 40)
     engine = pg_factory.kw["bind"]
     # The fixtures' sessions out of the window first (looking from a connection named as the
     # worker's: its own reset when it goes back to its pool does not count).
@@ -521,26 +523,6 @@ def test_the_workers_own_sessions_carry_its_name(pg_url: str) -> None:
         assert connection.scalar(text("SHOW application_name")) == WORKER_APPLICATION_NAME
 
 
-def overdue_at_the_carrier(
-    session: Session, now: datetime, *, count: int, prefix: str, ids: str
-) -> None:
-    """`count` numbers 20 days past their release, each with its carrier's id."""
-    for i in range(count):
-        number = f"{prefix}{i:04d}"
-        make_number(
-            session,
-            account_id="acc_s",
-            phone_number=number,
-            released_at=now - timedelta(days=20),
-            now=now,
-        )
-        session.execute(
-            update(PhoneNumber)
-            .where(PhoneNumber.phone_number == number)
-            .values(provider_number_id=f"{ids}{i}")
-        )
-
-
 def test_two_phase_claims_shrink_to_the_transaction_target(
     session_factory: Factory,
     now: datetime,
@@ -551,8 +533,7 @@ def test_two_phase_claims_shrink_to_the_transaction_target(
     adapts to the target as a single-phase batch's does (before: always the carrier's batch
     size, whatever the database's speed; a busy one held its locks past the 250 ms promise)."""
     settings_env(PROVIDER_BATCH_SIZE="16", PURGE_BATCH_FLOOR="2", PURGE_BATCH_TARGET_MS="0.001")
-    with session_factory.begin() as session:
-        overdue_at_the_carrier(session, now, count=24, prefix="+1415624", ids="91")
+    seed(session_factory, now, 24, prefix="+1415624", ids="91")
     report = purge_expired(session_factory, now=now, provider=telnyx)
     assert (report.status, report.purged) == ("completed", 24)
     # Every transaction took more than a microsecond: the first claim asked for the carrier's
@@ -567,8 +548,8 @@ def test_the_pace_holds_for_the_two_phase_purge_too(
     settings_env: Callable[..., None],
 ) -> None:
     settings_env(PROVIDER_BATCH_SIZE="4")
+    seed(session_factory, now, 8, prefix="+1415621", ids="90")
     with session_factory.begin() as session:
-        overdue_at_the_carrier(session, now, count=8, prefix="+1415621", ids="90")
         set_pace(session, rows_per_second=20, by="ops")
     report = purge_expired(session_factory, now=now, provider=telnyx)
     # Two batches of 4 at 20 rows/s: each taking (with its rest) 0.2 s at least.
