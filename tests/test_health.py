@@ -88,7 +88,9 @@ def test_a_heartbeat_that_cannot_be_written_leaves_the_process_running(tmp_path:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-@pytest.mark.processes
+# Heartbeats and signals, whatever the date: once, not again with the clock moved (it took
+# about a minute in each of the three clock lanes, and timed out on a loaded machine in two).
+@pytest.mark.processes(moved_clock=False)
 def test_a_busy_worker_is_healthy_a_hung_or_stopped_one_is_not(
     pg_factory: sessionmaker[Session],
     process_env: Callable[..., dict[str, str]],
