@@ -37,17 +37,18 @@ pytest: install-dev
 
 # `make test` runs the suite in lanes side by side, each on a database and a Redis database of
 # its own (tests/conftest.py creates a missing database): the tests on the fixed instant, with
-# coverage; and the tests on the host's clock (real processes, `wall_now`: marker real_clock),
-# on the clock as it is, and (at the same time) with every Python process's clock moved a year ahead and
-# a year back (tests/clock_shift): no calendar date breaks them.
+# coverage; the tests on the host's clock (real processes, `wall_now`: marker real_clock) on the
+# clock as it is; and, at the same time, those whose processes decide by the date (marker
+# moved_clock) with every Python process's clock moved a year ahead and a year back
+# (tests/clock_shift): no calendar date breaks them.
 CLOCK_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432
 CLOCK_REDIS ?= redis://127.0.0.1:6379
-CLOCK_TESTS = $(BIN)/pytest -m real_clock -q -p no:cacheprovider
+CLOCK_TESTS = $(BIN)/pytest -q -p no:cacheprovider
 # The database server's clock cannot be moved with them: the second clock's tolerance
 # (CLOCK_SKEW_MAX_SECONDS, shared/clock_skew.py) covers the shift there (400 days), as it
 # would for a whole deployment in another year. Its own tests set theirs.
 MOVED_CLOCK = PYTHONPATH=$(CURDIR)/tests/clock_shift CLOCK_SKEW_MAX_SECONDS=34560000 \
-	$(CLOCK_TESTS) \
+	$(CLOCK_TESTS) -m moved_clock \
 	-W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
 
 # The fixed-instant tests in two xdist processes (a test file stays in one), the second on a
@@ -63,7 +64,7 @@ test-fast: install-dev
 	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not processes" -n 2 --dist loadfile -q
 
 clock-now: install-dev
-	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS)
+	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS) -m real_clock
 
 clock-ahead: install-dev
 	TESTS_CLOCK_SHIFT_DAYS=365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_ahead \

@@ -94,19 +94,25 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the host's clock (worker processes, `wall_now`) are marked `real_clock`, the set
-    CI runs again with the clock moved a year either way; none of them may take the fixed
-    `now`, which a process on the real clock would contradict.
+    """Tests on the host's clock (worker processes, `wall_now`) are marked `real_clock`: none of
+    them may take the fixed `now`, which a process on the real clock would contradict. Those
+    whose processes decide by the date (a cutoff, a lease, a heartbeat, a published age) are
+    also marked `moved_clock`, the set CI runs again with the clock moved a year either way.
 
-    A test of processes is on the host's clock unless it says `processes(moved_clock=False)`:
-    a tool's process (compose, promtool, a server of its own) or a command whose answer no
-    date changes (`--version`, a refused setting), run once with the fixed-instant tests."""
+    A test of processes is on the host's clock, and moved with it, unless it says
+    `processes(moved_clock=False)`: a process whose work no date changes (a tool such as
+    compose or promtool, `--version`, a refused setting or message, a signal's or a restart's
+    handling, a lock's takeover): run once, with the fixed-instant tests, or on the host's clock
+    alone when it takes `wall_now`."""
     mixed = []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         processes = item.get_closest_marker("processes")
-        if (processes and processes.kwargs.get("moved_clock", True)) or "wall_now" in fixtures:
+        moved = processes.kwargs.get("moved_clock", True) if processes else True
+        if (processes and moved) or "wall_now" in fixtures:
             item.add_marker(pytest.mark.real_clock)
+            if moved:
+                item.add_marker(pytest.mark.moved_clock)
         if item.get_closest_marker("real_clock") and "now" in fixtures:
             mixed.append(item.nodeid)
     if mixed:

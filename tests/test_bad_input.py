@@ -501,7 +501,7 @@ def run_statuses(engine: Engine) -> list[str]:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)  # a refused message, whatever the date
 def test_wrong_argument_types_fail_the_task_without_retry_or_change(
     store: Engine, worker: Process, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -543,7 +543,7 @@ class Payload:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)  # a refused message, whatever the date
 def test_a_pickled_message_is_refused_and_runs_nothing(
     store: Engine, worker: Process, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from celery import states
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +68,7 @@ def gaps(times: list[datetime]) -> list[float]:
     return [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
 
 
+@pytest.mark.processes(moved_clock=False)  # a lock's expiry and takeover: no date changes them
 def test_a_second_beat_waits_on_the_lock_and_takes_over_when_the_first_dies(
     process_env: Callable[..., dict[str, str]], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -283,6 +285,23 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
                 now=now,
                 provider_number_id="9999",
             )
+        # Beat's scheduled runs meet the refused key too. Once one has, beat stops and what it
+        # sent finishes: the run asked for next must hold the lane's lock (beside a scheduled
+        # run it found the lock taken and ended skipped, a SUCCESS, on a loaded machine).
+        wait_for(
+            lambda: flower.api("/api/tasks", taskname=PURGE, state="FAILURE"),
+            timeout=30,
+            what="a scheduled run to meet the refused key",
+        )
+        processes[2].stop()
+        wait_for(
+            lambda: all(
+                task["state"] in states.READY_STATES
+                for task in flower.api("/api/tasks", taskname=PURGE).values()
+            ),
+            timeout=30,
+            what="the runs beat sent to finish",
+        )
         applied = httpx.post(
             f"{flower.base}/api/task/async-apply/{PURGE}", json={}, auth=flower.auth, timeout=5
         )
@@ -307,7 +326,7 @@ def test_flower_shows_a_scheduled_purge_with_its_summary_and_refuses_strangers(
         assert failed["state"] == "FAILURE"
         assert "provider_misconfigured" in failed["exception"]
         listed = flower.api("/api/tasks", taskname=PURGE, state="FAILURE")
-        # Beat's scheduled runs meet the refused key too: each is listed failed.
+        # Beat's scheduled runs that met the refused key are listed failed with it.
         assert stopped_id in listed
         assert all("provider_misconfigured" in task["exception"] for task in listed.values())
         workers = flower.api("/workers", json="1")

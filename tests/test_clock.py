@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.real_clock
-@pytest.mark.processes(moved_clock=False)
+@pytest.mark.processes  # on the host's clock and with it moved: the lanes' own check
 def test_a_process_started_elsewhere_reads_the_clock_of_the_suite(
     wall_now: datetime, tmp_path: Path
 ) -> None:

@@ -363,7 +363,7 @@ def schema_url(pg_url: str) -> Iterator[str]:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)  # each service's command starts and answers
 def test_each_service_command_runs_here(
     config: dict[str, Any],
     schema_url: str,
@@ -496,7 +496,7 @@ def test_each_service_command_runs_here(
     assert not healthy("beat")
 
 
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)
 def test_redis_service_command_and_healthcheck_require_the_password(
     config: dict[str, Any], tmp_path: Path
 ) -> None:

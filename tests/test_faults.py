@@ -48,7 +48,13 @@ from tests.purging import purge_expired
 from tests.servers import PostgresServer, RedisServer, celery_client, task_meta, wait_task
 from tests.stores import clear_the_next_hour
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.processes]
+# Restarts, kills and lost services: what the processes do about them no date changes (the
+# clock-moved lanes run the purges, leases and heartbeats that do decide by the date).
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.processes(moved_clock=False),
+]
 
 # Figures quoted in docs/guarantees.md; change them together.
 KILL_NUMBERS = 30_000  # seeded for the SIGKILL test, about two thirds of them overdue

@@ -177,7 +177,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.postgres
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)  # what is logged and shown, whatever the date
 def test_url_passwords_never_leave_the_process(
     pg_store: Engine,
     pg_url: str,

@@ -191,7 +191,7 @@ def test_a_killed_runs_record_gets_its_true_count_from_the_next_run(
 
 
 @pytest.mark.redis
-@pytest.mark.processes
+@pytest.mark.processes(moved_clock=False)  # a signal's handling: no date changes it
 @pytest.mark.parametrize("broker", ["redis", "embedded"])
 def test_a_warm_shutdown_of_a_worker_ends_its_purge_at_a_batch_boundary(
     pg_factory: Factory, cli_env: dict[str, str], tmp_path: Path, broker: str
