@@ -84,13 +84,15 @@ class UpstreamSweep:
     transactions: TransactionClock = field(default_factory=TransactionClock)
     # Rows a batch claims, aimed at the run's target for its longest transaction (the settle:
     # a tombstone and a delete per number), as the single-phase batches are: a busy database
-    # gets smaller claims, up to the carrier's batch size.
+    # gets smaller claims, up to the carrier's batch size. A run starts at the floor and grows
+    # while its transactions are fast: started at the carrier's batch size, the first claims of
+    # two lanes beside the API held a transaction up to 334 ms (bench/RESULTS.md, issue 21).
     sizer: BatchSizer = field(init=False)
 
     def __post_init__(self) -> None:
         cap = self.config.provider_batch_size
         floor = min(self.config.batch_floor, cap)
-        sizer = BatchSizer(target_ms=self.config.target_ms, floor=floor, cap=cap, size=cap)
+        sizer = BatchSizer(target_ms=self.config.target_ms, floor=floor, cap=cap, size=floor)
         object.__setattr__(self, "sizer", sizer)  # frozen: set once, here
 
     @classmethod
