@@ -357,7 +357,19 @@ def test_the_configuration_comes_from_the_settings_and_the_callers_bounds(
         50,
         7,
     )
-    assert config.first_batch == 500
+    # A run starts at the floor (before: 500 rows, 280 ms on a loaded machine).
+    assert config.first_batch == 200
+
+
+def test_a_run_starts_at_the_floor_and_grows_while_its_batches_are_fast(
+    session_factory: Factory, now: datetime, settings_env: Callable[..., None]
+) -> None:
+    settings_env(PURGE_BATCH_SIZE="1000", PURGE_BATCH_FLOOR="10", PURGE_BATCH_TARGET_MS="10000")
+    seed(session_factory, now, 300, prefix="+1415626")
+    report = purge_expired(session_factory, now=now)
+    assert (report.status, report.purged) == ("completed", 300)
+    assert report.batch_sizes["min"] == 10
+    assert report.batch_sizes["max"] > 10
 
 
 def test_the_redis_visibility_timeout_outlasts_the_longest_run() -> None:
