@@ -36,6 +36,7 @@ them all and what happens between them.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import subprocess
@@ -194,13 +195,19 @@ def _fake_carriers(stack: ExitStack) -> dict[str, Any]:
     }
 
 
+def _stamped(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The wall-clock time an event was logged: a batch's span ends there."""
+    event["at"] = time.time()
+    return event
+
+
 def child(url: str, window: float, lanes: list[str]) -> None:
     # The engine the worker's tasks purge on: its sessions carry the worker's name.
     engine = worker_engine(url)
     factory: sessionmaker[Session] = make_session_factory(engine)
     windows, reports = [], []
     # The batch events, kept rather than printed: their times are part of the result.
-    with ExitStack() as stack, capture_logs() as logs:
+    with ExitStack() as stack, capture_logs(processors=[_stamped]) as logs:
         carriers = _fake_carriers(stack) if lanes else {}
         done = False
         while not done:
@@ -236,6 +243,7 @@ def child(url: str, window: float, lanes: list[str]) -> None:
         batch_ms_p50=median([ms for _, _, ms in batches]),
         batch_ms_p99=percentile([ms for _, _, ms in batches], 0.99),
         slowest_batches=slowest,
+        batch_spans=[(e["at"] - e["ms"] / 1000, e["at"]) for e in events],
     )
 
 
@@ -253,6 +261,23 @@ def split_lanes(url: str, lanes: list[str]) -> None:
             )
         )
     engine.dispose()
+
+
+def _within(spans: list[tuple[float, float]]) -> Callable[[float], bool]:
+    """Whether an instant lies in any of `spans` (merged, then found by bisection)."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    starts = [start for start, _ in merged]
+
+    def inside(at: float) -> bool:
+        i = bisect.bisect_right(starts, at) - 1
+        return i >= 0 and at < merged[i][1]
+
+    return inside
 
 
 def one_round(url: str, idle_seconds: float, window: float, lanes: list[str]) -> dict[str, Any]:
@@ -301,6 +326,15 @@ def one_round(url: str, idle_seconds: float, window: float, lanes: list[str]) ->
             "busy_p99": percentile(busy, 0.99),
         }
         result[c.name]["p99_ratio"] = result[c.name]["busy_p99"] / result[c.name]["idle_p99"]
+        # The purge windows' calls that started while a batch was in flight, and the others
+        # (the runs' rests, their starts and ends): which of them the purge slows.
+        in_batch = _within(purge["batch_spans"])
+        in_window = _within(windows)
+        during = [ms for at, ms in c.samples if in_batch(at)]
+        outside = [ms for at, ms in c.samples if in_window(at) and not in_batch(at)]
+        result[c.name]["in_batch_share"] = len(during) / max(len(busy), 1)
+        result[c.name]["in_batch_p99"] = percentile(during, 0.99) if during else 0.0
+        result[c.name]["out_batch_p99"] = percentile(outside, 0.99) if outside else 0.0
     return result
 
 
@@ -356,7 +390,9 @@ def main(argv: list[str]) -> None:
                     f"#   {name}: idle p50={r['idle_p50']:.3f} p99={r['idle_p99']:.3f} "
                     f"({r['idle_calls']} calls) | purge p50={r['busy_p50']:.3f} "
                     f"p99={r['busy_p99']:.3f} ({r['busy_calls']} calls) "
-                    f"p99_ratio={r['p99_ratio']:.2f}",
+                    f"p99_ratio={r['p99_ratio']:.2f} | in a batch: {r['in_batch_share']:.0%} "
+                    f"of the purge's calls, p99={r['in_batch_p99']:.3f}; between batches: "
+                    f"p99={r['out_batch_p99']:.3f}",
                     flush=True,
                 )
     finally:
