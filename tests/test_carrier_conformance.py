@@ -124,6 +124,19 @@ def _telnyx_kit(fake: FakeTelnyx) -> Kit:
     )
 
 
+def _held_in_a_set(fake: tw.FakeTwilio | bw.FakeBandwidth) -> dict[str, Any]:
+    """The parts of a kit whose fake keeps the numbers it holds in a set and logs each
+    request as (method, path)."""
+    return {
+        "url": lambda: fake.url,
+        "hold": fake.held.add,
+        "holds_now": lambda number: number in fake.held,
+        "gone": fake.held.discard,
+        "requested": lambda text: any(text in path for _m, path in fake.log),
+        "reset": fake.reset,
+    }
+
+
 def _twilio_kit(fake: tw.FakeTwilio) -> Kit:
     def refuse(number: str) -> None:
         fake.held.add(number)
@@ -137,19 +150,14 @@ def _twilio_kit(fake: tw.FakeTwilio) -> Kit:
             auth_token=tw.AUTH_TOKEN if good else "wrong_token",
             timeout=timeout,
         ),
-        url=lambda: fake.url,
         number=tw.sid,
-        hold=fake.held.add,
-        holds_now=lambda number: number in fake.held,
-        gone=fake.held.discard,
         refuse=refuse,
         refused_code=str(tw.EMERGENCY_ADDRESS_CODE),
         answer_next=lambda number, reply: fake.script.__setitem__(number, [reply]),
         rate_limited=Reply(429, tw.TOO_MANY_REQUESTS.body, {"Retry-After": "0.05"}),
         garbage=Reply(200, "\xff{not json"),
         key_settings="TWILIO_AUTH_TOKEN",
-        requested=lambda text: any(text in path for _m, path in fake.log),
-        reset=fake.reset,
+        **_held_in_a_set(fake),
     )
 
 
@@ -201,19 +209,14 @@ def _bandwidth_kit(fake: bw.FakeBandwidth) -> Kit:
             password=bw.PASSWORD if good else "wrong",
             timeout=timeout,
         ),
-        url=lambda: fake.url,
         number=bw.tn,
-        hold=fake.held.add,
-        holds_now=lambda number: number in fake.held,
-        gone=fake.held.discard,
         refuse=refuse,
         refused_code=BANDWIDTH_REFUSAL[0],
         answer_next=lambda number, reply: fake.script.__setitem__("POST", [reply]),
         rate_limited=Reply(429, bw.TOO_MANY_REQUESTS.body, {**bw.XML, "Retry-After": "0.05"}),
         garbage=Reply(201, "<DisconnectTelephoneNumberOrderResponse><orderRequest><id>", bw.XML),
         key_settings="BANDWIDTH_PASSWORD",
-        requested=lambda text: any(text in path for _m, path in fake.log),
-        reset=fake.reset,
+        **_held_in_a_set(fake),
     )
 
 
