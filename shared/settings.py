@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -66,6 +67,17 @@ def _check_url(url: str, *, schemes: tuple[str, ...], example: str) -> str:
     return url
 
 
+# The form of a carrier's account id, when set: the check, and the refusal of another.
+ACCOUNT_FORMS: dict[str, tuple[Callable[[str], object], str]] = {
+    "twilio_account_sid": (
+        TWILIO_ACCOUNT_SID.fullmatch,
+        "must be the account's SID: AC and 32 hex digits",
+    ),
+    "bandwidth_account_id": (
+        str.isdigit,
+        "must be the numeric account id of Bandwidth's Dashboard",
+    ),
+}
 # The settings a carrier cannot work without when PROVIDER names it: the carrier, and what
 # the setting is (in the refusal's words).
 REQUIRED_BY_PROVIDER = {
@@ -291,19 +303,13 @@ class Settings(StoreSettings):
         _required_by_provider(secret.get_secret_value().strip(), info)
         return secret
 
-    @field_validator("twilio_account_sid")
+    @field_validator("twilio_account_sid", "bandwidth_account_id")
     @classmethod
-    def _twilio_sid(cls, sid: str, info: ValidationInfo) -> str:
-        if sid and not TWILIO_ACCOUNT_SID.fullmatch(sid):
-            raise _invalid("must be the account's SID: AC and 32 hex digits")
-        _required_by_provider(sid, info)
-        return sid
-
-    @field_validator("bandwidth_account_id")
-    @classmethod
-    def _bandwidth_account(cls, account: str, info: ValidationInfo) -> str:
-        if account and not account.isdigit():
-            raise _invalid("must be the numeric account id of Bandwidth's Dashboard")
+    def _carrier_account(cls, account: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None
+        valid, refusal = ACCOUNT_FORMS[info.field_name]
+        if account and not valid(account):
+            raise _invalid(refusal)
         _required_by_provider(account, info)
         return account
 
