@@ -404,6 +404,20 @@ def test_a_timeout_is_the_carrier_down(kit: Kit) -> None:
 # --- orders (carriers releasing asynchronously) --------------------------------------------------
 
 
+def held_refused_gone(
+    kit: Kit, adapter: Adapter, held: str, refused: str, gone: str
+) -> tuple[Submitted, dict[str, UpstreamResult]]:
+    """One order for three numbers: one the carrier holds, one it refuses to release, one it
+    does not hold; the order placed, and what its first read settles."""
+    kit.hold(held)
+    kit.refuse(refused)
+    placed = adapter.submit([held, refused, gone])
+    assert isinstance(placed, Submitted)
+    settled = adapter.settle(placed.order_id, [held, refused, gone])
+    assert isinstance(settled, dict)
+    return placed, settled
+
+
 @pytest.fixture
 def ordering(kits: dict[str, Kit]) -> Iterator[tuple[Kit, Adapter, Any]]:
     kit = kits["bandwidth"]
@@ -418,12 +432,7 @@ def test_a_partial_order_settles_each_number_by_its_own_outcome(
 ) -> None:
     kit, adapter, _ = ordering
     held, refused, gone = kit.number(11), kit.number(12), kit.number(13)
-    kit.hold(held)
-    kit.refuse(refused)
-    placed = adapter.submit([held, refused, gone])
-    assert isinstance(placed, Submitted)
-    settled = adapter.settle(placed.order_id, [held, refused, gone])
-    assert isinstance(settled, dict)
+    placed, settled = held_refused_gone(kit, adapter, held, refused, gone)
     assert settled[held].outcome == "released"
     assert not settled[held].needs_account
     assert settled[held].proof is not None
@@ -504,12 +513,7 @@ def test_a_telnyx_deletion_job_settles_each_number_by_its_own_operation(
     adapter = kit.make(kit.url(), True, 0.5)
     try:
         held, refused, gone = kit.number(21), kit.number(22), kit.number(23)
-        kit.hold(held)
-        kit.refuse(refused)
-        placed = adapter.submit([held, refused, gone])
-        assert isinstance(placed, Submitted)
-        settled = adapter.settle(placed.order_id, [held, refused, gone])
-        assert isinstance(settled, dict)
+        placed, settled = held_refused_gone(kit, adapter, held, refused, gone)
         assert (settled[held].outcome, settled[held].resolution) == ("released", "provider")
         assert settled[held].proof == {
             "resolution": "provider",
