@@ -28,7 +28,6 @@ windows between), and idle again; a call belongs to the window it started in. Cl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import socket
@@ -46,6 +45,7 @@ from common import (
     add_store_arguments,
     drop,
     fresh_copy,
+    in_child,
     machine,
     median,
     percentile,
@@ -238,14 +238,8 @@ def during_purge(
     try:
         began = time.time()
         time.sleep(idle)
-        done = subprocess.run(
-            # No lanes named: the purge of every carrier's lane, as beat runs it.
-            [sys.executable, str(BENCH / "impact.py"), "--child", url, str(window), ""],
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        purge: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        # No lanes named: the purge of every carrier's lane, as beat runs it.
+        purge = in_child(str(BENCH / "impact.py"), [url, str(window), ""])
         time.sleep(idle)
         finished = time.time()
     finally:

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -56,6 +54,7 @@ from common import (
     child_result,
     drop,
     fresh_copy,
+    in_child,
     machine,
     median,
     percentile,
@@ -291,13 +290,7 @@ def one_round(url: str, idle_seconds: float, window: float, lanes: list[str]) ->
     try:
         began = time.time()
         time.sleep(idle_seconds)
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", url, str(window), ",".join(lanes)],
-            check=True,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        purge: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        purge = in_child(__file__, [url, str(window), ",".join(lanes)])
         time.sleep(idle_seconds)
         finished = time.time()
     finally:

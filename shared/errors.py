@@ -12,6 +12,15 @@ class ApiError(Exception):
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "internal_error"
 
+    def __init_subclass__(cls, *, status: int | None = None, code: str | None = None) -> None:
+        # `class NotFound(ApiError, status=404, code="not_found")`: a subclass's status and
+        # default code in its header (or, as before, as class attributes of its own).
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.default_code = code
+
     def __init__(
         self,
         message: str,
@@ -43,36 +52,21 @@ class ApiError(Exception):
         return f"{type(self).__name__}(status={self.status}, code={self.code!r})"
 
 
-class ValidationError(ApiError):
+class ValidationError(ApiError, status=400, code="validation_error"):
     """400: the request is invalid and nothing was changed."""
 
-    status = 400
-    default_code = "validation_error"
 
-
-class UnauthorizedError(ApiError):
+class UnauthorizedError(ApiError, status=401, code="unauthorized"):
     """401: the caller is not allowed to act on this account."""
 
-    status = 401
-    default_code = "unauthorized"
 
-
-class UsageLimitError(ApiError):
+class UsageLimitError(ApiError, status=402, code="usage_limit_exceeded"):
     """402: the account's plan does not allow this."""
 
-    status = 402
-    default_code = "usage_limit_exceeded"
 
-
-class InternalError(ApiError):
+class InternalError(ApiError, status=500, code="internal_error"):
     """500: something on our side failed."""
 
-    status = 500
-    default_code = "internal_error"
 
-
-class ProviderError(ApiError):
+class ProviderError(ApiError, status=502, code="provider_error"):
     """502: the telecom provider refused or failed the call."""
-
-    status = 502
-    default_code = "provider_error"

@@ -244,6 +244,16 @@ def assign_campaign(
     return number_body(number, a2p)
 
 
+def _not_before(now: datetime, since: datetime, action: str, state: str, *, code: str) -> None:
+    """Refuses to date `action` at `now`, before the number was `state` (at `since`)."""
+    if now < since:
+        raise ValidationError(
+            f"The {action} time is before the number was {state}.",
+            code=code,
+            fix=f"{action.capitalize()} with the current time (leave now unset).",
+        )
+
+
 def release_number(
     session: Session, *, account_id: str, phone_number: str, now: datetime | None = None
 ) -> dict[str, Any]:
@@ -257,12 +267,7 @@ def release_number(
             code="number_already_released",
             fix="Nothing to do: it stays in the released list until its repurchase deadline.",
         )
-    if now < number.created_at:
-        raise ValidationError(
-            "The release time is before the number was registered.",
-            code="release_before_created",
-            fix="Release with the current time (leave now unset).",
-        )
+    _not_before(now, number.created_at, "release", "registered", code="release_before_created")
     number.billing_status, number.released_at = "released", now
     events.record(session, kind="released", number=number, now=now)
     return {"phoneNumber": number.phone_number, "released": True, "releasedAt": iso_timestamp(now)}
@@ -281,12 +286,7 @@ def repurchase_number(
             code="number_not_released",
             fix="Only numbers in the released list can be repurchased.",
         )
-    if now < number.released_at:
-        raise ValidationError(
-            "The repurchase time is before the number was released.",
-            code="repurchase_before_release",
-            fix="Repurchase with the current time (leave now unset).",
-        )
+    _not_before(now, number.released_at, "repurchase", "released", code="repurchase_before_release")
     if number.purge_state is not None:
         raise ValidationError(
             f"Number {number.phone_number} is being purged and can no longer be repurchased.",

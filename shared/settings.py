@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -64,6 +65,35 @@ def _check_url(url: str, *, schemes: tuple[str, ...], example: str) -> str:
         starts = " or ".join(f"{scheme}://" for scheme in schemes)
         raise _invalid(f"must be a URL starting with {starts}, e.g. {example}")
     return url
+
+
+# The form of a carrier's account id, when set: the check, and the refusal of another.
+ACCOUNT_FORMS: dict[str, tuple[Callable[[str], object], str]] = {
+    "twilio_account_sid": (
+        TWILIO_ACCOUNT_SID.fullmatch,
+        "must be the account's SID: AC and 32 hex digits",
+    ),
+    "bandwidth_account_id": (
+        str.isdigit,
+        "must be the numeric account id of Bandwidth's Dashboard",
+    ),
+}
+# The settings a carrier cannot work without when PROVIDER names it: the carrier, and what
+# the setting is (in the refusal's words).
+REQUIRED_BY_PROVIDER = {
+    "telnyx_api_key": ("telnyx", "the API key of the account"),
+    "twilio_account_sid": ("twilio", "the account's SID, AC..."),
+    "twilio_auth_token": ("twilio", "the account's auth token"),
+    "bandwidth_account_id": ("bandwidth", "the account id"),
+}
+
+
+def _required_by_provider(value: str, info: ValidationInfo) -> None:
+    """Refuses an empty `value` of a setting its configured PROVIDER needs."""
+    assert info.field_name is not None
+    provider, what = REQUIRED_BY_PROVIDER[info.field_name]
+    if info.data.get("provider") == provider and not value:
+        raise _invalid(f"must be set when PROVIDER is {provider} ({what})")
 
 
 def check_database_url(url: str) -> str:
@@ -256,53 +286,31 @@ class Settings(StoreSettings):
         # The broker the worker is built and tested for (visibility timeout, RedBeat): Redis.
         return _check_url(url, schemes=BROKER_SCHEMES, example="redis://host:6379/0")
 
-    @field_validator("telnyx_base_url")
+    @field_validator("telnyx_base_url", "twilio_base_url", "bandwidth_base_url")
     @classmethod
-    def _telnyx_base_url(cls, url: str) -> str:
-        _check_url(url, schemes=("https", "http"), example="https://api.telnyx.com")
+    def _carrier_base_url(cls, url: str, info: ValidationInfo) -> str:
+        telnyx = info.field_name == "telnyx_base_url"
+        example = "https://api.telnyx.com" if telnyx else "https://api.twilio.com"
+        _check_url(url, schemes=("https", "http"), example=example)
         if not urlsplit(url).hostname:
-            raise _invalid("must be an https:// URL with a host, e.g. https://api.telnyx.com")
+            raise _invalid(f"must be an https:// URL with a host, e.g. {example}")
         return url
 
-    @field_validator("telnyx_api_key")
+    @field_validator("telnyx_api_key", "twilio_auth_token")
     @classmethod
-    def _telnyx_needs_its_key(cls, key: SecretStr, info: ValidationInfo) -> SecretStr:
-        # Without its key every call is refused: each run would stop provider_misconfigured.
-        if info.data.get("provider") == "telnyx" and not key.get_secret_value().strip():
-            raise _invalid("must be set when PROVIDER is telnyx (the API key of the account)")
-        return key
+    def _carrier_secret(cls, secret: SecretStr, info: ValidationInfo) -> SecretStr:
+        # Without it every call is refused: each run would stop provider_misconfigured.
+        _required_by_provider(secret.get_secret_value().strip(), info)
+        return secret
 
-    @field_validator("twilio_base_url", "bandwidth_base_url")
+    @field_validator("twilio_account_sid", "bandwidth_account_id")
     @classmethod
-    def _carrier_base_url(cls, url: str) -> str:
-        _check_url(url, schemes=("https", "http"), example="https://api.twilio.com")
-        if not urlsplit(url).hostname:
-            raise _invalid("must be an https:// URL with a host, e.g. https://api.twilio.com")
-        return url
-
-    @field_validator("twilio_account_sid")
-    @classmethod
-    def _twilio_sid(cls, sid: str, info: ValidationInfo) -> str:
-        if sid and not TWILIO_ACCOUNT_SID.fullmatch(sid):
-            raise _invalid("must be the account's SID: AC and 32 hex digits")
-        if info.data.get("provider") == "twilio" and not sid:
-            raise _invalid("must be set when PROVIDER is twilio (the account's SID, AC...)")
-        return sid
-
-    @field_validator("twilio_auth_token")
-    @classmethod
-    def _twilio_needs_its_token(cls, token: SecretStr, info: ValidationInfo) -> SecretStr:
-        if info.data.get("provider") == "twilio" and not token.get_secret_value().strip():
-            raise _invalid("must be set when PROVIDER is twilio (the account's auth token)")
-        return token
-
-    @field_validator("bandwidth_account_id")
-    @classmethod
-    def _bandwidth_account(cls, account: str, info: ValidationInfo) -> str:
-        if account and not account.isdigit():
-            raise _invalid("must be the numeric account id of Bandwidth's Dashboard")
-        if info.data.get("provider") == "bandwidth" and not account:
-            raise _invalid("must be set when PROVIDER is bandwidth (the account id)")
+    def _carrier_account(cls, account: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None
+        valid, refusal = ACCOUNT_FORMS[info.field_name]
+        if account and not valid(account):
+            raise _invalid(refusal)
+        _required_by_provider(account, info)
         return account
 
     @field_validator("bandwidth_password")

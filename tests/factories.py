@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 import shared
 from shared.models import Base
@@ -102,6 +103,36 @@ def make_numbers(
             released_at=None if age is None else now - age,
             now=now,
         )
+
+
+def make_overdue(
+    factory: sessionmaker[Session],
+    account_id: str,
+    prefix: str,
+    count: int,
+    ids: Callable[[int], str | None],
+    *,
+    now: datetime,
+    age: timedelta,
+    start: int = 0,
+    country_code: str = "US",
+) -> list[str]:
+    """`count` numbers `prefix` + i in 4 digits (i from `start`), provider ids ids(i), released
+    `age` before `now`; their E.164 numbers. One transaction each: the plan caps active
+    numbers at 49, and each is released before the next is registered."""
+    numbers = [f"{prefix}{i:04d}" for i in range(start, start + count)]
+    for i, number in enumerate(numbers, start):
+        with factory.begin() as session:
+            make_number(
+                session,
+                account_id=account_id,
+                phone_number=number,
+                country_code=country_code,
+                provider_number_id=ids(i),
+                released_at=now - age,
+                now=now,
+            )
+    return numbers
 
 
 def snapshot(session: Session) -> dict[str, list[tuple[Any, ...]]]:

@@ -1,5 +1,9 @@
 """The exporter's metric names as the contract promises them (DESIGN.md, docs/runbook.md)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 # Families; the counter `purged` is sampled as numbers_retention_purged_total.
 CONTRACT = (
     "up",
@@ -31,3 +35,37 @@ EXTRAS = (
     "submitted_numbers",
     "submitted_oldest_age_seconds",
 )
+
+
+def status_read(**changes: Any) -> dict[str, Any]:
+    """A store status with every key the exporter reads (`store_status`'s): nothing counted,
+    no run finished yet; `changes` replace keys."""
+    return {
+        "overdue": 0,
+        "oldest_overdue_seconds": 0.0,
+        "held": 0,
+        "releasable": 0,
+        "upstream_failed": 0,
+        "upstream_permanent": 0,
+        "upstream_refused_person": 0,
+        "upstream_refused_carrier": 0,
+        "paused": False,
+        "purge_last_success_at": None,
+        "last_finished_run": None,
+        "purged_total": 0,
+        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
+        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
+        **changes,
+    }
+
+
+def finished_run(
+    status: str, seconds: float, purged: int, worst_batch_ms: float | None
+) -> dict[str, Any]:
+    """The last finished run as the store status gives it."""
+    return {
+        "status": status,
+        "seconds": seconds,
+        "purged": purged,
+        "worst_batch_ms": worst_batch_ms,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
+
+
+def program(name: str, package: str | None = None) -> str:
+    """The path of the program `name`: a test without it fails on CI (`.ci/run` installs it)
+    and is skipped elsewhere (`package`: the Debian package that brings it)."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is missing" + (f" (apt-get install {package})" if package else "")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 def service_env(

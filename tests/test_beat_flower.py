@@ -147,21 +147,20 @@ class Flower:
 
     def succeeded(self, task_id: str) -> dict[str, Any] | None:
         """The task's info once Flower has seen it succeed, else None."""
-        response = self.get(f"/api/task/info/{task_id}", auth=self.auth)
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        info: dict[str, Any] = response.json()
-        return info if info["state"] == "SUCCESS" else None
+        return self._ended(task_id, ("SUCCESS",))
 
     def finished(self, task_id: str) -> dict[str, Any] | None:
         """The task's info once Flower has seen it end (SUCCESS or FAILURE), else None."""
+        return self._ended(task_id, ("SUCCESS", "FAILURE"))
+
+    def _ended(self, task_id: str, states: tuple[str, ...]) -> dict[str, Any] | None:
+        """The task's info once Flower has seen it in one of `states`, else None."""
         response = self.get(f"/api/task/info/{task_id}", auth=self.auth)
         if response.status_code == 404:
             return None
         response.raise_for_status()
         info: dict[str, Any] = response.json()
-        return info if info["state"] in ("SUCCESS", "FAILURE") else None
+        return info if info["state"] in states else None
 
     def up(self) -> bool:
         try:

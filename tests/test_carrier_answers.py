@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.provider import TelnyxProvider
 from shared.status import store_status
-from tests.factories import NOW, make_number
+from tests.factories import NOW, make_overdue
 from tests.fake_telnyx import (
     API_KEY,
     FORBIDDEN,
@@ -43,18 +43,9 @@ OVERDUE = timedelta(days=15)
 
 def seed(factory: Factory, count: int) -> list[str]:
     """`count` overdue numbers with provider ids '500' + i; their E.164 numbers."""
-    numbers = [f"+1415640{i:04d}" for i in range(count)]
-    with factory.begin() as session:
-        for i, number in enumerate(numbers):
-            make_number(
-                session,
-                account_id="acc_truth",
-                phone_number=number,
-                released_at=WHEN - OVERDUE,
-                now=WHEN,
-                provider_number_id=f"500{i}",
-            )
-    return numbers
+    return make_overdue(
+        factory, "acc_truth", "+1415640", count, lambda i: f"500{i}", now=WHEN, age=OVERDUE
+    )
 
 
 def pid(i: int) -> str:

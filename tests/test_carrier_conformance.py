@@ -124,6 +124,19 @@ def _telnyx_kit(fake: FakeTelnyx) -> Kit:
     )
 
 
+def _held_in_a_set(fake: tw.FakeTwilio | bw.FakeBandwidth) -> dict[str, Any]:
+    """The parts of a kit whose fake keeps the numbers it holds in a set and logs each
+    request as (method, path)."""
+    return {
+        "url": lambda: fake.url,
+        "hold": fake.held.add,
+        "holds_now": lambda number: number in fake.held,
+        "gone": fake.held.discard,
+        "requested": lambda text: any(text in path for _m, path in fake.log),
+        "reset": fake.reset,
+    }
+
+
 def _twilio_kit(fake: tw.FakeTwilio) -> Kit:
     def refuse(number: str) -> None:
         fake.held.add(number)
@@ -137,19 +150,14 @@ def _twilio_kit(fake: tw.FakeTwilio) -> Kit:
             auth_token=tw.AUTH_TOKEN if good else "wrong_token",
             timeout=timeout,
         ),
-        url=lambda: fake.url,
         number=tw.sid,
-        hold=fake.held.add,
-        holds_now=lambda number: number in fake.held,
-        gone=fake.held.discard,
         refuse=refuse,
         refused_code=str(tw.EMERGENCY_ADDRESS_CODE),
         answer_next=lambda number, reply: fake.script.__setitem__(number, [reply]),
         rate_limited=Reply(429, tw.TOO_MANY_REQUESTS.body, {"Retry-After": "0.05"}),
         garbage=Reply(200, "\xff{not json"),
         key_settings="TWILIO_AUTH_TOKEN",
-        requested=lambda text: any(text in path for _m, path in fake.log),
-        reset=fake.reset,
+        **_held_in_a_set(fake),
     )
 
 
@@ -201,19 +209,14 @@ def _bandwidth_kit(fake: bw.FakeBandwidth) -> Kit:
             password=bw.PASSWORD if good else "wrong",
             timeout=timeout,
         ),
-        url=lambda: fake.url,
         number=bw.tn,
-        hold=fake.held.add,
-        holds_now=lambda number: number in fake.held,
-        gone=fake.held.discard,
         refuse=refuse,
         refused_code=BANDWIDTH_REFUSAL[0],
         answer_next=lambda number, reply: fake.script.__setitem__("POST", [reply]),
         rate_limited=Reply(429, bw.TOO_MANY_REQUESTS.body, {**bw.XML, "Retry-After": "0.05"}),
         garbage=Reply(201, "<DisconnectTelephoneNumberOrderResponse><orderRequest><id>", bw.XML),
         key_settings="BANDWIDTH_PASSWORD",
-        requested=lambda text: any(text in path for _m, path in fake.log),
-        reset=fake.reset,
+        **_held_in_a_set(fake),
     )
 
 
@@ -401,6 +404,20 @@ def test_a_timeout_is_the_carrier_down(kit: Kit) -> None:
 # --- orders (carriers releasing asynchronously) --------------------------------------------------
 
 
+def held_refused_gone(
+    kit: Kit, adapter: Adapter, held: str, refused: str, gone: str
+) -> tuple[Submitted, dict[str, UpstreamResult]]:
+    """One order for three numbers: one the carrier holds, one it refuses to release, one it
+    does not hold; the order placed, and what its first read settles."""
+    kit.hold(held)
+    kit.refuse(refused)
+    placed = adapter.submit([held, refused, gone])
+    assert isinstance(placed, Submitted)
+    settled = adapter.settle(placed.order_id, [held, refused, gone])
+    assert isinstance(settled, dict)
+    return placed, settled
+
+
 @pytest.fixture
 def ordering(kits: dict[str, Kit]) -> Iterator[tuple[Kit, Adapter, Any]]:
     kit = kits["bandwidth"]
@@ -415,12 +432,7 @@ def test_a_partial_order_settles_each_number_by_its_own_outcome(
 ) -> None:
     kit, adapter, _ = ordering
     held, refused, gone = kit.number(11), kit.number(12), kit.number(13)
-    kit.hold(held)
-    kit.refuse(refused)
-    placed = adapter.submit([held, refused, gone])
-    assert isinstance(placed, Submitted)
-    settled = adapter.settle(placed.order_id, [held, refused, gone])
-    assert isinstance(settled, dict)
+    placed, settled = held_refused_gone(kit, adapter, held, refused, gone)
     assert settled[held].outcome == "released"
     assert not settled[held].needs_account
     assert settled[held].proof is not None
@@ -501,12 +513,7 @@ def test_a_telnyx_deletion_job_settles_each_number_by_its_own_operation(
     adapter = kit.make(kit.url(), True, 0.5)
     try:
         held, refused, gone = kit.number(21), kit.number(22), kit.number(23)
-        kit.hold(held)
-        kit.refuse(refused)
-        placed = adapter.submit([held, refused, gone])
-        assert isinstance(placed, Submitted)
-        settled = adapter.settle(placed.order_id, [held, refused, gone])
-        assert isinstance(settled, dict)
+        placed, settled = held_refused_gone(kit, adapter, held, refused, gone)
         assert (settled[held].outcome, settled[held].resolution) == ("released", "provider")
         assert settled[held].proof == {
             "resolution": "provider",

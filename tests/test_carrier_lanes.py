@@ -118,6 +118,26 @@ def _number(
     )
 
 
+def _due_and_one_not(
+    factory: Factory,
+    prefix: str,
+    carrier: str,
+    pid: Callable[[int], str],
+    count: int,
+    *,
+    held: set[str] | None = None,
+) -> None:
+    """`count` overdue numbers of `carrier`, `prefix` + i with provider ids pid(i), and one not
+    due, `prefix` + 9999 with pid(99); `held`: the fake's set of the numbers the account holds,
+    where each goes."""
+    with factory.begin() as session:
+        for i in range(count):
+            _number(session, f"{prefix}{i:04d}", carrier, pid(i), due=True)
+        _number(session, f"{prefix}9999", carrier, pid(99), due=False)
+    if held is not None:
+        held.update(pid(i) for i in [*range(count), 99])
+
+
 def seed(factory: Factory, fakes: Fakes, when: datetime = WHEN) -> None:
     """Three overdue numbers at each carrier (one of each refused there), two held nowhere,
     and one active number at each of Twilio and Bandwidth (what proves their accounts)."""
@@ -404,12 +424,7 @@ def test_a_number_whose_release_an_order_settled_is_tombstoned_even_if_held_sinc
     tombstoned with the order's proof and the hold it had. Before: the hold was acknowledged,
     and the number stayed `submitted` for ever, its order re-read by every run."""
     adapters = fakes.adapters()
-    with session_factory.begin() as session:
-        for i in range(3):
-            _number(session, f"+1415708{i:04d}", "bandwidth", bw.tn(i), due=True)
-            fakes.bandwidth.held.add(bw.tn(i))
-        _number(session, "+14157089999", "bandwidth", bw.tn(99), due=False)
-    fakes.bandwidth.held.add(bw.tn(99))
+    _due_and_one_not(session_factory, "+1415708", "bandwidth", bw.tn, 3, held=fakes.bandwidth.held)
     fakes.bandwidth.refuse[bw.tn(2)] = REFUSAL
     fakes.bandwidth.pending_reads = 1
     first = purge_expired(session_factory, now=WHEN, carrier="bandwidth", carriers=adapters)
@@ -485,12 +500,7 @@ def test_a_two_phase_run_reports_its_worst_transaction_not_only_its_worst_batch(
         return release(number_id)
 
     monkeypatch.setattr(twilio, "release", called)
-    with session_factory.begin() as session:
-        for i in range(3):
-            _number(session, f"+1415709{i:04d}", "twilio", tw.sid(i), due=True)
-            fakes.twilio.held.add(tw.sid(i))
-        _number(session, "+14157099999", "twilio", tw.sid(99), due=False)
-    fakes.twilio.held.add(tw.sid(99))
+    _due_and_one_not(session_factory, "+1415709", "twilio", tw.sid, 3, held=fakes.twilio.held)
     # One call at a time: no transaction of this thread (a call's mark) runs while a call of
     # another thread moves the clock.
     config = replace(PurgeConfig.from_settings(get_settings()), provider_concurrency=1)
@@ -521,10 +531,7 @@ def test_a_bandwidth_order_error_is_a_release_only_when_it_says_the_account_lack
     keeps the number for a person (before: every 5006 counted as released, so a number
     Bandwidth still held was tombstoned; and 5076 kept a number gone already)."""
     adapters = fakes.adapters()
-    with session_factory.begin() as session:
-        for i in range(3):
-            _number(session, f"+1415710{i:04d}", "bandwidth", bw.tn(i), due=True)
-        _number(session, "+14157109999", "bandwidth", bw.tn(99), due=False)
+    _due_and_one_not(session_factory, "+1415710", "bandwidth", bw.tn, 3)
     fakes.bandwidth.held.update({bw.tn(0), bw.tn(99)})  # the account holds 0; not 1 or 2
     fakes.bandwidth.refuse[bw.tn(0)] = bw.DISCONNECT_ERROR
     fakes.bandwidth.refuse[bw.tn(1)] = bw.NOT_BELONGING
@@ -553,12 +560,7 @@ def test_a_twilio_refusal_names_the_emergency_address_its_record_shows(
     and, unless `unregistered`, names the address as what to remove; another refusal of a
     number without one says nothing of it (before: every refusal read the same)."""
     adapters = fakes.adapters()
-    with session_factory.begin() as session:
-        for i in range(2):
-            _number(session, f"+1415711{i:04d}", "twilio", tw.sid(i), due=True)
-            fakes.twilio.held.add(tw.sid(i))
-        _number(session, "+14157119999", "twilio", tw.sid(99), due=False)
-    fakes.twilio.held.add(tw.sid(99))
+    _due_and_one_not(session_factory, "+1415711", "twilio", tw.sid, 2, held=fakes.twilio.held)
     fakes.twilio.emergency.add(tw.sid(0))
     fakes.twilio.script[tw.sid(1)] = [tw.twilio_error(409, 21400, "Number is in use")]
     report = purge_expired(session_factory, now=WHEN, carrier="twilio", carriers=adapters)

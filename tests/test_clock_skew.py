@@ -8,8 +8,6 @@ server's, which nothing moves; the process test moves a real purge's clock with 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -39,7 +37,7 @@ from shared.retention import RETENTION
 from shared.settings import Settings, StoreSettings, get_settings, get_store_settings
 from shared.status import store_status
 from tests.factories import make_number, make_numbers, snapshot
-from tests.processes import cli_env
+from tests.processes import cli_env, program
 from tests.purging import purge_expired
 from tests.test_audit_retention import add_tombstone
 from worker.app import create_app
@@ -212,13 +210,7 @@ def test_write_paths_refuse_a_now_ahead_of_the_host_clock_and_change_nothing(
 
 
 def _faketime() -> str:
-    found = shutil.which("faketime")
-    if found is None:
-        message = "faketime is missing (apt-get install faketime)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return program("faketime", "faketime")
 
 
 @pytest.mark.postgres

@@ -324,16 +324,7 @@ class Service(Process):
     """A compose service's command as a local process, in its own working directory."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path) -> None:
-        self.log = log
-        self._file = log.open("ab")
-        self.popen = subprocess.Popen(
-            args,
-            env=env,
-            cwd=cwd,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__(args, env, log, cwd=cwd)
 
 
 def shell(check: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.processes import program
 from tests.runbook import deploy_check
 from worker import api, health
 
@@ -22,12 +21,7 @@ NAMES = ("migrate", "worker", "beat", "flower", "metrics", "api")
 
 
 def systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("systemd-analyze is missing")
-        pytest.skip("systemd-analyze is missing")
-    return found
+    return program("systemd-analyze")
 
 
 def unit(name: str) -> configparser.ConfigParser:

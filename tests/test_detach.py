@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.provider import TelnyxProvider
-from tests.factories import make_number
+from tests.factories import make_overdue
 from tests.fake_telnyx import CAMPAIGNS, EMERGENCY_JOB, NUMBERS, FakeTelnyx, Reply, telnyx_error
 from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
@@ -27,19 +27,17 @@ def seed(
 ) -> list[str]:
     """`count` overdue numbers with provider ids '80<i>'; their E.164 numbers."""
     prefix = "+1415740" if country == "US" else "+44207946"
-    numbers = [f"{prefix}{i:04d}" for i in range(start, start + count)]
-    for i, number in enumerate(numbers, start):
-        with factory.begin() as session:
-            make_number(
-                session,
-                account_id="acc_dt",
-                phone_number=number,
-                country_code=country,
-                provider_number_id=f"80{i}",
-                released_at=now - OVERDUE,
-                now=now,
-            )
-    return numbers
+    return make_overdue(
+        factory,
+        "acc_dt",
+        prefix,
+        count,
+        lambda i: f"80{i}",
+        now=now,
+        age=OVERDUE,
+        start=start,
+        country_code=country,
+    )
 
 
 def calls_about(fake: FakeTelnyx, number_id: str, phone_number: str) -> list[str]:

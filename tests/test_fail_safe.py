@@ -19,7 +19,7 @@ from shared.models import NumberEvent, PhoneNumber, PurgeRun
 from shared.provider import TelnyxProvider
 from shared.purge.operator import resolve_by_operator
 from shared.status import store_status
-from tests.factories import NOW, make_number
+from tests.factories import NOW, make_number, make_overdue
 from tests.fake_telnyx import API_KEY, FakeTelnyx, Reply, StaticServer, record
 from tests.purging import purge_expired
 from tests.stores import numbers_by_phone, tombstones_by_phone
@@ -33,18 +33,9 @@ OVERDUE = timedelta(days=15)
 
 def seed(factory: Factory, count: int, *, ids: Callable[[int], str | None] = str) -> list[str]:
     """`count` overdue numbers with provider ids ids(i); their E.164 numbers."""
-    numbers = [f"+1415620{i:04d}" for i in range(count)]
-    with factory.begin() as session:
-        for i, number in enumerate(numbers):
-            make_number(
-                session,
-                account_id="acc_safe",
-                phone_number=number,
-                released_at=WHEN - OVERDUE,
-                now=WHEN,
-                provider_number_id=ids(900 + i),
-            )
-    return numbers
+    return make_overdue(
+        factory, "acc_safe", "+1415620", count, lambda i: ids(900 + i), now=WHEN, age=OVERDUE
+    )
 
 
 def telnyx_at(url: str) -> TelnyxProvider:

@@ -25,7 +25,7 @@ from shared.releasable.relay import discard_events, relay_events
 from shared.settings import Settings, get_settings
 from shared.status import store_status
 from tests.factories import NOW, make_number, make_numbers
-from tests.metric_names import CONTRACT, EXTRAS
+from tests.metric_names import CONTRACT, EXTRAS, finished_run, status_read
 from tests.purging import purge_expired
 from tests.servers import free_port
 from tests.stores import fail_upstream
@@ -362,27 +362,11 @@ def test_a_scrape_of_the_embedded_store_never_waits_for_a_writer(
 
 
 def test_families_name_only_the_contract_and_its_extras() -> None:
-    status = {
-        "overdue": 0,
-        "oldest_overdue_seconds": 0.0,
-        "held": 0,
-        "releasable": 0,
-        "upstream_failed": 0,
-        "upstream_permanent": 0,
-        "upstream_refused_person": 0,
-        "upstream_refused_carrier": 0,
-        "paused": False,
-        "purge_last_success_at": "2026-11-27T12:00:00Z",
-        "last_finished_run": {
-            "status": "completed",
-            "seconds": 1.5,
-            "purged": 7,
-            "worst_batch_ms": 120.0,
-        },
-        "purged_total": 7,
-        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
-        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
-    }
+    status = status_read(
+        purge_last_success_at="2026-11-27T12:00:00Z",
+        last_finished_run=finished_run("completed", 1.5, 7, 120.0),
+        purged_total=7,
+    )
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     schedule = {"purge": 900, "publish": 3600, "relay": 2}
     redis_state = {
@@ -459,27 +443,7 @@ def test_the_outbox_shows_in_status_and_metrics_until_the_relay_empties_it(
 
 def test_the_last_run_status_is_one_of_a_labelled_set() -> None:
     """1 for the last run's status and 0 for the others, so that an alert can match a status."""
-    status = {
-        "overdue": 0,
-        "oldest_overdue_seconds": 0.0,
-        "held": 0,
-        "releasable": 0,
-        "upstream_failed": 0,
-        "upstream_permanent": 0,
-        "upstream_refused_person": 0,
-        "upstream_refused_carrier": 0,
-        "paused": False,
-        "purge_last_success_at": None,
-        "last_finished_run": {
-            "status": "provider_unavailable",
-            "seconds": 1.0,
-            "purged": 0,
-            "worst_batch_ms": None,
-        },
-        "purged_total": 0,
-        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
-        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
-    }
+    status = status_read(last_finished_run=finished_run("provider_unavailable", 1.0, 0, None))
     samples = scrape(RetentionCollector(lambda: Reading(status, None), cache_seconds=0))
     statuses = {
         dict(labels)["status"]: value

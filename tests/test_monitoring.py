@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.metric_names import CONTRACT as CONTRACT_NAMES
+from tests.metric_names import finished_run, status_read
+from tests.processes import program
 from worker.metrics import Reading, RetentionCollector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,13 +32,7 @@ CONTRACT = {
 
 def promtool() -> str:
     """Debian's promtool (`.ci/run` installs the prometheus package); skipped only off CI."""
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is missing (apt-get install prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return program("promtool", "prometheus")
 
 
 SCHEDULE = {"purge": 900, "publish": 3600, "relay": 2}
@@ -56,27 +50,17 @@ REDIS = {
 
 def exported() -> set[str]:
     """Every sample name the exporter gives when the store, runs and publication all exist."""
-    status = {
-        "overdue": 1,
-        "oldest_overdue_seconds": 5.0,
-        "held": 1,
-        "releasable": 1,
-        "upstream_failed": 1,
-        "upstream_permanent": 1,
-        "upstream_refused_person": 0,
-        "upstream_refused_carrier": 0,
-        "paused": False,
-        "purge_last_success_at": "2026-11-27T12:00:00Z",
-        "last_finished_run": {
-            "status": "completed",
-            "seconds": 1.0,
-            "purged": 1,
-            "worst_batch_ms": 1.0,
-        },
-        "purged_total": 1,
-        "outbox": {"events": 0, "oldest_age_seconds": 0.0},
-        "submitted": {"numbers": 0, "orders": 0, "oldest_age_seconds": 0.0},
-    }
+    status = status_read(
+        overdue=1,
+        oldest_overdue_seconds=5.0,
+        held=1,
+        releasable=1,
+        upstream_failed=1,
+        upstream_permanent=1,
+        purge_last_success_at="2026-11-27T12:00:00Z",
+        last_finished_run=finished_run("completed", 1.0, 1, 1.0),
+        purged_total=1,
+    )
     publication = {"last_success_at": "2026-11-27T12:00:00Z", "failing": False}
     registry = CollectorRegistry()
     registry.register(

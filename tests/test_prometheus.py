@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import utcnow
 from tests.factories import make_number, make_numbers
-from tests.processes import Process, service_env, wait_for
+from tests.processes import Process, program, service_env, wait_for
 from tests.servers import free_port
 from tests.test_metrics import Samples, expected
 
@@ -39,13 +38,7 @@ DEFAULT_SCHEDULE = {"purge": 900, "publish": 3600, "relay": 2}
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        message = f"{name} is missing (apt-get install prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return program(name, "prometheus")
 
 
 @pytest.fixture

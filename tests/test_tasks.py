@@ -305,25 +305,27 @@ def test_tasks_take_their_limits_and_retry_policy_from_the_settings_passed_in(
     assert app.tasks[PURGE].time_limit == get_settings().purge_max_seconds + PURGE_HARD_MARGIN
 
 
+def telnyx_app_with_an_overdue_number(
+    store: Factory, data: Path, now: datetime, base_url: str, provider_id: str
+) -> Celery:
+    """An app whose settings name Telnyx at `base_url`, and one number overdue in `store`,
+    Telnyx's `provider_id` (its E.164 number +1415555 0 and that id)."""
+    with store.begin() as session:
+        make_number(
+            session,
+            account_id="acc_a",
+            phone_number=f"+14155550{provider_id}",
+            released_at=now - timedelta(days=20),
+            provider_number_id=provider_id,
+        )
+    return app_for(store, data, provider="telnyx", telnyx_base_url=base_url, telnyx_api_key=API_KEY)
+
+
 @pytest.mark.postgres
 def test_purge_task_releases_through_the_provider_its_settings_name(
     pg_factory: Factory, fake_telnyx: FakeTelnyx, now: datetime, tmp_path: Path
 ) -> None:
-    with pg_factory.begin() as session:
-        make_number(
-            session,
-            account_id="acc_a",
-            phone_number="+14155550306",
-            released_at=now - timedelta(days=20),
-            provider_number_id="306",
-        )
-    telnyx = app_for(
-        pg_factory,
-        tmp_path,
-        provider="telnyx",
-        telnyx_base_url=fake_telnyx.url,
-        telnyx_api_key=API_KEY,
-    )
+    telnyx = telnyx_app_with_an_overdue_number(pg_factory, tmp_path, now, fake_telnyx.url, "306")
     result = telnyx.tasks[PURGE].apply().get()
     assert (result["provider"], result["purged"]) == ("telnyx", 1)
     assert fake_telnyx.released == {"306"}
@@ -333,21 +335,9 @@ def test_purge_task_releases_through_the_provider_its_settings_name(
 def test_a_purge_the_provider_stopped_fails_the_task_with_its_summary_in_the_error(
     pg_factory: Factory, fake_telnyx: FakeTelnyx, now: datetime, tmp_path: Path
 ) -> None:
-    with pg_factory.begin() as session:
-        make_number(
-            session,
-            account_id="acc_a",
-            phone_number="+14155550307",
-            released_at=now - timedelta(days=20),
-            provider_number_id="307",
-        )
     # An extra path in the base URL: the pre-flight check stops the run provider_misconfigured.
-    telnyx = app_for(
-        pg_factory,
-        tmp_path,
-        provider="telnyx",
-        telnyx_base_url=fake_telnyx.url + "/v2",
-        telnyx_api_key=API_KEY,
+    telnyx = telnyx_app_with_an_overdue_number(
+        pg_factory, tmp_path, now, fake_telnyx.url + "/v2", "307"
     )
     with capture_logs() as logs:
         result = telnyx.tasks[PURGE].apply()

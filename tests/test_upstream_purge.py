@@ -21,7 +21,7 @@ from shared.provider import TelnyxProvider
 from shared.purge.operator import reset_upstream
 from shared.purge.upstream import claim_batch
 from shared.status import store_status
-from tests.factories import make_number
+from tests.factories import make_number, make_overdue
 from tests.fake_telnyx import API_KEY, OK, FakeTelnyx, Reply, telnyx_error
 from tests.processes import start_worker, wait_for
 from tests.purging import purge_expired
@@ -35,19 +35,9 @@ def seed(
     factory: Factory, now: datetime, count: int, *, age: timedelta = OVERDUE, start: int = 0
 ) -> list[str]:
     """`count` numbers released `age` before `now`, provider id '70<i>'; their E.164 numbers."""
-    numbers = [f"+1415730{i:04d}" for i in range(start, start + count)]
-    for i, number in enumerate(numbers, start):
-        with factory.begin() as session:
-            # The plan caps active numbers at 49: release each one before registering the next.
-            make_number(
-                session,
-                account_id="acc_up",
-                phone_number=number,
-                provider_number_id=f"70{i}",
-                released_at=now - age,
-                now=now,
-            )
-    return numbers
+    return make_overdue(
+        factory, "acc_up", "+1415730", count, lambda i: f"70{i}", now=now, age=age, start=start
+    )
 
 
 def test_released_upstream_then_tombstoned(

@@ -87,21 +87,64 @@ def _timestamp(iso: str | None) -> float | None:
     return datetime.fromisoformat(iso).timestamp() if iso else None
 
 
-def _gauge(name: str, documentation: str, value: float | None) -> list[Metric]:
-    """A gauge, or nothing when there is no value (an absent series, not a made-up 0)."""
+# What each plain gauge measures, by its name (less the prefix): its HELP line.
+GAUGES = {
+    "up": "1 when the store could be read at this scrape, else 0.",
+    "stream_entries": "Entries in the numbers:events stream.",
+    "stream_maxlen": (
+        "The stream's ceiling (EVENTS_STREAM_MAXLEN, the exporter's setting): beyond it the oldest"
+        " entries go, read or not."
+    ),
+    "overdue": "Released numbers past their deadline, not held.",
+    "oldest_overdue_seconds": (
+        "How long the oldest overdue number has been past its deadline (0: none)."
+    ),
+    "held": "Released numbers on hold.",
+    "releasable": "Released numbers still repurchasable.",
+    "submitted_numbers": (
+        "Numbers submitted in carrier orders (Bandwidth disconnects) not settled yet."
+    ),
+    "submitted_oldest_age_seconds": (
+        "How long the oldest number submitted in a carrier order has waited (0: none)."
+    ),
+    "outbox_events": (
+        "Lifecycle events in the outbox (number_events) not relayed (or discarded) yet."
+    ),
+    "outbox_oldest_event_age_seconds": (
+        "How long ago the oldest event still in the outbox happened (0: none)."
+    ),
+    "paused": "1 while purging is paused (stored pause or PURGE_PAUSED).",
+    "purge_last_success_timestamp_seconds": (
+        "When the last purge run that completed (or reached its limit) ended."
+    ),
+    "purge_last_run_seconds": "How long the last finished purge run took.",
+    "purge_last_run_purged": "Numbers the last finished purge run purged.",
+    "purge_last_run_worst_batch_seconds": (
+        "The slowest batch (one transaction) of the last finished purge run."
+    ),
+    "relay_last_success_timestamp_seconds": (
+        "When a relay run last applied the outbox to Redis and succeeded (completed or reached its"
+        " limit); absent before the first (and without Redis)."
+    ),
+    "publish_last_success_timestamp_seconds": (
+        "When the releasable set was last published successfully."
+    ),
+    "publish_failing": "1 when the latest publication attempt failed.",
+}
+
+
+def _gauge(name: str, value: float | None) -> list[Metric]:
+    """The gauge `name` (its HELP from GAUGES), or nothing when there is no value (an absent
+    series, not a made-up 0)."""
     if value is None:
         return []
-    return [GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)]
+    return [GaugeMetricFamily(f"{PREFIX}_{name}", GAUGES[name], value=value)]
 
 
 def families(reading: Reading) -> list[Metric]:
     """The metric families for one reading; the names are a contract (docs/runbook.md)."""
     status = reading.status or {}
-    metrics: list[Metric] = _gauge(
-        "up",
-        "1 when the store could be read at this scrape, else 0.",
-        1 if "overdue" in status else 0,
-    )
+    metrics: list[Metric] = _gauge("up", 1 if "overdue" in status else 0)
     build = GaugeMetricFamily(
         f"{PREFIX}_build_info", "Always 1; the exporter's version in a label.", labels=["version"]
     )
@@ -135,8 +178,6 @@ def families(reading: Reading) -> list[Metric]:
     if reading.redis is not None:
         metrics += _gauge(
             "relay_last_success_timestamp_seconds",
-            "When a relay run last applied the outbox to Redis and succeeded (completed or "
-            "reached its limit); absent before the first (and without Redis).",
             _timestamp(reading.redis["relay_last_success_at"]),
         )
         policy = GaugeMetricFamily(
@@ -152,28 +193,17 @@ def families(reading: Reading) -> list[Metric]:
     publication = reading.publication
     if publication is not None:
         metrics += _gauge(
-            "publish_last_success_timestamp_seconds",
-            "When the releasable set was last published successfully.",
-            _timestamp(publication["last_success_at"]),
+            "publish_last_success_timestamp_seconds", _timestamp(publication["last_success_at"])
         )
-        metrics += _gauge(
-            "publish_failing",
-            "1 when the latest publication attempt failed.",
-            publication["failing"],
-        )
+        metrics += _gauge("publish_failing", publication["failing"])
     return metrics
 
 
 def stream_families(stream: dict[str, Any]) -> list[Metric]:
     """The event stream: its length and ceiling, each consumer group's lag and pending
     entries, and the entries ever dropped at the ceiling before a group read them."""
-    metrics = _gauge("stream_entries", "Entries in the numbers:events stream.", stream["entries"])
-    metrics += _gauge(
-        "stream_maxlen",
-        "The stream's ceiling (EVENTS_STREAM_MAXLEN, the exporter's setting): beyond it the "
-        "oldest entries go, read or not.",
-        stream.get("maxlen"),
-    )
+    metrics = _gauge("stream_entries", stream["entries"])
+    metrics += _gauge("stream_maxlen", stream.get("maxlen"))
     lag = GaugeMetricFamily(
         f"{PREFIX}_stream_group_lag",
         "Entries of the stream not yet delivered to each consumer group (absent where Redis "
@@ -204,16 +234,10 @@ def stream_families(stream: dict[str, Any]) -> list[Metric]:
 def _count_families(status: dict[str, Any]) -> list[Metric]:
     """The store's counts (`counts_status`)."""
     metrics: list[Metric] = []
-    metrics += _gauge(
-        "overdue", "Released numbers past their deadline, not held.", status["overdue"]
-    )
-    metrics += _gauge(
-        "oldest_overdue_seconds",
-        "How long the oldest overdue number has been past its deadline (0: none).",
-        status["oldest_overdue_seconds"],
-    )
-    metrics += _gauge("held", "Released numbers on hold.", status["held"])
-    metrics += _gauge("releasable", "Released numbers still repurchasable.", status["releasable"])
+    metrics += _gauge("overdue", status["overdue"])
+    metrics += _gauge("oldest_overdue_seconds", status["oldest_overdue_seconds"])
+    metrics += _gauge("held", status["held"])
+    metrics += _gauge("releasable", status["releasable"])
     upstream = GaugeMetricFamily(
         f"{PREFIX}_upstream_failed",
         "Numbers kept because the provider did not release them, by kind: transient "
@@ -229,57 +253,27 @@ def _count_families(status: dict[str, Any]) -> list[Metric]:
     upstream.add_metric(["refused_carrier"], carrier)
     metrics.append(upstream)
     submitted = status.get("submitted") or {}
-    metrics += _gauge(
-        "submitted_numbers",
-        "Numbers submitted in carrier orders (Bandwidth disconnects) not settled yet.",
-        submitted.get("numbers"),
-    )
-    metrics += _gauge(
-        "submitted_oldest_age_seconds",
-        "How long the oldest number submitted in a carrier order has waited (0: none).",
-        submitted.get("oldest_age_seconds"),
-    )
+    metrics += _gauge("submitted_numbers", submitted.get("numbers"))
+    metrics += _gauge("submitted_oldest_age_seconds", submitted.get("oldest_age_seconds"))
     outbox = status["outbox"]
-    metrics += _gauge(
-        "outbox_events",
-        "Lifecycle events in the outbox (number_events) not relayed (or discarded) yet.",
-        outbox["events"],
-    )
-    metrics += _gauge(
-        "outbox_oldest_event_age_seconds",
-        "How long ago the oldest event still in the outbox happened (0: none).",
-        outbox["oldest_age_seconds"],
-    )
+    metrics += _gauge("outbox_events", outbox["events"])
+    metrics += _gauge("outbox_oldest_event_age_seconds", outbox["oldest_age_seconds"])
     return metrics
 
 
 def _run_families(status: dict[str, Any]) -> list[Metric]:
     """The pause, the last runs and what they purged (`runs_status`)."""
     metrics: list[Metric] = []
+    metrics += _gauge("paused", status["paused"])
     metrics += _gauge(
-        "paused", "1 while purging is paused (stored pause or PURGE_PAUSED).", status["paused"]
-    )
-    metrics += _gauge(
-        "purge_last_success_timestamp_seconds",
-        "When the last purge run that completed (or reached its limit) ended.",
-        _timestamp(status["purge_last_success_at"]),
+        "purge_last_success_timestamp_seconds", _timestamp(status["purge_last_success_at"])
     )
     last = status["last_finished_run"] or {}
-    metrics += _gauge(
-        "purge_last_run_seconds",
-        "How long the last finished purge run took.",
-        last.get("seconds"),
-    )
-    metrics += _gauge(
-        "purge_last_run_purged",
-        "Numbers the last finished purge run purged.",
-        last.get("purged"),
-    )
+    metrics += _gauge("purge_last_run_seconds", last.get("seconds"))
+    metrics += _gauge("purge_last_run_purged", last.get("purged"))
     worst_ms = last.get("worst_batch_ms")
     metrics += _gauge(
-        "purge_last_run_worst_batch_seconds",
-        "The slowest batch (one transaction) of the last finished purge run.",
-        worst_ms / 1000 if worst_ms is not None else None,
+        "purge_last_run_worst_batch_seconds", worst_ms / 1000 if worst_ms is not None else None
     )
     run_status = GaugeMetricFamily(
         f"{PREFIX}_purge_last_run_status",
