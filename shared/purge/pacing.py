@@ -7,8 +7,11 @@ to rest, the longest wins:
 - other sessions at work on the store (the API): sampled in `pg_stat_activity` before each
   batch (running a statement, or idle for under a second), the purge rests `busy_rest` times
   each batch's time in proportion to how often it found them, so it takes turns with the API
-  instead of sharing every moment with it; that many times more with several runs at work
-  at once (carriers' lanes, the audit prune: their run locks), which share that room;
+  instead of sharing every moment with it; longer when a probe shows that the batches slow
+  the API's calls that meet them (shared/purge/probe.py: batches then take at most the share
+  of the time that keeps the API's p99 within 1.5 times); that many times more with several
+  runs at work at once (carriers' lanes, the audit prune: their run locks), which share that
+  room;
 - a batch taking clearly longer than the target its size aims at (the database got busier
   than the size had adapted to);
 - a replica replaying too far behind;
@@ -19,12 +22,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+import structlog
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+
+from shared.purge.probe import PROBE, PROBE_EVERY_SECONDS, Interference, interference_on
+
+log = structlog.get_logger("shared.purge")
 
 # Batches hover around the target as their size adapts; only time beyond this factor of the
 # target counts as pressure (on a steady machine, adapting alone keeps batches below it).
@@ -142,6 +152,11 @@ class Pacer:
     # Seconds each lane (thread) rested: lanes rest side by side, so the run rested as long as
     # its longest-resting lane, never more than the run's own time.
     lane_rests: dict[int, float] = field(default_factory=dict)
+    # How much the batches slow the API's calls that meet them (`probing`), and the batches in
+    # flight now (`batch`).
+    interference: Interference = field(default_factory=Interference)
+    in_flight: int = 0
+    _flights: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def rested(self) -> float:
@@ -151,11 +166,67 @@ class Pacer:
         """Seconds to rest after a batch of `rows` that took `ms`."""
         # Turns with the other sessions, and the time this batch took beyond what its size
         # was chosen to take. The ceiling is kept before the next pick (`ceiling_wait`).
+        # Batches in flight at most `duty` of the time the API is at work, shared by the runs.
+        turns = self.busy * max(self.runs, 1) * ms / 1000
         rest = max(
-            self.busy_rest * self.busy * max(self.runs, 1) * ms / 1000,
+            self.busy_rest * turns,
+            (1 / self.interference.duty() - 1) * turns if self.busy_rest > 0 else 0.0,
             self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
         )
         return self._rest(rest)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """A batch's time in the store (its transaction), as the probe sees it."""
+        with self._flights:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._flights:
+                self.in_flight -= 1
+
+    @contextmanager
+    def probing(self, engine: Engine) -> Iterator[None]:
+        """Time `PROBE` while the block runs and other sessions are at work, in a batch and
+        between batches (`interference`). PostgreSQL with a busy rest set: else nothing."""
+        if engine.dialect.name != "postgresql" or self.busy_rest <= 0:
+            yield
+            return
+        self.interference = interference_on(engine)
+        done = threading.Event()
+        thread = threading.Thread(
+            target=self._probe, args=(engine, done), name="purge-probe", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _probe(self, engine: Engine, done: threading.Event) -> None:
+        try:
+            with engine.connect() as connection:
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+                named = text(
+                    "SELECT set_config('application_name', :name, false), pg_backend_pid()"
+                )
+                pid = connection.execute(named, {"name": APPLICATION_NAME}).one()[1]
+                self.own_sessions.add(int(pid))
+                while not done.wait(PROBE_EVERY_SECONDS):
+                    if self.busy <= 0:
+                        continue
+                    in_batch = self.in_flight > 0
+                    started = time.perf_counter()
+                    connection.execute(PROBE)
+                    ms = (time.perf_counter() - started) * 1000
+                    self.interference.add(ms, in_batch=in_batch)
+                # Back to the pool under the name it was opened with.
+                connection.execute(text("RESET application_name"))
+        except SQLAlchemyError:
+            # The store went away: the batches meet that themselves; no more measures.
+            log.debug("purge.probe_stopped")
 
     def set_ceiling(self, rows_per_second: float) -> None:
         """The ceiling in force from now on (0: none); a new one starts its own count."""

@@ -115,13 +115,14 @@ def purge_expired(
                 adapters = dict(carriers or {})
                 if provider is not None:
                     adapters[provider.name] = provider
-                halt = _purge_lanes(
-                    session_factory,
-                    report,
-                    boundary,
-                    now,
-                    Lanes(adapters, carrier, carrier_factory),
-                )
+                with boundary.pacer.probing(session_factory.kw["bind"]):
+                    halt = _purge_lanes(
+                        session_factory,
+                        report,
+                        boundary,
+                        now,
+                        Lanes(adapters, carrier, carrier_factory),
+                    )
                 # The longest-resting lane's rests, within the run's own time.
                 report.paced_seconds = round(min(boundary.pacer.rested, budget.elapsed()), 3)
             _finish(session_factory, report, halt, now, carrier)

@@ -126,7 +126,7 @@ def run_batches(factory: sessionmaker[Session], sweep: Sweep, lane: int = 0) -> 
                 boundary.stop.sleep(LANE_WAIT_SECONDS)
                 continue
             started = time.monotonic()
-            with factory.begin() as session:
+            with boundary.pacer.batch(), factory.begin() as session:
                 with sweep.lock:
                     if sweep.halt is not None:
                         return

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import get_args
@@ -43,15 +43,16 @@ class TransactionClock:
     Thread-safe: the marks of the carrier calls (`UpstreamSweep._begin_call`) commit from the
     calls' threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self._lock = threading.Lock()
         self._worst = 0.0
+        self._in_flight = in_flight  # marks the transaction's time (the pacer's probe)
 
     @contextmanager
     def begin(self, factory: sessionmaker[Session]) -> Iterator[Session]:
         """`factory.begin()`, timed from its start to its commit."""
         started = time.monotonic()
-        with factory.begin() as session:
+        with self._in_flight(), factory.begin() as session:
             yield session
         ms = (time.monotonic() - started) * 1000
         with self._lock:
@@ -81,7 +82,7 @@ class UpstreamSweep:
     # The statements of the numbers a carrier's order released (held since or not).
     settle_ordered: dict[str, BatchStatements] = field(default_factory=dict)
     # Each transaction of the run timed: the report's worst_transaction_ms.
-    transactions: TransactionClock = field(default_factory=TransactionClock)
+    transactions: TransactionClock = field(init=False)
     # Rows a batch claims, aimed at the run's target for its longest transaction (the settle:
     # a tombstone and a delete per number), as the single-phase batches are: a busy database
     # gets smaller claims, up to the carrier's batch size. A run starts at the floor and grows
@@ -94,6 +95,7 @@ class UpstreamSweep:
         floor = min(self.config.batch_floor, cap)
         sizer = BatchSizer(target_ms=self.config.target_ms, floor=floor, cap=cap, size=floor)
         object.__setattr__(self, "sizer", sizer)  # frozen: set once, here
+        object.__setattr__(self, "transactions", TransactionClock(self.boundary.pacer.batch))
 
     @classmethod
     def build(
