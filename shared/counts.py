@@ -399,23 +399,25 @@ class Counts:
 
 def _counters(*, deltas: bool = True, hour: int | None = None) -> Subquery:
     """The base rows and the deltas, read by one statement (one snapshot): every row, or (`hour`)
-    those a reading at a cutoff in that hour sums, the hour rows and that hour's minute rows,
-    each part through the primary key (the other minute rows are never read)."""
-    tables = [NumberCount] + ([NumberCountDelta] if deltas else [])
-    parts = []
-    for table in tables:
-        rows = select(table.name, table.hour, table.n)
-        if hour is None:
-            parts.append(rows.where(table.name != MINUTES_FROM))
-            continue
-        parts.append(rows.where(table.name.in_([*COUNTERS, OUTBOX])))
-        first = hour * PER_HOUR
-        parts.append(
-            rows.where(
-                table.name.in_(MINUTE_NAMES),
-                table.hour.between(first, first + PER_HOUR - 1),
-            )
-        )
+    those a reading at a cutoff in that hour sums, the hour rows and that hour's minute rows
+    (the base rows of each through the primary key: the other minute rows are never read)."""
+    base = select(NumberCount.name, NumberCount.hour, NumberCount.n)
+    added = select(NumberCountDelta.name, NumberCountDelta.hour, NumberCountDelta.n)
+    if hour is None:
+        parts = [base.where(NumberCount.name != MINUTES_FROM), added]
+    else:
+        first, last = hour * PER_HOUR, hour * PER_HOUR + PER_HOUR - 1
+        parts = [
+            base.where(NumberCount.name.in_([*COUNTERS, OUTBOX])),
+            base.where(NumberCount.name.in_(MINUTE_NAMES), NumberCount.hour.between(first, last)),
+            # Fewer than COMPACT_AT rows (plus those in flight): one pass.
+            added.where(
+                NumberCountDelta.name.not_in(MINUTE_NAMES)
+                | NumberCountDelta.hour.between(first, last)
+            ),
+        ]
+    if not deltas:
+        parts.pop()
     return union_all(*parts).subquery("counters")
 
 
