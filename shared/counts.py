@@ -273,7 +273,8 @@ def _postgresql_ddl(*, deltas: bool, minutes: bool) -> list[str]:
         f"ROW({', '.join(f'o.{c}' for c in COLUMNS)}) IS DISTINCT FROM "
         f"ROW({', '.join(f'n.{c}' for c in COLUMNS)})"
     )
-    keep = partial(_record if deltas else _add, kept=_kept(minutes=minutes))
+    keep = _record if deltas else _add
+    keep_numbers = partial(keep, kept=_kept(minutes=minutes))
     lateral = partial(_lateral, deltas=deltas)
     values = partial(_values, minutes=minutes)
     shard = _shard("postgresql", deltas=deltas)
@@ -283,15 +284,15 @@ def _postgresql_ddl(*, deltas: bool, minutes: bool) -> list[str]:
         return "; ".join(f"DELETE FROM {table} WHERE name {which} '{OUTBOX}'" for table in tables)
 
     numbers = {
-        "INSERT": keep(lateral(values("r", 1), "new_rows r")),
-        "UPDATE": keep(
+        "INSERT": keep_numbers(lateral(values("r", 1), "new_rows r")),
+        "UPDATE": keep_numbers(
             lateral(
                 values("o", -1) + ", " + values("n", 1),
                 "old_rows o JOIN new_rows n ON n.id = o.id",
                 changed,
             )
         ),
-        "DELETE": keep(lateral(values("r", -1), "old_rows r")),
+        "DELETE": keep_numbers(lateral(values("r", -1), "old_rows r")),
         "TRUNCATE": emptied("<>"),
     }
     events = {
@@ -682,11 +683,12 @@ def reconcile_counts(session: Session, now: datetime | None = None) -> dict[str,
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     drift = counts_drift(session, floor=floor)
     session.rollback()
-    # Repaired as deltas, then every delta folded (a quiet store ends the hour compacted), then
-    # the minute rows below the floor dropped (under the compaction's lock, still held).
+    # Repaired as deltas, the minute rows below the floor dropped (under the compaction's lock)
+    # and the floor set, then every delta folded (a quiet store ends the hour compacted): the
+    # compaction keeps the minute deltas from the new floor on, the repair's among them.
     repair_counts(session, drift)
-    compact_counts(session)
     drop_minutes(session, floor)
+    compact_counts(session)
     session.commit()
     if drift:
         by_name: Counter[str] = Counter()

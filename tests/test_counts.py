@@ -480,3 +480,22 @@ def test_the_reconciliation_keeps_no_minute_row_before_the_cutoffs_hour(
         for shift in SHIFTS:
             assert kept_counts(session, now + shift) == scanned_counts(session, now + shift)
         assert counts_drift(session) == {}
+    # A reconciliation at an earlier instant (a clock moved back) lowers the floor and builds
+    # the minute rows of the hour it needs, here of a release below the floor that had none.
+    with session_factory.begin() as session:
+        make_number(
+            session,
+            account_id=ACCOUNT,
+            phone_number=NUMBERS[1],
+            released_at=line - timedelta(minutes=30),
+        )
+    with session_factory() as session:
+        assert min(_minute_rows(session)) == floor
+    with session_factory() as session:
+        reconcile_counts(session, now - timedelta(hours=1))
+    with session_factory() as session:
+        assert min(_minute_rows(session)) == floor - 1
+        assert counts_drift(session) == {}
+        assert kept_counts(session, now - timedelta(minutes=30)) == scanned_counts(
+            session, now - timedelta(minutes=30)
+        )
