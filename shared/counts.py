@@ -146,16 +146,21 @@ def _hour(dialect: str, column: str, seconds: int = HOUR_SECONDS) -> str:
     return f"CAST(strftime('%s', {column}) AS INTEGER) / {seconds}"
 
 
-def _keys(dialect: str, row: str, *, minutes: bool) -> list[tuple[str, str, str]]:
+def _keys(
+    dialect: str, row: str, *, minutes: bool, minute: str | None = None
+) -> list[tuple[str, str, str]]:
     """(name, hour, covers) of every counter a number row `row` can count in: the hourly ones
-    also in their minute rows (`minutes`, since migration 0019_count_minutes)."""
+    also in their minute rows (`minutes`, since migration 0019_count_minutes), their hour then
+    the minute's (`minute`: the row's minute, computed once, else its expression)."""
     zero = "CAST(0 AS bigint)" if dialect == "postgresql" else "0"
+    released = f"{row}.released_at"
+    minute = minute or _hour(dialect, released, MINUTE_SECONDS)
+    # Released at or after 1970 (`as_utc`): integer division is the floor.
+    hour = f"{minute} / {PER_HOUR}" if minutes else _hour(dialect, released)
     keys = []
     for name, (hourly, covers) in COUNTERS.items():
-        released = f"{row}.released_at"
-        keys.append((name, _hour(dialect, released) if hourly else zero, covers.format(r=row)))
+        keys.append((name, hour if hourly else zero, covers.format(r=row)))
         if hourly and minutes:
-            minute = _hour(dialect, released, MINUTE_SECONDS)
             keys.append((name + MINUTES, minute, covers.format(r=row)))
     return keys
 
@@ -201,10 +206,12 @@ def _add(keys: str, kept: str = "true") -> str:
 
 
 def _values(row: str, sign: int, *, minutes: bool) -> str:
-    """PostgreSQL: the (name, hour, hit, d) of every counter for the row `row`, as VALUES rows."""
+    """PostgreSQL: the (name, hour, hit, d) of every counter for the row `row`, as VALUES rows
+    (with `minutes`, from the row's minute computed once by `_lateral`: `{row}_m.minute`)."""
+    minute = f"{row}_m.minute" if minutes else None
     return ", ".join(
         f"('{name}', {hour}, {covers}, {sign})"
-        for name, hour, covers in _keys("postgresql", row, minutes=minutes)
+        for name, hour, covers in _keys("postgresql", row, minutes=minutes, minute=minute)
     )
 
 
@@ -256,11 +263,25 @@ def _compact(*, minutes: bool) -> str:
     return _COMPACT.format(lock=COMPACT_LOCK, kept=_kept(minutes=minutes))
 
 
-def _lateral(values: str, source: str, where: str = "true", *, deltas: bool = True) -> str:
-    """One pass over `source`: each row's counters from a LATERAL VALUES list."""
+def _lateral(
+    values: str,
+    source: str,
+    where: str = "true",
+    *,
+    deltas: bool = True,
+    rows: tuple[str, ...] = (),
+) -> str:
+    """One pass over `source`: each row's counters from a LATERAL VALUES list; the minute of
+    release of each of the `rows` (aliases) computed once per row (OFFSET 0: not inlined into
+    every key, extract(epoch) on a timestamptz is numeric arithmetic)."""
+    minutes = "".join(
+        f"CROSS JOIN LATERAL (SELECT {_hour('postgresql', f'{row}.released_at', MINUTE_SECONDS)}"
+        f" AS minute OFFSET 0) AS {row}_m "
+        for row in rows
+    )
     return (
         f"SELECT k.name, k.hour, {_shard('postgresql', deltas=deltas)} AS shard, k.d "
-        f"FROM {source} "
+        f"FROM {source} {minutes}"
         f"CROSS JOIN LATERAL (VALUES {values}) AS k(name, hour, hit, d) WHERE k.hit AND {where}"
     )
 
@@ -279,20 +300,24 @@ def _postgresql_ddl(*, deltas: bool, minutes: bool) -> list[str]:
     values = partial(_values, minutes=minutes)
     shard = _shard("postgresql", deltas=deltas)
 
+    def per_row(*rows: str) -> tuple[str, ...]:  # the rows whose minute `values` reads
+        return rows if minutes else ()
+
     def emptied(which: str) -> str:  # a TRUNCATE: the counters of that table go
         tables = ("number_counts", "number_count_deltas") if deltas else ("number_counts",)
         return "; ".join(f"DELETE FROM {table} WHERE name {which} '{OUTBOX}'" for table in tables)
 
     numbers = {
-        "INSERT": keep_numbers(lateral(values("r", 1), "new_rows r")),
+        "INSERT": keep_numbers(lateral(values("r", 1), "new_rows r", rows=per_row("r"))),
         "UPDATE": keep_numbers(
             lateral(
                 values("o", -1) + ", " + values("n", 1),
                 "old_rows o JOIN new_rows n ON n.id = o.id",
                 changed,
+                rows=per_row("o", "n"),
             )
         ),
-        "DELETE": keep_numbers(lateral(values("r", -1), "old_rows r")),
+        "DELETE": keep_numbers(lateral(values("r", -1), "old_rows r", rows=per_row("r"))),
         "TRUNCATE": emptied("<>"),
     }
     events = {
