@@ -5,8 +5,9 @@
 For each size, a store of that many numbers (about 100 per account) loaded once with the
 project's loader (`seed_demo`, COPY) into a database of its own, `<url's database>_<size>`, kept
 between runs and brought to the migration head (`migrate.upgrade`: a new migration's backfill
-runs there, timed). Then, at the fixed instant NOW (status and the scrape at NOW + `--minute`,
-29 by default: the worst case of the cutoff's hour, half an hour of rows counted by index):
+runs there, timed). Then, at the fixed instant NOW (status and the scrape at NOW + `--minute`
+min + `--second` s, 29 and 29 by default: the worst case of the cutoff's minute, half a minute of
+rows counted by index, and of its hour, whose rows were counted so before migration 0019):
 - list: `released_numbers_body` for `--calls` accounts taken in turn (median and p99, ms);
 - status: `store_status` in this process (the work of `status --json` without the process's
   start and imports; median and p99, ms);
@@ -114,9 +115,10 @@ def measure(engine: Engine, args: argparse.Namespace) -> dict[str, Any]:
         with factory() as session:
             released_numbers_body(session, account_id=accounts[next(turn) % len(accounts)], now=NOW)
 
-    # Status and the scrape read at NOW + --minute: the rows of the cutoff's hour on the side
-    # counted (at most half an hour of them) are the part of a reading that grows with the store.
-    at = NOW + timedelta(minutes=args.minute)
+    # Status and the scrape read at NOW + --minute + --second: the rows of the cutoff's minute on
+    # the side counted (at most half a minute of them) are the part of a reading that grows with
+    # the store (before migration 0019: of its hour).
+    at = NOW + timedelta(minutes=args.minute, seconds=args.second)
 
     def status() -> None:
         with factory() as session:
@@ -168,6 +170,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30, help="status and scrape calls")
     parser.add_argument("--purge-rows", type=int, default=20000, help="0: no purge")
     parser.add_argument("--minute", type=int, default=29, help="status and scrape at NOW + this")
+    parser.add_argument("--second", type=int, default=29, help="... and these seconds")
     parser.add_argument("--scans", type=int, default=5, help="full-scan counts timed (0: none)")
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()

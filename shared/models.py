@@ -435,9 +435,11 @@ class RelayMark(Base):
 
 class NumberCount(Base):
     """A kept count (shared/counts.py): how many rows counter `name` covers among the numbers
-    released in `hour` (hours since the epoch; 0 for the counters not kept per hour), before
-    the deltas not yet folded (`NumberCountDelta`). Written by triggers and the compaction only
-    (migrations 0010_counts, 0017_count_deltas); `shard` is 0 since 0017."""
+    released in `hour` (hours since the epoch; 0 for the counters not kept per hour; minutes
+    since the epoch for the minute rows, `unheld/min` and `unclaimed/min`), before the deltas
+    not yet folded (`NumberCountDelta`). Written by triggers and the compaction only (migrations
+    0010_counts, 0017_count_deltas, 0019_count_minutes), and the reconciliation's floor of the
+    minute rows (`minutes_from`); `shard` is 0 since 0017."""
 
     __tablename__ = "number_counts"
 

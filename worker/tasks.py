@@ -327,7 +327,7 @@ def reconcile_now(
     client.delete(RECONCILE_REQUESTED)
     # The kept counts (shared/counts.py) against a full scan: drift repaired and reported.
     with session_factory(settings)() as session:
-        summary |= reconcile_counts(session)
+        summary |= reconcile_counts(session, now)
     return summary
 
 

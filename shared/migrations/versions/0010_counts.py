@@ -52,8 +52,8 @@ def upgrade() -> None:
         # or missed.
         op.execute("LOCK TABLE phone_numbers, number_events IN SHARE ROW EXCLUSIVE MODE")
     # The first version of the triggers (0017_count_deltas installs the next).
-    install_triggers(connection, deltas=False)
-    rebuild_counts(connection, deltas=False)
+    install_triggers(connection, deltas=False, minutes=False)
+    rebuild_counts(connection, deltas=False, minutes=False)
 
 
 def downgrade() -> None:

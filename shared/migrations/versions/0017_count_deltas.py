@@ -52,7 +52,7 @@ def upgrade() -> None:
     # Writers wait while the triggers change: none of their changes is counted twice or missed.
     op.execute("LOCK TABLE phone_numbers, number_events IN SHARE ROW EXCLUSIVE MODE")
     drop_triggers(connection)
-    install_triggers(connection, deltas=True)
+    install_triggers(connection, deltas=True, minutes=False)
     op.execute(FOLD_SHARDS)
     # Written afresh: a store loaded in one transaction (seed_demo, a restore) left the table
     # many times its rows' size (every statement's upsert a new row version, none reclaimable
@@ -73,5 +73,5 @@ def downgrade() -> None:
         # Every delta into the base rows, which the first triggers keep adding to.
         op.execute(FOLD_DELTAS)
         drop_triggers(connection)
-        install_triggers(connection, deltas=False)
+        install_triggers(connection, deltas=False, minutes=False)
     op.drop_table("number_count_deltas")
