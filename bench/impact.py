@@ -72,6 +72,7 @@ from shared.db import make_session_factory
 from shared.models import Account, PhoneNumber
 from shared.purge import purge_expired
 from shared.purge.config import PurgeConfig
+from shared.purge.probe import interference_on
 from shared.retention import repurchasable_numbers
 from shared.settings import get_settings
 from worker.connections import engine as worker_engine
@@ -200,6 +201,19 @@ def _stamped(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _probed(engine: Engine) -> dict[str, Any]:
+    """What the purge's probe found (shared/purge/probe.py): its reads' p50 / p99 in a batch
+    and between batches, the share a batch pushed past 1.5 times, the duty it allowed."""
+    found = interference_on(engine)
+    inside, outside = list(found.inside), list(found.outside)
+    return {
+        "in": [len(inside), median(inside), percentile(inside, 0.99)] if inside else [],
+        "out": [len(outside), median(outside), percentile(outside, 0.99)] if outside else [],
+        "slowed": found.slowed(),
+        "duty": round(found.duty(), 4),
+    }
+
+
 def child(url: str, window: float, lanes: list[str]) -> None:
     # The engine the worker's tasks purge on: its sessions carry the worker's name.
     engine = worker_engine(url)
@@ -243,6 +257,7 @@ def child(url: str, window: float, lanes: list[str]) -> None:
         batch_ms_p99=percentile([ms for _, _, ms in batches], 0.99),
         slowest_batches=slowest,
         batch_spans=[(e["at"] - e["ms"] / 1000, e["at"]) for e in events],
+        probe=_probed(engine),
     )
 
 
@@ -374,7 +389,7 @@ def main(argv: list[str]) -> None:
                 f"batches_with_a_transaction_over_250_ms={purge['transactions_over_250_ms']} "
                 f"paced_seconds={purge['paced_seconds']} "
                 f"batch_ms_p50={purge['batch_ms_p50']} batch_ms_p99={purge['batch_ms_p99']} "
-                f"slowest(batch,size,ms)={purge['slowest_batches']}",
+                f"slowest(batch,size,ms)={purge['slowest_batches']} probe={purge['probe']}",
                 flush=True,
             )
             for name in ("list", "write"):
