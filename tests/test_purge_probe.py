@@ -9,10 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 
-from shared.db import make_session_factory
-from shared.purge.pacing import Pacer, look_around
+from shared.purge.pacing import APPLICATION_NAME, Pacer
 from shared.purge.probe import PROBE_MIN_SAMPLES, SLOWED_SHARE, Interference, interference_on
 
 
@@ -95,9 +94,15 @@ def test_the_probe_times_its_read_in_a_batch_and_between_unseen_as_the_api(
         with steer.batch():
             wait_until(lambda: len(steer.interference.inside) >= 3, "probes in a batch")
         wait_until(lambda: len(steer.interference.outside) >= 3, "probes between batches")
-        # Its session is named as the purge's: not one of the API's sessions at work.
-        with make_session_factory(store)() as session:
-            assert look_around(session)[0] == 0
+        # Its session is named as the purge's, so `look_around` does not count it as one of
+        # the API's sessions at work; its server process is among the run's own.
+        (pid,) = steer.own_sessions
+        with store.connect() as connection:
+            named = connection.scalar(
+                text("SELECT application_name FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": pid},
+            )
+        assert named == APPLICATION_NAME
     assert probe_threads() == []
     # What it found stays with the engine for the next run.
     assert interference_on(store) is steer.interference
