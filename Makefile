@@ -36,9 +36,9 @@ pytest: install-dev
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
 # `make test` runs the suite in lanes side by side, each on a database and a Redis database of
-# its own (tests/conftest.py creates a missing database): the tests on the fixed instant that
-# start no process, with coverage; the tests on the host's clock (real processes, `wall_now`:
-# marker real_clock) and the other tests of processes, on the clock as it is; and, at the same time, those whose processes decide by the date (marker
+# its own (tests/conftest.py creates a missing database): the tests on the fixed instant, with
+# coverage; the tests on the host's clock (real processes, `wall_now`: marker real_clock) on the
+# clock as it is; and, at the same time, those whose processes decide by the date (marker
 # moved_clock) with every Python process's clock moved a year ahead and a year back
 # (tests/clock_shift): no calendar date breaks them.
 CLOCK_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432
@@ -51,14 +51,11 @@ MOVED_CLOCK = PYTHONPATH=$(CURDIR)/tests/clock_shift CLOCK_SKEW_MAX_SECONDS=3456
 	$(CLOCK_TESTS) -m moved_clock \
 	-W "ignore:Module already imported:pytest.PytestAssertRewriteWarning"
 
-# The fixed-instant tests that start no process, in two xdist processes (a test file stays in
-# one), the second on a database and a Redis database of its own (tests/conftest.py: test_gw1,
-# the second URL). The tests of processes that run once (`processes(moved_clock=False)`) run
-# in clock-now's lane: they wait on their processes more than they compute, and that lane
-# finishes first.
+# The fixed-instant tests in two xdist processes (a test file stays in one), the second on a
+# database and a Redis database of its own (tests/conftest.py: test_gw1, the second URL).
 FIXED_REDIS ?= $(CLOCK_REDIS)/15,$(CLOCK_REDIS)/11
 test-fixed: install-dev
-	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not real_clock and not processes" -n 2 --dist loadfile \
+	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not real_clock" -n 2 --dist loadfile \
 		--cov --cov-report=term:skip-covered
 
 # The inner loop: every test that starts no process (marker processes: commands run in this
@@ -67,7 +64,7 @@ test-fast: install-dev
 	TEST_REDIS_URL=$(FIXED_REDIS) $(BIN)/pytest -m "not processes" -n 2 --dist loadfile -q
 
 clock-now: install-dev
-	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS) -m "real_clock or processes"
+	TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_now TEST_REDIS_URL=$(CLOCK_REDIS)/12 $(CLOCK_TESTS) -m real_clock
 
 clock-ahead: install-dev
 	TESTS_CLOCK_SHIFT_DAYS=365 TEST_DATABASE_URL=$(CLOCK_PG)/test_clock_ahead \

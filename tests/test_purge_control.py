@@ -268,7 +268,13 @@ def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
                 )
             )
             runner.start()
-            wait_for(lambda: tombstones(pg_factory) > 800, timeout=60, interval=0.01)
+
+            def at_the_cap() -> bool:
+                # A run starts at the floor (100) and grows: competition starts once its
+                # batches reached the cap with nothing competing.
+                return any(e["event"] == "purge.batch" and e["size"] == 400 for e in logs)
+
+            wait_for(at_the_cap, timeout=60, interval=0.01)
             compete.set()
             time.sleep(2)
             compete.clear()
@@ -292,4 +298,5 @@ def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
             assert following <= max(size + 1, int(size * 1.2)), (i, batches)
     assert min(size for size, _, _ in batches[slow[0] + 1 :]) <= 200
     assert report.batch_sizes["max"] == 400  # reached the cap when nothing competed
+    assert batches[0][0] == 100  # from the floor
     assert_all_purged_once(pg_factory, overdue)
