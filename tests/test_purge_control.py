@@ -43,11 +43,11 @@ NUMBERS = 6_000  # about 3,900 overdue
 SLOW = {"PURGE_BATCH_SIZE": "20", "PURGE_MAX_ROWS_PER_SECOND": "500"}  # ~8 s for the backlog
 
 
-def seed(factory: Factory) -> set[int]:
+def seed(factory: Factory, numbers: int = NUMBERS) -> set[int]:
     """Demo numbers around the host's clock, most released and overdue; the overdue ids."""
     now = datetime.now(UTC)
     engine: Engine = factory.kw["bind"]
-    seed_demo(engine, numbers=NUMBERS, accounts=40, now=now, released_share=0.95, window_days=60)
+    seed_demo(engine, numbers=numbers, accounts=40, now=now, released_share=0.95, window_days=60)
     cut = now - RETENTION
     with factory.begin() as session:
         clear_the_next_hour(session, now)
@@ -242,7 +242,9 @@ def test_batches_shrink_when_a_competing_session_holds_locks_and_grow_back(
     target), then grows back by at most a fifth per batch once the bursts stop."""
     # One lane: each batch is picked after the one before it has taught the size.
     settings_env(PURGE_PARALLEL_BATCHES="1")
-    overdue = seed(pg_factory)
+    # About 7,800 overdue: from the floor to the cap takes about 1,640 rows, and the run must
+    # still be at work when the competitor's bursts come (with 3,900 it had ended in CI).
+    overdue = seed(pg_factory, 2 * NUMBERS)
     engine: Engine = pg_factory.kw["bind"]
     compete = threading.Event()
     done = threading.Event()
