@@ -171,7 +171,8 @@ class Pacer:
         turns = self.busy * max(self.runs, 1) * ms / 1000
         rest = max(
             self.busy_rest * turns,
-            (1 / self.interference.duty() - 1) * turns if self.busy_rest > 0 else 0.0,
+            # (the probes are sorted for it: only when there is someone to make room for)
+            (1 / self.interference.duty() - 1) * turns if turns and self.busy_rest > 0 else 0.0,
             self.pressure_rest * (ms - TOLERANCE * self.target_ms) / 1000,
         )
         return self._rest(rest)
