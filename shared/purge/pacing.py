@@ -224,8 +224,9 @@ class Pacer:
                     connection.execute(PROBE)
                     ms = (time.perf_counter() - started) * 1000
                     self.interference.add(ms, in_batch=in_batch)
-                # Back to the pool under the name it was opened with.
-                connection.execute(text("RESET application_name"))
+                # Closed, not pooled: a connection more left in the pool outlived the tests'
+                # engines (psycopg's ResourceWarning when one was collected).
+                connection.invalidate()
         except SQLAlchemyError:
             # The store went away: the batches meet that themselves; no more measures.
             log.debug("purge.probe_stopped")
