@@ -318,8 +318,17 @@ def one_round(url: str, idle_seconds: float, window: float, lanes: list[str]) ->
     windows = purge["windows"]
     # Idle: before the first purge window, between two, and after the last.
     gaps = [began, *(edge for window in windows for edge in window), finished]
+    # The purge windows' calls that started while a batch was in flight, and the others (the
+    # runs' rests, their starts and ends): which of them the purge slows.
+    in_batch, in_window = _within(purge["batch_spans"]), _within(windows)
     for c in threads_of:
-        busy = [ms for start, end in windows for ms in c.between(start, end)]
+        busy: list[float] = []
+        during: list[float] = []
+        outside: list[float] = []
+        for at, ms in c.samples:
+            if in_window(at):
+                busy.append(ms)
+                (during if in_batch(at) else outside).append(ms)
         idle = [
             ms
             for start, end in zip(gaps[::2], gaps[1::2], strict=True)
@@ -334,12 +343,6 @@ def one_round(url: str, idle_seconds: float, window: float, lanes: list[str]) ->
             "busy_p99": percentile(busy, 0.99),
         }
         result[c.name]["p99_ratio"] = result[c.name]["busy_p99"] / result[c.name]["idle_p99"]
-        # The purge windows' calls that started while a batch was in flight, and the others
-        # (the runs' rests, their starts and ends): which of them the purge slows.
-        in_batch = _within(purge["batch_spans"])
-        in_window = _within(windows)
-        during = [ms for at, ms in c.samples if in_batch(at)]
-        outside = [ms for at, ms in c.samples if in_window(at) and not in_batch(at)]
         result[c.name]["in_batch_share"] = len(during) / max(len(busy), 1)
         result[c.name]["in_batch_p99"] = percentile(during, 0.99) if during else 0.0
         result[c.name]["out_batch_p99"] = percentile(outside, 0.99) if outside else 0.0
